@@ -1,0 +1,1 @@
+"""seglab benchmarks: side-by-side timings against peer libraries (``python -m benchmarks``)."""
