@@ -1,16 +1,38 @@
-"""Building blocks shared by the architectures (imported, never copied)."""
+"""Building blocks shared by the architectures (imported, never copied).
+
+``conv``: ConvNormAct, DoubleConv, the norm/activation factory; ``sampling``: Downsample and
+Upsample kinds; ``aspp``: atrous spatial pyramid pooling; ``pyramid``: SPP and PSP pyramid pooling;
+``rsu``: U²-Net's residual U-blocks.
+"""
+
+import importlib
+from typing import Any
 
 from seglab.layers.conv import ACTS, NORMS, ConvNormAct, DoubleConv, init_weights, make_act, make_norm
 from seglab.layers.sampling import DOWN_KINDS, UP_KINDS, Downsample, Upsample, icnr_
 
+# blocks living in their own modules, imported on first use
+_LAZY = {"ASPP": "aspp", "SPP": "pyramid", "PyramidPooling": "pyramid", "RSU": "rsu"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"seglab.layers.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'seglab.layers' has no attribute {name!r}")
+
+
 __all__ = [
     "ACTS",
+    "ASPP",
     "DOWN_KINDS",
     "NORMS",
+    "SPP",
     "UP_KINDS",
     "ConvNormAct",
     "DoubleConv",
     "Downsample",
+    "PyramidPooling",
+    "RSU",
     "Upsample",
     "icnr_",
     "init_weights",
