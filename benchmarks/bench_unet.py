@@ -1,0 +1,67 @@
+"""U-Net vs MONAI BasicUNet: the same architecture must not be slower.
+
+seglab ``unet(channels=(32, 32, 64, 128, 256), norm="instance", up="transposed", act="leaky_relu")``
+against MONAI ``BasicUNet(spatial_dims=2, features=(32, 32, 64, 128, 256, 32))`` (instance norm with
+affine, LeakyReLU, 2x2 transposed-conv up-sampling, max-pool down-sampling): batch 4, 1x256x256,
+inference (``torch.inference_mode``) and a train step (forward + BCE loss + backward + Adam step).
+Differences that remain: MONAI's convs carry a bias that the following instance norm cancels
+(seglab drops it), and its LeakyReLU slope is 0.1 (seglab's 0.01) — neither changes the work done.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import seglab
+from benchmarks.harness import Result, benchmark, compare
+
+
+def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor):
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss = F.binary_cross_entropy_with_logits(model(x), y)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def _infer(model: torch.nn.Module, x: torch.Tensor):
+    def run() -> None:
+        with torch.inference_mode():
+            model(x)
+
+    return run
+
+
+@benchmark("unet", help="seglab unet vs MONAI BasicUNet (same architecture), batch 4, 1x256x256")
+def bench_unet(quick: bool) -> list[Result]:
+    from monai.networks.nets import BasicUNet
+
+    repeat = 3 if quick else 10
+    ours = seglab.create_model(
+        "unet", in_channels=1, num_classes=1, channels=(32, 32, 64, 128, 256), norm="instance",
+        up="transposed", act="leaky_relu",
+    )
+    peer = BasicUNet(spatial_dims=2, in_channels=1, out_channels=1, features=(32, 32, 64, 128, 256, 32))
+    x = torch.randn(4, 1, 256, 256)
+    y = (torch.rand(4, 1, 256, 256) > 0.5).float()
+    n_ours = sum(p.numel() for p in ours.parameters())
+    n_peer = sum(p.numel() for p in peer.parameters())
+    rows = []
+    ours.eval()
+    peer.eval()
+    rows.append(compare("unet inference", _infer(ours, x), _infer(peer, x), items=4, peer_name="monai", repeat=repeat))
+    ours.train()
+    peer.train()
+    opt_o = torch.optim.Adam(ours.parameters(), 1e-4)
+    opt_p = torch.optim.Adam(peer.parameters(), 1e-4)
+    rows.append(
+        compare(
+            "unet train step", _train_step(ours, opt_o, x, y), _train_step(peer, opt_p, x, y),
+            items=4, peer_name="monai", repeat=repeat,
+        )
+    )
+    rows[0].extra.update(params_seglab=n_ours, params_monai=n_peer)
+    return rows

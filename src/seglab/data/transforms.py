@@ -1,0 +1,635 @@
+"""Joint image / mask / instance-target transforms on ``torchvision.transforms.v2``.
+
+A sample is ``(image, target)``: ``image`` a float ``(C, H, W)`` tensor in the file's intensity
+units, ``target`` either a semantic mask ``(H, W)`` (int64) or torchvision's detection dict
+``{"boxes": (K, 4) xyxy, "labels": (K,), "masks": (K, H, W) uint8}``. :class:`Compose` wraps the
+pieces as ``tv_tensors`` (``Image``, ``Mask``, ``BoundingBoxes``) so every geometric step moves
+them together, and hands back plain tensors.
+
+Box convention: pixel-edge coordinates, ``x2``/``y2`` exclusive. A single-pixel instance at
+column ``x``, row ``y`` has the box ``(x, y, x + 1, y + 1)`` (torchvision's ``masks_to_boxes`` gives
+``(x, y, x, y)`` instead, a zero-area box that its detection models reject). For instance targets,
+:class:`Compose` recomputes every box from its (cropped, scaled, rotated) mask at the end and drops
+instances left with no pixel, so boxes always fit the masks; an empty crop gives ``boxes`` of shape
+``(0, 4)``.
+
+Order used by :func:`train_transforms`: random scale + crop (one step, cropping first so the full
+frame is never resized) → flips → 90° rotations → intensity jitter → normalisation. Crops that
+stick out of the image are padded: images with ``fill`` (the normalisation mean by default, so the
+padding becomes 0 after normalising), semantic masks with ``mask_fill`` (0 = background, or an
+ignore index), instance masks always with 0.
+
+Randomness comes from ``torch``'s global generator, so ``torch.manual_seed`` (and DataLoader worker
+seeding) makes the augmentation reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+__all__ = [
+    "Compose",
+    "InstanceLabels",
+    "InstanceMasks",
+    "Normalize",
+    "RandomCrop",
+    "RandomIntensity",
+    "RandomRotate90",
+    "RandomScale",
+    "RandomScaleCrop",
+    "Target",
+    "boxes_from_masks",
+    "eval_transforms",
+    "instance_target",
+    "train_transforms",
+]
+
+Target = Tensor | dict[str, Tensor]
+
+
+class InstanceLabels(tv_tensors.Mask):
+    """An instance-label image ``(H, W)`` (0 background, ``1..`` instance ids); padded with 0."""
+
+
+class InstanceMasks(tv_tensors.Mask):
+    """Per-instance binary masks ``(K, H, W)``; padded with 0."""
+
+
+# -- instance targets ---------------------------------------------------------------------------
+def boxes_from_masks(masks: Tensor) -> Tensor:
+    """Tight ``xyxy`` boxes of binary masks, in pixel-edge coordinates (``x2``, ``y2`` exclusive).
+
+    Args:
+        masks: ``(K, H, W)`` masks, any dtype (non-zero = inside). Each mask must be non-empty.
+
+    Returns:
+        ``(K, 4)`` float32 boxes ``(x1, y1, x2, y2)``.
+
+    Shape:
+        - Input: ``(K, H, W)``; output: ``(K, 4)``.
+
+    Example:
+        >>> m = torch.zeros(1, 4, 5, dtype=torch.uint8); m[0, 1, 2] = 1
+        >>> boxes_from_masks(m)
+        tensor([[2., 1., 3., 2.]])
+    """
+    if masks.ndim != 3:
+        raise ValueError(f"boxes_from_masks expects (K, H, W) masks; got shape {tuple(masks.shape)}.")
+    k, h, w = masks.shape
+    if k == 0:
+        return torch.zeros((0, 4), dtype=torch.float32, device=masks.device)
+    rows = masks.bool().any(dim=2)  # (K, H)
+    cols = masks.bool().any(dim=1)  # (K, W)
+    if not bool(rows.any(dim=1).all()):
+        raise ValueError("boxes_from_masks: some masks are empty; drop them first.")
+    y1 = rows.to(torch.uint8).argmax(dim=1)
+    y2 = h - rows.flip(1).to(torch.uint8).argmax(dim=1)
+    x1 = cols.to(torch.uint8).argmax(dim=1)
+    x2 = w - cols.flip(1).to(torch.uint8).argmax(dim=1)
+    return torch.stack([x1, y1, x2, y2], dim=1).to(torch.float32)  # (K, 4)
+
+
+def instance_target(labels: Tensor | np.ndarray, classes: Tensor | np.ndarray | None = None) -> dict[str, Tensor]:
+    """Turn an instance-label image into torchvision's detection target dict.
+
+    Args:
+        labels: ``(H, W)`` integer image, 0 background, each other value one instance.
+        classes: optional lookup table, ``classes[id]`` is the class of instance ``id`` (>= 1);
+            default: every instance has class 1.
+
+    Returns:
+        ``{"boxes": (K, 4) float32 xyxy (x2/y2 exclusive), "labels": (K,) int64, "masks": (K, H, W)
+        uint8}`` with instances in increasing id order; ``K`` may be 0.
+
+    Shape:
+        - Input: ``(H, W)``.
+
+    Example:
+        >>> t = instance_target(torch.tensor([[0, 2], [2, 5]]))
+        >>> t["boxes"].tolist(), t["labels"].tolist(), tuple(t["masks"].shape)
+        ([[0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 2.0, 2.0]], [1, 1], (2, 2, 2))
+    """
+    labels = torch.as_tensor(np.asarray(labels) if isinstance(labels, np.ndarray) else labels)
+    if labels.ndim != 2:
+        raise ValueError(f"instance_target expects an (H, W) label image; got shape {tuple(labels.shape)}.")
+    labels = labels.to(torch.int64)
+    ids = torch.unique(labels)
+    ids = ids[ids > 0]
+    masks = (labels[None] == ids[:, None, None]).to(torch.uint8)  # (K, H, W)
+    if classes is None:
+        cls = torch.ones(len(ids), dtype=torch.int64)
+    else:
+        cls = torch.as_tensor(np.asarray(classes), dtype=torch.int64)[ids]
+    return {"boxes": boxes_from_masks(masks), "labels": cls, "masks": masks}
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _pair(size: int | Sequence[int], what: str) -> tuple[int, int]:
+    if isinstance(size, bool):
+        raise TypeError(f"{what} must be an int or (height, width); got {size!r}.")
+    if isinstance(size, int):
+        size = (size, size)
+    size = tuple(size)
+    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
+        raise ValueError(f"{what} must be a positive int or a pair of positive ints (height, width); got {size!r}.")
+    return size  # type: ignore[return-value]
+
+
+def _range(value: Sequence[float], what: str, *, positive: bool) -> tuple[float, float]:
+    if len(value) != 2 or not value[0] <= value[1] or (positive and value[0] <= 0):
+        need = "0 < low <= high" if positive else "low <= high"
+        raise ValueError(f"{what} must be a (low, high) pair with {need}; got {tuple(value)!r}.")
+    return float(value[0]), float(value[1])
+
+
+def _spatial_size(flat_inputs: list[Any]) -> tuple[int, int]:
+    for inpt in flat_inputs:
+        if isinstance(inpt, tv_tensors.Image | tv_tensors.Mask):
+            return int(inpt.shape[-2]), int(inpt.shape[-1])
+        if isinstance(inpt, tv_tensors.BoundingBoxes):
+            return tuple(inpt.canvas_size)  # type: ignore[return-value]
+    raise TypeError("The transform found no image or mask in its input.")
+
+
+def _foreground(flat_inputs: list[Any], ignore: int) -> Tensor | None:
+    """``(H, W)`` bool map of labelled pixels, from the first mask-like input."""
+    for inpt in flat_inputs:
+        if isinstance(inpt, InstanceMasks):
+            return inpt.bool().any(dim=0) if inpt.shape[0] else torch.zeros(inpt.shape[-2:], dtype=torch.bool)
+        if isinstance(inpt, tv_tensors.Mask):
+            fg = inpt.as_subclass(Tensor) > 0
+            if ignore != 0 and not isinstance(inpt, InstanceLabels):
+                fg &= inpt.as_subclass(Tensor) != ignore
+            return fg.reshape(fg.shape[-2:]) if fg.ndim > 2 else fg
+    return None
+
+
+def _crop_origin(
+    size: tuple[int, int], window: tuple[int, int], fg: Tensor | None, foreground_prob: float
+) -> tuple[int, int]:
+    """Top-left corner of a ``window`` in an image of ``size``; negative or overhanging means padding."""
+    (h, w), (wh, ww) = size, window
+    lo_y, hi_y = min(0, h - wh), max(0, h - wh)
+    lo_x, hi_x = min(0, w - ww), max(0, w - ww)
+    if fg is not None and foreground_prob > 0 and float(torch.rand(())) < foreground_prob:
+        points = fg.nonzero()
+        if len(points):
+            y, x = points[int(torch.randint(len(points), ()))].tolist()
+            lo_y, hi_y = max(lo_y, y - wh + 1), min(hi_y, y)
+            lo_x, hi_x = max(lo_x, x - ww + 1), min(hi_x, x)
+    top = int(torch.randint(lo_y, hi_y + 1, ()))
+    left = int(torch.randint(lo_x, hi_x + 1, ()))
+    return top, left
+
+
+def _fill_for(inpt: Any, fill: float | list[float], mask_fill: int) -> float | list[float] | None:
+    if isinstance(inpt, InstanceLabels | InstanceMasks):
+        return 0
+    if isinstance(inpt, tv_tensors.Mask):
+        return mask_fill
+    if isinstance(inpt, tv_tensors.Image):
+        return fill
+    return None
+
+
+def _pad_crop(
+    inpt: Any, top: int, left: int, height: int, width: int, fill: float | list[float], mask_fill: int
+) -> Any:
+    h, w = _spatial_size([inpt])
+    pad_top, pad_left = max(0, -top), max(0, -left)
+    pad_bottom, pad_right = max(0, top + height - h), max(0, left + width - w)
+    if pad_top or pad_left or pad_bottom or pad_right:
+        value = _fill_for(inpt, fill, mask_fill)
+        if isinstance(inpt, tv_tensors.Image) and isinstance(value, list) and len(value) != inpt.shape[-3]:
+            raise ValueError(f"fill has {len(value)} values but the image has {inpt.shape[-3]} channels.")
+        inpt = F.pad(inpt, [pad_left, pad_top, pad_right, pad_bottom], fill=value)
+        top, left = top + pad_top, left + pad_left
+    return F.crop(inpt, top, left, height, width)
+
+
+def _resize(inpt: Any, size: tuple[int, int]) -> Any:
+    """Bilinear (antialiased) for images, nearest-exact index gathering for masks, scaled boxes."""
+    if isinstance(inpt, tv_tensors.Mask):
+        h, w = inpt.shape[-2:]
+        if (h, w) == size:
+            return inpt
+        rows = ((torch.arange(size[0], dtype=torch.float64) + 0.5) * (h / size[0])).floor().long().clamp_(max=h - 1)
+        cols = ((torch.arange(size[1], dtype=torch.float64) + 0.5) * (w / size[1])).floor().long().clamp_(max=w - 1)
+        out = inpt.as_subclass(Tensor)[..., rows[:, None], cols[None, :]]  # (..., h', w')
+        return tv_tensors.wrap(out, like=inpt)
+    if isinstance(inpt, tv_tensors.Image):
+        return F.resize(inpt, list(size), interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
+    if isinstance(inpt, tv_tensors.BoundingBoxes):
+        return F.resize(inpt, list(size))
+    return inpt
+
+
+# -- transforms ---------------------------------------------------------------------------------
+class RandomCrop(v2.Transform):
+    """Random ``size`` crop of image and target together, padding when the image is smaller.
+
+    Args:
+        size: crop ``(height, width)`` or one int for a square.
+        foreground_prob: probability of centring the choice on a labelled pixel: a random
+            foreground pixel is drawn and the crop is placed uniformly among the windows that
+            contain it (helps sparse targets such as the bacteria colony). Falls back to a uniform
+            crop when the target has no foreground.
+        fill: image padding value (one value, or one per channel).
+        mask_fill: semantic-mask padding value (0 = background, or your ignore index; it is then
+            also excluded from the foreground choice). Instance masks are always padded with 0.
+
+    Example:
+        >>> crop = Compose([RandomCrop(32)])
+        >>> img, mask = crop(torch.rand(1, 20, 50), torch.zeros(20, 50, dtype=torch.long))
+        >>> tuple(img.shape), tuple(mask.shape)
+        ((1, 32, 32), (32, 32))
+    """
+
+    def __init__(
+        self,
+        size: int | Sequence[int],
+        *,
+        foreground_prob: float = 0.0,
+        fill: float | Sequence[float] = 0.0,
+        mask_fill: int = 0,
+    ) -> None:
+        super().__init__()
+        self.size = _pair(size, "size")
+        if not 0.0 <= foreground_prob <= 1.0:
+            raise ValueError(f"foreground_prob must be in [0, 1]; got {foreground_prob}.")
+        self.foreground_prob = float(foreground_prob)
+        self.fill = [float(f) for f in fill] if isinstance(fill, Sequence) else float(fill)
+        self.mask_fill = int(mask_fill)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        fg = _foreground(flat_inputs, self.mask_fill) if self.foreground_prob > 0 else None
+        top, left = _crop_origin(_spatial_size(flat_inputs), self.size, fg, self.foreground_prob)
+        return {"top": top, "left": left}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return _pad_crop(inpt, params["top"], params["left"], *self.size, self.fill, self.mask_fill)
+
+
+class RandomScale(v2.Transform):
+    """Resize image and target by a random factor, log-uniform in ``scale``.
+
+    Images are resized bilinearly with antialiasing; masks by nearest-exact sampling (pixel
+    centres, the same geometry as the images, labels never blended); boxes scaled.
+
+    Args:
+        scale: ``(low, high)`` factor range, ``0 < low <= high``.
+    """
+
+    def __init__(self, scale: Sequence[float] = (0.75, 1.33)) -> None:
+        super().__init__()
+        self.scale = _range(scale, "scale", positive=True)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = _spatial_size(flat_inputs)
+        lo, hi = math.log(self.scale[0]), math.log(self.scale[1])
+        s = math.exp(lo + (hi - lo) * float(torch.rand(())))
+        return {"size": (max(1, round(h * s)), max(1, round(w * s)))}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return _resize(inpt, params["size"])
+
+
+class RandomScaleCrop(v2.Transform):
+    """Random scale then random crop, done as crop-then-resize so the full image is never resized.
+
+    A window of ``size / s`` pixels (``s`` log-uniform in ``scale``) is cut out (padded where it
+    overhangs, foreground-biased if asked) and resized to ``size``: the same distribution as
+    :class:`RandomScale` followed by :class:`RandomCrop`, at the cost of the crop only.
+
+    Args:
+        size: output ``(height, width)`` or one int.
+        scale: ``(low, high)`` zoom factor range (``s > 1`` magnifies).
+        foreground_prob, fill, mask_fill: as in :class:`RandomCrop`.
+    """
+
+    def __init__(
+        self,
+        size: int | Sequence[int],
+        *,
+        scale: Sequence[float] = (0.75, 1.33),
+        foreground_prob: float = 0.0,
+        fill: float | Sequence[float] = 0.0,
+        mask_fill: int = 0,
+    ) -> None:
+        super().__init__()
+        self.crop = RandomCrop(size, foreground_prob=foreground_prob, fill=fill, mask_fill=mask_fill)
+        self.size = self.crop.size
+        self.scale = _range(scale, "scale", positive=True)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        lo, hi = math.log(self.scale[0]), math.log(self.scale[1])
+        s = math.exp(lo + (hi - lo) * float(torch.rand(())))
+        window = (max(1, round(self.size[0] / s)), max(1, round(self.size[1] / s)))
+        fg = _foreground(flat_inputs, self.crop.mask_fill) if self.crop.foreground_prob > 0 else None
+        top, left = _crop_origin(_spatial_size(flat_inputs), window, fg, self.crop.foreground_prob)
+        return {"top": top, "left": left, "window": window}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        out = _pad_crop(inpt, params["top"], params["left"], *params["window"], self.crop.fill, self.crop.mask_fill)
+        return _resize(out, self.size)
+
+
+class RandomRotate90(v2.Transform):
+    """Rotate by ``k * 90°``, ``k`` uniform in {0, 1, 2, 3}; in {0, 2} for non-square inputs.
+
+    Non-square inputs keep their shape (so a batch of them still stacks); square crops get all
+    four orientations. Exact: no interpolation.
+    """
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = _spatial_size(flat_inputs)
+        k = int(torch.randint(4, ())) if h == w else 2 * int(torch.randint(2, ()))
+        return {"k": k}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        k = params["k"]
+        if k == 0:
+            return inpt
+        if isinstance(inpt, tv_tensors.BoundingBoxes):
+            fmt = inpt.format
+            boxes = F.convert_bounding_box_format(inpt, new_format=tv_tensors.BoundingBoxFormat.XYXY)
+            xyxy = boxes.as_subclass(Tensor)
+            h, w = inpt.canvas_size
+            for _ in range(k):  # one counter-clockwise quarter turn: (x, y) -> (y, W - x)
+                xyxy = torch.stack([xyxy[:, 1], w - xyxy[:, 2], xyxy[:, 3], w - xyxy[:, 0]], dim=1)
+                h, w = w, h
+            out = tv_tensors.BoundingBoxes(xyxy, format="XYXY", canvas_size=(h, w))
+            return F.convert_bounding_box_format(out, new_format=fmt)
+        if isinstance(inpt, tv_tensors.Image | tv_tensors.Mask):
+            return tv_tensors.wrap(torch.rot90(inpt.as_subclass(Tensor), k, dims=(-2, -1)), like=inpt)
+        return inpt
+
+
+class RandomIntensity(v2.Transform):
+    """Random gamma, gain and bias on float images, in the image's own units.
+
+    Per channel, with ``lo``/``hi`` the channel's min/max: ``y = (x - lo) / (hi - lo)``,
+    ``y = y ** gamma``, ``y = gain * y + bias``, ``x = lo + (hi - lo) * y``. The parameters are
+    drawn once per sample (shared by the channels); masks and boxes are untouched. Works before or
+    after normalisation and for any bit depth (0..65535 frames included); constant channels are
+    left as they are.
+
+    Args:
+        gain: ``(low, high)`` contrast factor range.
+        bias: ``(low, high)`` shift, as a fraction of the channel's range.
+        gamma: ``(low, high)`` gamma range (log-uniform).
+        p: probability of applying it to a sample.
+    """
+
+    _transformed_types = (tv_tensors.Image,)
+
+    def __init__(
+        self,
+        gain: Sequence[float] = (0.8, 1.25),
+        bias: Sequence[float] = (-0.1, 0.1),
+        gamma: Sequence[float] = (0.7, 1.4),
+        p: float = 0.8,
+    ) -> None:
+        super().__init__()
+        self.gain = _range(gain, "gain", positive=True)
+        self.bias = _range(bias, "bias", positive=False)
+        self.gamma = _range(gamma, "gamma", positive=True)
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be in [0, 1]; got {p}.")
+        self.p = float(p)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        apply = float(torch.rand(())) < self.p
+        u = torch.rand(3).tolist()
+        glo, ghi = math.log(self.gamma[0]), math.log(self.gamma[1])
+        return {
+            "apply": apply,
+            "gain": self.gain[0] + (self.gain[1] - self.gain[0]) * u[0],
+            "bias": self.bias[0] + (self.bias[1] - self.bias[0]) * u[1],
+            "gamma": math.exp(glo + (ghi - glo) * u[2]),
+        }
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not params["apply"]:
+            return inpt
+        x = inpt.as_subclass(Tensor)
+        if not x.is_floating_point():
+            raise TypeError(f"RandomIntensity expects a float image; got {x.dtype}.")
+        flat = x.reshape(x.shape[-3], -1) if x.ndim >= 3 else x.reshape(1, -1)
+        lo = flat.amin(dim=1).reshape(-1, 1, 1)  # (C, 1, 1)
+        span = (flat.amax(dim=1).reshape(-1, 1, 1) - lo).clamp_min(torch.finfo(x.dtype).tiny)
+        y = ((x - lo) / span).clamp_(0.0, 1.0)  # (C, H, W) in [0, 1]
+        y = y.pow(params["gamma"]) * params["gain"] + params["bias"]
+        out = lo + span * y
+        constant = (flat.amax(dim=1) == flat.amin(dim=1)).reshape(-1, 1, 1)
+        out = torch.where(constant, x, out)
+        return tv_tensors.wrap(out, like=inpt)
+
+
+class Normalize(v2.Normalize):
+    """``(x - mean) / std`` per channel, with a clear error on a channel-count mismatch.
+
+    Args:
+        mean: per-channel means (the training split's, from ``dataset.stats()``).
+        std: per-channel standard deviations (> 0).
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        mean, std = [float(m) for m in mean], [float(s) for s in std]
+        if len(mean) != len(std) or not mean:
+            raise ValueError(f"mean and std need one value per channel; got {len(mean)} and {len(std)}.")
+        if any(not s > 0 for s in std):
+            raise ValueError(f"std must be > 0 in every channel; got {std}.")
+        super().__init__(mean, std)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, tv_tensors.Image) and inpt.shape[-3] != len(self.mean):
+            raise ValueError(
+                f"Normalize has statistics for {len(self.mean)} channel(s) but the image has {inpt.shape[-3]}."
+            )
+        return super().transform(inpt, params)
+
+
+# -- the pipeline -------------------------------------------------------------------------------
+def _as_image(image: Tensor | np.ndarray) -> tv_tensors.Image:
+    image = torch.as_tensor(image)
+    if image.ndim != 3:
+        raise ValueError(f"Expected an image of shape (C, H, W); got {tuple(image.shape)}.")
+    if not image.is_floating_point():
+        image = image.to(torch.float32)
+    return tv_tensors.Image(image)
+
+
+def _plain(value: Any) -> Any:
+    return value.as_subclass(Tensor) if isinstance(value, Tensor) else value
+
+
+class Compose:
+    """Apply ``v2`` transforms jointly to ``(image, target)`` and return plain tensors.
+
+    ``target`` is a semantic mask ``(H, W)`` or a detection dict (``"masks"`` required, ``"boxes"``
+    recomputed, other keys such as ``"labels"`` carried along and filtered with the instances).
+
+    Args:
+        transforms: ``torchvision.transforms.v2`` transforms (those of this module included).
+
+    Example:
+        >>> t = Compose([RandomCrop(8), Normalize([0.5], [0.25])])
+        >>> img, mask = t(torch.rand(1, 16, 16), torch.zeros(16, 16, dtype=torch.long))
+        >>> tuple(img.shape), mask.dtype
+        ((1, 8, 8), torch.int64)
+    """
+
+    def __init__(self, transforms: Sequence[Callable[..., Any]]) -> None:
+        self.transforms = list(transforms)
+        self._pipeline = v2.Compose(self.transforms) if self.transforms else None
+
+    def _run(self, *inputs: Any) -> Any:
+        return self._pipeline(*inputs) if self._pipeline is not None else inputs
+
+    def __call__(self, image: Tensor | np.ndarray, target: Target | np.ndarray) -> tuple[Tensor, Target]:
+        img = _as_image(image)
+        if isinstance(target, dict):
+            return self._instances(img, target)
+        mask = torch.as_tensor(target)
+        if mask.ndim != 2:
+            raise ValueError(f"A semantic mask must be (H, W); got {tuple(mask.shape)}.")
+        if mask.shape != img.shape[-2:]:
+            raise ValueError(f"Image {tuple(img.shape[-2:])} and mask {tuple(mask.shape)} differ in size.")
+        out_img, out_mask = self._run(img, tv_tensors.Mask(mask))
+        return _plain(out_img), _plain(out_mask)
+
+    def apply_to_labels(self, image: Tensor | np.ndarray, labels: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
+        """Transform an image and its instance-label image ``(H, W)`` (padding with 0).
+
+        The datasets use this to crop before expanding labels into per-instance masks; followed
+        by :func:`instance_target` it gives exactly what ``self(image, instance_target(labels))``
+        gives, at the cost of one mask instead of ``K``.
+        """
+        img = _as_image(image)
+        lab = torch.as_tensor(labels)
+        if lab.shape != img.shape[-2:]:
+            raise ValueError(f"Image {tuple(img.shape[-2:])} and labels {tuple(lab.shape)} differ in size.")
+        out_img, out_lab = self._run(img, InstanceLabels(lab))
+        return _plain(out_img), _plain(out_lab)
+
+    def _instances(self, img: tv_tensors.Image, target: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        if "masks" not in target:
+            raise ValueError("An instance target needs 'masks' (K, H, W); boxes are recomputed from them.")
+        masks = torch.as_tensor(target["masks"])
+        if masks.ndim != 3 or masks.shape[-2:] != img.shape[-2:]:
+            raise ValueError(f"target['masks'] must be (K, {img.shape[-2]}, {img.shape[-1]}); got {tuple(masks.shape)}.")
+        k = masks.shape[0]
+        per_instance = {key: v for key, v in target.items() if key not in ("masks", "boxes")}
+        for key, value in per_instance.items():
+            if not (isinstance(value, Tensor) and value.ndim >= 1 and value.shape[0] == k):
+                raise ValueError(f"target[{key!r}] must have one entry per instance ({k}).")
+        wrapped = {"masks": InstanceMasks(masks)}
+        out_img, out = self._run(img, wrapped)
+        out_masks = out["masks"].as_subclass(Tensor).to(torch.uint8)
+        keep = out_masks.flatten(1).bool().any(dim=1) if k else torch.zeros(0, dtype=torch.bool)
+        result = {"boxes": boxes_from_masks(out_masks[keep])}
+        for key, value in per_instance.items():
+            result[key] = value[keep]
+        result["masks"] = out_masks[keep]
+        return _plain(out_img), result
+
+    def __repr__(self) -> str:
+        inner = "".join(f"\n    {t!r}," for t in self.transforms)
+        return f"{type(self).__name__}([{inner}\n])"
+
+
+def _check_stats(mean: Sequence[float], std: Sequence[float]) -> tuple[list[float], list[float]]:
+    mean, std = [float(m) for m in mean], [float(s) for s in std]
+    Normalize(mean, std)  # validates
+    return mean, std
+
+
+def train_transforms(
+    *,
+    crop: int | Sequence[int] | None,
+    mean: Sequence[float],
+    std: Sequence[float],
+    scale: Sequence[float] | None = (0.75, 1.33),
+    flips: bool = True,
+    rotate90: bool = True,
+    intensity: bool | RandomIntensity = True,
+    foreground_prob: float = 0.0,
+    mask_fill: int = 0,
+) -> Compose:
+    """The standard training augmentation: scale + crop, flips, 90° turns, intensity jitter, normalise.
+
+    Args:
+        crop: crop ``(height, width)`` or one int; ``None`` keeps the whole image (then ``scale``
+            resizes it).
+        mean: per-channel means of the training split (``dataset.stats()["mean"]``); also the
+            image padding value, so padding ends up at 0 after normalisation.
+        std: per-channel standard deviations of the training split.
+        scale: zoom range, log-uniform; ``None`` for no scaling.
+        flips: random horizontal and vertical flips.
+        rotate90: random quarter turns (half turns only for non-square crops).
+        intensity: random gamma/gain/bias (:class:`RandomIntensity`); pass an instance to set its
+            ranges.
+        foreground_prob: chance of a foreground-centred crop (see :class:`RandomCrop`).
+        mask_fill: padding value of semantic masks (0, or an ignore index).
+
+    Returns:
+        A :class:`Compose`: ``(image, target) -> (image, target)`` for semantic masks and instance
+        targets alike.
+
+    Raises:
+        ValueError: inconsistent mean/std, non-positive std, crop or scale.
+
+    Example:
+        >>> t = train_transforms(crop=64, mean=[100.0], std=[20.0])
+        >>> img, mask = t(torch.full((1, 50, 70), 100.0), torch.zeros(50, 70, dtype=torch.long))
+        >>> tuple(img.shape), tuple(mask.shape)
+        ((1, 64, 64), (64, 64))
+    """
+    mean, std = _check_stats(mean, std)
+    steps: list[Any] = []
+    fill = mean if len(mean) > 1 else mean[0]
+    if crop is not None and scale is not None:
+        steps.append(RandomScaleCrop(crop, scale=scale, foreground_prob=foreground_prob, fill=fill, mask_fill=mask_fill))
+    elif crop is not None:
+        steps.append(RandomCrop(crop, foreground_prob=foreground_prob, fill=fill, mask_fill=mask_fill))
+    elif scale is not None:
+        steps.append(RandomScale(scale))
+    if flips:
+        steps += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
+    if rotate90:
+        steps.append(RandomRotate90())
+    if isinstance(intensity, RandomIntensity):
+        steps.append(intensity)
+    elif intensity:
+        steps.append(RandomIntensity())
+    steps.append(Normalize(mean, std))
+    return Compose(steps)
+
+
+def eval_transforms(*, mean: Sequence[float], std: Sequence[float]) -> Compose:
+    """Evaluation transform: normalisation with the training statistics only (full images).
+
+    Args:
+        mean: per-channel means of the training split.
+        std: per-channel standard deviations of the training split.
+
+    Returns:
+        A :class:`Compose` for semantic masks and instance targets.
+
+    Example:
+        >>> img, _ = eval_transforms(mean=[10.0], std=[2.0])(torch.full((1, 4, 4), 12.0), torch.zeros(4, 4))
+        >>> img.unique().tolist()
+        [1.0]
+    """
+    mean, std = _check_stats(mean, std)
+    return Compose([Normalize(mean, std)])

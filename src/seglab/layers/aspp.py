@@ -1,0 +1,178 @@
+"""Atrous spatial pyramid pooling (Chen, Papandreou, Schroff & Adam, "Rethinking Atrous Convolution
+for Semantic Image Segmentation", arXiv 2017 — DeepLab v3; and "Encoder-Decoder with Atrous
+Separable Convolution for Semantic Image Segmentation", ECCV 2018 — DeepLab v3+).
+
+ASPP probes one feature map at several fields of view in parallel: a 1x1 convolution, three 3x3
+atrous convolutions with growing rates, and image-level features (global average pooling, 1x1
+conv, broadcast back). Each branch has batch norm and ReLU; the branches are concatenated and
+projected by a 1x1 convolution (with BN, ReLU and dropout).
+
+The rates depend on the output stride of the features: (6, 12, 18) at 16 and the doubled
+(12, 24, 36) at 8 (the paper's choices; :func:`aspp_rates`). With ``separable=True`` the atrous
+branches are depthwise-separable ("atrous separable convolution", v3+): a depthwise 3x3 atrous conv,
+norm, activation, then a pointwise 1x1 conv, norm, activation (the reference implementation's
+layout).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from seglab.layers.conv import ConvNormAct, make_act, make_norm
+from seglab.layers.pyramid import check_pooled_batch
+
+__all__ = ["ASPP", "ImagePooling", "SeparableConvNormAct", "aspp_rates"]
+
+_DEFAULT_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}
+
+
+def aspp_rates(output_stride: int) -> tuple[int, int, int]:
+    """The default atrous rates for features at ``output_stride``.
+
+    (12, 24, 36) at 8 and (6, 12, 18) at 16, as in the DeepLab v3 paper; (3, 6, 9) at 32 (halved
+    once more; the paper does not use ASPP on undilated features).
+
+    Raises:
+        ValueError: ``output_stride`` is not 8, 16 or 32.
+
+    Example:
+        >>> aspp_rates(8)
+        (12, 24, 36)
+    """
+    if isinstance(output_stride, bool) or output_stride not in _DEFAULT_RATES:
+        raise ValueError(f"output_stride must be one of {tuple(_DEFAULT_RATES)}; got {output_stride!r}.")
+    return _DEFAULT_RATES[output_stride]
+
+
+class SeparableConvNormAct(nn.Sequential):
+    """Depthwise atrous conv -> norm -> act -> pointwise 1x1 conv -> norm -> act.
+
+    Args:
+        in_ch: input channels.
+        out_ch: output channels.
+        kernel_size: depthwise kernel size (odd).
+        dilation: atrous rate of the depthwise conv ("same" padding).
+        norm: norm name.
+        act: activation name.
+
+    Shape:
+        ``(N, in_ch, H, W) -> (N, out_ch, H, W)``.
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int = 3,
+        *,
+        dilation: int = 1,
+        norm: str = "batch",
+        act: str = "relu",
+    ) -> None:
+        pad = dilation * (kernel_size - 1) // 2
+        bias = norm == "none"
+        super().__init__(
+            nn.Conv2d(in_ch, in_ch, kernel_size, padding=pad, dilation=dilation, groups=in_ch, bias=bias),
+            make_norm(norm, in_ch),
+            make_act(act, channels=in_ch),
+            nn.Conv2d(in_ch, out_ch, 1, bias=bias),
+            make_norm(norm, out_ch),
+            make_act(act, channels=out_ch),
+        )
+        self.in_channels = in_ch
+        self.out_channels = out_ch
+
+
+class ImagePooling(nn.Module):
+    """Image-level features: global average pooling, 1x1 ``ConvNormAct``, broadcast to ``H x W``.
+
+    The global mean is a ``ReduceMean`` in ONNX (no adaptive pooling) and the broadcast an
+    ``Expand`` (equal to bilinear up-sampling of a 1x1 map).
+
+    Shape:
+        ``(N, in_ch, H, W) -> (N, out_ch, H, W)``.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, *, norm: str = "batch", act: str = "relu") -> None:
+        super().__init__()
+        self.conv = ConvNormAct(in_ch, out_ch, 1, norm=norm, act=act)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        p = x.mean(dim=(-2, -1), keepdim=True)  # (N, in_ch, 1, 1)
+        check_pooled_batch("ASPP image pooling", p, self.conv[1])
+        p = self.conv(p)  # (N, out_ch, 1, 1)
+        return p.expand(-1, -1, h, w)  # (N, out_ch, H, W)
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling with image-level features.
+
+    Args:
+        in_ch: input channels (2048 for ResNet-50's last stage).
+        out_ch: channels of every branch and of the output (256 in the paper).
+        rates: atrous rates of the 3x3 branches (any number >= 1; three in the paper). Use
+            :func:`aspp_rates` for the paper's choice at a given output stride.
+        separable: depthwise-separable atrous branches (DeepLab v3+).
+        pooling: include the image-level pooling branch.
+        norm: norm name for every branch and the projection (``"batch"`` in the paper;
+            ``"group"`` lets the model train with a batch of one).
+        act: activation name.
+        dropout: dropout after the projection (0.5 in the reference implementations; 0 disables).
+
+    Raises:
+        ValueError: no rates, or a rate below 1.
+
+    Shape:
+        ``(N, in_ch, H, W) -> (N, out_ch, H, W)``.
+
+    Example:
+        >>> aspp = ASPP(64, 32, rates=(6, 12, 18))
+        >>> aspp(torch.randn(2, 64, 17, 23)).shape
+        torch.Size([2, 32, 17, 23])
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int = 256,
+        rates: Sequence[int] = (6, 12, 18),
+        *,
+        separable: bool = False,
+        pooling: bool = True,
+        norm: str = "batch",
+        act: str = "relu",
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        rates = tuple(rates)
+        if not rates or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates):
+            raise ValueError(f"ASPP rates must be a non-empty sequence of positive ints; got {rates!r}.")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"ASPP dropout must be in [0, 1); got {dropout!r}.")
+        self.rates = rates
+        branches: list[nn.Module] = [ConvNormAct(in_ch, out_ch, 1, norm=norm, act=act)]
+        for r in rates:
+            if separable:
+                branches.append(SeparableConvNormAct(in_ch, out_ch, 3, dilation=r, norm=norm, act=act))
+            else:
+                branches.append(ConvNormAct(in_ch, out_ch, 3, dilation=r, norm=norm, act=act))
+        if pooling:
+            branches.append(ImagePooling(in_ch, out_ch, norm=norm, act=act))
+        self.branches = nn.ModuleList(branches)
+        self.project = nn.Sequential(
+            ConvNormAct(len(branches) * out_ch, out_ch, 1, norm=norm, act=act),
+            nn.Dropout(dropout),
+        )
+        self.in_channels = in_ch
+        self.out_channels = out_ch
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.cat([branch(x) for branch in self.branches], dim=1)  # (N, n_branches * out_ch, H, W)
+        return self.project(y)  # (N, out_ch, H, W)
+
+    def extra_repr(self) -> str:
+        return f"rates={self.rates}"

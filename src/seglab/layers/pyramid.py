@@ -1,0 +1,243 @@
+"""Pyramid pooling: SPP (He et al.) and PSPNet's pyramid pooling module (Zhao et al.).
+
+* :class:`SPP` (He, Zhang, Ren & Sun, "Spatial Pyramid Pooling in Deep Convolutional Networks for
+  Visual Recognition", ECCV 2014 / TPAMI 2015) pools the last convolutional map over a pyramid of
+  ``l x l`` grids and concatenates the bins: the output length ``C * sum(l * l)`` does not depend
+  on the input's size or aspect ratio, so a fully-connected classifier can follow a network that
+  takes any image size.
+* :class:`PyramidPooling` (Zhao, Shi, Qi, Wang & Jia, "Pyramid Scene Parsing Network", CVPR 2017)
+  average-pools to ``b x b`` grids (1, 2, 3, 6), reduces each with a 1x1 conv, up-samples back and
+  concatenates with the input: global and sub-region context for every pixel.
+
+Adaptive pooling and ONNX: torch's ``adaptive_avg_pool2d`` exports to ONNX only when the input size
+is a multiple of the output size (the TorchScript exporter refuses other sizes). PSPNet's bins 3 and
+6 rarely divide the feature size, so :func:`adaptive_avg_pool2d` here computes the same bins (bin
+``i`` of ``n`` covers ``[floor(i * L / n), ceil((i + 1) * L / n))``, torch's rule) in an exportable
+way: a mean for one bin, ``avg_pool2d`` with kernel = stride = ``L / n`` when the size divides, and
+otherwise two small matrix products with constant averaging matrices built from the (fixed) input
+size. An exported graph is therefore specific to its input size, as ONNX models of these networks
+are anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seglab._options import check_choice
+from seglab.layers.conv import ConvNormAct
+
+__all__ = ["SPP", "PyramidPooling", "adaptive_avg_pool2d", "check_pooled_batch"]
+
+SPP_MODES = ("max", "avg")
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int) and not isinstance(size, bool):
+        return size, size
+    if (
+        isinstance(size, Sequence)
+        and len(size) == 2
+        and all(isinstance(s, int) and not isinstance(s, bool) for s in size)
+    ):
+        return int(size[0]), int(size[1])
+    raise TypeError(f"output_size must be an int or a pair of ints; got {size!r}.")
+
+
+def _averaging_matrix(length: int, bins: int, like: Tensor) -> Tensor:
+    """``(bins, length)`` matrix whose row ``i`` averages torch's adaptive bin ``i`` of ``length``."""
+    rows = []
+    for i in range(bins):
+        start, end = (i * length) // bins, -(-((i + 1) * length) // bins)
+        rows.append([1.0 / (end - start) if start <= j < end else 0.0 for j in range(length)])
+    return torch.tensor(rows, dtype=like.dtype, device=like.device)
+
+
+def adaptive_avg_pool2d(x: Tensor, output_size: int | Sequence[int]) -> Tensor:
+    """Adaptive average pooling with torch's bins, written so that it exports to ONNX at any size.
+
+    Equal (up to float rounding) to ``torch.nn.functional.adaptive_avg_pool2d``; see the module
+    docstring for how it avoids the export pitfall.
+
+    Args:
+        x: feature map.
+        output_size: ``n`` or ``(n_h, n_w)`` bins.
+
+    Returns:
+        The pooled map.
+
+    Raises:
+        TypeError: ``output_size`` is not an int or a pair of ints.
+        ValueError: a bin count below 1.
+
+    Shape:
+        ``(N, C, H, W) -> (N, C, n_h, n_w)``.
+
+    Example:
+        >>> adaptive_avg_pool2d(torch.randn(2, 8, 31, 17), 6).shape
+        torch.Size([2, 8, 6, 6])
+    """
+    bh, bw = _pair(output_size)
+    if bh < 1 or bw < 1:
+        raise ValueError(f"output_size must be positive; got {output_size!r}.")
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    if bh == 1 and bw == 1:
+        return x.mean(dim=(-2, -1), keepdim=True)  # (N, C, 1, 1)
+    if h % bh == 0 and w % bw == 0:
+        return F.avg_pool2d(x, (h // bh, w // bw))  # (N, C, bh, bw)
+    rows = _averaging_matrix(h, bh, x)  # (bh, H)
+    cols = _averaging_matrix(w, bw, x)  # (bw, W)
+    return torch.matmul(torch.matmul(rows, x), cols.t())  # (N, C, bh, W) -> (N, C, bh, bw)
+
+
+def check_pooled_batch(owner: str, pooled: Tensor, norm: nn.Module) -> None:
+    """Raise a clear ``ValueError`` when BatchNorm would see one value per channel in training.
+
+    A branch that pools to a single bin and normalises with BatchNorm cannot train on a batch of
+    one (torch's own message, "Expected more than 1 value per channel", does not say why).
+    """
+    if (
+        norm.training
+        and isinstance(norm, nn.BatchNorm2d)
+        and pooled.shape[0] * pooled.shape[-2] * pooled.shape[-1] == 1
+    ):
+        raise ValueError(
+            f"{owner}: the globally pooled branch is normalised with BatchNorm, which needs more than one "
+            "value per channel in training mode; got a batch of 1. Train with a batch of 2 or more, build "
+            "the model with norm='group', or call model.eval() for inference."
+        )
+
+
+class SPP(nn.Module):
+    """Spatial pyramid pooling: a fixed-length vector from a map of any size and aspect ratio.
+
+    Each level ``l`` pools the map into an ``l x l`` grid of adaptive bins (torch's bin rule, which,
+    unlike the paper's ``ceil``/``floor`` window formula, gives exactly ``l`` bins for every size,
+    including maps smaller than ``l``, where bins overlap); the bins of all levels are flattened and
+    concatenated, level by level.
+
+    Args:
+        levels: grid sizes, e.g. ``(1, 2, 4)`` (He et al. used ``(1, 2, 3, 6)`` for detection and
+            ``(1, 2, 3, 4)`` for classification).
+        mode: ``"max"`` (the paper) or ``"avg"``.
+
+    Raises:
+        ValueError: empty or non-positive levels, or an unknown mode.
+
+    Shape:
+        ``(N, C, H, W) -> (N, C * sum(l * l for l in levels))`` for any ``H, W >= 1``.
+
+    Example:
+        >>> spp = SPP((1, 2, 4))
+        >>> spp(torch.randn(2, 16, 13, 29)).shape, spp(torch.randn(2, 16, 7, 7)).shape
+        (torch.Size([2, 336]), torch.Size([2, 336]))
+        >>> head = nn.Sequential(spp, nn.Linear(spp.output_features(16), 10))  # classifier
+    """
+
+    def __init__(self, levels: Sequence[int] = (1, 2, 4), *, mode: str = "max") -> None:
+        super().__init__()
+        levels = tuple(levels)
+        if not levels or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in levels):
+            raise ValueError(f"SPP levels must be a non-empty sequence of positive ints; got {levels!r}.")
+        self.levels = levels
+        self.mode = check_choice("mode", mode, SPP_MODES)
+
+    def output_features(self, channels: int) -> int:
+        """Length of the output vector for a ``channels``-channel input map."""
+        return channels * sum(v * v for v in self.levels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 4:
+            raise ValueError(f"SPP expects a feature map (N, C, H, W); got shape {tuple(x.shape)}.")
+        n = x.shape[0]
+        parts = []
+        for level in self.levels:
+            if self.mode == "max":
+                p = F.adaptive_max_pool2d(x, level)  # (N, C, l, l)
+            else:
+                p = adaptive_avg_pool2d(x, level)  # (N, C, l, l)
+            parts.append(p.reshape(n, -1))  # (N, C * l * l)
+        return torch.cat(parts, dim=1)  # (N, C * sum(l^2))
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}, mode={self.mode!r}"
+
+
+class PyramidPooling(nn.Module):
+    """PSPNet's pyramid pooling module.
+
+    For each bin count ``b``: adaptive average pooling to ``b x b``, a 1x1 ``ConvNormAct`` to
+    ``branch_channels``, bilinear up-sampling back to the input size; the input and the up-sampled
+    branches are concatenated (the input first).
+
+    Args:
+        in_ch: input channels.
+        bins: pooled grid sizes (``(1, 2, 3, 6)`` in the paper).
+        branch_channels: channels of each branch (default ``in_ch // len(bins)``, the paper's
+            ``1 / N`` reduction).
+        norm: norm name for the branch convolutions.
+        act: activation name.
+        align_corners: bilinear up-sampling convention (``True``, as the authors' Caffe ``Interp``
+            layer and their PyTorch code).
+
+    Attributes:
+        out_channels: ``in_ch + len(bins) * branch_channels``.
+
+    Raises:
+        ValueError: empty or non-positive bins, or ``branch_channels < 1``.
+
+    Shape:
+        ``(N, in_ch, H, W) -> (N, out_channels, H, W)``.
+
+    Example:
+        >>> ppm = PyramidPooling(64)
+        >>> ppm(torch.randn(2, 64, 13, 13)).shape
+        torch.Size([2, 128, 13, 13])
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        bins: Sequence[int] = (1, 2, 3, 6),
+        *,
+        branch_channels: int | None = None,
+        norm: str = "batch",
+        act: str = "relu",
+        align_corners: bool = True,
+    ) -> None:
+        super().__init__()
+        bins = tuple(bins)
+        if not bins or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in bins):
+            raise ValueError(
+                f"PyramidPooling bins must be a non-empty sequence of positive ints; got {bins!r}."
+            )
+        branch_channels = in_ch // len(bins) if branch_channels is None else int(branch_channels)
+        if branch_channels < 1:
+            raise ValueError(
+                f"PyramidPooling branch_channels must be >= 1; got {branch_channels} (in_ch={in_ch}, "
+                f"{len(bins)} bins). Pass branch_channels explicitly."
+            )
+        self.bins = bins
+        self.align_corners = bool(align_corners)
+        self.branches = nn.ModuleList(
+            ConvNormAct(in_ch, branch_channels, 1, norm=norm, act=act) for _ in bins
+        )
+        self.out_channels = in_ch + len(bins) * branch_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        size = x.shape[-2:]
+        outs = [x]
+        for b, branch in zip(self.bins, self.branches):
+            p = adaptive_avg_pool2d(x, b)  # (N, in_ch, b, b)
+            check_pooled_batch("PyramidPooling", p, branch[1])
+            p = branch(p)  # (N, branch_ch, b, b)
+            outs.append(
+                F.interpolate(p, size=size, mode="bilinear", align_corners=self.align_corners)
+            )  # (N, bc, H, W)
+        return torch.cat(outs, dim=1)  # (N, out_channels, H, W)
+
+    def extra_repr(self) -> str:
+        return f"bins={self.bins}"

@@ -1,0 +1,777 @@
+"""Functional twins of the seglab losses: plain functions over ``(pred, target)``.
+
+Every ``nn.Module`` in :mod:`seglab.losses` is a thin holder of options around one function here,
+so ``DiceLoss(smooth=0.0)(pred, target) == dice_loss(pred, target, smooth=0.0)``.
+
+Conventions shared by all functions:
+
+* ``pred`` is ``(N, C, H, W)`` (any number of spatial dimensions works, except for MS-SSIM, which
+  is 2-D): logits (``from_logits=True``, the default) or probabilities.
+* ``mode="binary"``: ``C == 1`` and a ``(N, H, W)`` or ``(N, 1, H, W)`` target in {0, 1};
+  ``"multiclass"``: ``C >= 2``, softmax over channels, a ``(N, H, W)`` int64 target of class
+  ids; ``"multilabel"``: independent sigmoids, a ``(N, C, H, W)`` target in {0, 1}.
+* ``ignore_index``: target value of pixels that take no part in the loss.
+* Region losses (Dice, IoU, Tversky) are built on one count: the soft intersection
+  ``Σ p·g``, ``Σ p`` and ``Σ g`` per class (per image with ``per_image=True``), computed by
+  :func:`soft_counts` without materialising a one-hot target in the common case.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from seglab.losses._utils import (
+    Prepared,
+    as_channel_tensor,
+    check_mode,
+    check_nonneg,
+    check_reduction,
+    masked_mean,
+    prepare,
+    prepare_multiclass,
+    reduce,
+    to_probs,
+)
+
+__all__ = [
+    "MS_SSIM_WEIGHTS",
+    "bce_loss",
+    "cross_entropy_loss",
+    "dice_loss",
+    "focal_loss",
+    "iou_loss",
+    "jaccard_loss",
+    "ms_ssim",
+    "ms_ssim_loss",
+    "soft_counts",
+    "tversky_loss",
+]
+
+MS_SSIM_WEIGHTS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+"""The five scale weights of Wang et al. (2003), finest scale first."""
+
+PixelWeight = Tensor | tuple[float, float] | None
+
+
+def _prepare(pred: Tensor, target: Tensor, mode: str, ignore_index: int | None, who: str) -> Prepared:
+    if mode == "multiclass":
+        return prepare_multiclass(pred, target, ignore_index, who)
+    return prepare(pred, target, mode, ignore_index, who)
+
+
+def _unflatten(loss: Tensor, spatial: tuple[int, ...]) -> Tensor:
+    """``(..., L)`` back to ``(..., *spatial)`` for ``reduction="none"``."""
+    return loss.reshape(*loss.shape[:-1], *spatial)
+
+
+# ------------------------------------------------------------------------------------------------
+# Cross-entropy family
+# ------------------------------------------------------------------------------------------------
+def bce_loss(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    mode: str = "binary",
+    from_logits: bool = True,
+    pos_weight: float | Sequence[float] | Tensor | None = None,
+    reduction: str = "mean",
+    ignore_index: int | None = None,
+) -> Tensor:
+    """Binary cross-entropy, per pixel (and per channel in multilabel mode).
+
+    ``-(w⁺·g·log p + (1 - g)·log(1 - p))`` with ``p = sigmoid(pred)`` and ``w⁺ = pos_weight``
+    (1 when unset). Logs of probabilities are clamped at -100 as in ``F.binary_cross_entropy``.
+
+    Args:
+        pred: logits (or probabilities with ``from_logits=False``).
+        target: {0, 1} mask (floats in [0, 1] act as soft labels).
+        mode: ``"binary"`` or ``"multilabel"`` (``"multiclass"`` is rejected: use
+            :func:`cross_entropy_loss`).
+        from_logits: ``pred`` holds logits.
+        pos_weight: weight of positive pixels: a number, or one value per channel.
+        reduction: ``"mean"`` over non-ignored elements, ``"sum"``, or ``"none"``.
+        ignore_index: target value to ignore.
+
+    Returns:
+        A scalar, or ``(N, C, H, W)`` with ``reduction="none"`` (0 at ignored pixels).
+
+    Raises:
+        ValueError: ``mode="multiclass"`` or shapes that do not fit the mode.
+
+    Shape:
+        ``pred (N, C, H, W)``; ``target (N, H, W)``, ``(N, 1, H, W)`` or ``(N, C, H, W)``.
+
+    Example:
+        >>> bce_loss(torch.zeros(2, 1, 4, 4), torch.ones(2, 4, 4)).item()  # log(2)
+        0.6931...
+    """
+    check_mode(mode)
+    check_reduction(reduction)
+    if mode == "multiclass":
+        raise ValueError(
+            "BCE is a per-channel sigmoid loss; mode='multiclass' needs the softmax cross-entropy: use 'ce' "
+            "(CrossEntropyLoss / cross_entropy_loss), e.g. build('ce+dice', mode='multiclass')."
+        )
+    x, g, valid, spatial = prepare(pred, target, mode, ignore_index, "bce_loss")
+    pw = as_channel_tensor(pos_weight, "pos_weight", ndim_spatial=1)
+    if pw is not None:
+        pw = pw.to(device=x.device, dtype=x.dtype)
+    if from_logits:
+        if valid is None and reduction != "none":
+            return F.binary_cross_entropy_with_logits(x, g, pos_weight=pw, reduction=reduction)
+        loss = F.binary_cross_entropy_with_logits(x, g, pos_weight=pw, reduction="none")  # (N, C, L)
+    else:
+        log_p = torch.log(x).clamp_min(-100.0)  # (N, C, L)
+        log_1mp = torch.log1p(-x).clamp_min(-100.0)
+        pos = g * log_p if pw is None else pw * g * log_p
+        loss = -(pos + (1.0 - g) * log_1mp)  # (N, C, L)
+    if reduction == "mean":
+        return masked_mean(loss, valid)
+    if valid is not None:
+        loss = loss * valid
+    return loss.sum() if reduction == "sum" else _unflatten(loss, spatial)
+
+
+def cross_entropy_loss(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    from_logits: bool = True,
+    weight: Sequence[float] | Tensor | None = None,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+    ignore_index: int | None = None,
+) -> Tensor:
+    """Softmax cross-entropy over classes (``F.cross_entropy`` with seglab's checks).
+
+    Args:
+        pred: ``(N, C, H, W)`` logits, ``C >= 2`` (probabilities with ``from_logits=False``; their
+            logs, clamped at the smallest normal float, are used as logits).
+        target: ``(N, H, W)`` int64 class ids.
+        from_logits: ``pred`` holds logits.
+        weight: one weight per class (``"mean"`` then divides by the summed weights of the
+            non-ignored pixels, as PyTorch does).
+        label_smoothing: in [0, 1], as in ``F.cross_entropy``.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        ignore_index: class id to ignore. When every pixel is ignored the mean is 0, not NaN.
+
+    Returns:
+        A scalar, or ``(N, H, W)`` with ``reduction="none"``.
+
+    Raises:
+        ValueError: a one-channel prediction (use BCE) or class ids out of range.
+        TypeError: a floating-point target.
+
+    Shape:
+        ``pred (N, C, H, W)``, ``target (N, H, W)``.
+
+    Example:
+        >>> round(cross_entropy_loss(torch.zeros(1, 4, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long)).item(), 4)
+        1.3863
+    """
+    check_reduction(reduction)
+    if not 0.0 <= float(label_smoothing) <= 1.0:
+        raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing!r}.")
+    x, t, valid, spatial = prepare_multiclass(pred, target, ignore_index, "cross_entropy_loss")
+    if not from_logits:
+        x = x.clamp_min(torch.finfo(x.dtype).tiny).log()  # (N, C, L)
+    w = None
+    if weight is not None:
+        w = torch.as_tensor(weight, dtype=x.dtype, device=x.device)
+        if w.shape != (x.shape[1],):
+            raise ValueError(f"weight must hold one value per class ({x.shape[1]}); got shape {tuple(w.shape)}.")
+    ls = float(label_smoothing)
+    if valid is None:
+        loss = F.cross_entropy(x, t, weight=w, reduction=reduction, label_smoothing=ls)
+        return _unflatten(loss, spatial) if reduction == "none" else loss
+    t_ce = t.masked_fill(~valid, -100)  # (N, L)
+    if reduction != "mean":
+        loss = F.cross_entropy(x, t_ce, weight=w, ignore_index=-100, reduction=reduction, label_smoothing=ls)
+        return _unflatten(loss, spatial) if reduction == "none" else loss
+    total = F.cross_entropy(x, t_ce, weight=w, ignore_index=-100, reduction="sum", label_smoothing=ls)
+    denom = valid.sum().to(x.dtype) if w is None else (w[t] * valid).sum()
+    return total / denom.clamp_min(torch.finfo(x.dtype).tiny)
+
+
+# ------------------------------------------------------------------------------------------------
+# Focal
+# ------------------------------------------------------------------------------------------------
+def _check_gamma(gamma: float) -> float:
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
+        raise TypeError(f"gamma must be a number, got {type(gamma).__name__} {gamma!r}.")
+    if not gamma >= 0 or math.isinf(gamma):
+        raise ValueError(
+            f"gamma must be a finite number >= 0, got {gamma!r}: a negative gamma up-weights the easy pixels, "
+            "the opposite of what the focal loss is for (gamma=0 is plain cross-entropy; 2 is the usual value)."
+        )
+    return float(gamma)
+
+
+def _pow(base: Tensor, gamma: float) -> Tensor:
+    """``base ** gamma`` for ``base >= 0`` with a finite gradient also at ``base == 0``."""
+    if gamma == 1.0:
+        return base
+    if gamma >= 1.0:
+        return base.pow(gamma)
+    return base.clamp_min(torch.finfo(base.dtype).tiny).pow(gamma)
+
+
+def focal_loss(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    mode: str = "binary",
+    from_logits: bool = True,
+    alpha: float | Sequence[float] | Tensor | None = 0.25,
+    gamma: float = 2.0,
+    reduction: str = "mean",
+    ignore_index: int | None = None,
+) -> Tensor:
+    """Focal loss (Lin et al. 2017): cross-entropy scaled by ``(1 - p_t)^gamma``.
+
+    Binary / multilabel (sigmoid per channel, torchvision's ``sigmoid_focal_loss``):
+    ``FL = -alpha_t·(1 - p_t)^gamma·log(p_t)`` with ``p_t = p`` on positives and ``1 - p`` on
+    negatives, ``alpha_t = alpha`` on positives and ``1 - alpha`` on negatives.
+
+    Multiclass (softmax): ``p_t`` is the probability of the true class; ``alpha`` is ``None``, one
+    weight per class, or a number ``a`` meaning ``a`` for every foreground class (ids >= 1) and
+    ``1 - a`` for class 0 (the background). With two classes this equals the binary focal loss on
+    the logit difference.
+
+    Args:
+        pred: logits (or probabilities with ``from_logits=False``).
+        target: see the module docstring for each mode.
+        mode: ``"binary"``, ``"multiclass"`` or ``"multilabel"``.
+        from_logits: ``pred`` holds logits.
+        alpha: class balance (see above); ``None`` disables it.
+        gamma: focusing parameter, ``>= 0``. ``gamma=0, alpha=None`` is exactly BCE / CE.
+        reduction: ``"mean"`` over non-ignored pixels (elements in binary/multilabel mode, not
+            weighted by alpha), ``"sum"``, or ``"none"``.
+        ignore_index: target value to ignore.
+
+    Returns:
+        A scalar; with ``reduction="none"`` ``(N, C, H, W)`` (binary, multilabel) or ``(N, H, W)``
+        (multiclass), 0 at ignored pixels.
+
+    Raises:
+        ValueError: ``gamma < 0``, ``alpha`` outside [0, 1] (scalar), or shape/mode mismatches.
+
+    Shape:
+        ``pred (N, C, H, W)``; ``target`` as for the mode.
+
+    Example:
+        >>> focal_loss(torch.zeros(1, 1, 2, 2), torch.ones(1, 2, 2), gamma=0.0, alpha=None).item()  # log 2
+        0.6931...
+    """
+    check_mode(mode)
+    check_reduction(reduction)
+    gamma = _check_gamma(gamma)
+    if alpha is not None and not isinstance(alpha, (Tensor, Sequence)):
+        a = float(alpha)
+        if not 0.0 <= a <= 1.0:
+            raise ValueError(f"a scalar alpha must lie in [0, 1] (or be None), got {alpha!r}.")
+    if mode == "multiclass":
+        return _focal_multiclass(pred, target, from_logits, alpha, gamma, reduction, ignore_index)
+    hard = not target.is_floating_point()
+    x, g, valid, spatial = prepare(pred, target, mode, ignore_index, "focal_loss")
+    if isinstance(alpha, (Tensor, Sequence)):
+        a_t = as_channel_tensor(alpha, "alpha", ndim_spatial=1).to(device=x.device, dtype=x.dtype)  # (1, C, 1)
+        alpha_t = (1.0 - a_t) + (2.0 * a_t - 1.0) * g  # (N, C, L)
+    elif alpha is not None:
+        alpha_t = (1.0 - float(alpha)) + (2.0 * float(alpha) - 1.0) * g  # (N, C, L)
+    else:
+        alpha_t = None
+    if from_logits and hard:
+        # {0, 1} labels: with z = ±x (sign of the label), CE = softplus(-z) and 1 - p_t = sigmoid(-z).
+        z = x * (2.0 * g - 1.0)  # (N, C, L)
+        loss = F.softplus(-z)  # (N, C, L)
+        if gamma != 0.0:
+            if gamma >= 1.0:
+                loss = loss * torch.sigmoid(-z).pow(gamma)
+            else:  # (1 - p_t)^gamma = exp(-gamma * softplus(z)): finite gradient everywhere
+                loss = loss * torch.exp(-gamma * F.softplus(z))
+    else:
+        if from_logits:
+            ce = F.binary_cross_entropy_with_logits(x, g, reduction="none")  # (N, C, L)
+            p = torch.sigmoid(x)
+        else:
+            p = x
+            ce = -(g * torch.log(p).clamp_min(-100.0) + (1.0 - g) * torch.log1p(-p).clamp_min(-100.0))
+        loss = ce if gamma == 0.0 else ce * _pow(p + g - 2.0 * p * g, gamma)  # 1 - p_t = p + g - 2pg
+    if alpha_t is not None:
+        loss = loss * alpha_t
+    if reduction == "mean":
+        return masked_mean(loss, valid)
+    if valid is not None:
+        loss = loss * valid
+    return loss.sum() if reduction == "sum" else _unflatten(loss, spatial)
+
+
+def _focal_multiclass(
+    pred: Tensor,
+    target: Tensor,
+    from_logits: bool,
+    alpha: float | Sequence[float] | Tensor | None,
+    gamma: float,
+    reduction: str,
+    ignore_index: int | None,
+) -> Tensor:
+    x, t, valid, spatial = prepare_multiclass(pred, target, ignore_index, "focal_loss")
+    if from_logits:
+        log_p = F.log_softmax(x, dim=1)  # (N, C, L)
+    else:
+        log_p = x.clamp_min(torch.finfo(x.dtype).tiny).log()
+    log_pt = log_p.gather(1, t.unsqueeze(1)).squeeze(1)  # (N, L)
+    loss = -log_pt  # (N, L)
+    if gamma != 0.0:
+        loss = loss * _pow(-torch.expm1(log_pt), gamma)  # (1 - p_t)^gamma
+    if alpha is not None:
+        if isinstance(alpha, (Tensor, Sequence)):
+            a = torch.as_tensor(alpha, dtype=x.dtype, device=x.device)
+            if a.shape != (x.shape[1],):
+                raise ValueError(
+                    f"alpha must be a number or hold one value per class ({x.shape[1]}); got shape {tuple(a.shape)}."
+                )
+            loss = loss * a[t]  # (N, L)
+        else:
+            a = float(alpha)
+            loss = loss * torch.where(t == 0, 1.0 - a, a)
+    if reduction == "mean":
+        return masked_mean(loss, valid)
+    if valid is not None:
+        loss = loss * valid
+    return loss.sum() if reduction == "sum" else _unflatten(loss, spatial)
+
+
+# ------------------------------------------------------------------------------------------------
+# Region losses: Dice, IoU (Jaccard), Tversky
+# ------------------------------------------------------------------------------------------------
+def _pixel_weight(weight: Tensor, spatial: tuple[int, ...], n: int, c: int) -> Tensor:
+    """A per-pixel weight map as ``(N or 1, C or 1, L)``."""
+    w = weight
+    k = len(spatial)
+    if w.ndim == k:
+        w = w.reshape(1, 1, *w.shape)  # (1, 1, *spatial)
+    elif w.ndim == k + 1:
+        w = w.unsqueeze(1)  # (N, 1, *spatial)
+    if w.ndim != k + 2 or tuple(w.shape[2:]) != spatial or w.shape[0] not in (1, n) or w.shape[1] not in (1, c):
+        raise ValueError(
+            f"a weight map must broadcast to the target (N={n}, C={c}, *{spatial}): use (H, W), (N, H, W), "
+            f"(N, 1, H, W) or (N, C, H, W); got {tuple(weight.shape)}."
+        )
+    return w.reshape(w.shape[0], w.shape[1], -1)  # (N|1, C|1, L)
+
+
+def soft_counts(
+    probs: Tensor,
+    prepared: Prepared,
+    *,
+    mode: str,
+    per_image: bool = False,
+    squared: bool = False,
+    weight: PixelWeight = None,
+    signed: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The soft counts every region loss is a formula of: ``(Σ p·g, Σ p, Σ g)`` per class.
+
+    With ``squared=True`` the second and third are ``Σ p²`` and ``Σ g²``. With a weight map every
+    sum is weighted per pixel; with ``signed=True`` probabilities and labels are first mapped to
+    [-1, 1] (``2x - 1``) and the magnitudes ``|p|`` (``p²`` when squared) are summed. Ignored
+    pixels contribute nothing. False positives are ``Σ p - Σ p·g`` and false negatives
+    ``Σ g - Σ p·g``.
+
+    Args:
+        probs: ``(N, C, L)`` probabilities (flattened spatially).
+        prepared: the checked target (from the ``prepare`` helpers).
+        mode: the target's mode.
+        per_image: ``(N, C)`` counts instead of ``(C,)`` counts pooled over the batch.
+        squared: sum squares in the second and third count.
+        weight: ``None``, a ``(w_neg, w_pos)`` pair (weights of negative / positive target
+            pixels, per channel), or a per-pixel weight tensor broadcastable to the target.
+        signed: map to [-1, 1] first (see :class:`~seglab.losses.DiceLoss`).
+
+    Returns:
+        Three tensors of shape ``(C,)`` (or ``(N, C)`` with ``per_image=True``).
+    """
+    _, target, valid, spatial = prepared
+    n, c, _ = probs.shape
+    dims = (2,) if per_image else (0, 2)
+    if weight is None and not signed:
+        # Fast path: no one-hot for multiclass targets; the intersection is a gather + scatter.
+        if mode != "multiclass":
+            p = probs if valid is None else probs * valid  # (N, C, L)
+            inter = (p * target).sum(dims)
+            sp = (p * p if squared else p).sum(dims)
+            sg = (target * target if squared else target).sum(dims)
+            return inter, sp, sg
+        p = probs if valid is None else probs * valid.unsqueeze(1)  # (N, C, L)
+        p_true = p.gather(1, target.unsqueeze(1)).squeeze(1)  # (N, L): probability of the true class
+        ones = torch.ones_like(p_true) if valid is None else valid.to(p.dtype)  # (N, L)
+        if per_image:
+            inter = p.new_zeros(n, c).scatter_add(1, target, p_true)  # (N, C)
+            sg = p.new_zeros(n, c).scatter_add(1, target, ones)
+        else:
+            flat = target.reshape(-1)
+            inter = p.new_zeros(c).index_add(0, flat, p_true.reshape(-1))  # (C,)
+            sg = p.new_zeros(c).index_add(0, flat, ones.reshape(-1))
+        sp = (p * p if squared else p).sum(dims)
+        return inter, sp, sg
+    # General path: dense targets and weights.
+    if mode == "multiclass":
+        classes = torch.arange(c, device=target.device).view(1, c, 1)
+        g = (target.unsqueeze(1) == classes).to(probs.dtype)  # (N, C, L) one-hot
+        v = None if valid is None else valid.unsqueeze(1).to(probs.dtype)  # (N, 1, L)
+    else:
+        g = target  # (N, C, L)
+        v = None if valid is None else valid.to(probs.dtype)
+    if weight is None:
+        w = v
+    else:
+        if isinstance(weight, Tensor):
+            w = _pixel_weight(weight.to(device=probs.device, dtype=probs.dtype), spatial, n, c)  # (N|1, C|1, L)
+        else:
+            w_neg, w_pos = (float(x) for x in weight)
+            w = w_neg + (w_pos - w_neg) * g  # (N, C, L)
+        if v is not None:
+            w = w * v
+    p = probs
+    if signed:
+        p = 2.0 * p - 1.0  # (N, C, L) in [-1, 1]
+        g = 2.0 * g - 1.0
+        mp = p * p if squared else p.abs()
+        mg = g * g if squared else g.abs()
+    else:
+        mp = p * p if squared else p
+        mg = g * g if squared else g
+    pg = p * g
+    if w is not None:
+        pg, mp, mg = pg * w, mp * w, mg * w
+    return pg.sum(dims), mp.sum(dims), mg.sum(dims)
+
+
+def _check_classes(classes: Sequence[int] | None, c: int) -> list[int] | None:
+    if classes is None:
+        return None
+    out = [int(k) for k in classes]
+    bad = [k for k in out if not -c <= k < c]
+    if bad or not out:
+        raise ValueError(f"classes must be a non-empty list of channel indices in [0, {c - 1}]; got {list(classes)}.")
+    return out
+
+
+def _region(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    mode: str,
+    from_logits: bool,
+    per_image: bool,
+    classes: Sequence[int] | None,
+    reduction: str,
+    ignore_index: int | None,
+    who: str,
+    squared: bool = False,
+    weight: PixelWeight = None,
+    signed: bool = False,
+) -> tuple[tuple[Tensor, Tensor, Tensor], list[int] | None]:
+    check_mode(mode)
+    check_reduction(reduction)
+    prepared = _prepare(pred, target, mode, ignore_index, who)
+    probs = to_probs(prepared.pred, mode, from_logits)  # (N, C, L)
+    counts = soft_counts(
+        probs, prepared, mode=mode, per_image=per_image, squared=squared, weight=weight, signed=signed
+    )
+    return counts, _check_classes(classes, probs.shape[1])
+
+
+def _finish(loss: Tensor, classes: list[int] | None, reduction: str) -> Tensor:
+    if classes is not None:
+        loss = loss[..., classes]  # (C',) or (N, C')
+    return reduce(loss, reduction)
+
+
+def dice_loss(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    mode: str = "binary",
+    from_logits: bool = True,
+    smooth: float = 1.0,
+    eps: float = 1e-7,
+    squared: bool = False,
+    per_image: bool = False,
+    weight: PixelWeight = None,
+    signed: bool = False,
+    classes: Sequence[int] | None = None,
+    reduction: str = "mean",
+    ignore_index: int | None = None,
+) -> Tensor:
+    """Soft Dice loss ``1 - (2·Σ p·g + smooth) / max(Σ p + Σ g + smooth, eps)`` per class.
+
+    See :class:`~seglab.losses.DiceLoss` for the arguments.
+
+    Returns:
+        A scalar; with ``reduction="none"`` ``(C,)`` (``(N, C)`` with ``per_image=True``).
+    """
+    (inter, sp, sg), cls = _region(
+        pred, target, mode=mode, from_logits=from_logits, per_image=per_image, classes=classes,
+        reduction=reduction, ignore_index=ignore_index, who="dice_loss", squared=squared, weight=weight,
+        signed=signed,
+    )  # fmt: skip
+    smooth, eps = check_nonneg("smooth", smooth), check_nonneg("eps", eps)
+    score = (2.0 * inter + smooth) / (sp + sg + smooth).clamp_min(eps)  # (C,) or (N, C)
+    return _finish(1.0 - score, cls, reduction)
+
+
+def iou_loss(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    mode: str = "binary",
+    from_logits: bool = True,
+    smooth: float = 1.0,
+    eps: float = 1e-7,
+    per_image: bool = False,
+    classes: Sequence[int] | None = None,
+    reduction: str = "mean",
+    ignore_index: int | None = None,
+) -> Tensor:
+    """Soft IoU (Jaccard) loss ``1 - (Σ p·g + smooth) / max(Σ p + Σ g - Σ p·g + smooth, eps)``.
+
+    See :class:`~seglab.losses.IoULoss` for the arguments.
+
+    Returns:
+        A scalar; with ``reduction="none"`` ``(C,)`` (``(N, C)`` with ``per_image=True``).
+    """
+    (inter, sp, sg), cls = _region(
+        pred, target, mode=mode, from_logits=from_logits, per_image=per_image, classes=classes,
+        reduction=reduction, ignore_index=ignore_index, who="iou_loss",
+    )  # fmt: skip
+    smooth, eps = check_nonneg("smooth", smooth), check_nonneg("eps", eps)
+    score = (inter + smooth) / (sp + sg - inter + smooth).clamp_min(eps)  # (C,) or (N, C)
+    return _finish(1.0 - score, cls, reduction)
+
+
+jaccard_loss = iou_loss
+
+
+def tversky_loss(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    mode: str = "binary",
+    from_logits: bool = True,
+    alpha: float = 0.5,
+    beta: float = 0.5,
+    gamma: float = 1.0,
+    smooth: float = 1.0,
+    eps: float = 1e-7,
+    per_image: bool = False,
+    classes: Sequence[int] | None = None,
+    reduction: str = "mean",
+    ignore_index: int | None = None,
+) -> Tensor:
+    """Tversky loss ``(1 - (TP + smooth) / max(TP + alpha·FP + beta·FN + smooth, eps))^gamma``.
+
+    See :class:`~seglab.losses.TverskyLoss` for the arguments.
+
+    Returns:
+        A scalar; with ``reduction="none"`` ``(C,)`` (``(N, C)`` with ``per_image=True``).
+    """
+    alpha, beta = check_nonneg("alpha", alpha), check_nonneg("beta", beta)
+    gamma = _check_gamma(gamma)
+    (tp, sp, sg), cls = _region(
+        pred, target, mode=mode, from_logits=from_logits, per_image=per_image, classes=classes,
+        reduction=reduction, ignore_index=ignore_index, who="tversky_loss",
+    )  # fmt: skip
+    smooth, eps = check_nonneg("smooth", smooth), check_nonneg("eps", eps)
+    fp, fn = sp - tp, sg - tp
+    score = (tp + smooth) / (tp + alpha * fp + beta * fn + smooth).clamp_min(eps)  # (C,) or (N, C)
+    loss = 1.0 - score
+    if gamma != 1.0:
+        loss = _pow(loss.clamp_min(0.0), gamma)
+    return _finish(loss, cls, reduction)
+
+
+# ------------------------------------------------------------------------------------------------
+# MS-SSIM
+# ------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=64)
+def _gaussian_window(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The normalised 1-D Gaussian window, built once per (size, sigma, dtype, device)."""
+    coords = torch.arange(size, dtype=torch.float64) - size // 2
+    g = torch.exp(-(coords**2) / (2.0 * sigma**2))
+    return (g / g.sum()).to(device=device, dtype=dtype)  # (size,)
+
+
+def _blur(x: Tensor, win: Tensor) -> Tensor:
+    """Separable Gaussian filter without padding ("valid"), every channel alone."""
+    n, c, h, w = x.shape
+    k = win.numel()
+    y = x.reshape(n * c, 1, h, w)  # one channel per image: a plain (not grouped) convolution
+    y = F.conv2d(y, win.view(1, 1, 1, k))  # (N*C, 1, H, W-k+1)
+    y = F.conv2d(y, win.view(1, 1, k, 1))  # (N*C, 1, H-k+1, W-k+1)
+    return y.reshape(n, c, h - k + 1, w - k + 1)
+
+
+def _ssim_and_cs(x: Tensor, y: Tensor, win: Tensor, c1: float, c2: float) -> tuple[Tensor, Tensor]:
+    """Mean SSIM and mean contrast-structure term per image and channel, ``(N, C)`` each."""
+    c = x.shape[1]
+    stats = _blur(torch.cat([x, y, x * x, y * y, x * y], dim=1), win)  # (N, 5C, H', W')
+    mu_x, mu_y, e_xx, e_yy, e_xy = stats.split(c, dim=1)
+    mu_xx, mu_yy, mu_xy = mu_x * mu_x, mu_y * mu_y, mu_x * mu_y
+    cs_map = (2.0 * (e_xy - mu_xy) + c2) / ((e_xx - mu_xx) + (e_yy - mu_yy) + c2)  # (N, C, H', W')
+    lum_map = (2.0 * mu_xy + c1) / (mu_xx + mu_yy + c1)
+    return (lum_map * cs_map).flatten(2).mean(-1), cs_map.flatten(2).mean(-1)
+
+
+def _safe_pow(v: Tensor, w: Tensor) -> Tensor:
+    """``max(v, 0) ** w`` with a zero (not NaN) gradient where ``v <= 0``."""
+    pos = v > 0
+    return torch.where(pos, torch.where(pos, v, torch.ones_like(v)) ** w, torch.zeros_like(v))
+
+
+_WARNED_SCALES: set[tuple[int, int]] = set()
+
+
+def ms_ssim_levels(height: int, width: int, win_size: int, max_levels: int) -> int:
+    """How many MS-SSIM scales fit an image: the largest ``m <= max_levels`` with
+    ``min(H, W) > (win_size - 1)·2^(m-1)`` (pytorch-msssim's condition for five scales: > 160)."""
+    side = min(height, width)
+    levels = 0
+    for m in range(1, max_levels + 1):
+        if side > (win_size - 1) * 2 ** (m - 1):
+            levels = m
+    return levels
+
+
+def ms_ssim(
+    x: Tensor,
+    y: Tensor,
+    *,
+    data_range: float = 1.0,
+    win_size: int = 11,
+    win_sigma: float = 1.5,
+    weights: Sequence[float] = MS_SSIM_WEIGHTS,
+    k: tuple[float, float] = (0.01, 0.03),
+) -> Tensor:
+    """Multi-scale SSIM (Wang et al. 2003) per image and channel.
+
+    Matches ``pytorch_msssim.ms_ssim``: Gaussian window (``win_size``, ``win_sigma``), no
+    padding, ``C1 = (k1·L)²``, ``C2 = (k2·L)²``, 2x2 average pooling between scales (padding odd
+    sizes), contrast-structure terms at the finer scales and the full SSIM at the coarsest, each
+    clamped at 0 before its weight is applied (so a negative term gives MS-SSIM 0, with a zero
+    rather than NaN gradient). Images too small for every scale use the first ``m`` scales that
+    fit (see :func:`ms_ssim_levels`) with weights renormalised to sum to 1, and warn once.
+
+    Args:
+        x: ``(N, C, H, W)`` images (e.g. probabilities).
+        y: ``(N, C, H, W)`` images of the same shape.
+        data_range: the value range ``L`` (1 for probabilities).
+        win_size: odd Gaussian window size.
+        win_sigma: Gaussian standard deviation.
+        weights: per-scale exponents, finest first.
+        k: the constants ``(k1, k2)``.
+
+    Returns:
+        ``(N, C)`` MS-SSIM values in [0, 1].
+
+    Raises:
+        ValueError: mismatched shapes, an even window, or an image smaller than one window.
+
+    Shape:
+        ``x, y (N, C, H, W)`` -> ``(N, C)``.
+
+    Example:
+        >>> x = torch.rand(2, 1, 64, 64)
+        >>> ms_ssim(x, x).shape
+        torch.Size([2, 1])
+    """
+    if x.shape != y.shape or x.ndim != 4:
+        raise ValueError(f"ms_ssim expects two (N, C, H, W) tensors of one shape; got {tuple(x.shape)} and {tuple(y.shape)}.")
+    if win_size % 2 != 1 or win_size < 1:
+        raise ValueError(f"win_size must be a positive odd number, got {win_size}.")
+    h, w = x.shape[-2:]
+    levels = ms_ssim_levels(h, w, win_size, len(weights))
+    if levels == 0:
+        raise ValueError(
+            f"MS-SSIM needs images larger than the window: got {h}x{w} with win_size={win_size}. Use a smaller "
+            f"win_size (at most {min(h, w) - (1 - min(h, w) % 2)}) or larger images."
+        )
+    if levels < len(weights):
+        key = (levels, win_size)
+        if key not in _WARNED_SCALES:
+            _WARNED_SCALES.add(key)
+            warnings.warn(
+                f"MS-SSIM: a {h}x{w} image fits {levels} of {len(weights)} scales with win_size={win_size} "
+                f"(all {len(weights)} need min(H, W) > {(win_size - 1) * 2 ** (len(weights) - 1)}); using the "
+                f"first {levels} scale weights, renormalised to sum to 1. (Warned once.)",
+                UserWarning,
+                stacklevel=3,
+            )
+    wts = torch.tensor(weights[:levels], dtype=x.dtype, device=x.device)
+    wts = wts / wts.sum() if levels < len(weights) else wts
+    win = _gaussian_window(int(win_size), float(win_sigma), x.dtype, x.device)
+    c1, c2 = (k[0] * data_range) ** 2, (k[1] * data_range) ** 2
+    factors = []
+    for i in range(levels):
+        ssim_val, cs = _ssim_and_cs(x, y, win, c1, c2)  # (N, C) each
+        if i == levels - 1:
+            factors.append(_safe_pow(ssim_val, wts[i]))
+        else:
+            factors.append(_safe_pow(cs, wts[i]))
+            pad = (x.shape[-2] % 2, x.shape[-1] % 2)
+            xy = F.avg_pool2d(torch.cat([x, y], dim=1), kernel_size=2, padding=pad)  # (N, 2C, H/2, W/2)
+            x, y = xy.split(x.shape[1], dim=1)
+    return torch.stack(factors, dim=0).prod(dim=0)  # (N, C)
+
+
+def ms_ssim_loss(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    mode: str = "binary",
+    from_logits: bool = True,
+    data_range: float = 1.0,
+    win_size: int = 11,
+    win_sigma: float = 1.5,
+    weights: Sequence[float] = MS_SSIM_WEIGHTS,
+    reduction: str = "mean",
+    ignore_index: int | None = None,
+) -> Tensor:
+    """``1 - MS-SSIM`` between the probability map and the mask, per image and channel.
+
+    See :class:`~seglab.losses.MSSSIMLoss` for the arguments.
+
+    Returns:
+        A scalar; with ``reduction="none"`` ``(N, C)``.
+    """
+    check_mode(mode)
+    check_reduction(reduction)
+    prepared = _prepare(pred, target, mode, ignore_index, "ms_ssim_loss")
+    if len(prepared.spatial) != 2:
+        raise ValueError(f"ms_ssim_loss is 2-D: expected (N, C, H, W), got {tuple(pred.shape)}.")
+    p = to_probs(prepared.pred, mode, from_logits)  # (N, C, L)
+    t, valid = prepared.target, prepared.valid
+    n, c, _ = p.shape
+    if mode == "multiclass":
+        g = (t.unsqueeze(1) == torch.arange(c, device=t.device).view(1, c, 1)).to(p.dtype)  # (N, C, L) one-hot
+        valid = None if valid is None else valid.unsqueeze(1)
+    else:
+        g = t
+    if valid is not None:  # ignored pixels: prediction and target both set to 0
+        p = p * valid
+        g = g * valid
+    h, w = prepared.spatial
+    score = ms_ssim(
+        p.reshape(n, c, h, w), g.reshape(n, c, h, w), data_range=data_range, win_size=win_size,
+        win_sigma=win_sigma, weights=weights,
+    )  # fmt: skip
+    return reduce(1.0 - score, reduction)  # (N, C) before reduction

@@ -1,0 +1,325 @@
+"""U-Net 3+ (Huang, Lin, Tong, Hu, Zhang, Iwamoto, Han, Chen & Wu, "UNet 3+: A Full-Scale Connected
+UNet for Medical Image Segmentation", ICASSP 2020).
+
+U-Net joins each decoder stage to one encoder stage, U-Net++ to the nested nodes of one level; in
+both, a decoder stage never sees the finer or coarser scales directly. U-Net 3+ connects every
+decoder stage to **every scale** (full-scale skip connections). The decoder stage at level ``i``
+(``H / 2^i``) fuses
+
+* the encoder maps of the same and all *finer* levels ``0..i``, max-pooled down to its size
+  (fine detail: edges and boundaries), and
+* the decoder maps of all *coarser* levels ``i+1..depth-1`` and the bottleneck (level ``depth``),
+  bilinearly up-sampled to its size (coarse semantics: where the organ is),
+
+each through its own 3x3 conv-BN-ReLU to ``cat_channels`` (64) maps; the ``depth + 1`` groups are
+concatenated (``5 * 64 = 320`` channels at depth 4) and fused by one more 3x3 conv-BN-ReLU. All
+decoder stages therefore have the same width, and the whole decoder is smaller than U-Net's.
+
+**Full-scale deep supervision**: a plain 3x3 conv head on every decoder stage and on the
+bottleneck gives a side output, bilinearly up-sampled to the input size.
+
+**Classification-guided module (CGM)**: dropout, a 1x1 conv and a global max-pool on the bottleneck
+give, per class, an image-level logit that the class is present. Trained with BCE on "is the mask
+non-empty" (through ``DeepSupervisionLoss(cls_loss="bce")``), it lets inference zero the masks of
+images it classifies as empty, which removes false positives on organ-free slices. The gate is
+applied only in evaluation mode, after the graph the losses see; training never takes an argmax or
+a threshold, so the CGM's logits get a proper gradient.
+
+The paper's hybrid loss (focal + MS-SSIM + IoU) is the registered default loss spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seglab._options import check_choice
+from seglab.layers import ConvNormAct, DoubleConv, Downsample, init_weights
+from seglab.models.base import SegmentationModel, SegOutput
+from seglab.models.registry import register_model
+from seglab.models.unet import _check_common, _widths
+
+__all__ = ["EMPTY_LOGIT", "UNet3Plus", "unet3p"]
+
+#: Logit written into the masks the classification-guided module judges empty
+#: (``sigmoid(-1e4) == 0`` in every float dtype; finite, so later arithmetic stays finite).
+EMPTY_LOGIT = -1e4
+
+_UP_MODES = ("bilinear", "nearest")
+
+
+# -- private blocks ------------------------------------------------------------------------------
+def _resize(x: Tensor, size: Sequence[int], mode: str) -> Tensor:
+    if mode == "bilinear":
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=size, mode="nearest")
+
+
+class _FullScaleStage(nn.Module):
+    """One U-Net 3+ decoder stage: every scale to ``cat_channels`` maps, concatenated, fused.
+
+    Args:
+        finer_channels: widths of the encoder maps of levels ``0..level`` (already max-pooled to
+            this stage's size when called).
+        coarser_channels: widths of the maps of levels ``level+1..depth`` (decoder stages and the
+            bottleneck), up-sampled here.
+        cat_channels: width of every branch.
+        norm: norm name.
+        act: activation name.
+        up: ``"bilinear"`` or ``"nearest"``.
+
+    Shape:
+        ``forward(finer, coarser)``: ``finer[k]`` is ``(N, finer_channels[k], h, w)``, ``coarser[k]``
+        is ``(N, coarser_channels[k], h / 2^(k+1), w / 2^(k+1))``; output
+        ``(N, cat_channels * (len(finer) + len(coarser)), h, w)``.
+    """
+
+    def __init__(
+        self,
+        finer_channels: Sequence[int],
+        coarser_channels: Sequence[int],
+        cat_channels: int,
+        *,
+        norm: str,
+        act: str,
+        up: str,
+    ) -> None:
+        super().__init__()
+        self.up = up
+        self.finer = nn.ModuleList(ConvNormAct(c, cat_channels, 3, norm=norm, act=act) for c in finer_channels)
+        self.coarser = nn.ModuleList(ConvNormAct(c, cat_channels, 3, norm=norm, act=act) for c in coarser_channels)
+        width = cat_channels * (len(finer_channels) + len(coarser_channels))
+        self.fuse = ConvNormAct(width, width, 3, norm=norm, act=act)
+        self.out_channels = width
+
+    def forward(self, finer: Sequence[Tensor], coarser: Sequence[Tensor]) -> Tensor:
+        size = finer[-1].shape[-2:]
+        parts = [conv(f) for conv, f in zip(self.finer, finer)]  # each (N, cat, h, w)
+        parts += [conv(_resize(c, size, self.up)) for conv, c in zip(self.coarser, coarser)]  # (N, cat, h, w)
+        return self.fuse(torch.cat(parts, dim=1))  # (N, cat * (depth + 1), h, w)
+
+
+# -- the model -----------------------------------------------------------------------------------
+class UNet3Plus(SegmentationModel):
+    """U-Net 3+: full-scale skips, full-scale deep supervision, classification-guided module.
+
+    Args:
+        in_channels: input channels.
+        num_classes: output channels.
+        channels: encoder widths of the ``depth + 1`` levels, shallow to deep.
+        cat_channels: width of every full-scale branch (64); decoder stages have
+            ``cat_channels * (depth + 1)`` channels.
+        down: down-sampling kind of the encoder (see :class:`seglab.layers.Downsample`); the
+            full-scale skips always max-pool, as in the paper.
+        up: interpolation of the coarser maps and side outputs, ``"bilinear"`` or ``"nearest"``.
+        norm: ``"batch"``, ``"instance"``, ``"group"`` or ``"none"``.
+        act: activation name.
+        deep_supervision: side-output heads on every decoder stage and the bottleneck.
+        cgm: add the classification-guided module (image-level class-presence logits).
+        cgm_gate: in evaluation mode, replace the logits of classes the CGM judges absent
+            (``sigmoid(cls) < cgm_threshold``) by :data:`EMPTY_LOGIT` in ``out`` and ``aux``
+            (settable attribute; ignored without ``cgm``).
+        cgm_threshold: probability below which a class counts as absent.
+        pad: pad inputs to a multiple of ``2**depth`` and crop back.
+
+    Outputs (``model(x, aux=True)``):
+        ``out``: the head on the finest decoder stage (level 0). ``aux``: with deep supervision,
+        the side outputs of levels ``1, ..., depth - 1`` (decoder stages, finest first) and then
+        of the bottleneck (level ``depth``), each up-sampled to the input size; ``[]`` without.
+        ``cls``: with ``cgm``, image-level presence **logits** ``(N, num_classes)`` (apply a
+        sigmoid for probabilities; train with BCE), else ``None``. ``model(x)`` skips the side
+        outputs, and skips the CGM unless the evaluation-mode gate needs it.
+
+    Shape:
+        ``(N, in_channels, H, W) -> (N, num_classes, H, W)`` with ``H, W`` divisible by
+        ``2**depth`` (or any size with ``pad=True``).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        channels: Sequence[int],
+        cat_channels: int = 64,
+        down: str = "maxpool",
+        up: str = "bilinear",
+        norm: str = "batch",
+        act: str = "relu",
+        deep_supervision: bool = True,
+        cgm: bool = False,
+        cgm_gate: bool = True,
+        cgm_threshold: float = 0.5,
+        pad: bool = False,
+    ) -> None:
+        ch = [int(c) for c in channels]
+        depth = len(ch) - 1
+        if depth < 1:
+            raise ValueError(f"channels must list at least 2 widths (depth >= 1); got {tuple(channels)}.")
+        if isinstance(cat_channels, bool) or not isinstance(cat_channels, int) or cat_channels < 1:
+            raise ValueError(f"cat_channels must be a positive integer; got {cat_channels!r}.")
+        if not 0.0 < cgm_threshold < 1.0:
+            raise ValueError(f"cgm_threshold is a probability in (0, 1); got {cgm_threshold!r}.")
+        check_choice("up", up, _UP_MODES)
+        super().__init__(in_channels, num_classes, size_divisor=2**depth, pad=pad)
+        self.depth = depth
+        self.channels = tuple(ch)
+        self.up = up
+        self.deep_supervision = bool(deep_supervision)
+        self.cgm_gate = bool(cgm_gate)
+        self.cgm_threshold = float(cgm_threshold)
+        self._pool_shared = down == "maxpool"  # the encoder's max-pool doubles as the skip pooling
+
+        self.stem = DoubleConv(in_channels, ch[0], norm=norm, act=act)
+        self.downs = nn.ModuleList()
+        self.encoders = nn.ModuleList()
+        for i in range(1, depth + 1):
+            d_out = ch[i - 1] if down == "maxpool" else ch[i]
+            self.downs.append(Downsample(down, ch[i - 1], d_out, norm=norm, act=act))
+            self.encoders.append(DoubleConv(d_out, ch[i], norm=norm, act=act))
+        width = cat_channels * (depth + 1)
+        # decoders[i] is the stage at level i (0: full resolution); levels i+1..depth-1 are decoder
+        # stages of the fused width, level depth is the bottleneck
+        self.decoders = nn.ModuleList(
+            _FullScaleStage(
+                ch[: i + 1], [width] * (depth - 1 - i) + [ch[depth]], cat_channels, norm=norm, act=act, up=up
+            )
+            for i in range(depth)
+        )
+        head_in = [width] * depth + [ch[depth]] if self.deep_supervision else [width]
+        self.heads = nn.ModuleList(nn.Conv2d(c, num_classes, 3, padding=1) for c in head_in)
+        self.cgm = (
+            nn.Sequential(
+                nn.Dropout(0.5),
+                nn.Conv2d(ch[depth], num_classes, 1),
+                nn.AdaptiveMaxPool2d(1),
+                nn.Flatten(1),
+            )
+            if cgm
+            else None
+        )
+        init_weights(self)
+
+    def _gate(self, t: Tensor, present: Tensor) -> Tensor:
+        return t.masked_fill(~present[:, :, None, None], EMPTY_LOGIT)  # (N, K, H, W)
+
+    def forward_seg(self, x: Tensor, aux: bool) -> SegOutput:
+        size = x.shape[-2:]
+        d = self.depth
+        enc = [self.stem(x)]  # level 0: (N, c0, H, W)
+        # pooled[k][m]: encoder level k max-pooled m times, for the finer-scale skips
+        pooled: list[list[Tensor]] = [[enc[0]]]
+        for k, (down, conv) in enumerate(zip(self.downs, self.encoders)):
+            low = down(enc[k])  # (N, c_k or c_{k+1}, H / 2^(k+1), W / 2^(k+1))
+            if self._pool_shared and k + 1 < d:
+                pooled[k].append(low)
+            enc.append(conv(low))  # level k + 1: (N, c_{k+1}, H / 2^(k+1), W / 2^(k+1))
+            pooled.append([enc[-1]])
+        for k in range(d):
+            while len(pooled[k]) < d - k:
+                pooled[k].append(F.max_pool2d(pooled[k][-1], 2))  # (N, c_k, h / 2, w / 2)
+
+        dec: list[Tensor] = [enc[d]]  # deepest first: bottleneck, stage d-1, ..., stage 0
+        for i in range(d - 1, -1, -1):
+            finer = [pooled[k][i - k] for k in range(i + 1)]  # (N, c_k, H / 2^i, W / 2^i)
+            dec.insert(0, self.decoders[i](finer, dec))  # (N, cat * (d + 1), H / 2^i, W / 2^i)
+        out = self.heads[0](dec[0])  # (N, K, H, W)
+
+        side: list[Tensor] = []
+        if aux and self.deep_supervision:
+            side = [_resize(head(t), size, self.up) for head, t in zip(self.heads[1:], dec[1:])]  # (N, K, H, W)
+        gate = not self.training and self.cgm_gate
+        cls = None
+        if self.cgm is not None and (aux or gate):
+            cls = self.cgm(enc[d])  # (N, K) logits
+            if gate:
+                present = torch.sigmoid(cls) >= self.cgm_threshold  # (N, K)
+                out = self._gate(out, present)
+                side = [self._gate(s, present) for s in side]
+        return SegOutput(out, side, cls)
+
+
+# -- builders ------------------------------------------------------------------------------------
+@register_model(
+    paper="Huang et al., UNet 3+: A Full-Scale Connected UNet for Medical Image Segmentation, ICASSP 2020",
+    input_rule="H, W divisible by 2**depth (16 by default), or pad=True",
+    example_size=(32, 32),
+    default_loss="focal+ms_ssim+iou",
+    test_options={"channels": (8, 16, 32, 64, 128), "cat_channels": 8, "cgm": True},
+)
+def unet3p(
+    *,
+    in_channels: int = 3,
+    num_classes: int = 1,
+    depth: int = 4,
+    base_channels: int = 64,
+    channels: Sequence[int] | None = None,
+    cat_channels: int = 64,
+    down: str = "maxpool",
+    up: str = "bilinear",
+    norm: str = "batch",
+    act: str = "relu",
+    deep_supervision: bool = True,
+    cgm: bool = False,
+    cgm_gate: bool = True,
+    cgm_threshold: float = 0.5,
+    pad: bool = False,
+) -> UNet3Plus:
+    """U-Net 3+ with full-scale skips and deep supervision (the paper's widths by default).
+
+    Args:
+        in_channels: input channels.
+        num_classes: output channels.
+        depth: number of down-samplings (1..5).
+        base_channels: encoder width of the first level, doubled per level (64: the paper's
+            ``(64, 128, 256, 512, 1024)``).
+        channels: explicit encoder widths (``depth + 1`` values) instead of ``base_channels``.
+        cat_channels: width of each full-scale branch (decoder stages have ``(depth + 1)`` times it).
+        down: ``"maxpool"`` (the paper), ``"strided"`` or ``"pixel_unshuffle"`` for the encoder.
+        up: ``"bilinear"`` (the paper) or ``"nearest"`` interpolation for coarser maps and side
+            outputs.
+        norm: ``"batch"``, ``"instance"``, ``"group"`` or ``"none"``.
+        act: activation name.
+        deep_supervision: side outputs of every decoder stage and the bottleneck in ``aux``.
+        cgm: classification-guided module; its logits come back as ``cls``.
+        cgm_gate: zero (see :data:`EMPTY_LOGIT`) the masks of classes the CGM finds absent, in
+            evaluation mode only.
+        cgm_threshold: presence probability threshold of the gate.
+        pad: pad to a multiple of ``2**depth`` and crop back instead of rejecting other sizes.
+
+    Returns:
+        A :class:`UNet3Plus`.
+
+    Raises:
+        ValueError: invalid widths, option names or thresholds.
+
+    Defaults with 3 input channels and 1 class: 26,983,109 parameters; 26,965,249 without the
+    deep-supervision heads (the paper's 26.97 M; the reference code's conv biases before
+    BatchNorm, which BatchNorm cancels, add 6,528 more). ``cgm=True`` adds ``1024 * K + K``.
+
+    Example:
+        >>> m = unet3p(in_channels=1, num_classes=1, channels=(8, 16, 32, 64, 128), cat_channels=8, cgm=True)
+        >>> res = m(torch.randn(2, 1, 64, 64), aux=True)
+        >>> res.out.shape, len(res.aux), res.cls.shape
+        (torch.Size([2, 1, 64, 64]), 4, torch.Size([2, 1]))
+    """
+    _check_common(down, "bilinear", norm)
+    ch = _widths(depth, base_channels, channels)
+    return UNet3Plus(
+        in_channels,
+        num_classes,
+        channels=ch,
+        cat_channels=cat_channels,
+        down=down,
+        up=up,
+        norm=norm,
+        act=act,
+        deep_supervision=deep_supervision,
+        cgm=cgm,
+        cgm_gate=cgm_gate,
+        cgm_threshold=cgm_threshold,
+        pad=pad,
+    )

@@ -1,0 +1,318 @@
+"""U-Net++ (Zhou, Rahman Siddiquee, Tajbakhsh & Liang, "UNet++: A Nested U-Net Architecture for
+Medical Image Segmentation", DLMIA 2018).
+
+The plain U-Net joins each encoder level to the decoder with one long skip. U-Net++ fills the gap
+between them with a grid of nodes ``X^{i,j}`` (level ``i``, column ``j``): column 0 is the encoder,
+and node ``X^{i,j}`` (``j >= 1``) is a double conv over the concatenation of *every* earlier node
+of its level, ``X^{i,0}, ..., X^{i,j-1}``, and the up-sampled node one level below,
+``X^{i+1,j-1}`` (dense skips along a level, as DenseNet; the long skip ``X^{i,0}`` is kept).
+
+Read along the anti-diagonals, the grid holds the U-Nets of every depth: U-Net++ ``L^1`` uses only
+the nodes with ``i + j <= 1``, ..., ``L^4`` (depth 4) is the whole grid. Each top node
+``X^{0,1}, ..., X^{0,4}`` gets a 1x1 segmentation head (**deep supervision**): without them the
+inner nodes of the grid would get no gradient from a loss on ``X^{0,4}`` alone through the short
+paths, and with them every sub-network is trained to segment on its own.
+
+**Pruning.** Because the sub-network ``L^L`` never reads a node deeper than level ``L``, its head
+``X^{0,L}`` can be evaluated after computing only those nodes. :meth:`UNetPlusPlus.prune` (or the
+builder's ``prune=L``) selects the sub-network used in evaluation mode; nodes below level ``L`` are
+then not run at all (fewer FLOPs, measured by ``benchmarks/bench_unetpp.py``). Training always runs
+the whole grid with every head supervised, as in the paper: the pruned-away nodes still shape the
+shared encoder and the shallower nodes through back-propagation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from seglab._options import check_choice
+from seglab.layers import DoubleConv, Downsample, Upsample, init_weights
+from seglab.models.base import SegmentationModel, SegOutput
+from seglab.models.registry import register_model
+from seglab.models.unet import _check_common, _widths
+
+__all__ = ["DS_OUTPUTS", "UNetPlusPlus", "unetpp"]
+
+DS_OUTPUTS = ("final", "average")
+
+
+# -- private helpers -----------------------------------------------------------------------------
+def _node_key(i: int, j: int) -> str:
+    return f"{i}_{j}"
+
+
+def _check_level(level: object, depth: int) -> int:
+    if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= depth:
+        raise ValueError(
+            f"prune level must be an integer in 1..{depth} (the sub-network U-Net++ L^level; {depth} is the "
+            f"whole model), or None for no pruning; got {level!r}."
+        )
+    return level
+
+
+# -- the model -----------------------------------------------------------------------------------
+class UNetPlusPlus(SegmentationModel):
+    """U-Net++: nested dense skip pathways, deep supervision and inference-time pruning.
+
+    Args:
+        in_channels: input channels.
+        num_classes: output channels.
+        channels: widths of the ``depth + 1`` levels, shallow to deep (node ``X^{i,j}`` has
+            ``channels[i]`` channels).
+        down: down-sampling kind of the encoder (see :class:`seglab.layers.Downsample`).
+        up: up-sampling kind feeding each node from the level below (see
+            :class:`seglab.layers.Upsample`); it maps ``channels[i + 1]`` to ``channels[i]``.
+        norm: ``"batch"``, ``"instance"``, ``"group"`` or ``"none"``.
+        act: activation name.
+        dropout: dropout between the two convs of every node (the reference Keras code used 0.5).
+        deep_supervision: a 1x1 head on each top node ``X^{0,1..depth}`` (``True``), or only on
+            ``X^{0,depth}``.
+        ds_output: what evaluation mode returns as ``out``: ``"final"`` (the head of the deepest
+            active top node, the paper's "fast mode") or ``"average"`` (the mean of the active
+            heads' logits, the paper's "accurate mode"). Needs ``deep_supervision`` for
+            ``"average"``.
+        prune: evaluate only the sub-network ``L^prune`` in evaluation mode (``None``: the whole
+            model). See :meth:`prune`.
+        pad: pad inputs to a multiple of ``2**depth`` and crop back.
+
+    Outputs (``model(x, aux=True)``):
+        * training mode: ``out`` is the head on ``X^{0,depth}``; ``aux`` the heads on
+          ``X^{0,1}, ..., X^{0,depth-1}``, in that order (shallowest sub-network first), all at the
+          input size; ``cls`` is ``None``. Pruning and ``ds_output`` are ignored while training.
+        * evaluation mode with active level ``L`` (``prune`` or ``depth``): ``out`` is the head on
+          ``X^{0,L}`` (``"final"``) or the mean of the heads on ``X^{0,1..L}`` (``"average"``);
+          ``aux`` the heads on ``X^{0,1}, ..., X^{0,L-1}``.
+
+        ``model(x)`` (``aux=False``) skips the heads it does not need.
+
+    Shape:
+        ``(N, in_channels, H, W) -> (N, num_classes, H, W)`` with ``H, W`` divisible by
+        ``2**depth`` (or any size with ``pad=True``).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        channels: Sequence[int],
+        down: str = "maxpool",
+        up: str = "transposed",
+        norm: str = "batch",
+        act: str = "relu",
+        dropout: float = 0.0,
+        deep_supervision: bool = True,
+        ds_output: str = "final",
+        prune: int | None = None,
+        pad: bool = False,
+    ) -> None:
+        ch = [int(c) for c in channels]
+        depth = len(ch) - 1
+        if depth < 1:
+            raise ValueError(f"channels must list at least 2 widths (depth >= 1); got {tuple(channels)}.")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1); got {dropout!r}.")
+        super().__init__(in_channels, num_classes, size_divisor=2**depth, pad=pad)
+        self.depth = depth
+        self.channels = tuple(ch)
+        self.deep_supervision = bool(deep_supervision)
+
+        self.stem = DoubleConv(in_channels, ch[0], norm=norm, act=act, dropout=dropout)  # X^{0,0}
+        self.downs = nn.ModuleList()
+        self.encoders = nn.ModuleList()  # X^{1,0} .. X^{depth,0}
+        for i in range(1, depth + 1):
+            d_out = ch[i - 1] if down == "maxpool" else ch[i]
+            self.downs.append(Downsample(down, ch[i - 1], d_out, norm=norm, act=act))
+            self.encoders.append(DoubleConv(d_out, ch[i], norm=norm, act=act, dropout=dropout))
+        # node X^{i,j}, j >= 1: up-sample X^{i+1,j-1} to ch[i], concatenate with X^{i,0..j-1}
+        self.ups = nn.ModuleDict()
+        self.nodes = nn.ModuleDict()
+        for j in range(1, depth + 1):
+            for i in range(depth + 1 - j):
+                key = _node_key(i, j)
+                self.ups[key] = Upsample(up, ch[i + 1], ch[i])
+                self.nodes[key] = DoubleConv((j + 1) * ch[i], ch[i], norm=norm, act=act, dropout=dropout)
+        n_heads = depth if self.deep_supervision else 1
+        self.heads = nn.ModuleList(nn.Conv2d(ch[0], num_classes, 1) for _ in range(n_heads))
+        init_weights(self)
+
+        self._ds_output = "final"
+        self.ds_output = ds_output
+        self.prune_level: int | None = None
+        self.prune(prune)
+
+    # -- options ---------------------------------------------------------------------------------
+    @property
+    def ds_output(self) -> str:
+        """Evaluation output: ``"final"`` head or ``"average"`` of the active heads (settable)."""
+        return self._ds_output
+
+    @ds_output.setter
+    def ds_output(self, value: str) -> None:
+        check_choice("ds_output", value, DS_OUTPUTS)
+        if value == "average" and not self.deep_supervision:
+            raise ValueError(
+                'ds_output="average" averages the deep-supervision heads; build the model with '
+                'deep_supervision=True, or use ds_output="final".'
+            )
+        self._ds_output = value
+
+    def prune(self, level: int | None) -> UNetPlusPlus:
+        """Select the sub-network U-Net++ ``L^level`` for evaluation (``None``: the whole model).
+
+        In evaluation mode only the nodes ``X^{i,j}`` with ``i + j <= level`` are computed; the
+        deeper encoder levels and their nodes are skipped. Parameters are kept (``prune(None)``
+        restores the full model, and checkpoints stay interchangeable). Training mode always runs
+        the whole grid and supervises every head, so a pruned model can still be trained or
+        fine-tuned; only evaluation uses the sub-network.
+
+        Args:
+            level: ``1..depth``, or ``None``.
+
+        Returns:
+            ``self``, for chaining (``model.prune(2).eval()``).
+
+        Raises:
+            ValueError: ``level`` outside ``1..depth``, or a pruned level on a model built without
+                deep supervision (its shallower heads would not exist).
+
+        Example:
+            >>> m = unetpp(in_channels=1, channels=(8, 16, 32, 64, 128)).prune(2).eval()
+            >>> m(torch.randn(1, 1, 32, 32)).shape
+            torch.Size([1, 1, 32, 32])
+        """
+        if level is not None:
+            level = _check_level(level, self.depth)
+            if level < self.depth and not self.deep_supervision:
+                raise ValueError(
+                    f"prune({level}) needs the head on X^{{0,{level}}}, which exists only with deep "
+                    "supervision; build the model with deep_supervision=True (and train it so) to prune."
+                )
+            if level == self.depth:
+                level = None
+        self.prune_level = level
+        return self
+
+    @property
+    def active_level(self) -> int:
+        """Depth of the sub-network evaluation mode runs (``depth`` unless pruned)."""
+        return self.depth if self.prune_level is None else self.prune_level
+
+    # -- computation -------------------------------------------------------------------------------
+    def _head(self, j: int, x: Tensor) -> Tensor:
+        head = self.heads[j - 1] if self.deep_supervision else self.heads[0]
+        return head(x)  # (N, K, H, W)
+
+    def _top_nodes(self, x: Tensor, level: int) -> list[Tensor]:
+        """Compute the nodes with ``i + j <= level`` and return ``[X^{0,1}, ..., X^{0,level}]``."""
+        rows: list[list[Tensor]] = [[self.stem(x)]]  # rows[i][j] = X^{i,j}; X^{0,0}: (N, c0, H, W)
+        for d in range(1, level + 1):
+            # encoder node X^{d,0}: (N, c_d, H / 2^d, W / 2^d)
+            rows.append([self.encoders[d - 1](self.downs[d - 1](rows[d - 1][0]))])
+            for j in range(1, d + 1):  # the anti-diagonal i + j = d, from deep to shallow
+                i = d - j
+                key = _node_key(i, j)
+                up = self.ups[key](rows[i + 1][j - 1])  # (N, c_i, H / 2^i, W / 2^i)
+                dense = torch.cat([*rows[i], up], dim=1)  # (N, (j + 1) * c_i, H / 2^i, W / 2^i)
+                rows[i].append(self.nodes[key](dense))  # X^{i,j}: (N, c_i, H / 2^i, W / 2^i)
+        return rows[0][1:]
+
+    def forward_seg(self, x: Tensor, aux: bool) -> SegOutput:
+        if self.training:
+            top = self._top_nodes(x, self.depth)  # depth x (N, c0, H, W)
+            out = self._head(self.depth, top[-1])  # (N, K, H, W)
+            side = [self._head(j, t) for j, t in enumerate(top[:-1], 1)] if aux and self.deep_supervision else []
+            return SegOutput(out, side, None)
+        level = self.active_level
+        top = self._top_nodes(x, level)  # level x (N, c0, H, W)
+        if self.ds_output == "average" or (aux and self.deep_supervision):
+            heads = [self._head(j, t) for j, t in enumerate(top, 1)]  # level x (N, K, H, W)
+        else:
+            heads = [self._head(level, top[-1])]
+        out = torch.stack(heads).mean(0) if self.ds_output == "average" else heads[-1]  # (N, K, H, W)
+        return SegOutput(out, heads[:-1] if aux else [], None)
+
+
+# -- builders ------------------------------------------------------------------------------------
+@register_model(
+    paper="Zhou et al., UNet++: A Nested U-Net Architecture for Medical Image Segmentation, DLMIA 2018",
+    input_rule="H, W divisible by 2**depth (16 by default), or pad=True",
+    example_size=(32, 32),
+    default_loss="0.5*bce+dice",
+    test_options={"channels": (8, 16, 32, 64, 128)},
+)
+def unetpp(
+    *,
+    in_channels: int = 3,
+    num_classes: int = 1,
+    depth: int = 4,
+    base_channels: int = 32,
+    channels: Sequence[int] | None = None,
+    down: str = "maxpool",
+    up: str = "transposed",
+    norm: str = "batch",
+    act: str = "relu",
+    dropout: float = 0.0,
+    deep_supervision: bool = True,
+    ds_output: str = "final",
+    prune: int | None = None,
+    pad: bool = False,
+) -> UNetPlusPlus:
+    """U-Net++ with nested dense skips and deep supervision (the paper's widths by default).
+
+    Args:
+        in_channels: input channels.
+        num_classes: output channels.
+        depth: number of down-samplings (1..5); the grid has ``depth`` top nodes.
+        base_channels: width of the first level, doubled per level (32: the paper's
+            ``(32, 64, 128, 256, 512)``).
+        channels: explicit widths (``depth + 1`` values) instead of ``base_channels``.
+        down: ``"maxpool"``, ``"strided"`` or ``"pixel_unshuffle"``.
+        up: ``"transposed"`` (2x2 up-conv, the paper), ``"bilinear"``, ``"nearest"`` or
+            ``"pixel_shuffle"``.
+        norm: ``"batch"``, ``"instance"``, ``"group"`` or ``"none"``.
+        act: activation name.
+        dropout: dropout between the two convs of every node (0 disables).
+        deep_supervision: 1x1 heads on every top node ``X^{0,1..depth}`` (trained through
+            ``model(x, aux=True)``); ``False`` keeps only the final head.
+        ds_output: evaluation output, ``"final"`` (head of ``X^{0,L}``) or ``"average"`` (mean of
+            the heads' logits).
+        prune: ``1..depth``: evaluate only the sub-network ``L^prune`` (see
+            :meth:`UNetPlusPlus.prune`); ``None``: the whole model.
+        pad: pad to a multiple of ``2**depth`` and crop back instead of rejecting other sizes.
+
+    Returns:
+        A :class:`UNetPlusPlus`.
+
+    Raises:
+        ValueError: an invalid width list, option name, prune level, or ``ds_output="average"`` /
+            ``prune`` without deep supervision.
+
+    Defaults with 1 input channel and 1 class: 9,045,348 parameters (9,041,700 with
+    ``norm="none"``, the paper's 9.04 M); ``base_channels=64``: 36,164,292 (paper: 36.16 M).
+
+    Example:
+        >>> m = unetpp(in_channels=1, num_classes=2, channels=(8, 16, 32, 64, 128))
+        >>> res = m(torch.randn(2, 1, 64, 64), aux=True)
+        >>> res.out.shape, len(res.aux)
+        (torch.Size([2, 2, 64, 64]), 3)
+    """
+    _check_common(down, up, norm)
+    ch = _widths(depth, base_channels, channels)
+    return UNetPlusPlus(
+        in_channels,
+        num_classes,
+        channels=ch,
+        down=down,
+        up=up,
+        norm=norm,
+        act=act,
+        dropout=dropout,
+        deep_supervision=deep_supervision,
+        ds_output=ds_output,
+        prune=prune,
+        pad=pad,
+    )
