@@ -40,14 +40,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
-        print(f"unknown benchmark(s): {', '.join(unknown)}; available: {', '.join(sorted(BENCHMARKS))}", file=sys.stderr)
+        print(
+            f"unknown benchmark(s): {', '.join(unknown)}; available: {', '.join(sorted(BENCHMARKS))}",
+            file=sys.stderr,
+        )
         return 2
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     all_rows = []
     for name in args.names or sorted(BENCHMARKS):
         fn, help_ = BENCHMARKS[name]
-        print(f"\n== {name}: {help_} (torch {torch.__version__}, {torch.get_num_threads()} threads)", flush=True)
+        print(
+            f"\n== {name}: {help_} (torch {torch.__version__}, {torch.get_num_threads()} threads)", flush=True
+        )
         rows = fn(args.quick)
         print_results(rows)
         all_rows.extend({"benchmark": name, **r.as_dict()} for r in rows)

@@ -41,8 +41,13 @@ def bench_unet(quick: bool) -> list[Result]:
 
     repeat = 3 if quick else 10
     ours = seglab.create_model(
-        "unet", in_channels=1, num_classes=1, channels=(32, 32, 64, 128, 256), norm="instance",
-        up="transposed", act="leaky_relu",
+        "unet",
+        in_channels=1,
+        num_classes=1,
+        channels=(32, 32, 64, 128, 256),
+        norm="instance",
+        up="transposed",
+        act="leaky_relu",
     )
     peer = BasicUNet(spatial_dims=2, in_channels=1, out_channels=1, features=(32, 32, 64, 128, 256, 32))
     x = torch.randn(4, 1, 256, 256)
@@ -52,15 +57,21 @@ def bench_unet(quick: bool) -> list[Result]:
     rows = []
     ours.eval()
     peer.eval()
-    rows.append(compare("unet inference", _infer(ours, x), _infer(peer, x), items=4, peer_name="monai", repeat=repeat))
+    rows.append(
+        compare("unet inference", _infer(ours, x), _infer(peer, x), items=4, peer_name="monai", repeat=repeat)
+    )
     ours.train()
     peer.train()
     opt_o = torch.optim.Adam(ours.parameters(), 1e-4)
     opt_p = torch.optim.Adam(peer.parameters(), 1e-4)
     rows.append(
         compare(
-            "unet train step", _train_step(ours, opt_o, x, y), _train_step(peer, opt_p, x, y),
-            items=4, peer_name="monai", repeat=repeat,
+            "unet train step",
+            _train_step(ours, opt_o, x, y),
+            _train_step(peer, opt_p, x, y),
+            items=4,
+            peer_name="monai",
+            repeat=repeat,
         )
     )
     rows[0].extra.update(params_seglab=n_ours, params_monai=n_peer)

@@ -138,4 +138,7 @@ def print_results(results: list[Result]) -> None:
         peer = f"{r.peer_rate:10.2f}" if r.peer_rate is not None else f"{'-':>10}"
         ratio = f"{r.ratio:6.2f}" if r.ratio is not None else f"{'-':>6}"
         extra = "  " + " ".join(f"{k}={v}" for k, v in r.extra.items()) if r.extra else ""
-        print(f"{r.name:<{w}}  {r.seglab_rate:10.2f}  {r.peer_name or '-':>14}  {peer}  {ratio}{extra}", flush=True)
+        print(
+            f"{r.name:<{w}}  {r.seglab_rate:10.2f}  {r.peer_name or '-':>14}  {peer}  {ratio}{extra}",
+            flush=True,
+        )

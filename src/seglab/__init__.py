@@ -41,7 +41,17 @@ __all__ = [
     "report",
 ]
 
-_SUBMODULES = {"data", "engine", "inference", "layers", "losses", "metrics", "models", "postprocess", "report"}
+_SUBMODULES = {
+    "data",
+    "engine",
+    "inference",
+    "layers",
+    "losses",
+    "metrics",
+    "models",
+    "postprocess",
+    "report",
+}
 _LAZY_ATTRS = {"Trainer": ("seglab.engine", "Trainer"), "predict": ("seglab.inference", "predict")}
 
 

@@ -7,7 +7,15 @@ from torch import nn
 from seglab.layers import ConvNormAct, DoubleConv, make_norm
 
 
-@pytest.mark.parametrize(("norm", "cls"), [("batch", nn.BatchNorm2d), ("instance", nn.InstanceNorm2d), ("group", nn.GroupNorm), ("none", nn.Identity)])
+@pytest.mark.parametrize(
+    ("norm", "cls"),
+    [
+        ("batch", nn.BatchNorm2d),
+        ("instance", nn.InstanceNorm2d),
+        ("group", nn.GroupNorm),
+        ("none", nn.Identity),
+    ],
+)
 def test_make_norm(norm: str, cls: type) -> None:
     assert isinstance(make_norm(norm, 12), cls)
 

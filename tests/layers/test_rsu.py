@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 import seglab.layers
 from seglab.layers import RSU
-from seglab.layers.rsu import resize_to
+from seglab.layers.rsu import CeilMaxPool2d, resize_to
 
 
 def n_params(m: nn.Module) -> int:
@@ -39,6 +39,17 @@ def _pool(x: Tensor) -> Tensor:
 
 def test_lazy_export() -> None:
     assert seglab.layers.RSU is RSU
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (2, 3), (5, 8), (33, 32)])
+def test_ceil_pool_equals_ceil_mode_in_eager_and_export(hw: tuple[int, int]) -> None:
+    x = torch.randn(2, 3, *hw)
+    expected = F.max_pool2d(x, 2, 2, ceil_mode=True)
+    pool = CeilMaxPool2d()
+    assert torch.equal(pool(x), expected)
+    # the export path (pad with -inf, floor pooling) gives the same values
+    exported = torch.export.export(pool, (x,)).module()
+    assert torch.equal(exported(x), expected)
 
 
 def test_rsu4_matches_hand_written_wiring() -> None:
@@ -94,14 +105,16 @@ def test_structure_per_height() -> None:
     rsu7 = RSU(7, 3, 32, 64)
     assert len(rsu7.encoder) == 7 and len(rsu7.decoder) == 6
     assert rsu7.dilations == (1,) * 6 + (2,) + (1,) * 6
-    assert isinstance(rsu7.pool, nn.MaxPool2d) and rsu7.pool.ceil_mode
+    assert isinstance(rsu7.pool, CeilMaxPool2d)
     assert rsu7.decoder[-1][0].out_channels == 64 and rsu7.decoder[0][0].in_channels == 64
     rsu4f = RSU(4, 512, 256, 512, dilated=True)
     assert rsu4f.dilations == (1, 2, 4, 8, 4, 2, 1)
-    assert not any(isinstance(m, nn.MaxPool2d) for m in rsu4f.modules())
+    assert not any(isinstance(m, CeilMaxPool2d) for m in rsu4f.modules())
 
 
-@pytest.mark.parametrize(("args", "dilated"), [((7, 3, 32, 64), False), ((4, 512, 256, 512), True), ((5, 128, 16, 64), False)])
+@pytest.mark.parametrize(
+    ("args", "dilated"), [((7, 3, 32, 64), False), ((4, 512, 256, 512), True), ((5, 128, 16, 64), False)]
+)
 def test_parameter_count_formula(args: tuple[int, int, int, int], dilated: bool) -> None:
     height, cin, mid, out = args
 

@@ -13,7 +13,9 @@ def n_params(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-@pytest.mark.parametrize(("name", "count"), [("fcn32s", 136_152_917), ("fcn16s", 134_815_994), ("fcn8s", 134_489_759)])
+@pytest.mark.parametrize(
+    ("name", "count"), [("fcn32s", 136_152_917), ("fcn16s", 134_815_994), ("fcn8s", 134_489_759)]
+)
 def test_parameter_counts_21_classes(name: str, count: int) -> None:
     m = seglab.create_model(name, num_classes=21)
     assert n_params(m) == count

@@ -21,7 +21,7 @@ def test_unknown_name_lists_models_and_suggests() -> None:
 
 
 def test_unknown_option_is_type_error_naming_it() -> None:
-    with pytest.raises(TypeError, match="'base_chanels'.*Did you mean 'base_channels'"):
+    with pytest.raises(TypeError, match=r"'base_chanels'.*Did you mean 'base_channels'"):
         create_model("unet", base_chanels=8)
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -31,7 +33,7 @@ def test_valid_sizes_helper_and_rejection_names_nearest() -> None:
     sizes = valid_input_sizes(4, max_size=600)
     assert 572 in sizes and 573 not in sizes
     # consecutive valid sizes differ by 16 at depth 4
-    assert all(b - a == 16 for a, b in zip(sizes, sizes[1:]))
+    assert all(b - a == 16 for a, b in itertools.pairwise(sizes))
     m = seglab.create_model("unet_valid", in_channels=1, num_classes=2, base_channels=4)
     with pytest.raises(ValueError, match=r"570 -> 556 or 572"):
         m(torch.randn(1, 1, 570, 572))
@@ -76,13 +78,16 @@ def test_explicit_channels() -> None:
         seglab.create_model("unet", channels=(8, 16, 32))
 
 
-@pytest.mark.parametrize(("opt", "value", "match"), [
-    ("depth", 0, "1..5"),
-    ("depth", 6, "1..5"),
-    ("up", "bicubic", "Unknown up"),
-    ("down", "avgpool", "Unknown down"),
-    ("norm", "layer", "Unknown norm"),
-])
+@pytest.mark.parametrize(
+    ("opt", "value", "match"),
+    [
+        ("depth", 0, "1..5"),
+        ("depth", 6, "1..5"),
+        ("up", "bicubic", "Unknown up"),
+        ("down", "avgpool", "Unknown down"),
+        ("norm", "layer", "Unknown norm"),
+    ],
+)
 def test_bad_options(opt: str, value: object, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         seglab.create_model("unet", **{opt: value})

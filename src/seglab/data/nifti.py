@@ -52,7 +52,9 @@ class NiftiVolume(NamedTuple):
     pixdim: tuple[float, ...]
 
 
-def _quaternion_affine(b: float, c: float, d: float, qfac: float, pixdim: np.ndarray, offset: np.ndarray) -> np.ndarray:
+def _quaternion_affine(
+    b: float, c: float, d: float, qfac: float, pixdim: np.ndarray, offset: np.ndarray
+) -> np.ndarray:
     a2 = 1.0 - (b * b + c * c + d * d)
     a = np.sqrt(a2) if a2 > 1e-7 else 0.0
     rot = np.array(

@@ -87,8 +87,9 @@ def boxes_from_masks(masks: Tensor) -> Tensor:
     k, h, w = masks.shape
     if k == 0:
         return torch.zeros((0, 4), dtype=torch.float32, device=masks.device)
-    rows = masks.bool().any(dim=2)  # (K, H)
-    cols = masks.bool().any(dim=1)  # (K, W)
+    m = masks if masks.dtype in (torch.uint8, torch.bool) else masks != 0
+    rows = m.amax(dim=2).bool()  # (K, H)
+    cols = m.amax(dim=1).bool()  # (K, W)
     if not bool(rows.any(dim=1).all()):
         raise ValueError("boxes_from_masks: some masks are empty; drop them first.")
     y1 = rows.to(torch.uint8).argmax(dim=1)
@@ -98,7 +99,9 @@ def boxes_from_masks(masks: Tensor) -> Tensor:
     return torch.stack([x1, y1, x2, y2], dim=1).to(torch.float32)  # (K, 4)
 
 
-def instance_target(labels: Tensor | np.ndarray, classes: Tensor | np.ndarray | None = None) -> dict[str, Tensor]:
+def instance_target(
+    labels: Tensor | np.ndarray, classes: Tensor | np.ndarray | None = None
+) -> dict[str, Tensor]:
     """Turn an instance-label image into torchvision's detection target dict.
 
     Args:
@@ -122,14 +125,38 @@ def instance_target(labels: Tensor | np.ndarray, classes: Tensor | np.ndarray | 
     if labels.ndim != 2:
         raise ValueError(f"instance_target expects an (H, W) label image; got shape {tuple(labels.shape)}.")
     labels = labels.to(torch.int64)
-    ids = torch.unique(labels)
-    ids = ids[ids > 0]
-    masks = (labels[None] == ids[:, None, None]).to(torch.uint8)  # (K, H, W)
+    h, w = labels.shape
+    flat = labels.reshape(-1)
+    pos = (flat > 0).nonzero().squeeze(1)  # (P,) flat indices of object pixels
+    values = flat[pos]
+    top = int(values.max()) if len(values) else 0
+    if top <= 4 * flat.numel() + 1024:  # ids small enough for a lookup table: O(pixels), no sort
+        present = torch.bincount(values, minlength=top + 1) > 0
+        ids = present.nonzero().squeeze(1)
+        remap = torch.full((top + 1,), -1, dtype=torch.int64)
+        remap[ids] = torch.arange(len(ids))
+        index = remap[values]  # (P,) instance index of each object pixel
+    else:
+        ids, index = torch.unique(values, return_inverse=True)
+    k = len(ids)
+    masks = torch.zeros((k, h * w), dtype=torch.uint8)
+    masks[index, pos] = 1
+    masks = masks.reshape(k, h, w)  # (K, H, W)
+    ys, xs = pos // w, pos % w
+    boxes = torch.stack(
+        [
+            torch.full((k,), w, dtype=torch.int64).scatter_reduce(0, index, xs, "amin"),
+            torch.full((k,), h, dtype=torch.int64).scatter_reduce(0, index, ys, "amin"),
+            torch.full((k,), -1, dtype=torch.int64).scatter_reduce(0, index, xs, "amax") + 1,
+            torch.full((k,), -1, dtype=torch.int64).scatter_reduce(0, index, ys, "amax") + 1,
+        ],
+        dim=1,
+    ).to(torch.float32)  # (K, 4)
     if classes is None:
-        cls = torch.ones(len(ids), dtype=torch.int64)
+        cls = torch.ones(k, dtype=torch.int64)
     else:
         cls = torch.as_tensor(np.asarray(classes), dtype=torch.int64)[ids]
-    return {"boxes": boxes_from_masks(masks), "labels": cls, "masks": masks}
+    return {"boxes": boxes, "labels": cls, "masks": masks}
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -140,7 +167,9 @@ def _pair(size: int | Sequence[int], what: str) -> tuple[int, int]:
         size = (size, size)
     size = tuple(size)
     if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
-        raise ValueError(f"{what} must be a positive int or a pair of positive ints (height, width); got {size!r}.")
+        raise ValueError(
+            f"{what} must be a positive int or a pair of positive ints (height, width); got {size!r}."
+        )
     return size  # type: ignore[return-value]
 
 
@@ -222,8 +251,18 @@ def _resize(inpt: Any, size: tuple[int, int]) -> Any:
         h, w = inpt.shape[-2:]
         if (h, w) == size:
             return inpt
-        rows = ((torch.arange(size[0], dtype=torch.float64) + 0.5) * (h / size[0])).floor().long().clamp_(max=h - 1)
-        cols = ((torch.arange(size[1], dtype=torch.float64) + 0.5) * (w / size[1])).floor().long().clamp_(max=w - 1)
+        rows = (
+            ((torch.arange(size[0], dtype=torch.float64) + 0.5) * (h / size[0]))
+            .floor()
+            .long()
+            .clamp_(max=h - 1)
+        )
+        cols = (
+            ((torch.arange(size[1], dtype=torch.float64) + 0.5) * (w / size[1]))
+            .floor()
+            .long()
+            .clamp_(max=w - 1)
+        )
         out = inpt.as_subclass(Tensor)[..., rows[:, None], cols[None, :]]  # (..., h', w')
         return tv_tensors.wrap(out, like=inpt)
     if isinstance(inpt, tv_tensors.Image):
@@ -339,7 +378,9 @@ class RandomScaleCrop(v2.Transform):
         return {"top": top, "left": left, "window": window}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        out = _pad_crop(inpt, params["top"], params["left"], *params["window"], self.crop.fill, self.crop.mask_fill)
+        out = _pad_crop(
+            inpt, params["top"], params["left"], *params["window"], self.crop.fill, self.crop.mask_fill
+        )
         return _resize(out, self.size)
 
 
@@ -508,7 +549,9 @@ class Compose:
         out_img, out_mask = self._run(img, tv_tensors.Mask(mask))
         return _plain(out_img), _plain(out_mask)
 
-    def apply_to_labels(self, image: Tensor | np.ndarray, labels: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
+    def apply_to_labels(
+        self, image: Tensor | np.ndarray, labels: Tensor | np.ndarray
+    ) -> tuple[Tensor, Tensor]:
         """Transform an image and its instance-label image ``(H, W)`` (padding with 0).
 
         The datasets use this to crop before expanding labels into per-instance masks; followed
@@ -522,12 +565,16 @@ class Compose:
         out_img, out_lab = self._run(img, InstanceLabels(lab))
         return _plain(out_img), _plain(out_lab)
 
-    def _instances(self, img: tv_tensors.Image, target: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    def _instances(
+        self, img: tv_tensors.Image, target: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         if "masks" not in target:
             raise ValueError("An instance target needs 'masks' (K, H, W); boxes are recomputed from them.")
         masks = torch.as_tensor(target["masks"])
         if masks.ndim != 3 or masks.shape[-2:] != img.shape[-2:]:
-            raise ValueError(f"target['masks'] must be (K, {img.shape[-2]}, {img.shape[-1]}); got {tuple(masks.shape)}.")
+            raise ValueError(
+                f"target['masks'] must be (K, {img.shape[-2]}, {img.shape[-1]}); got {tuple(masks.shape)}."
+            )
         k = masks.shape[0]
         per_instance = {key: v for key, v in target.items() if key not in ("masks", "boxes")}
         for key, value in per_instance.items():
@@ -599,7 +646,11 @@ def train_transforms(
     steps: list[Any] = []
     fill = mean if len(mean) > 1 else mean[0]
     if crop is not None and scale is not None:
-        steps.append(RandomScaleCrop(crop, scale=scale, foreground_prob=foreground_prob, fill=fill, mask_fill=mask_fill))
+        steps.append(
+            RandomScaleCrop(
+                crop, scale=scale, foreground_prob=foreground_prob, fill=fill, mask_fill=mask_fill
+            )
+        )
     elif crop is not None:
         steps.append(RandomCrop(crop, foreground_prob=foreground_prob, fill=fill, mask_fill=mask_fill))
     elif scale is not None:

@@ -90,7 +90,9 @@ class ConvNormAct(nn.Sequential):
         if bias is None:
             bias = norm == "none"
         super().__init__(
-            nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=padding, dilation=dilation, bias=bias),
+            nn.Conv2d(
+                in_ch, out_ch, kernel_size, stride=stride, padding=padding, dilation=dilation, bias=bias
+            ),
             make_norm(norm, out_ch),
             make_act(act, channels=out_ch),
         )

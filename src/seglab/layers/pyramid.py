@@ -12,11 +12,11 @@
 Adaptive pooling and ONNX: torch's ``adaptive_avg_pool2d`` exports to ONNX only when the input size
 is a multiple of the output size (the TorchScript exporter refuses other sizes). PSPNet's bins 3 and
 6 rarely divide the feature size, so :func:`adaptive_avg_pool2d` here computes the same bins (bin
-``i`` of ``n`` covers ``[floor(i * L / n), ceil((i + 1) * L / n))``, torch's rule) in an exportable
-way: a mean for one bin, ``avg_pool2d`` with kernel = stride = ``L / n`` when the size divides, and
-otherwise two small matrix products with constant averaging matrices built from the (fixed) input
-size. An exported graph is therefore specific to its input size, as ONNX models of these networks
-are anyway.
+``i`` of ``n`` covers ``[floor(i * L / n), ceil((i + 1) * L / n))``, torch's rule) as a mean for one
+bin and otherwise as two small matrix products with averaging matrices built by tensor operations
+from the input size. Nothing depends on Python arithmetic on the size, so the graph exports at a
+fixed size with either exporter and also with symbolic H and W through ``torch.export`` (one ONNX
+file for every size, checked against PyTorch in ``tests/models/test_deeplab_onnx.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from seglab._options import check_choice
 from seglab.layers.conv import ConvNormAct
 
-__all__ = ["SPP", "PyramidPooling", "adaptive_avg_pool2d", "check_pooled_batch"]
+__all__ = ["SPP", "PyramidPooling", "adaptive_avg_pool2d", "check_pooled_norm"]
 
 SPP_MODES = ("max", "avg")
 
@@ -48,12 +48,17 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
 
 
 def _averaging_matrix(length: int, bins: int, like: Tensor) -> Tensor:
-    """``(bins, length)`` matrix whose row ``i`` averages torch's adaptive bin ``i`` of ``length``."""
-    rows = []
-    for i in range(bins):
-        start, end = (i * length) // bins, -(-((i + 1) * length) // bins)
-        rows.append([1.0 / (end - start) if start <= j < end else 0.0 for j in range(length)])
-    return torch.tensor(rows, dtype=like.dtype, device=like.device)
+    """``(bins, length)`` matrix whose row ``i`` averages torch's adaptive bin ``i`` of ``length``.
+
+    Built with tensor ops from ``length`` so that an export keeps it symbolic (no Python
+    arithmetic on the size, no size-dependent branch).
+    """
+    i = torch.arange(bins, device=like.device)  # (bins,)
+    start = torch.div(i * length, bins, rounding_mode="floor")  # (bins,)
+    end = torch.div((i + 1) * length + (bins - 1), bins, rounding_mode="floor")  # (bins,) ceil
+    j = torch.arange(length, device=like.device)  # (length,)
+    inside = (j[None, :] >= start[:, None]) & (j[None, :] < end[:, None])  # (bins, length)
+    return inside.to(like.dtype) / (end - start).to(like.dtype)[:, None]
 
 
 def adaptive_avg_pool2d(x: Tensor, output_size: int | Sequence[int]) -> Tensor:
@@ -83,31 +88,41 @@ def adaptive_avg_pool2d(x: Tensor, output_size: int | Sequence[int]) -> Tensor:
     bh, bw = _pair(output_size)
     if bh < 1 or bw < 1:
         raise ValueError(f"output_size must be positive; got {output_size!r}.")
-    h, w = int(x.shape[-2]), int(x.shape[-1])
     if bh == 1 and bw == 1:
         return x.mean(dim=(-2, -1), keepdim=True)  # (N, C, 1, 1)
-    if h % bh == 0 and w % bw == 0:
-        return F.avg_pool2d(x, (h // bh, w // bw))  # (N, C, bh, bw)
-    rows = _averaging_matrix(h, bh, x)  # (bh, H)
-    cols = _averaging_matrix(w, bw, x)  # (bw, W)
+    rows = _averaging_matrix(x.shape[-2], bh, x)  # (bh, H)
+    cols = _averaging_matrix(x.shape[-1], bw, x)  # (bw, W)
     return torch.matmul(torch.matmul(rows, x), cols.t())  # (N, C, bh, W) -> (N, C, bh, bw)
 
 
-def check_pooled_batch(owner: str, pooled: Tensor, norm: nn.Module) -> None:
-    """Raise a clear ``ValueError`` when BatchNorm would see one value per channel in training.
+def check_pooled_norm(owner: str, pooled: Tensor, norm: nn.Module) -> None:
+    """Raise a clear ``ValueError`` when a norm layer would see a single value per statistic.
 
-    A branch that pools to a single bin and normalises with BatchNorm cannot train on a batch of
-    one (torch's own message, "Expected more than 1 value per channel", does not say why).
+    A branch that pools to one bin and normalises cannot compute its statistics when, per channel
+    (BatchNorm in training: over the batch; InstanceNorm: over the pixels; GroupNorm: over the
+    group), there is only one value. torch's own message ("Expected more than 1 value per
+    channel") does not say why or what to change.
+
+    Raises:
+        ValueError: with the cause and the fixes.
     """
-    if (
-        norm.training
-        and isinstance(norm, nn.BatchNorm2d)
-        and pooled.shape[0] * pooled.shape[-2] * pooled.shape[-1] == 1
-    ):
+    n, h, w = pooled.shape[0], pooled.shape[-2], pooled.shape[-1]
+    if isinstance(norm, nn.BatchNorm2d) and norm.training and n * h * w == 1:
         raise ValueError(
-            f"{owner}: the globally pooled branch is normalised with BatchNorm, which needs more than one "
-            "value per channel in training mode; got a batch of 1. Train with a batch of 2 or more, build "
-            "the model with norm='group', or call model.eval() for inference."
+            f"{owner}: the pooled 1x1 branch is normalised with BatchNorm, which needs more than one value "
+            "per channel in training mode; got a batch of 1. Train with a batch of 2 or more, build the "
+            "model with norm='group', or call model.eval() for inference."
+        )
+    if isinstance(norm, nn.InstanceNorm2d) and h * w == 1:
+        raise ValueError(
+            f"{owner}: instance norm normalises each map over its pixels, and the pooled branch has one "
+            "pixel. Use norm='batch' or norm='group'."
+        )
+    if isinstance(norm, nn.GroupNorm) and (norm.num_channels // norm.num_groups) * h * w == 1:
+        raise ValueError(
+            f"{owner}: group norm with one channel per group cannot normalise a pooled 1x1 map "
+            f"({norm.num_channels} channels in {norm.num_groups} groups). Use wider branches (16 channels or more) or "
+            "norm='batch'."
         )
 
 
@@ -232,7 +247,7 @@ class PyramidPooling(nn.Module):
         outs = [x]
         for b, branch in zip(self.bins, self.branches):
             p = adaptive_avg_pool2d(x, b)  # (N, in_ch, b, b)
-            check_pooled_batch("PyramidPooling", p, branch[1])
+            check_pooled_norm("PyramidPooling", p, branch[1])
             p = branch(p)  # (N, branch_ch, b, b)
             outs.append(
                 F.interpolate(p, size=size, mode="bilinear", align_corners=self.align_corners)

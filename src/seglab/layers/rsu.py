@@ -8,9 +8,10 @@ U-Net)::
 
 * ``RSU(L, in_ch, mid_ch, out_ch)`` (RSU-7 ... RSU-4 of the paper): the inner encoder has ``L``
   3x3 convolutions with 2x2 max pooling (``ceil_mode=True``, so odd sizes lose no border)
-  before convs 2 .. L-1; the bottom conv L uses dilation 2 at the resolution of conv L-1. The
-  decoder concatenates (deeper map, skip), resizes the deeper map to the skip's size by bilinear
-  interpolation, and convolves; the last decoder conv maps back to ``out_ch``.
+  before convs 2 .. L-1; the bottom conv L uses dilation 2 at the resolution of conv L-1. Each
+  decoder step resizes the deeper map to its skip's size (bilinear; ceil-mode pooling makes odd
+  sizes round up), concatenates (deeper map, skip) and convolves; the last decoder conv maps back
+  to ``out_ch``.
 * ``RSU(L, ..., dilated=True)`` (RSU-4F): no pooling at all; the encoder convs use dilations
   ``1, 2, 4, ..., 2**(L-1)`` and the decoder mirrors them, so the block keeps its resolution. U²-Net
   uses it at its two deepest stages, where the maps are already small.
@@ -27,12 +28,35 @@ from torch import Tensor, nn
 
 from seglab.layers.conv import ConvNormAct
 
-__all__ = ["RSU", "resize_to"]
+__all__ = ["RSU", "CeilMaxPool2d", "resize_to"]
 
 
 def resize_to(t: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
     """Bilinear resize of ``t`` to spatial ``size`` (``align_corners=False``), U²-Net's "upsample like"."""
     return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+
+
+class CeilMaxPool2d(nn.Module):
+    """2x2, stride-2 max pooling whose output size rounds up: ``(H, W) -> (ceil(H/2), ceil(W/2))``.
+
+    Eager mode calls ``max_pool2d(..., ceil_mode=True)``. Under ``torch.export`` / ``torch.compile``
+    it pads one ``-inf`` row and column and pools with ``ceil_mode=False`` instead: the same values,
+    but without ceil mode's "does the last window start inside the input" size test, which the
+    exporter cannot decide for symbolic H and W, so U²-Net exports with dynamic sizes.
+
+    Shape:
+        ``(N, C, H, W) -> (N, C, ceil(H / 2), ceil(W / 2))``.
+
+    Example:
+        >>> CeilMaxPool2d()(torch.randn(1, 2, 5, 8)).shape
+        torch.Size([1, 2, 3, 4])
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():
+            x = F.pad(x, (0, 1, 0, 1), value=float("-inf"))  # (N, C, H + 1, W + 1)
+            return F.max_pool2d(x, 2, 2)  # (N, C, ceil(H / 2), ceil(W / 2))
+        return F.max_pool2d(x, 2, 2, ceil_mode=True)  # (N, C, ceil(H / 2), ceil(W / 2))
 
 
 def _positive_int(name: str, value: object, minimum: int = 1) -> int:
@@ -102,12 +126,14 @@ class RSU(nn.Module):
             return ConvNormAct(i, o, 3, dilation=d, norm=norm, act=act, bias=True)
 
         self.conv_in = cna(in_ch, out_ch, 1)
-        self.encoder = nn.ModuleList(cna(out_ch if i == 0 else mid_ch, mid_ch, d) for i, d in enumerate(enc_dil))
+        self.encoder = nn.ModuleList(
+            cna(out_ch if i == 0 else mid_ch, mid_ch, d) for i, d in enumerate(enc_dil)
+        )
         self.decoder = nn.ModuleList(
             cna(2 * mid_ch, out_ch if j == height - 2 else mid_ch, d) for j, d in enumerate(dec_dil)
         )
         # pooling before inner encoder convs 1 .. height-2 (none in the dilated variant)
-        self.pool = nn.Identity() if dilated else nn.MaxPool2d(2, stride=2, ceil_mode=True)
+        self.pool = nn.Identity() if dilated else CeilMaxPool2d()
         self.dilations = tuple(enc_dil + dec_dil)
 
     def forward(self, x: Tensor) -> Tensor:

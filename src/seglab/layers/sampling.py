@@ -59,7 +59,9 @@ class Downsample(nn.Module):
         torch.Size([1, 16, 16, 16])
     """
 
-    def __init__(self, kind: str, in_ch: int, out_ch: int | None = None, *, norm: str = "batch", act: str = "relu"):
+    def __init__(
+        self, kind: str, in_ch: int, out_ch: int | None = None, *, norm: str = "batch", act: str = "relu"
+    ):
         super().__init__()
         self.kind = check_choice("down", kind, DOWN_KINDS)
         out_ch = in_ch if out_ch is None else out_ch
@@ -117,12 +119,16 @@ class Upsample(nn.Module):
         out_ch = in_ch if out_ch is None else out_ch
         if kind in ("nearest", "bilinear"):
             self.op = nn.Sequential(
-                nn.Upsample(scale_factor=2, mode=kind, **({"align_corners": False} if kind == "bilinear" else {})),
+                nn.Upsample(
+                    scale_factor=2, mode=kind, **({"align_corners": False} if kind == "bilinear" else {})
+                ),
                 _project(in_ch, out_ch),
             )
         elif kind == "transposed":
             if kernel_size < 2:
-                raise ValueError(f"kernel_size for a stride-2 transposed conv must be >= 2; got {kernel_size}.")
+                raise ValueError(
+                    f"kernel_size for a stride-2 transposed conv must be >= 2; got {kernel_size}."
+                )
             # output = (H - 1) * 2 - 2p + k + op == 2H  =>  2p - op = k - 2
             padding = (kernel_size - 1) // 2
             output_padding = 2 * padding - kernel_size + 2

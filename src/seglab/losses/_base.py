@@ -45,7 +45,9 @@ class SegLoss(nn.Module):
         self.from_logits = bool(from_logits)
         self.reduction = check_reduction(reduction)
         if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
-            raise TypeError(f"ignore_index must be an int or None, got {type(ignore_index).__name__} {ignore_index!r}.")
+            raise TypeError(
+                f"ignore_index must be an int or None, got {type(ignore_index).__name__} {ignore_index!r}."
+            )
         self.ignore_index = ignore_index
 
     def terms(self, pred: Tensor, target: Tensor) -> dict[str, Tensor]:

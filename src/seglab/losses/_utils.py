@@ -9,6 +9,7 @@ class ids (multiclass), and a validity mask (``None`` when ``ignore_index`` is u
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -21,6 +22,8 @@ __all__ = [
     "MODES",
     "REDUCTIONS",
     "Prepared",
+    "as_channel_tensor",
+    "check_gamma",
     "check_mode",
     "check_nonneg",
     "check_reduction",
@@ -55,6 +58,18 @@ def check_nonneg(what: str, value: float) -> float:
     return v
 
 
+def check_gamma(gamma: float) -> float:
+    """Validate a focusing exponent: a finite number ``>= 0``."""
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
+        raise TypeError(f"gamma must be a number, got {type(gamma).__name__} {gamma!r}.")
+    if not gamma >= 0 or math.isinf(gamma):
+        raise ValueError(
+            f"gamma must be a finite number >= 0, got {gamma!r}: a negative gamma up-weights the easy pixels, "
+            "the opposite of what the focal loss is for (gamma=0 is plain cross-entropy; 2 is the usual value)."
+        )
+    return float(gamma)
+
+
 def _checking() -> bool:
     """Value checks need a host sync; skip them while tracing or compiling."""
     return not (torch.jit.is_tracing() or torch.compiler.is_compiling())
@@ -79,6 +94,12 @@ def _check_pred(pred: Tensor, who: str) -> None:
             f"{who}: the prediction must be (N, C, H, W) (or (N, C, *spatial)); got shape {tuple(pred.shape)}. "
             "Add the channel dimension with pred.unsqueeze(1)."
         )
+
+
+def _upcast(pred: Tensor) -> Tensor:
+    """Half-precision predictions (autocast) are scored in float32: sums over a batch of pixels
+    overflow float16, and the logs and powers lose too much precision."""
+    return pred.float() if pred.dtype in (torch.float16, torch.bfloat16) else pred
 
 
 def _check_spatial(pred: Tensor, target: Tensor, who: str) -> None:
@@ -113,6 +134,7 @@ def prepare(pred: Tensor, target: Tensor, mode: str, ignore_index: int | None, w
     _check_pred(pred, who)
     if not isinstance(target, Tensor):
         raise TypeError(f"{who}: the target must be a torch.Tensor, got {type(target).__name__}.")
+    pred = _upcast(pred)
     n, c = pred.shape[:2]
     if mode == "binary":
         if c != 1:
@@ -142,19 +164,20 @@ def prepare(pred: Tensor, target: Tensor, mode: str, ignore_index: int | None, w
     if ignore_index is not None:
         valid = target != ignore_index  # (N, C, *spatial)
         target = target.masked_fill(~valid, 0)
-    if not target.is_floating_point() and target.dtype != torch.bool and target.numel() and _checking():
-        lo, hi = torch.aminmax(target)
-        if lo.item() < 0 or hi.item() > 1:
+    integer = not target.is_floating_point() and target.dtype != torch.bool
+    target = target.to(pred.dtype)
+    if integer and target.numel() and _checking():
+        lo, hi = torch.stack(torch.aminmax(target)).tolist()  # one host sync; float copy: fewer bytes
+        if lo < 0 or hi > 1:
             hint = (
-                f" Set ignore_index={int(hi.item())} if that value marks pixels to ignore."
-                if ignore_index is None and hi.item() > 1
+                f" Set ignore_index={int(hi)} if that value marks pixels to ignore."
+                if hi > 1 and ignore_index is None
                 else ""
             )
             raise ValueError(
                 f"{who}: mode={mode!r} expects target values in {{0, 1}}; got values in "
-                f"[{int(lo.item())}, {int(hi.item())}].{hint} Multi-class masks need mode='multiclass'."
+                f"[{int(lo)}, {int(hi)}].{hint} Multi-class masks need mode='multiclass'."
             )
-    target = target.to(pred.dtype)
     spatial = tuple(pred.shape[2:])
     return Prepared(
         pred.reshape(n, c, -1),  # (N, C, L)
@@ -184,6 +207,7 @@ def prepare_multiclass(pred: Tensor, target: Tensor, ignore_index: int | None, w
     _check_pred(pred, who)
     if not isinstance(target, Tensor):
         raise TypeError(f"{who}: the target must be a torch.Tensor, got {type(target).__name__}.")
+    pred = _upcast(pred)
     n, c = pred.shape[:2]
     if c == 1:
         raise ValueError(
@@ -212,16 +236,16 @@ def prepare_multiclass(pred: Tensor, target: Tensor, ignore_index: int | None, w
         valid = target != ignore_index  # (N, *spatial)
         target = target.masked_fill(~valid, 0)
     if target.numel() and _checking():
-        lo, hi = torch.aminmax(target)
-        if lo.item() < 0 or hi.item() >= c:
+        lo, hi = torch.stack(torch.aminmax(target)).tolist()  # one host sync
+        if lo < 0 or hi >= c:
             hint = (
-                f" Set ignore_index={int(hi.item())} if that value marks pixels to ignore."
-                if ignore_index is None and hi.item() >= c
+                f" Set ignore_index={hi} if that value marks pixels to ignore."
+                if hi >= c and ignore_index is None
                 else ""
             )
             raise ValueError(
                 f"{who}: class ids must lie in [0, {c - 1}] for a {c}-channel prediction; got values in "
-                f"[{int(lo.item())}, {int(hi.item())}].{hint}"
+                f"[{lo}, {hi}].{hint}"
             )
     target = target.long()
     return Prepared(
@@ -264,5 +288,7 @@ def as_channel_tensor(
         return None
     t = torch.as_tensor(value, dtype=torch.float32) if not isinstance(value, Tensor) else value.detach()
     if t.ndim > 1:
-        raise ValueError(f"{what} must be a number or a 1-D sequence (one value per channel); got shape {tuple(t.shape)}.")
+        raise ValueError(
+            f"{what} must be a number or a 1-D sequence (one value per channel); got shape {tuple(t.shape)}."
+        )
     return t.reshape(1, -1, *([1] * ndim_spatial)) if t.ndim == 1 else t

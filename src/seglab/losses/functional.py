@@ -18,8 +18,8 @@ Conventions shared by all functions:
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import math
 import warnings
 from collections.abc import Sequence
 
@@ -30,6 +30,7 @@ from torch import Tensor
 from seglab.losses._utils import (
     Prepared,
     as_channel_tensor,
+    check_gamma,
     check_mode,
     check_nonneg,
     check_reduction,
@@ -186,7 +187,9 @@ def cross_entropy_loss(
     if weight is not None:
         w = torch.as_tensor(weight, dtype=x.dtype, device=x.device)
         if w.shape != (x.shape[1],):
-            raise ValueError(f"weight must hold one value per class ({x.shape[1]}); got shape {tuple(w.shape)}.")
+            raise ValueError(
+                f"weight must hold one value per class ({x.shape[1]}); got shape {tuple(w.shape)}."
+            )
     ls = float(label_smoothing)
     if valid is None:
         loss = F.cross_entropy(x, t, weight=w, reduction=reduction, label_smoothing=ls)
@@ -203,17 +206,6 @@ def cross_entropy_loss(
 # ------------------------------------------------------------------------------------------------
 # Focal
 # ------------------------------------------------------------------------------------------------
-def _check_gamma(gamma: float) -> float:
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
-        raise TypeError(f"gamma must be a number, got {type(gamma).__name__} {gamma!r}.")
-    if not gamma >= 0 or math.isinf(gamma):
-        raise ValueError(
-            f"gamma must be a finite number >= 0, got {gamma!r}: a negative gamma up-weights the easy pixels, "
-            "the opposite of what the focal loss is for (gamma=0 is plain cross-entropy; 2 is the usual value)."
-        )
-    return float(gamma)
-
-
 def _pow(base: Tensor, gamma: float) -> Tensor:
     """``base ** gamma`` for ``base >= 0`` with a finite gradient also at ``base == 0``."""
     if gamma == 1.0:
@@ -272,7 +264,7 @@ def focal_loss(
     """
     check_mode(mode)
     check_reduction(reduction)
-    gamma = _check_gamma(gamma)
+    gamma = check_gamma(gamma)
     if alpha is not None and not isinstance(alpha, (Tensor, Sequence)):
         a = float(alpha)
         if not 0.0 <= a <= 1.0:
@@ -281,37 +273,80 @@ def focal_loss(
         return _focal_multiclass(pred, target, from_logits, alpha, gamma, reduction, ignore_index)
     hard = not target.is_floating_point()
     x, g, valid, spatial = prepare(pred, target, mode, ignore_index, "focal_loss")
+    a_c: Tensor | float | None = None
     if isinstance(alpha, (Tensor, Sequence)):
-        a_t = as_channel_tensor(alpha, "alpha", ndim_spatial=1).to(device=x.device, dtype=x.dtype)  # (1, C, 1)
-        alpha_t = (1.0 - a_t) + (2.0 * a_t - 1.0) * g  # (N, C, L)
+        a_c = as_channel_tensor(alpha, "alpha", ndim_spatial=1).to(
+            device=x.device, dtype=x.dtype
+        )  # (1, C, 1)
     elif alpha is not None:
-        alpha_t = (1.0 - float(alpha)) + (2.0 * float(alpha) - 1.0) * g  # (N, C, L)
+        a_c = float(alpha)
+    if from_logits and hard and reduction != "none":
+        total = _HardFocalSum.apply(x, g, valid, a_c, gamma)  # Σ over valid elements
+        if reduction == "sum":
+            return total
+        return total / (x.numel() if valid is None else valid.sum().to(x.dtype).clamp_min(1.0))
+    if from_logits:
+        ce = F.binary_cross_entropy_with_logits(x, g, reduction="none")  # (N, C, L)
+        p = torch.sigmoid(x)
     else:
-        alpha_t = None
-    if from_logits and hard:
-        # {0, 1} labels: with z = ±x (sign of the label), CE = softplus(-z) and 1 - p_t = sigmoid(-z).
-        z = x * (2.0 * g - 1.0)  # (N, C, L)
-        loss = F.softplus(-z)  # (N, C, L)
-        if gamma != 0.0:
-            if gamma >= 1.0:
-                loss = loss * torch.sigmoid(-z).pow(gamma)
-            else:  # (1 - p_t)^gamma = exp(-gamma * softplus(z)): finite gradient everywhere
-                loss = loss * torch.exp(-gamma * F.softplus(z))
-    else:
-        if from_logits:
-            ce = F.binary_cross_entropy_with_logits(x, g, reduction="none")  # (N, C, L)
-            p = torch.sigmoid(x)
-        else:
-            p = x
-            ce = -(g * torch.log(p).clamp_min(-100.0) + (1.0 - g) * torch.log1p(-p).clamp_min(-100.0))
-        loss = ce if gamma == 0.0 else ce * _pow(p + g - 2.0 * p * g, gamma)  # 1 - p_t = p + g - 2pg
-    if alpha_t is not None:
-        loss = loss * alpha_t
+        p = x
+        ce = -(g * torch.log(p).clamp_min(-100.0) + (1.0 - g) * torch.log1p(-p).clamp_min(-100.0))
+    loss = ce if gamma == 0.0 else ce * _pow(p + g - 2.0 * p * g, gamma)  # 1 - p_t = p + g - 2pg
+    if a_c is not None:
+        loss = loss * ((1.0 - a_c) + (2.0 * a_c - 1.0) * g)  # alpha_t
     if reduction == "mean":
         return masked_mean(loss, valid)
     if valid is not None:
         loss = loss * valid
     return loss.sum() if reduction == "sum" else _unflatten(loss, spatial)
+
+
+class _HardFocalSum(torch.autograd.Function):
+    """Summed sigmoid focal loss for {0, 1} labels, with its gradient formed in the forward pass.
+
+    With ``w = 1 - 2g`` (-1 on positives, +1 on negatives), ``q = sigmoid(w·x) = 1 - p_t`` and
+    ``ce = softplus(w·x) = -log p_t``, the loss is ``alpha_t·q^γ·ce`` and its derivative is
+    ``alpha_t·q^γ·(q + γ·(1 - q)·ce)·w``: no ``q^(γ-1)``, so no NaN or inf for saturated logits
+    even with ``γ < 1``. The backward pass is then one multiplication instead of autograd's chain
+    through ten element-wise ops.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: Tensor,
+        g: Tensor,
+        valid: Tensor | None,
+        alpha: Tensor | float | None,
+        gamma: float,
+    ) -> Tensor:
+        w = 1.0 - 2.0 * g  # (N, C, L)
+        wx = x * w
+        q = torch.sigmoid(wx)  # 1 - p_t
+        ce = F.softplus(wx)  # -log p_t
+        if gamma == 0.0:
+            mod = None
+        else:
+            mod = q * q if gamma == 2.0 else q.pow(gamma)
+        loss = ce if mod is None else ce * mod
+        alpha_t = None if alpha is None else (1.0 - alpha) + (2.0 * alpha - 1.0) * g  # (N, C, L)
+        if alpha_t is not None:
+            loss = loss * alpha_t
+        if valid is not None:
+            loss = loss * valid
+        if ctx.needs_input_grad[0]:
+            d = torch.addcmul(q, 1.0 - q, ce, value=gamma)  # q + γ(1 - q)·ce
+            for factor in (mod, alpha_t, w, valid):
+                if factor is not None:
+                    d = d.mul_(factor)
+            ctx.save_for_backward(d)
+        return loss.sum()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:  # type: ignore[override]
+        (d,) = ctx.saved_tensors
+        return d * grad, None, None, None, None
 
 
 def _focal_multiclass(
@@ -361,7 +396,12 @@ def _pixel_weight(weight: Tensor, spatial: tuple[int, ...], n: int, c: int) -> T
         w = w.reshape(1, 1, *w.shape)  # (1, 1, *spatial)
     elif w.ndim == k + 1:
         w = w.unsqueeze(1)  # (N, 1, *spatial)
-    if w.ndim != k + 2 or tuple(w.shape[2:]) != spatial or w.shape[0] not in (1, n) or w.shape[1] not in (1, c):
+    if (
+        w.ndim != k + 2
+        or tuple(w.shape[2:]) != spatial
+        or w.shape[0] not in (1, n)
+        or w.shape[1] not in (1, c)
+    ):
         raise ValueError(
             f"a weight map must broadcast to the target (N={n}, C={c}, *{spatial}): use (H, W), (N, H, W), "
             f"(N, 1, H, W) or (N, C, H, W); got {tuple(weight.shape)}."
@@ -369,11 +409,157 @@ def _pixel_weight(weight: Tensor, spatial: tuple[int, ...], n: int, c: int) -> T
     return w.reshape(w.shape[0], w.shape[1], -1)  # (N|1, C|1, L)
 
 
+def _dense(t: Tensor) -> bool:
+    """How to count classes: one-hot compares on accelerators (no atomics, no host sync, always
+    deterministic), gather / scatter on the CPU (fewer passes over memory)."""
+    return t.device.type != "cpu"
+
+
+def _onehot(target: Tensor, c: int) -> Tensor:
+    """``(N, L)`` class ids -> ``(N, C, L)`` bool one-hot, by broadcasting a compare."""
+    return target.unsqueeze(1) == torch.arange(c, device=target.device).view(1, c, 1)
+
+
+def _class_counts(target: Tensor, valid: Tensor | None, c: int, per_image: bool, dense: bool) -> Tensor:
+    """Pixels per class, ``(C,)`` or ``(N, C)`` with ``per_image``, ignored pixels excluded."""
+    n = target.shape[0]
+    if dense:
+        oh = _onehot(target, c)  # (N, C, L)
+        if valid is not None:
+            oh = oh & valid.unsqueeze(1)
+        return oh.sum((2,) if per_image else (0, 2))
+    ones = torch.ones((), dtype=torch.int64, device=target.device).expand(target.shape)
+    src = ones if valid is None else valid.long()
+    counts = torch.zeros(n, c, dtype=torch.int64, device=target.device).scatter_add_(1, target, src)  # (N, C)
+    return counts if per_image else counts.sum(0)
+
+
+def _true_class_sum(values: Tensor, target: Tensor, c: int, per_image: bool, dense: bool) -> Tensor:
+    """``Σ values`` over the pixels of each class: ``(C,)`` or ``(N, C)`` (differentiable)."""
+    n = target.shape[0]
+    if dense:
+        return (_onehot(target, c) * values.unsqueeze(1)).sum((2,) if per_image else (0, 2))
+    sums = values.new_zeros(n, c).scatter_add(1, target, values)  # (N, C): parallel over images
+    return sums if per_image else sums.sum(0)
+
+
+class _SoftmaxClassCounts(torch.autograd.Function):
+    """Softmax and the soft counts ``(Σ p·g, Σ p)`` of a multiclass target in one op.
+
+    The backward pass is written in closed form and folds the softmax Jacobian in: with upstream
+    gradients ``a`` (of ``Σ p``) and ``b`` (of ``Σ p·g``), ``∂/∂x_c = p_c·(a_c - s) + [c = t]·p_t·b_t``
+    where ``s = Σ_k a_k·p_k + p_t·b_t`` (``2·a_k·p_k`` in place of ``a_k`` for squared sums). That is
+    two passes over the logits' size instead of autograd's five, and no one-hot target.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: Tensor,
+        target: Tensor,
+        valid: Tensor | None,
+        per_image: bool,
+        squared: bool,
+        dense: bool,
+    ) -> tuple[Tensor, Tensor]:
+        c = x.shape[1]
+        p = x.softmax(1)  # (N, C, L)
+        p_true = p.gather(1, target.unsqueeze(1)).squeeze(1)  # (N, L)
+        pm = p
+        if valid is not None:
+            v = valid.to(p.dtype)  # (N, L)
+            p_true = p_true * v
+            pm = p * v.unsqueeze(1)
+        dims = (2,) if per_image else (0, 2)
+        sp = (pm * p if squared else pm).sum(dims)  # (C,) or (N, C)
+        inter = _true_class_sum(p_true, target, c, per_image, dense)
+        ctx.save_for_backward(p, p_true, target, valid)
+        ctx.per_image, ctx.squared, ctx.dense = per_image, squared, dense
+        return inter, sp
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, g_inter: Tensor, g_sp: Tensor) -> tuple:  # type: ignore[override]
+        p, p_true, target, valid = ctx.saved_tensors
+        n, c, _ = p.shape
+        shape = (n, c) if ctx.per_image else (c,)
+        a = g_sp if g_sp is not None else p.new_zeros(shape)
+        b = g_inter if g_inter is not None else p.new_zeros(shape)
+        a_v = a.view(n, c, 1) if ctx.per_image else a.view(1, c, 1)  # (N|1, C, 1)
+        if ctx.per_image:
+            b_t = b.gather(1, target)  # (N, L): b at each pixel's class
+        else:
+            b_t = b.index_select(0, target.reshape(-1)).view_as(target)
+        pb = p_true * b_t  # (N, L)
+        if ctx.squared:
+            q = (2.0 * a_v) * p  # (N, C, L): ∂(Σ p²)/∂p, per class
+            s = (p * q).sum(1) + pb  # (N, L)
+        elif ctx.dense:  # an element-wise product and sum: exact also where TF32 matmuls are on
+            q = a_v
+            s = (p * a_v).sum(1) + pb  # (N, L) = Σ_c a_c·p_c + p_t·b_t
+        else:
+            q = a_v
+            s = (a.view(-1, 1, c) @ p).squeeze(1) + pb  # (N, L), one pass on the CPU
+        grad = (q - s.unsqueeze(1)).mul_(p)  # (N, C, L)
+        if ctx.dense:
+            grad = grad.add_(_onehot(target, c) * pb.unsqueeze(1))
+        else:
+            grad.scatter_add_(1, target.unsqueeze(1), pb.unsqueeze(1))
+        if valid is not None:
+            grad = grad.mul_(valid.unsqueeze(1))
+        return grad, None, None, None, None, None
+
+
+class _SigmoidCounts(torch.autograd.Function):
+    """Sigmoid and the soft counts ``(Σ p·g, Σ p)`` of binary / multilabel masks in one op.
+
+    Backward in closed form: ``∂/∂x = p·(1 - p)·(a + b·g)`` (``2·a·p`` for squared sums) with the
+    upstream gradients ``a`` of ``Σ p`` and ``b`` of ``Σ p·g``: two passes instead of three, and
+    no autograd graph over the full-size intermediates.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: Tensor,
+        g: Tensor,
+        valid: Tensor | None,
+        per_image: bool,
+        squared: bool,
+    ) -> tuple[Tensor, Tensor]:
+        p = torch.sigmoid(x)  # (N, C, L)
+        pm = p if valid is None else p * valid
+        if x.shape[1] == 1 and not per_image:  # one channel pooled: dot products, no temporaries
+            inter = torch.dot(p.reshape(-1), g.reshape(-1)).view(1)  # g is 0 at ignored pixels
+            sp = (torch.dot(pm.reshape(-1), p.reshape(-1)) if squared else pm.sum()).view(1)
+        else:
+            dims = (2,) if per_image else (0, 2)
+            inter = (p * g).sum(dims)  # (C,) or (N, C)
+            sp = (pm * p if squared else pm).sum(dims)
+        ctx.save_for_backward(p, g, valid)
+        ctx.per_image, ctx.squared = per_image, squared
+        return inter, sp
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, g_inter: Tensor, g_sp: Tensor) -> tuple:  # type: ignore[override]
+        p, g, valid = ctx.saved_tensors
+        n, c, _ = p.shape
+        shape = (n, c, 1) if ctx.per_image else (1, c, 1)
+        a = (g_sp if g_sp is not None else p.new_zeros(shape)).reshape(shape)
+        b = (g_inter if g_inter is not None else p.new_zeros(shape)).reshape(shape)
+        base = (2.0 * a) * p if ctx.squared else a.expand_as(p)  # ∂(Σ p or Σ p²)/∂p
+        grad_p = torch.addcmul(base, g, b)  # (N, C, L)
+        if valid is not None:
+            grad_p = grad_p.mul_(valid)
+        return torch.ops.aten.sigmoid_backward(grad_p, p), None, None, None, None
+
+
 def soft_counts(
-    probs: Tensor,
     prepared: Prepared,
     *,
     mode: str,
+    from_logits: bool = True,
     per_image: bool = False,
     squared: bool = False,
     weight: PixelWeight = None,
@@ -387,10 +573,14 @@ def soft_counts(
     pixels contribute nothing. False positives are ``Σ p - Σ p·g`` and false negatives
     ``Σ g - Σ p·g``.
 
+    Multiclass targets are never expanded to one-hot in the common case (no weight, not signed):
+    the intersection gathers each pixel's true-class probability, the class sizes come from a
+    bincount, and with logits a fused softmax op supplies a closed-form gradient.
+
     Args:
-        probs: ``(N, C, L)`` probabilities (flattened spatially).
-        prepared: the checked target (from the ``prepare`` helpers).
+        prepared: the checked prediction and target (from the ``prepare`` helpers).
         mode: the target's mode.
+        from_logits: ``prepared.pred`` holds logits (softmax / sigmoid applied here).
         per_image: ``(N, C)`` counts instead of ``(C,)`` counts pooled over the batch.
         squared: sum squares in the second and third count.
         weight: ``None``, a ``(w_neg, w_pos)`` pair (weights of negative / positive target
@@ -400,29 +590,27 @@ def soft_counts(
     Returns:
         Three tensors of shape ``(C,)`` (or ``(N, C)`` with ``per_image=True``).
     """
-    _, target, valid, spatial = prepared
-    n, c, _ = probs.shape
+    pred, target, valid, spatial = prepared
+    n, c, _ = pred.shape
     dims = (2,) if per_image else (0, 2)
     if weight is None and not signed:
-        # Fast path: no one-hot for multiclass targets; the intersection is a gather + scatter.
         if mode != "multiclass":
-            p = probs if valid is None else probs * valid  # (N, C, L)
-            inter = (p * target).sum(dims)
-            sp = (p * p if squared else p).sum(dims)
             sg = (target * target if squared else target).sum(dims)
+            if from_logits:
+                inter, sp = _SigmoidCounts.apply(pred, target, valid, per_image, squared)
+                return inter, sp, sg
+            p = pred if valid is None else pred * valid  # (N, C, L) probabilities
+            return (p * target).sum(dims), (p * p if squared else p).sum(dims), sg
+        dense = _dense(target)
+        sg = _class_counts(target, valid, c, per_image, dense).to(pred.dtype)  # (C,) or (N, C); g² = g
+        if from_logits:
+            inter, sp = _SoftmaxClassCounts.apply(pred, target, valid, per_image, squared, dense)
             return inter, sp, sg
-        p = probs if valid is None else probs * valid.unsqueeze(1)  # (N, C, L)
+        p = pred if valid is None else pred * valid.unsqueeze(1)  # (N, C, L) probabilities
         p_true = p.gather(1, target.unsqueeze(1)).squeeze(1)  # (N, L): probability of the true class
-        ones = torch.ones_like(p_true) if valid is None else valid.to(p.dtype)  # (N, L)
-        if per_image:
-            inter = p.new_zeros(n, c).scatter_add(1, target, p_true)  # (N, C)
-            sg = p.new_zeros(n, c).scatter_add(1, target, ones)
-        else:
-            flat = target.reshape(-1)
-            inter = p.new_zeros(c).index_add(0, flat, p_true.reshape(-1))  # (C,)
-            sg = p.new_zeros(c).index_add(0, flat, ones.reshape(-1))
-        sp = (p * p if squared else p).sum(dims)
-        return inter, sp, sg
+        inter = _true_class_sum(p_true, target, c, per_image, dense)
+        return inter, (p * p if squared else p).sum(dims), sg
+    probs = to_probs(pred, mode, from_logits)
     # General path: dense targets and weights.
     if mode == "multiclass":
         classes = torch.arange(c, device=target.device).view(1, c, 1)
@@ -435,7 +623,9 @@ def soft_counts(
         w = v
     else:
         if isinstance(weight, Tensor):
-            w = _pixel_weight(weight.to(device=probs.device, dtype=probs.dtype), spatial, n, c)  # (N|1, C|1, L)
+            w = _pixel_weight(
+                weight.to(device=probs.device, dtype=probs.dtype), spatial, n, c
+            )  # (N|1, C|1, L)
         else:
             w_neg, w_pos = (float(x) for x in weight)
             w = w_neg + (w_pos - w_neg) * g  # (N, C, L)
@@ -462,7 +652,9 @@ def _check_classes(classes: Sequence[int] | None, c: int) -> list[int] | None:
     out = [int(k) for k in classes]
     bad = [k for k in out if not -c <= k < c]
     if bad or not out:
-        raise ValueError(f"classes must be a non-empty list of channel indices in [0, {c - 1}]; got {list(classes)}.")
+        raise ValueError(
+            f"classes must be a non-empty list of channel indices in [0, {c - 1}]; got {list(classes)}."
+        )
     return out
 
 
@@ -484,11 +676,11 @@ def _region(
     check_mode(mode)
     check_reduction(reduction)
     prepared = _prepare(pred, target, mode, ignore_index, who)
-    probs = to_probs(prepared.pred, mode, from_logits)  # (N, C, L)
     counts = soft_counts(
-        probs, prepared, mode=mode, per_image=per_image, squared=squared, weight=weight, signed=signed
-    )
-    return counts, _check_classes(classes, probs.shape[1])
+        prepared, mode=mode, from_logits=from_logits, per_image=per_image, squared=squared, weight=weight,
+        signed=signed,
+    )  # fmt: skip
+    return counts, _check_classes(classes, prepared.pred.shape[1])
 
 
 def _finish(loss: Tensor, classes: list[int] | None, reduction: str) -> Tensor:
@@ -515,10 +707,21 @@ def dice_loss(
 ) -> Tensor:
     """Soft Dice loss ``1 - (2·Σ p·g + smooth) / max(Σ p + Σ g + smooth, eps)`` per class.
 
-    See :class:`~seglab.losses.DiceLoss` for the arguments.
+    See :class:`~seglab.losses.DiceLoss` for the arguments (weighted and signed forms included).
 
     Returns:
         A scalar; with ``reduction="none"`` ``(C,)`` (``(N, C)`` with ``per_image=True``).
+
+    Raises:
+        ValueError: see :class:`~seglab.losses.DiceLoss`.
+
+    Shape:
+        ``pred (N, C, H, W)``; ``target`` ``(N, H, W)`` (binary, multiclass) or ``(N, C, H, W)``.
+
+    Example:
+        >>> x, t = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        >>> dice_loss(x, t, mode="multiclass", reduction="none").shape
+        torch.Size([3])
     """
     (inter, sp, sg), cls = _region(
         pred, target, mode=mode, from_logits=from_logits, per_image=per_image, classes=classes,
@@ -549,6 +752,16 @@ def iou_loss(
 
     Returns:
         A scalar; with ``reduction="none"`` ``(C,)`` (``(N, C)`` with ``per_image=True``).
+
+    Raises:
+        ValueError: see :class:`~seglab.losses.IoULoss`.
+
+    Shape:
+        ``pred (N, C, H, W)``; ``target`` ``(N, H, W)`` (binary, multiclass) or ``(N, C, H, W)``.
+
+    Example:
+        >>> round(iou_loss(torch.full((1, 1, 4, 4), 20.0), torch.ones(1, 4, 4), smooth=0.0).item(), 6)
+        0.0
     """
     (inter, sp, sg), cls = _region(
         pred, target, mode=mode, from_logits=from_logits, per_image=per_image, classes=classes,
@@ -584,9 +797,20 @@ def tversky_loss(
 
     Returns:
         A scalar; with ``reduction="none"`` ``(C,)`` (``(N, C)`` with ``per_image=True``).
+
+    Raises:
+        ValueError: see :class:`~seglab.losses.TverskyLoss`.
+
+    Shape:
+        ``pred (N, C, H, W)``; ``target`` ``(N, H, W)`` (binary, multiclass) or ``(N, C, H, W)``.
+
+    Example:
+        >>> x, t = torch.randn(2, 1, 8, 8), torch.randint(0, 2, (2, 8, 8))
+        >>> bool(tversky_loss(x, t, alpha=0.5, beta=0.5, smooth=0.0) - dice_loss(x, t, smooth=0.0) < 1e-6)
+        True
     """
     alpha, beta = check_nonneg("alpha", alpha), check_nonneg("beta", beta)
-    gamma = _check_gamma(gamma)
+    gamma = check_gamma(gamma)
     (tp, sp, sg), cls = _region(
         pred, target, mode=mode, from_logits=from_logits, per_image=per_image, classes=classes,
         reduction=reduction, ignore_index=ignore_index, who="tversky_loss",
@@ -611,21 +835,64 @@ def _gaussian_window(size: int, sigma: float, dtype: torch.dtype, device: torch.
     return (g / g.sum()).to(device=device, dtype=dtype)  # (size,)
 
 
-def _blur(x: Tensor, win: Tensor) -> Tensor:
-    """Separable Gaussian filter without padding ("valid"), every channel alone."""
-    n, c, h, w = x.shape
-    k = win.numel()
-    y = x.reshape(n * c, 1, h, w)  # one channel per image: a plain (not grouped) convolution
-    y = F.conv2d(y, win.view(1, 1, 1, k))  # (N*C, 1, H, W-k+1)
-    y = F.conv2d(y, win.view(1, 1, k, 1))  # (N*C, 1, H-k+1, W-k+1)
-    return y.reshape(n, c, h - k + 1, w - k + 1)
+@functools.lru_cache(maxsize=64)
+def _band_matrix(n: int, size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``(n, n - size + 1)`` banded Toeplitz matrix: ``x @ K`` is the "valid" 1-D Gaussian filter.
+
+    A dense matrix product does more arithmetic than a direct convolution, but BLAS (and GPU GEMM)
+    runs it several times faster than PyTorch's depthwise or single-channel ``conv2d`` with a thin
+    1 x k kernel, and its backward is another matrix product. Built once per size and cached.
+    """
+    win = _gaussian_window(size, sigma, dtype, device)
+    m = n - size + 1
+    rows = torch.arange(size, device=device).unsqueeze(1) + torch.arange(m, device=device)  # (size, m)
+    cols = torch.arange(m, device=device).expand(size, m)
+    k = torch.zeros(n, m, dtype=dtype, device=device)
+    k[rows, cols] = win.unsqueeze(1).expand(size, m)
+    return k
 
 
-def _ssim_and_cs(x: Tensor, y: Tensor, win: Tensor, c1: float, c2: float) -> tuple[Tensor, Tensor]:
-    """Mean SSIM and mean contrast-structure term per image and channel, ``(N, C)`` each."""
+def _blur_band(x: Tensor, size: int, sigma: float) -> Tensor:
+    """Separable "valid" Gaussian filter as two products with banded matrices (the CPU path)."""
+    h, w = x.shape[-2:]
+    k_w = _band_matrix(w, size, sigma, x.dtype, x.device)  # (W, W')
+    k_h = _band_matrix(h, size, sigma, x.dtype, x.device)  # (H, H')
+    y = x @ k_w  # (N, G, H, W')
+    return (y.transpose(-1, -2) @ k_h).transpose(-1, -2)  # (N, G, H', W')
+
+
+def _blur_conv(x: Tensor, size: int, sigma: float) -> Tensor:
+    """Separable "valid" Gaussian filter as two depthwise convolutions (the accelerator path:
+    fast there, and unlike a matrix product never rounded through TF32)."""
+    g = x.shape[1]
+    win = _gaussian_window(size, sigma, x.dtype, x.device)
+    y = F.conv2d(x, win.view(1, 1, 1, size).expand(g, 1, 1, size), groups=g)  # (N, G, H, W')
+    return F.conv2d(y, win.view(1, 1, size, 1).expand(g, 1, size, 1), groups=g)  # (N, G, H', W')
+
+
+def _blur(x: Tensor, size: int, sigma: float) -> Tensor:
+    """Separable "valid" Gaussian filter of every channel: ``(N, G, H, W) -> (N, G, H-k+1, W-k+1)``."""
+    return _blur_conv(x, size, sigma) if x.device.type != "cpu" else _blur_band(x, size, sigma)
+
+
+def _ssim_and_cs(
+    x: Tensor, y: Tensor, size: int, sigma: float, c1: float, c2: float, y_binary: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Mean SSIM and mean contrast-structure term per image and channel, ``(N, C)`` each.
+
+    The statistics of ``x`` (which carries the gradient) and of ``y`` are filtered in two batches
+    so that the backward pass only runs through the first; for a {0, 1} ``y``, ``y² = y`` and its
+    second moment is its mean.
+    """
     c = x.shape[1]
-    stats = _blur(torch.cat([x, y, x * x, y * y, x * y], dim=1), win)  # (N, 5C, H', W')
-    mu_x, mu_y, e_xx, e_yy, e_xy = stats.split(c, dim=1)
+    mu_x, e_xx, e_xy = _blur(torch.cat([x, x * x, x * y], dim=1), size, sigma).split(
+        c, dim=1
+    )  # (N, C, H', W')
+    if y_binary:
+        mu_y = _blur(y, size, sigma)
+        e_yy = mu_y
+    else:
+        mu_y, e_yy = _blur(torch.cat([y, y * y], dim=1), size, sigma).split(c, dim=1)
     mu_xx, mu_yy, mu_xy = mu_x * mu_x, mu_y * mu_y, mu_x * mu_y
     cs_map = (2.0 * (e_xy - mu_xy) + c2) / ((e_xx - mu_xx) + (e_yy - mu_yy) + c2)  # (N, C, H', W')
     lum_map = (2.0 * mu_xy + c1) / (mu_xx + mu_yy + c1)
@@ -639,6 +906,18 @@ def _safe_pow(v: Tensor, w: Tensor) -> Tensor:
 
 
 _WARNED_SCALES: set[tuple[int, int]] = set()
+
+
+@functools.lru_cache(maxsize=64)
+def _scale_weights(
+    weights: tuple[float, ...], levels: int, dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """The first ``levels`` scale weights as a tensor (renormalised when scales were dropped), cached
+    so that no host-to-device copy happens per call."""
+    w = torch.tensor(weights[:levels], dtype=torch.float64)
+    if levels < len(weights):
+        w = w / w.sum()
+    return w.to(device=device, dtype=dtype)
 
 
 def ms_ssim_levels(height: int, width: int, win_size: int, max_levels: int) -> int:
@@ -690,12 +969,29 @@ def ms_ssim(
         ``x, y (N, C, H, W)`` -> ``(N, C)``.
 
     Example:
-        >>> x = torch.rand(2, 1, 64, 64)
+        >>> x = torch.rand(2, 1, 192, 192)
         >>> ms_ssim(x, x).shape
         torch.Size([2, 1])
     """
+    return _ms_ssim(x, y, data_range, win_size, win_sigma, weights, k, y_binary=False)
+
+
+def _ms_ssim(
+    x: Tensor,
+    y: Tensor,
+    data_range: float,
+    win_size: int,
+    win_sigma: float,
+    weights: Sequence[float],
+    k: tuple[float, float],
+    *,
+    y_binary: bool,
+) -> Tensor:
+    """:func:`ms_ssim`; ``y_binary``: ``y`` holds only 0 and 1 (saves one filter at full size)."""
     if x.shape != y.shape or x.ndim != 4:
-        raise ValueError(f"ms_ssim expects two (N, C, H, W) tensors of one shape; got {tuple(x.shape)} and {tuple(y.shape)}.")
+        raise ValueError(
+            f"ms_ssim expects two (N, C, H, W) tensors of one shape; got {tuple(x.shape)} and {tuple(y.shape)}."
+        )
     if win_size % 2 != 1 or win_size < 1:
         raise ValueError(f"win_size must be a positive odd number, got {win_size}.")
     h, w = x.shape[-2:]
@@ -716,21 +1012,33 @@ def ms_ssim(
                 UserWarning,
                 stacklevel=3,
             )
-    wts = torch.tensor(weights[:levels], dtype=x.dtype, device=x.device)
-    wts = wts / wts.sum() if levels < len(weights) else wts
-    win = _gaussian_window(int(win_size), float(win_sigma), x.dtype, x.device)
+    if x.dtype in (torch.float16, torch.bfloat16):  # variances E[x²] - μ² cancel badly in half precision
+        x, y = x.float(), y.float()
+    y = y.to(x.dtype)
+    wts = _scale_weights(tuple(float(v) for v in weights), levels, x.dtype, x.device)
+    size, sigma = int(win_size), float(win_sigma)
     c1, c2 = (k[0] * data_range) ** 2, (k[1] * data_range) ** 2
     factors = []
-    for i in range(levels):
-        ssim_val, cs = _ssim_and_cs(x, y, win, c1, c2)  # (N, C) each
-        if i == levels - 1:
-            factors.append(_safe_pow(ssim_val, wts[i]))
-        else:
-            factors.append(_safe_pow(cs, wts[i]))
-            pad = (x.shape[-2] % 2, x.shape[-1] % 2)
-            xy = F.avg_pool2d(torch.cat([x, y], dim=1), kernel_size=2, padding=pad)  # (N, 2C, H/2, W/2)
-            x, y = xy.split(x.shape[1], dim=1)
-    return torch.stack(factors, dim=0).prod(dim=0)  # (N, C)
+    with _no_autocast(x.device):
+        for i in range(levels):
+            ssim_val, cs = _ssim_and_cs(
+                x, y, size, sigma, c1, c2, y_binary=y_binary and i == 0
+            )  # (N, C) each
+            if i == levels - 1:
+                factors.append(_safe_pow(ssim_val, wts[i]))
+            else:
+                factors.append(_safe_pow(cs, wts[i]))
+                pad = (x.shape[-2] % 2, x.shape[-1] % 2)
+                x = F.avg_pool2d(x, kernel_size=2, padding=pad)  # (N, C, ceil(H/2), ceil(W/2))
+                y = F.avg_pool2d(y, kernel_size=2, padding=pad)
+        return torch.stack(factors, dim=0).prod(dim=0)  # (N, C)
+
+
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Run the filters in the inputs' precision even inside an autocast region."""
+    if device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def ms_ssim_loss(
@@ -752,6 +1060,17 @@ def ms_ssim_loss(
 
     Returns:
         A scalar; with ``reduction="none"`` ``(N, C)``.
+
+    Raises:
+        ValueError: see :class:`~seglab.losses.MSSSIMLoss`.
+
+    Shape:
+        ``pred (N, C, H, W)``; ``target`` ``(N, H, W)`` (binary, multiclass) or ``(N, C, H, W)``.
+
+    Example:
+        >>> x, t = torch.randn(2, 1, 176, 176), torch.randint(0, 2, (2, 176, 176))
+        >>> ms_ssim_loss(x, t, reduction="none").shape
+        torch.Size([2, 1])
     """
     check_mode(mode)
     check_reduction(reduction)
@@ -762,7 +1081,9 @@ def ms_ssim_loss(
     t, valid = prepared.target, prepared.valid
     n, c, _ = p.shape
     if mode == "multiclass":
-        g = (t.unsqueeze(1) == torch.arange(c, device=t.device).view(1, c, 1)).to(p.dtype)  # (N, C, L) one-hot
+        g = (t.unsqueeze(1) == torch.arange(c, device=t.device).view(1, c, 1)).to(
+            p.dtype
+        )  # (N, C, L) one-hot
         valid = None if valid is None else valid.unsqueeze(1)
     else:
         g = t
@@ -770,8 +1091,15 @@ def ms_ssim_loss(
         p = p * valid
         g = g * valid
     h, w = prepared.spatial
-    score = ms_ssim(
-        p.reshape(n, c, h, w), g.reshape(n, c, h, w), data_range=data_range, win_size=win_size,
-        win_sigma=win_sigma, weights=weights,
-    )  # fmt: skip
+    y_binary = mode == "multiclass" or not target.is_floating_point()
+    score = _ms_ssim(
+        p.reshape(n, c, h, w),
+        g.reshape(n, c, h, w),
+        data_range,
+        win_size,
+        win_sigma,
+        weights,
+        (0.01, 0.03),
+        y_binary=y_binary,
+    )  # (N, C)
     return reduce(1.0 - score, reduction)  # (N, C) before reduction

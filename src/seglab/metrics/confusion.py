@@ -93,7 +93,9 @@ def confusion(
     pred = _as_tensor(pred, "pred")
     target = _as_tensor(target, "target")
     if pred.device != target.device:
-        raise ValueError(f"pred is on {pred.device} but target is on {target.device}; move both to one device.")
+        raise ValueError(
+            f"pred is on {pred.device} but target is on {target.device}; move both to one device."
+        )
     if target.dim() < 2:
         raise ValueError(
             f"target must have a batch dimension and at least one spatial dimension, got shape "
@@ -120,7 +122,7 @@ def confusion(
         groups, c = pred.shape[0] * pred.shape[1], pred.shape[1]
     pred_bin = _binarize_pred(pred, threshold=threshold, from_logits=from_logits)  # bool, like pred
     target_bin = _binary_target(target, ignore_index)  # int64, values {0, 1, ignore_index}
-    cm = _confusion_matrices(pred_bin.reshape(groups, -1), target_bin.reshape(groups, -1), 2, ignore_index)
+    cm = _confusion_matrices(_rows(pred_bin, groups), _rows(target_bin, groups), 2, ignore_index)
     tp, fp, fn, tn = _counts_from_matrices(cm)  # each (groups, 2); column 1 is the foreground class
     n = target.shape[0]
     return tuple(x[:, 1].reshape(n, c) for x in (tp, fp, fn, tn))  # type: ignore[return-value]
@@ -162,7 +164,9 @@ def confusion_matrix(
     pred = _as_tensor(pred, "pred")
     target = _as_tensor(target, "target")
     if target.dim() < 2:
-        raise ValueError(f"target must be (N, *S) class ids, got shape {tuple(target.shape)}; add a batch dimension.")
+        raise ValueError(
+            f"target must be (N, *S) class ids, got shape {tuple(target.shape)}; add a batch dimension."
+        )
     pred_ids, target_ids, c = _multiclass_inputs(pred, target, num_classes, ignore_index)
     return _confusion_matrices(pred_ids, target_ids, c, ignore_index)
 
@@ -207,6 +211,11 @@ def _counts_from_matrices(cm: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 # -- input checks ------------------------------------------------------------------------------------
 
 
+def _rows(x: Tensor, groups: int) -> Tensor:
+    """``x`` as ``(groups, L)``; also for empty batches or images, where ``reshape(g, -1)`` fails."""
+    return x.reshape(groups, x.numel() // groups if groups else 0)
+
+
 def _as_tensor(x: object, name: str) -> Tensor:
     if isinstance(x, Tensor):
         return x.detach()
@@ -248,7 +257,9 @@ def _multiclass_inputs(
                 "foreground channel is mode='binary'."
             )
         if num_classes is not None and num_classes != c:
-            raise ValueError(f"num_classes={num_classes} but pred has {c} channels (shape {tuple(pred.shape)}).")
+            raise ValueError(
+                f"num_classes={num_classes} but pred has {c} channels (shape {tuple(pred.shape)})."
+            )
         if pred.is_floating_point():
             values, pred_ids = pred.max(1)  # (N, *S) each; max(dim) is much faster than argmax
             if torch.isnan(values).any():
@@ -266,7 +277,9 @@ def _multiclass_inputs(
                 f"pred class ids {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape."
             )
         if num_classes is None:
-            raise ValueError("num_classes is required when pred holds class ids (it cannot be inferred safely).")
+            raise ValueError(
+                "num_classes is required when pred holds class ids (it cannot be inferred safely)."
+            )
         c = num_classes
         pred_ids = pred
     else:
@@ -277,10 +290,11 @@ def _multiclass_inputs(
     if isinstance(c, bool) or not isinstance(c, int) or c < 1:
         raise ValueError(f"num_classes must be a positive int, got {c!r}.")
     n = target.shape[0]
-    pred_ids = pred_ids.reshape(n, -1).long()  # (N, L)
-    target_ids = target.reshape(n, -1).long()  # (N, L)
+    pred_ids = _rows(pred_ids, n).long()  # (N, L)
+    target_ids = _rows(target, n).long()  # (N, L)
     _check_ids(target_ids, c, ignore_index, "target")
-    _check_ids(pred_ids, c, None, "pred")
+    if not is_scores:  # ids from argmax are in range by construction
+        _check_ids(pred_ids, c, None, "pred")
     return pred_ids, target_ids, c
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "f1",
     "fnr",
     "fpr",
+    "image_scores",
     "iou",
     "precision",
     "recall",
@@ -139,14 +140,16 @@ def _check_counts(tp: Tensor, fp: Tensor, fn: Tensor, tn: Tensor) -> tuple[Tenso
     counts = (tp, fp, fn, tn)
     for name, x in zip(("tp", "fp", "fn", "tn"), counts):
         if not isinstance(x, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor (from seglab.metrics.confusion), got {type(x).__name__}.")
+            raise TypeError(
+                f"{name} must be a torch.Tensor (from seglab.metrics.confusion), got {type(x).__name__}."
+            )
         if x.dim() != 2:
             raise ValueError(f"{name} must have shape (N, C) (images, classes), got {tuple(x.shape)}.")
     if len({tuple(x.shape) for x in counts}) != 1:
         raise ValueError(f"tp, fp, fn, tn must share one shape, got {[tuple(x.shape) for x in counts]}.")
     dtype = _float_dtype(tp.device)
     out = tuple(x.to(dtype) for x in counts)
-    if any(bool((x < 0).any()) for x in out):
+    if bool((torch.stack(out) < 0).any()):  # one check (one GPU sync) for all four
         raise ValueError("confusion counts must be non-negative.")
     return out  # type: ignore[return-value]
 
@@ -176,6 +179,44 @@ def _weights(class_weights: Sequence[float] | Tensor | None, c: int, ref: Tensor
     return w
 
 
+def _prepare(
+    tp: Tensor,
+    fp: Tensor,
+    fn: Tensor,
+    tn: Tensor,
+    *,
+    reduction: str,
+    class_weights: Sequence[float] | Tensor | None,
+    include_background: bool,
+    empty: float,
+) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor], Tensor, float]:
+    """Checked float counts ``(N, C')``, class weights ``(C',)`` and ``empty`` (background dropped)."""
+    if isinstance(empty, bool) or not isinstance(empty, (int, float)):
+        raise TypeError(f"empty must be a float (NaN by default, or e.g. 1.0), got {empty!r}.")
+    counts = _check_counts(tp, fp, fn, tn)  # (N, C) float each
+    c = counts[0].shape[1]
+    if reduction == "none" and class_weights is not None:
+        raise ValueError(
+            "class_weights has no effect with reduction='none'; weigh the returned (N, C) scores."
+        )
+    w = _weights(class_weights, c, counts[0])  # (C,)
+    if not include_background and c > 1:
+        counts = tuple(x[:, 1:] for x in counts)  # type: ignore[assignment]
+        w = w[1:]
+        if class_weights is not None and reduction != "none" and float(w.sum()) <= 0:
+            raise ValueError("class_weights are all zero once the background class is dropped.")
+    return counts, w, float(empty)
+
+
+def _image_values(
+    terms: Terms, counts: tuple[Tensor, ...], w: Tensor, empty: float, *, micro: bool
+) -> Tensor:
+    """One score per image ``(N,)``: of the weighted class sums (micro) or the mean over classes (macro)."""
+    if micro:
+        return _ratio(*terms(*((x * w).sum(1) for x in counts)), empty)  # (N,)
+    return _nanmean(_ratio(*terms(*counts), empty), w, 1)  # (N, C) -> (N,)
+
+
 def _score(
     terms: Terms,
     tp: Tensor,
@@ -189,31 +230,97 @@ def _score(
     empty: float,
 ) -> Tensor:
     reduction = check_choice("reduction", reduction, REDUCTIONS)
-    if isinstance(empty, bool) or not isinstance(empty, (int, float)):
-        raise TypeError(f"empty must be a float (NaN by default, or e.g. 1.0), got {empty!r}.")
-    empty = float(empty)
-    tp, fp, fn, tn = _check_counts(tp, fp, fn, tn)  # (N, C) float each
-    c = tp.shape[1]
-    if reduction == "none" and class_weights is not None:
-        raise ValueError("class_weights has no effect with reduction='none'; weigh the returned (N, C) scores.")
-    w = _weights(class_weights, c, tp)  # (C,)
-    if not include_background and c > 1:
-        tp, fp, fn, tn, w = tp[:, 1:], fp[:, 1:], fn[:, 1:], tn[:, 1:], w[1:]
-        if float(w.sum()) <= 0 and reduction != "none":
-            raise ValueError("class_weights are all zero once the background class is dropped.")
+    counts, w, empty = _prepare(
+        tp,
+        fp,
+        fn,
+        tn,
+        reduction=reduction,
+        class_weights=class_weights,
+        include_background=include_background,
+        empty=empty,
+    )
+    return _reduce(terms, counts, w, empty, reduction)
+
+
+def _reduce(terms: Terms, counts: tuple[Tensor, ...], w: Tensor, empty: float, reduction: str) -> Tensor:
+    """Apply one formula to checked counts ``(N, C)`` with a checked reduction."""
     if reduction == "none":
-        return _ratio(*terms(tp, fp, fn, tn), empty)  # (N, C)
+        return _ratio(*terms(*counts), empty)  # (N, C)
     if reduction == "macro":
-        per_class = _ratio(*terms(tp.sum(0), fp.sum(0), fn.sum(0), tn.sum(0)), empty)  # (C,)
+        per_class = _ratio(*terms(*(x.sum(0) for x in counts)), empty)  # (C,)
         return _nanmean(per_class, w, 0)
-    if reduction == "per_image":
-        per_image = _nanmean(_ratio(*terms(tp, fp, fn, tn), empty), w, 1)  # (N,)
-        return _nanmean(per_image, torch.ones_like(per_image), 0)
-    weighted = tuple((x * w).sum(1) for x in (tp, fp, fn, tn))  # (N,) each
     if reduction == "micro":
-        return _ratio(*terms(*(x.sum() for x in weighted)), empty)
-    per_image = _ratio(*terms(*weighted), empty)  # (N,), micro_per_image
+        return _ratio(*terms(*((x * w).sum() for x in counts)), empty)
+    per_image = _image_values(terms, counts, w, empty, micro=reduction == "micro_per_image")  # (N,)
     return _nanmean(per_image, torch.ones_like(per_image), 0)
+
+
+def image_scores(
+    name: str,
+    tp: Tensor,
+    fp: Tensor,
+    fn: Tensor,
+    tn: Tensor,
+    *,
+    micro: bool = False,
+    class_weights: Sequence[float] | Tensor | None = None,
+    include_background: bool = True,
+    empty: float = math.nan,
+) -> Tensor:
+    """One score per image, averaged over its classes: the values ``"per_image"`` averages.
+
+    Args:
+        name: a key of :data:`SCORES` (``"iou"``, ``"dice"``, ...).
+        tp: true positives ``(N, C)``.
+        fp: false positives ``(N, C)``.
+        fn: false negatives ``(N, C)``.
+        tn: true negatives ``(N, C)``.
+        micro: score each image's class-summed counts (the values ``"micro_per_image"``
+            averages) instead of averaging its per-class scores.
+        class_weights: per-class weights, as for :func:`iou`.
+        include_background: keep class 0, as for :func:`iou`.
+        empty: value of undefined scores; NaN (default) is left out of the class average, and an
+            image whose classes are all undefined gets NaN.
+
+    Returns:
+        ``(N,)`` float tensor.
+
+    Raises:
+        ValueError: unknown ``name`` (with a did-you-mean), or as for :func:`iou`.
+
+    Shape:
+        - tp, fp, fn, tn: ``(N, C)``; output ``(N,)``.
+
+    Example:
+        >>> tp, fp = torch.tensor([[3, 1], [0, 0]]), torch.tensor([[1, 0], [0, 2]])
+        >>> image_scores("iou", tp, fp, torch.zeros_like(tp), torch.ones_like(tp))
+        tensor([0.8750, 0.0000], dtype=torch.float64)
+    """
+    terms = _TERMS[check_choice("score", name, _TERMS)]
+    counts, w, empty = _prepare(
+        tp,
+        fp,
+        fn,
+        tn,
+        reduction="per_image",
+        class_weights=class_weights,
+        include_background=include_background,
+        empty=empty,
+    )
+    return _image_values(terms, counts, w, empty, micro=micro)
+
+
+_TERMS: dict[str, Terms] = {
+    "iou": _iou_terms,
+    "dice": _dice_terms,
+    "precision": _precision_terms,
+    "recall": _recall_terms,
+    "fpr": _fpr_terms,
+    "fnr": _fnr_terms,
+    "tnr": _tnr_terms,
+    "accuracy": _accuracy_terms,
+}
 
 
 # -- the public scores ---------------------------------------------------------------------------------
@@ -555,16 +662,15 @@ def all_scores(
         {'iou': 0.333, 'dice': 0.5}
     """
     names = list(SCORES) if names is None else [check_choice("score", n, SCORES) for n in names]
-    return {
-        n: SCORES[n](
-            tp,
-            fp,
-            fn,
-            tn,
-            reduction=reduction,
-            class_weights=class_weights,
-            include_background=include_background,
-            empty=empty,
-        )
-        for n in names
-    }
+    reduction = check_choice("reduction", reduction, REDUCTIONS)
+    counts, w, empty = _prepare(  # validated once for all the scores
+        tp,
+        fp,
+        fn,
+        tn,
+        reduction=reduction,
+        class_weights=class_weights,
+        include_background=include_background,
+        empty=empty,
+    )
+    return {n: _reduce(_TERMS[n], counts, w, empty, reduction) for n in names}

@@ -62,7 +62,9 @@ class SegmentationModel(nn.Module):
         - Output: ``(N, num_classes, H, W)`` logits, or :class:`SegOutput` with ``aux=True``.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, *, size_divisor: int = 1, pad: bool = False) -> None:
+    def __init__(
+        self, in_channels: int, num_classes: int, *, size_divisor: int = 1, pad: bool = False
+    ) -> None:
         super().__init__()
         self.in_channels = int(in_channels)
         self.num_classes = int(num_classes)

@@ -9,7 +9,8 @@ with Atrous Separable Convolution for Semantic Image Segmentation", ECCV 2018).
   paper), then a decoder: the stride-4 low-level features (``layer1``) are projected to 48 channels
   by a 1x1 conv, the ASPP output is up-sampled (4x at output stride 16) to their size and
   concatenated, two 3x3 convolutions (256 channels, separable) refine the result, and the logits are
-  up-sampled 4x to the input size.
+  up-sampled 4x to the input size. Separable convs use Xception's layout (depthwise, pointwise,
+  BN, ReLU; see :class:`seglab.layers.aspp.SeparableConvNormAct`).
 
 **Paper or torchvision.** The v3 paper ends the head with ASPP's 1x1 projection followed by the
 1x1 classifier; torchvision's ``DeepLabHead`` adds a 3x3 conv + BN + ReLU in between. We follow the
@@ -356,8 +357,9 @@ def deeplabv3plus(
         norm: norm of ASPP, the decoder and the aux head.
         dropout: dropout after ASPP's projection.
 
-    Parameters (3 -> 21 classes, no aux): ResNet-50 26,696,133; ResNet-34 22,446,789 (smp's
-    ``DeepLabV3Plus("resnet34")``: 22,442,597); ResNet-18 12,338,629.
+    Parameters (3 -> 21 classes, no aux): ResNet-50 26,682,725; ResNet-34 22,442,597 (the count of
+    smp's ``DeepLabV3Plus("resnet34")``: the same layers, smp runs one separable conv before the
+    up-sampling); ResNet-18 12,334,437.
 
     Example:
         >>> m = deeplabv3plus(num_classes=3, encoder="resnet18")

@@ -15,11 +15,12 @@ index  module       stride (OS 32/16/8) channels (18/34 | 50/101)
 
 ``output_stride`` 16 or 8 replaces the stride-2 of the last one or two stages with dilation
 (atrous convolution, as in DeepLab), so the deep features keep a finer grid while every
-convolution keeps its receptive field. The rule is torchvision's (and TF DeepLab's): the block that
-would have down-sampled keeps the previous rate, the stage's later blocks use the doubled rate. For
-bottleneck ResNets torchvision's ``replace_stride_with_dilation`` does this; torchvision refuses
-dilation in ``BasicBlock``, so ResNet-18/34 get the same rule applied to their 3x3 convolutions
-here (parameters unchanged, so ImageNet weights still load).
+convolution keeps its receptive field. The convolution that held the stride keeps the previous
+rate and every 3x3 convolution after it uses the doubled rate: the dilated encoder then computes
+exactly the plain encoder's features on a denser grid (``layer4`` at OS 16 subsampled 2x equals
+``layer4`` at OS 32). For bottleneck ResNets this is torchvision's ``replace_stride_with_dilation``;
+torchvision refuses dilation in ``BasicBlock``, so ResNet-18/34 get the same rule applied here
+after construction (parameters unchanged, so ImageNet weights still load).
 
 The encoder's children are named as in torchvision (``conv1``, ``bn1``, ``relu``, ``maxpool``,
 ``layer1`` .. ``layer4``), so ``torchvision.models._utils.IntermediateLayerGetter`` and
@@ -79,17 +80,23 @@ def check_output_stride(output_stride: object) -> int:
 def _dilate_stage(stage: nn.Sequential, previous: int, dilation: int) -> None:
     """Turn a stride-2 stage into a stride-1 atrous stage, in place (parameters unchanged).
 
-    The first block (which held the stride) runs at the ``previous`` rate, the later blocks at
-    ``dilation``: the rule torchvision applies to bottleneck blocks.
+    The convolution that held the stride keeps the ``previous`` rate; every 3x3 convolution after
+    it runs at ``dilation``. The stage then computes the undilated stage's output on a grid
+    ``dilation / previous`` times denser (subsampling it gives the undilated output exactly); for
+    bottleneck blocks this is torchvision's ``replace_stride_with_dilation``.
     """
-    for i, block in enumerate(stage):
-        rate = previous if i == 0 else dilation
-        for m in block.modules():
-            if isinstance(m, nn.Conv2d):
-                m.stride = (1, 1)
-                if m.kernel_size == (3, 3):
-                    m.dilation = (rate, rate)
-                    m.padding = (rate, rate)
+    rate = previous
+    for block in stage:
+        for m in block.modules():  # registration order: the main path first, the shortcut last
+            if not isinstance(m, nn.Conv2d):
+                continue
+            strided = m.stride != (1, 1)
+            m.stride = (1, 1)
+            if m.kernel_size != (1, 1):
+                m.dilation = (rate, rate)
+                m.padding = (rate * (m.kernel_size[0] - 1) // 2, rate * (m.kernel_size[1] - 1) // 2)
+            if strided:
+                rate = dilation
 
 
 def adapt_first_conv_weight(weight: Tensor, in_channels: int) -> Tensor:

@@ -127,9 +127,13 @@ class FCN(SegmentationModel):
             )
         sd = torch.load(path, map_location="cpu", weights_only=True)
         if "features.0.weight" not in sd or "classifier.0.weight" not in sd:
-            raise ValueError(f"{path!r} is not a torchvision vgg16 state dict (no features.0.weight / classifier.0.weight).")
+            raise ValueError(
+                f"{path!r} is not a torchvision vgg16 state dict (no features.0.weight / classifier.0.weight)."
+            )
         convs = [m for m in (*self.to_pool3, *self.to_pool4, *self.to_pool5) if isinstance(m, nn.Conv2d)]
-        keys = sorted({k.rsplit(".", 1)[0] for k in sd if k.startswith("features.")}, key=lambda k: int(k.split(".")[1]))
+        keys = sorted(
+            {k.rsplit(".", 1)[0] for k in sd if k.startswith("features.")}, key=lambda k: int(k.split(".")[1])
+        )
         if len(keys) != len(convs):
             raise ValueError(f"{path!r}: expected {len(convs)} conv layers in features, found {len(keys)}.")
         with torch.no_grad():

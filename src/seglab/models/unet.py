@@ -128,7 +128,9 @@ class UNet(SegmentationModel):
             self.decoders.append(DoubleConv(2 * ch[i - 1], ch[i - 1], padding=padding, norm=norm, act=act))
         self.head = nn.Conv2d(ch[0], num_classes, 1)
         init_weights(self)
-
+        # He fan-out init on a 1x1 head with one output channel gives logits with a spread of ~10-50
+        # (saturated sigmoids at step 0); PyTorch's default (fan-in based) keeps them near unit scale.
+        self.head.reset_parameters()
 
     def output_shape(self, input_shape: tuple[int, int]) -> tuple[int, int]:
         """Output size for an input of ``(H, W)``; raises ``ValueError`` for sizes ``unet_valid`` can't take."""
@@ -245,7 +247,9 @@ def unet(
     """
     _check_common(down, up, norm)
     ch = _widths(depth, base_channels, channels)
-    return UNet(in_channels, num_classes, channels=ch, down=down, up=up, norm=norm, act=act, dropout=dropout, pad=pad)
+    return UNet(
+        in_channels, num_classes, channels=ch, down=down, up=up, norm=norm, act=act, dropout=dropout, pad=pad
+    )
 
 
 @register_model(
@@ -280,4 +284,14 @@ def unet_valid(
     """
     _check_common(down, up, norm)
     ch = _widths(depth, base_channels, channels)
-    return UNet(in_channels, num_classes, channels=ch, down=down, up=up, norm=norm, act=act, dropout=dropout, valid=True)
+    return UNet(
+        in_channels,
+        num_classes,
+        channels=ch,
+        down=down,
+        up=up,
+        norm=norm,
+        act=act,
+        dropout=dropout,
+        valid=True,
+    )

@@ -37,10 +37,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seglab._options import check_choice
-from seglab.layers import ConvNormAct, DoubleConv, Downsample, init_weights
+from seglab.layers import DOWN_KINDS, NORMS, ConvNormAct, DoubleConv, Downsample, init_weights
 from seglab.models.base import SegmentationModel, SegOutput
 from seglab.models.registry import register_model
-from seglab.models.unet import _check_common, _widths
+from seglab.models.unet import _widths
 
 __all__ = ["EMPTY_LOGIT", "UNet3Plus", "unet3p"]
 
@@ -89,8 +89,12 @@ class _FullScaleStage(nn.Module):
     ) -> None:
         super().__init__()
         self.up = up
-        self.finer = nn.ModuleList(ConvNormAct(c, cat_channels, 3, norm=norm, act=act) for c in finer_channels)
-        self.coarser = nn.ModuleList(ConvNormAct(c, cat_channels, 3, norm=norm, act=act) for c in coarser_channels)
+        self.finer = nn.ModuleList(
+            ConvNormAct(c, cat_channels, 3, norm=norm, act=act) for c in finer_channels
+        )
+        self.coarser = nn.ModuleList(
+            ConvNormAct(c, cat_channels, 3, norm=norm, act=act) for c in coarser_channels
+        )
         width = cat_channels * (len(finer_channels) + len(coarser_channels))
         self.fuse = ConvNormAct(width, width, 3, norm=norm, act=act)
         self.out_channels = width
@@ -129,6 +133,7 @@ class UNet3Plus(SegmentationModel):
         ``out``: the head on the finest decoder stage (level 0). ``aux``: with deep supervision,
         the side outputs of levels ``1, ..., depth - 1`` (decoder stages, finest first) and then
         of the bottleneck (level ``depth``), each up-sampled to the input size; ``[]`` without.
+        Nearest to ``out`` first, the order ``DeepSupervisionLoss(weights="halving")`` expects.
         ``cls``: with ``cgm``, image-level presence **logits** ``(N, num_classes)`` (apply a
         sigmoid for probabilities; train with BCE), else ``None``. ``model(x)`` skips the side
         outputs, and skips the CGM unless the evaluation-mode gate needs it.
@@ -230,7 +235,8 @@ class UNet3Plus(SegmentationModel):
 
         side: list[Tensor] = []
         if aux and self.deep_supervision:
-            side = [_resize(head(t), size, self.up) for head, t in zip(self.heads[1:], dec[1:])]  # (N, K, H, W)
+            heads = zip(self.heads[1:], dec[1:])
+            side = [_resize(head(t), size, self.up) for head, t in heads]  # depth x (N, K, H, W)
         gate = not self.training and self.cgm_gate
         cls = None
         if self.cgm is not None and (aux or gate):
@@ -306,7 +312,8 @@ def unet3p(
         >>> res.out.shape, len(res.aux), res.cls.shape
         (torch.Size([2, 1, 64, 64]), 4, torch.Size([2, 1]))
     """
-    _check_common(down, "bilinear", norm)
+    check_choice("down", down, DOWN_KINDS)
+    check_choice("norm", norm, NORMS)
     ch = _widths(depth, base_channels, channels)
     return UNet3Plus(
         in_channels,

@@ -80,11 +80,12 @@ class UNetPlusPlus(SegmentationModel):
 
     Outputs (``model(x, aux=True)``):
         * training mode: ``out`` is the head on ``X^{0,depth}``; ``aux`` the heads on
-          ``X^{0,1}, ..., X^{0,depth-1}``, in that order (shallowest sub-network first), all at the
-          input size; ``cls`` is ``None``. Pruning and ``ds_output`` are ignored while training.
+          ``X^{0,depth-1}, ..., X^{0,1}``, in that order (nearest to ``out`` first, the order
+          ``DeepSupervisionLoss(weights="halving")`` expects), all at the input size; ``cls`` is
+          ``None``. Pruning and ``ds_output`` are ignored while training.
         * evaluation mode with active level ``L`` (``prune`` or ``depth``): ``out`` is the head on
           ``X^{0,L}`` (``"final"``) or the mean of the heads on ``X^{0,1..L}`` (``"average"``);
-          ``aux`` the heads on ``X^{0,1}, ..., X^{0,L-1}``.
+          ``aux`` the heads on ``X^{0,L-1}, ..., X^{0,1}`` (``L - 1`` maps).
 
         ``model(x)`` (``aux=False``) skips the heads it does not need.
 
@@ -224,7 +225,10 @@ class UNetPlusPlus(SegmentationModel):
         if self.training:
             top = self._top_nodes(x, self.depth)  # depth x (N, c0, H, W)
             out = self._head(self.depth, top[-1])  # (N, K, H, W)
-            side = [self._head(j, t) for j, t in enumerate(top[:-1], 1)] if aux and self.deep_supervision else []
+            side = []
+            if aux and self.deep_supervision:
+                # X^{0,depth-1}, ..., X^{0,1}: nearest to the output first
+                side = [self._head(j, top[j - 1]) for j in range(self.depth - 1, 0, -1)]  # (N, K, H, W) each
             return SegOutput(out, side, None)
         level = self.active_level
         top = self._top_nodes(x, level)  # level x (N, c0, H, W)
@@ -233,7 +237,7 @@ class UNetPlusPlus(SegmentationModel):
         else:
             heads = [self._head(level, top[-1])]
         out = torch.stack(heads).mean(0) if self.ds_output == "average" else heads[-1]  # (N, K, H, W)
-        return SegOutput(out, heads[:-1] if aux else [], None)
+        return SegOutput(out, heads[-2::-1] if aux else [], None)  # aux: X^{0,L-1}, ..., X^{0,1}
 
 
 # -- builders ------------------------------------------------------------------------------------

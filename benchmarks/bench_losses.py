@@ -1,0 +1,167 @@
+"""Losses vs the peers (MONAI, smp, torchvision, pytorch-msssim): forward + backward.
+
+Two shapes, as the losses issue asks: a batch of 4 binary ``1x256x256`` maps and a batch of 4
+four-class ``4x256x256`` maps. Each call computes the loss and its gradient with respect to the
+logits. Every library starts from what a segmentation dataset yields, an ``(N, H, W)`` int64
+mask; a peer that needs another form (a float ``(N, 1, H, W)`` mask for MONAI, torchvision and
+pytorch-msssim, a one-hot float mask for pytorch-msssim's multiclass case) converts it inside its
+timed call, as a training loop using it would have to.
+
+Run: ``python -m benchmarks losses`` (``--quick`` for a smoke run). The environment variable
+``SEGLAB_BENCH_DEVICE=cuda`` runs the same entries on the GPU.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.harness import Result, benchmark, compare
+from seglab import losses as L
+
+N, H, W = 4, 256, 256
+K = 4  # classes of the multiclass case
+
+
+def _grad_fn(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], object]:
+    """A call that runs forward and backward (gradient w.r.t. the logits)."""
+    leaf = x.detach().clone().requires_grad_()
+
+    def run() -> object:
+        return torch.autograd.grad(loss_fn(leaf), leaf)[0]
+
+    return run
+
+
+def _data(device: str) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    # blobby masks, so MS-SSIM sees structure rather than noise
+    blob = F.avg_pool2d(torch.rand(N, 1, H, W, generator=g), 15, 1, 7)
+    tb = (blob[:, 0] > blob.mean()).long()  # (N, H, W) int64 {0, 1}
+    blobs = F.avg_pool2d(torch.rand(N, K, H, W, generator=g), 15, 1, 7)
+    tm = blobs.argmax(1)  # (N, H, W) int64 class ids
+    data = {
+        "xb": torch.randn(N, 1, H, W, generator=g),
+        "tb": tb,
+        "xm": torch.randn(N, K, H, W, generator=g),
+        "tm": tm,
+    }
+    return {k: v.to(device) for k, v in data.items()}
+
+
+def _reps(quick: bool) -> dict[str, int]:
+    return {"warmup": 1, "repeat": 3} if quick else {"warmup": 2, "repeat": 10}
+
+
+@benchmark(
+    "losses", help="Dice, focal, MS-SSIM, focal+ms_ssim+iou vs MONAI/smp/torchvision/pytorch-msssim (fwd+bwd)"
+)
+def bench_losses(quick: bool) -> list[Result]:
+    import monai.losses as ml
+    import pytorch_msssim
+    import segmentation_models_pytorch as smp
+    from torchvision.ops import sigmoid_focal_loss
+
+    device = os.environ.get("SEGLAB_BENCH_DEVICE", "cpu")
+    d = _data(device)
+    kw = _reps(quick)
+    xb, tb, xm, tm = d["xb"], d["tb"], d["xm"], d["tm"]
+
+    def tb_f() -> torch.Tensor:  # the float (N, 1, H, W) mask MONAI / torchvision / pytorch-msssim take
+        return tb.unsqueeze(1).float()
+
+    def tm_onehot() -> torch.Tensor:  # pytorch-msssim compares channel by channel
+        return F.one_hot(tm, K).permute(0, 3, 1, 2).float()
+
+    tm_1 = tm.unsqueeze(1)  # (N, 1, H, W) int64: MONAI's to_onehot_y input (a view, no copy)
+    items = N
+    rows: list[Result] = []
+
+    def row(name: str, ours: Callable, peer: Callable, x: torch.Tensor, peer_name: str) -> None:
+        rows.append(
+            compare(name, _grad_fn(ours, x), _grad_fn(peer, x), items=items, peer_name=peer_name, **kw)
+        )
+
+    # -- Dice -------------------------------------------------------------------------------------
+    dice_b = L.DiceLoss(smooth=1.0)
+    monai_dice_b = ml.DiceLoss(sigmoid=True, batch=True, smooth_nr=1.0, smooth_dr=1.0)
+    smp_dice_b = smp.losses.DiceLoss("binary", smooth=0.5)  # smp's smooth s == seglab's 2s
+    row("dice binary 4x1x256", lambda x: dice_b(x, tb), lambda x: monai_dice_b(x, tb_f()), xb, "monai")
+    row("dice binary 4x1x256", lambda x: dice_b(x, tb), lambda x: smp_dice_b(x, tb), xb, "smp")
+    dice_m = L.DiceLoss(smooth=1.0, mode="multiclass")
+    monai_dice_m = ml.DiceLoss(softmax=True, to_onehot_y=True, batch=True, smooth_nr=1.0, smooth_dr=1.0)
+    smp_dice_m = smp.losses.DiceLoss("multiclass", smooth=0.5)
+    row("dice multiclass 4x4x256", lambda x: dice_m(x, tm), lambda x: monai_dice_m(x, tm_1), xm, "monai")
+    row("dice multiclass 4x4x256", lambda x: dice_m(x, tm), lambda x: smp_dice_m(x, tm), xm, "smp")
+
+    # -- Focal ------------------------------------------------------------------------------------
+    focal_b = L.FocalLoss(alpha=0.25, gamma=2.0)
+    row(
+        "focal binary 4x1x256",
+        lambda x: focal_b(x, tb),
+        lambda x: sigmoid_focal_loss(x, tb_f(), alpha=0.25, gamma=2.0, reduction="mean"),
+        xb,
+        "torchvision",
+    )
+    smp_focal_b = smp.losses.FocalLoss("binary", alpha=0.25, gamma=2.0)
+    row("focal binary 4x1x256", lambda x: focal_b(x, tb), lambda x: smp_focal_b(x, tb), xb, "smp")
+    monai_focal_b = ml.FocalLoss(alpha=0.25, gamma=2.0, use_softmax=False)
+    row("focal binary 4x1x256", lambda x: focal_b(x, tb), lambda x: monai_focal_b(x, tb_f()), xb, "monai")
+    focal_m = L.FocalLoss(alpha=None, gamma=2.0, mode="multiclass")
+    monai_focal_m = ml.FocalLoss(gamma=2.0, use_softmax=True, to_onehot_y=True)
+    row(
+        "focal multiclass 4x4x256",
+        lambda x: focal_m(x, tm),
+        lambda x: monai_focal_m(x, tm_1),
+        xm,
+        "monai",
+    )
+    smp_focal_m = smp.losses.FocalLoss("multiclass", gamma=2.0)  # one-vs-all sigmoid (another definition)
+    row("focal multiclass 4x4x256", lambda x: focal_m(x, tm), lambda x: smp_focal_m(x, tm), xm, "smp")
+
+    # -- MS-SSIM ----------------------------------------------------------------------------------
+    msssim_b = L.MSSSIMLoss()
+    row(
+        "ms_ssim binary 4x1x256",
+        lambda x: msssim_b(x, tb),
+        lambda x: 1 - pytorch_msssim.ms_ssim(x.sigmoid(), tb_f(), data_range=1.0),
+        xb,
+        "pytorch-msssim",
+    )
+    msssim_m = L.MSSSIMLoss(mode="multiclass")
+    row(
+        "ms_ssim multiclass 4x4x256",
+        lambda x: msssim_m(x, tm),
+        lambda x: 1 - pytorch_msssim.ms_ssim(x.softmax(1), tm_onehot(), data_range=1.0),
+        xm,
+        "pytorch-msssim",
+    )
+
+    # -- U-Net 3+ hybrid: focal + ms_ssim + iou ---------------------------------------------------
+    hybrid_b = L.build("focal+ms_ssim+iou")
+    smp_jac_b = smp.losses.JaccardLoss("binary", smooth=1.0)
+
+    def peer_hybrid_b(x: torch.Tensor) -> torch.Tensor:
+        focal = sigmoid_focal_loss(x, tb_f(), alpha=0.25, gamma=2.0, reduction="mean")
+        return focal + (1 - pytorch_msssim.ms_ssim(x.sigmoid(), tb_f(), data_range=1.0)) + smp_jac_b(x, tb)
+
+    row("focal+ms_ssim+iou binary 4x1x256", lambda x: hybrid_b(x, tb), peer_hybrid_b, xb, "tv+msssim+smp")
+    hybrid_m = L.build("focal+ms_ssim+iou", mode="multiclass", focal={"alpha": None})
+    smp_jac_m = smp.losses.JaccardLoss("multiclass", smooth=1.0)
+
+    def peer_hybrid_m(x: torch.Tensor) -> torch.Tensor:
+        focal = monai_focal_m(x, tm_1)
+        msssim = 1 - pytorch_msssim.ms_ssim(x.softmax(1), tm_onehot(), data_range=1.0)
+        return focal + msssim + smp_jac_m(x, tm)
+
+    row(
+        "focal+ms_ssim+iou multiclass 4x4x256",
+        lambda x: hybrid_m(x, tm),
+        peer_hybrid_m,
+        xm,
+        "monai+msssim+smp",
+    )
+    return rows

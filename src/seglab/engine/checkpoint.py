@@ -1,0 +1,257 @@
+"""Checkpoints: written atomically, read without executing code, enough to resume exactly.
+
+A seglab checkpoint is a ``torch.save`` zip file holding one dict with these keys:
+
+==================  =========================================================================
+``seglab_version``  the version that wrote it
+``model_name``      registered model name; with ``model_options``, ``in_channels`` and
+                    ``num_classes`` it rebuilds the model (:func:`load_model`)
+``model_options``   the builder's keyword options (JSON-able)
+``in_channels``     input channels
+``num_classes``     output channels of the model (1 for binary segmentation)
+``mode``            ``"binary"`` or ``"multiclass"``
+``class_names``     names of the dataset's classes
+``normalization``   ``{"mean": [...], "std": [...]}`` applied to raw intensities before the model
+``model``           the model's ``state_dict``
+``config``          the resolved :class:`~seglab.engine.config.TrainConfig` as a plain dict
+``epoch``           epochs completed
+``optimizer``       optimiser ``state_dict``
+``scheduler``       learning-rate scheduler ``state_dict``
+``scaler``          AMP gradient scaler ``state_dict`` (``{}`` without fp16)
+``rng``             Python, NumPy, torch and CUDA generator states (tensors and plain values)
+``best_score``      best monitored validation score so far
+``history``         the metrics rows written so far (one dict per epoch)
+==================  =========================================================================
+
+Writing goes to a temporary file in the same directory followed by ``os.replace``, so a crash
+never leaves a half-written ``last.pt``. Reading uses ``torch.load(weights_only=True)``: only
+tensors and plain containers are accepted, and a file that would run code when unpickled is
+refused with :class:`CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "CHECKPOINT_KEYS",
+    "CheckpointError",
+    "get_rng_state",
+    "load_checkpoint",
+    "load_model",
+    "save_checkpoint",
+    "set_rng_state",
+]
+
+CHECKPOINT_KEYS = (
+    "seglab_version",
+    "model_name",
+    "model_options",
+    "in_channels",
+    "num_classes",
+    "mode",
+    "class_names",
+    "normalization",
+    "model",
+    "config",
+    "epoch",
+    "optimizer",
+    "scheduler",
+    "scaler",
+    "rng",
+    "best_score",
+    "history",
+)
+
+# keys needed to rebuild and run a model (the rest is for resuming)
+_MODEL_KEYS = ("model_name", "model_options", "in_channels", "num_classes", "model")
+
+
+class CheckpointError(ValueError):
+    """A file is not a loadable seglab checkpoint (unsafe, corrupt, or missing keys)."""
+
+
+def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename).
+
+    Args:
+        path: destination (parent folders are created).
+        state: the checkpoint dict (see the module docstring for the keys); values must be
+            tensors or plain Python containers so that :func:`load_checkpoint` can read them with
+            ``weights_only=True``.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Example:
+        >>> import tempfile, os
+        >>> p = save_checkpoint(os.path.join(tempfile.mkdtemp(), "last.pt"), {"epoch": 1})
+        >>> load_checkpoint(p, require=())["epoch"]
+        1
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(dict(state), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(
+    path: str | Path,
+    map_location: str | torch.device | None = "cpu",
+    *,
+    require: tuple[str, ...] = _MODEL_KEYS,
+) -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)``: a checkpoint never executes code.
+
+    Args:
+        path: a file written by :func:`save_checkpoint` (``best.pt``, ``last.pt``).
+        map_location: where tensors go (``"cpu"`` by default).
+        require: keys that must be present (default: those needed to rebuild the model).
+
+    Returns:
+        The checkpoint dict.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: the file is not a ``torch.save`` archive, is corrupt, holds objects
+            other than tensors and plain containers (a pickle that would run code is refused), or
+            lacks required keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{path} is not a checkpoint written by torch.save (not a zip archive); "
+            "pass a best.pt or last.pt from a seglab run directory."
+        )
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"Refusing to load {path}: it contains Python objects other than tensors and plain containers, "
+            "and seglab loads checkpoints with weights_only=True so that a file can never run code. "
+            f"Only load files you trust; re-save the weights as a plain dict if this one is yours. ({err.__class__.__name__})"
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{path} does not hold a seglab checkpoint dict (found {type(state).__name__})."
+        )
+    missing = [k for k in require if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a seglab checkpoint: missing {', '.join(missing)} "
+            f"(found keys: {', '.join(sorted(map(str, state))) or 'none'})."
+        )
+    return state
+
+
+def load_model(
+    path: str | Path, *, map_location: str | torch.device | None = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from a checkpoint and load its weights.
+
+    Args:
+        path: a seglab checkpoint.
+        map_location: where the weights go.
+
+    Returns:
+        ``(model, meta)``: the model in eval mode, and the checkpoint's other entries
+        (``mode``, ``class_names``, ``normalization``, ``config``, ``epoch``, ``history``, ...)
+        without the optimiser, scheduler, scaler and RNG states.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: see :func:`load_checkpoint`; or the weights do not fit the model.
+
+    Example:
+        >>> model, meta = load_model("runs/demo/best.pt")  # doctest: +SKIP
+        >>> meta["normalization"]["mean"]  # doctest: +SKIP
+        [523.1]
+    """
+    from seglab.models import create_model
+
+    state = load_checkpoint(path, map_location=map_location)
+    options = dict(state.get("model_options") or {})
+    model = create_model(
+        state["model_name"],
+        in_channels=int(state["in_channels"]),
+        num_classes=int(state["num_classes"]),
+        **options,
+    )
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"The weights in {path} do not fit model {state['model_name']!r}: {err}"
+        ) from None
+    model.eval()
+    skip = {"model", "optimizer", "scheduler", "scaler", "rng"}
+    meta = {k: v for k, v in state.items() if k not in skip}
+    return model, meta
+
+
+# -- random generator states in a weights_only-loadable form -------------------------------------------
+def get_rng_state() -> dict[str, Any]:
+    """The states of Python's, NumPy's, torch's and CUDA's global generators, as tensors and plain values."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)  # noqa: NPY002 - the global generator is what we save
+    state: dict[str, Any] = {
+        "python": {
+            "version": int(version),
+            "state": torch.tensor(internal, dtype=torch.int64),
+            "gauss": gauss,
+        },
+        "numpy": {
+            "bit_generator": np_state["bit_generator"],
+            "key": torch.from_numpy(np.asarray(np_state["state"]["key"], dtype=np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all()
+        if torch.cuda.is_available() and torch.cuda.is_initialized()
+        else [],
+    }
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore the generator states saved by :func:`get_rng_state`."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state(  # noqa: NPY002 - restoring the global generator
+        {
+            "bit_generator": npy["bit_generator"],
+            "state": {"key": npy["key"].numpy().astype(np.uint32), "pos": int(npy["pos"])},
+            "has_gauss": int(npy["has_gauss"]),
+            "gauss": float(npy["gauss"]),
+        }
+    )
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])

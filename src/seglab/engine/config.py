@@ -1,0 +1,511 @@
+"""Typed training configuration: dataclasses that round-trip through YAML and take overrides.
+
+A run is described by one :class:`TrainConfig` with four nested sections::
+
+    model:  {name: unet, options: {base_channels: 16, depth: 4}}
+    data:   {name: hela, crop: 256, batch_size: 8, samples_per_epoch: 512}
+    optim:  {optimizer: adamw, lr: 0.002, scheduler: cosine, warmup_epochs: 1}
+    loss:   {spec: bce+dice, aux_weights: equal}
+    epochs: 20
+    seed: 0
+
+Loading is strict: an unknown key is an error that names the section, the valid keys and the
+closest one (``"lerning_rate"`` -> did you mean ``lr``?); a value of the wrong type is an error
+that names the key. Command-line flags override YAML values (``--lr 0.01`` or the generic
+``--set optim.lr=0.01``); the resolved config is saved with the run as ``config.yaml``.
+
+Example:
+    >>> cfg = TrainConfig.from_dict({"model": {"name": "unet"}, "epochs": 3})
+    >>> cfg = apply_overrides(cfg, {"optim.lr": 0.01, "data.batch_size": 4})
+    >>> cfg.optim.lr, cfg.data.batch_size, cfg.epochs
+    (0.01, 4, 3)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from seglab._options import check_choice, did_you_mean
+
+__all__ = [
+    "AMP_MODES",
+    "MODES",
+    "OPTIMIZERS",
+    "SCHEDULERS",
+    "TIME_POLICIES",
+    "DataConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "load_config",
+    "parse_assignment",
+    "save_config",
+]
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULERS = ("cosine", "poly", "constant")
+AMP_MODES = ("auto", "none", "bf16", "fp16")
+MODES = ("auto", "binary", "multiclass")
+TIME_POLICIES = ("stop", "fit")
+
+
+@dataclass
+class ModelConfig:
+    """Which architecture to build.
+
+    Attributes:
+        name: a registered model name (``seglab models`` lists them).
+        options: the model's own keyword options (``base_channels``, ``depth``, ``encoder``, ...);
+            ``in_channels`` and ``num_classes`` come from the data and are not set here.
+    """
+
+    name: str = "unet"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are batched.
+
+    Attributes:
+        name: a built-in dataset name (``seglab data list``) or a folder with ``images/`` and
+            ``masks/``.
+        train_split: split used for training.
+        val_split: split used for validation (full images, never cropped); ``None``: no validation
+            (the last checkpoint is also the best).
+        mode: ``"binary"`` (one logit channel, sigmoid), ``"multiclass"`` (softmax over
+            ``num_classes``) or ``"auto"`` (binary when the dataset has at most two classes).
+        crop: side of the random square crops used for training; ``None``: whole images (they
+            must all have one size then).
+        batch_size: training batch size per process.
+        samples_per_epoch: how many (cropped) samples make one epoch. Small datasets (hela has 14
+            training frames) need more than one pass per epoch: the training set is repeated
+            (each pass in a new random order, with new random crops). ``None``: one pass.
+        val_batch_size: batch size for validation on full images.
+        workers: ``DataLoader`` worker processes (0: load in the main process).
+        mean: per-channel normalisation mean; ``None``: the training split's statistics.
+        std: per-channel normalisation std; ``None``: the training split's statistics.
+        augment: extra options passed to ``seglab.data.transforms.train_transforms`` (flips,
+            rotations, scale, intensity jitter; see its docstring).
+        options: extra options passed to ``seglab.data.get_dataset``.
+    """
+
+    name: str = "synthetic"
+    train_split: str = "train"
+    val_split: str | None = "val"
+    mode: str = "auto"
+    crop: int | None = 256
+    batch_size: int = 8
+    samples_per_epoch: int | None = None
+    val_batch_size: int = 1
+    workers: int = 0
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    augment: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser, learning-rate schedule and gradient clipping.
+
+    Attributes:
+        optimizer: ``"adamw"`` or ``"sgd"`` (with momentum and Nesterov).
+        lr: peak learning rate (reached at the end of the warm-up).
+        weight_decay: decoupled weight decay (AdamW) or L2 (SGD); not applied to norms and biases.
+        momentum: SGD momentum (AdamW: beta1).
+        scheduler: ``"cosine"`` (to ``min_lr_ratio * lr``), ``"poly"`` (DeepLab's
+            ``(1 - t)^power``) or ``"constant"``; updated every step.
+        warmup_epochs: linear warm-up from 0 over this many epochs (fractions allowed).
+        min_lr_ratio: final learning rate as a fraction of ``lr`` (cosine and poly).
+        poly_power: exponent of the poly schedule.
+        grad_clip: clip the global gradient norm to this value; ``None``: no clipping.
+    """
+
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    scheduler: str = "cosine"
+    warmup_epochs: float = 0.0
+    min_lr_ratio: float = 0.0
+    poly_power: float = 0.9
+    grad_clip: float | None = 1.0
+
+
+@dataclass
+class LossConfig:
+    """The loss, always wrapped in ``seglab.losses.DeepSupervisionLoss``.
+
+    Attributes:
+        spec: a loss spec for ``seglab.losses.build`` (``"bce+dice"``, ``"0.5*focal+dice"``);
+            ``None``: the model's registered default, else ``"bce+dice"`` (binary) or
+            ``"ce+dice"`` (multi-class).
+        aux_weights: weights of the auxiliary outputs (``"equal"``, ``"halving"`` or a list).
+        cls_loss: loss of an image-level classification output (``None`` or ``"bce"``/``"ce"``).
+        cls_weight: weight of the classification loss.
+        options: extra options passed to ``seglab.losses.build`` (``smooth``, ``ignore_index``, ...).
+    """
+
+    spec: str | None = None
+    aux_weights: str | list[float] = "equal"
+    cls_loss: str | None = None
+    cls_weight: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs (``seglab train --config run.yaml`` or :class:`seglab.Trainer`).
+
+    Attributes:
+        model: see :class:`ModelConfig`.
+        data: see :class:`DataConfig`.
+        optim: see :class:`OptimConfig`.
+        loss: see :class:`LossConfig`.
+        epochs: number of epochs.
+        seed: seed of every random generator (weights, crops, order, augmentation).
+        out: the run directory; ``None``: ``runs/<model>-<data>``.
+        resume: a ``last.pt`` to continue from (exactly: weights, optimiser, schedule, RNG,
+            history).
+        device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
+        amp: mixed precision on CUDA: ``"auto"`` (bf16 where supported, else fp16), ``"bf16"``,
+            ``"fp16"`` (with a gradient scaler) or ``"none"``. Ignored on the CPU.
+        monitor: validation metric that picks ``best.pt`` and drives early stopping (higher is
+            better; ``"loss"`` is the exception: lower is better). ``"auto"``: the task's
+            default (``"dice"`` for semantic models).
+        patience: stop after this many validations without improvement; 0: never stop early.
+        min_delta: smallest change of the monitored metric that counts as an improvement.
+        val_every: validate every this many epochs (and always after the last one).
+        max_time: wall-clock budget for training and validation in seconds; ``None``: no limit.
+            What happens at the limit is ``time_policy``'s choice.
+        time_policy: ``"stop"``: end the run before an epoch that would overrun ``max_time`` (a
+            safety net; the learning-rate schedule is cut short). ``"fit"``: after each epoch,
+            estimate how many epochs still fit and, if fewer than planned, shorten the plan and
+            compress the schedule so it still decays fully. The pace is measured, so a ``"fit"`` run
+            is reproducible only when the budget never binds.
+        tile: validate with a sliding window of this tile size instead of whole (padded) images.
+        threads: ``torch.set_num_threads`` for the run; ``None``: leave torch's default.
+        quiet: no progress bars (one line per epoch instead).
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    epochs: int = 10
+    seed: int = 0
+    out: str | None = None
+    resume: str | None = None
+    device: str = "auto"
+    amp: str = "auto"
+    monitor: str = "auto"
+    patience: int = 0
+    min_delta: float = 0.0
+    val_every: int = 1
+    max_time: float | None = None
+    time_policy: str = "stop"
+    tile: int | None = None
+    threads: int | None = None
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        # option dicts hold plain YAML types (tuples become lists) so configs compare and save cleanly
+        self.model.options = _plain(self.model.options)
+        self.data.options = _plain(self.data.options)
+        self.data.augment = _plain(self.data.augment)
+        self.loss.options = _plain(self.loss.options)
+        self.validate()
+
+    # -- checks ---------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check values (ranges and closed sets); raise ``ValueError`` naming the key and the fix."""
+        check_choice("optim.optimizer", self.optim.optimizer, OPTIMIZERS)
+        check_choice("optim.scheduler", self.optim.scheduler, SCHEDULERS)
+        check_choice("amp", self.amp, AMP_MODES)
+        check_choice("data.mode", self.data.mode, MODES)
+        check_choice("time_policy", self.time_policy, TIME_POLICIES)
+        positive = {
+            "epochs": self.epochs,
+            "data.batch_size": self.data.batch_size,
+            "data.val_batch_size": self.data.val_batch_size,
+            "val_every": self.val_every,
+        }
+        optional_positive = {
+            "data.crop": self.data.crop,
+            "data.samples_per_epoch": self.data.samples_per_epoch,
+            "tile": self.tile,
+            "threads": self.threads,
+            "max_time": self.max_time,
+            "optim.grad_clip": self.optim.grad_clip,
+        }
+        for key, value in {
+            **positive,
+            **{k: v for k, v in optional_positive.items() if v is not None},
+        }.items():
+            if value <= 0:
+                raise ValueError(f"{key} must be positive; got {value!r}.")
+        non_negative = {
+            "data.workers": self.data.workers,
+            "patience": self.patience,
+            "min_delta": self.min_delta,
+            "optim.weight_decay": self.optim.weight_decay,
+            "optim.warmup_epochs": self.optim.warmup_epochs,
+            "optim.momentum": self.optim.momentum,
+        }
+        for key, value in non_negative.items():
+            if value < 0:
+                raise ValueError(f"{key} must be >= 0; got {value!r}.")
+        if not self.optim.lr > 0:
+            raise ValueError(f"optim.lr must be positive; got {self.optim.lr!r}.")
+        if not 0.0 <= self.optim.min_lr_ratio <= 1.0:
+            raise ValueError(f"optim.min_lr_ratio must be in [0, 1]; got {self.optim.min_lr_ratio!r}.")
+        if self.optim.warmup_epochs > self.epochs:
+            raise ValueError(
+                f"optim.warmup_epochs ({self.optim.warmup_epochs}) is longer than the run ({self.epochs} epochs); "
+                "shorten the warm-up or train longer."
+            )
+        for key in ("mean", "std"):
+            values = getattr(self.data, key)
+            if values is not None and len(values) == 0:
+                raise ValueError(f"data.{key} must list one value per channel; got an empty list.")
+        if self.data.std is not None and any(s <= 0 for s in self.data.std):
+            raise ValueError(f"data.std must be positive; got {self.data.std}.")
+        if not self.model.name:
+            raise ValueError("model.name must name a registered model (see `seglab models`).")
+
+    # -- conversions ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, YAML/JSON-able dict (nested sections as dicts)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Build a config from a (partial) nested dict; missing keys keep their defaults.
+
+        Raises:
+            ValueError: an unknown key (with the valid keys and a did-you-mean) or a bad value.
+            TypeError: a value of the wrong type, or a section that is not a mapping.
+        """
+        return _from_dict(cls, data, prefix="")
+
+    def run_dir(self) -> Path:
+        """The run directory: ``out``, or ``runs/<model>-<data name>``."""
+        if self.out:
+            return Path(self.out)
+        data_name = Path(str(self.data.name)).name or "data"
+        return Path("runs") / f"{self.model.name}-{data_name}"
+
+
+# -- dict -> dataclass with type checks -------------------------------------------------------------
+def _from_dict(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    where = prefix.rstrip(".") or "the config"
+    if not isinstance(data, Mapping):
+        raise TypeError(f"{where} must be a mapping of keys to values; got {type(data).__name__} {data!r}.")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        key = unknown[0]
+        section = f" in section {where!r}" if prefix else ""
+        raise ValueError(
+            f"Unknown config key '{prefix}{key}'{section}.{did_you_mean(str(key), fields)} "
+            f"Valid keys: {', '.join(fields)}."
+        )
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _from_dict(tp, value if value is not None else {}, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, tp, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return getattr(origin, "__name__", str(origin))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (ints accepted for floats); return it."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        errors = []
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except TypeError as err:
+                errors.append(str(err))
+        raise TypeError(f"{key} must be {_type_name(tp)}; got {type(value).__name__} {value!r}.")
+    if tp is Any:
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{key} must be a list; got {type(value).__name__} {value!r}.")
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise TypeError(f"{key} must be a mapping; got {type(value).__name__} {value!r}.")
+        return {str(k): v for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{key} must be true or false; got {type(value).__name__} {value!r}.")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{key} must be an integer; got {type(value).__name__} {value!r}.")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{key} must be a number; got {type(value).__name__} {value!r}.")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise TypeError(f"{key} must be a string; got {type(value).__name__} {value!r}.")
+        return value
+    raise TypeError(f"{key}: unsupported annotation {tp!r}")  # a programming error in this module
+
+
+# -- YAML and overrides ----------------------------------------------------------------------------
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML config and apply dotted-key overrides.
+
+    Args:
+        path: a YAML file (a mapping with the sections of :class:`TrainConfig`).
+        overrides: ``{"optim.lr": 0.01, "model.options.depth": 3}``, applied after loading.
+
+    Returns:
+        The resolved :class:`TrainConfig`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: invalid YAML, an unknown key or a bad value.
+        TypeError: a value of the wrong type.
+
+    Example:
+        >>> import tempfile, os
+        >>> p = os.path.join(tempfile.mkdtemp(), "run.yaml")
+        >>> _ = open(p, "w").write("epochs: 3\\noptim: {lr: 0.01}\\n")
+        >>> load_config(p, {"seed": 7}).seed
+        7
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML: {err}") from err
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ValueError(
+            f"{path} must hold a mapping (model:, data:, optim:, ...); got {type(data).__name__}."
+        )
+    merged = _merge_overrides(dict(data), overrides or {})
+    try:
+        return TrainConfig.from_dict(merged)
+    except (ValueError, TypeError) as err:
+        raise type(err)(f"{path}: {err}") from err
+
+
+def save_config(config: TrainConfig, path: str | Path) -> Path:
+    """Write the config as YAML (sections in declaration order) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False))
+    return path
+
+
+def apply_overrides(config: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:
+    """A new config with dotted-key overrides applied (``{"optim.lr": 0.1}``); checked like YAML."""
+    return TrainConfig.from_dict(_merge_overrides(config.to_dict(), overrides))
+
+
+def _merge_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    data = _deepcopy_dicts(data)
+    for dotted, value in overrides.items():
+        parts = str(dotted).split(".")
+        if not all(parts):
+            raise ValueError(f"Bad override key {dotted!r}: use dotted keys like 'optim.lr'.")
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ValueError(
+                    f"Cannot set {dotted!r}: {'.'.join(parts[: i + 1])} is a value ({child!r}), not a section."
+                )
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _plain(value: Any) -> Any:
+    """Tuples -> lists and mappings -> dicts, recursively (what YAML and JSON hold)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _deepcopy_dicts(data: Any) -> Any:
+    if isinstance(data, Mapping):
+        return {k: _deepcopy_dicts(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deepcopy_dicts(v) for v in data]
+    return data
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Parse ``KEY=VALUE`` with a YAML scalar value (``lr=1e-3``, ``depth=3``, ``channels=[8,16]``).
+
+    Raises:
+        ValueError: no ``=``, an empty key, or a value that is not valid YAML.
+
+    Example:
+        >>> parse_assignment("optim.lr=0.01")
+        ('optim.lr', 0.01)
+    """
+    if "=" not in text:
+        raise ValueError(f"Expected KEY=VALUE, got {text!r} (for example optim.lr=0.01).")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ValueError(f"Expected KEY=VALUE with a non-empty key, got {text!r}.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ValueError(f"Cannot parse the value of {key!r} ({raw!r}): {err}") from err
+    # YAML reads "1e-3" as a string (YAML 1.1 needs a dot); accept the common float forms.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value.lower() for c in ".e") and value.strip() else value
+        except ValueError:
+            pass
+    return key, value

@@ -1,0 +1,122 @@
+"""Helpers shared by the inference modules: activations, devices, input checks, virtual padding."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from seglab._options import check_choice
+
+__all__ = [
+    "ACTIVATIONS",
+    "PAD_MODES",
+    "activate",
+    "as_pair",
+    "check_activation",
+    "model_device",
+    "pad_indices",
+    "resolve_activation",
+]
+
+ACTIVATIONS = ("auto", "sigmoid", "softmax", "none")
+PAD_MODES = ("reflect", "replicate", "constant")
+
+
+def check_activation(activation: str | None) -> str | None:
+    """Validate an ``activation`` option; ``None`` and ``"none"`` both mean "return logits"."""
+    if activation is None:
+        return None
+    check_choice("activation", activation, ACTIVATIONS)
+    return None if activation == "none" else activation
+
+
+def resolve_activation(activation: str | None, channels: int) -> str | None:
+    """``"auto"`` becomes ``"sigmoid"`` for one output channel and ``"softmax"`` otherwise."""
+    activation = check_activation(activation)
+    if activation == "auto":
+        return "sigmoid" if channels == 1 else "softmax"
+    return activation
+
+
+def activate(logits: Tensor, activation: str | None) -> Tensor:
+    """Apply a resolved activation along the channel dimension (``dim=-3``).
+
+    Shape:
+        ``(..., K, H, W) -> (..., K, H, W)``.
+    """
+    activation = resolve_activation(activation, int(logits.shape[-3]))
+    if activation == "sigmoid":
+        return torch.sigmoid(logits)
+    if activation == "softmax":
+        return torch.softmax(logits, dim=-3)
+    return logits
+
+
+def as_pair(value: int | Sequence[int], what: str) -> tuple[int, int]:
+    """``256 -> (256, 256)``; ``(256, 512)`` stays; rejects non-positive or non-integer values."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        pair = (int(value), int(value))
+    elif (
+        isinstance(value, Sequence)
+        and len(value) == 2
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
+    ):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(f"{what} must be an int or a pair of ints (height, width); got {value!r}.")
+    if min(pair) < 1:
+        raise ValueError(f"{what} must be positive; got {value!r}.")
+    return pair
+
+
+def model_device(model: Callable[..., Any]) -> torch.device | None:
+    """The device of a module's first parameter or buffer (``None`` for parameter-free callables)."""
+    if isinstance(model, nn.Module):
+        for t in (*model.parameters(), *model.buffers()):
+            return t.device
+    return None
+
+
+def model_dtype(model: Callable[..., Any]) -> torch.dtype | None:
+    """The floating dtype of a module's first floating parameter (``None`` if there is none)."""
+    if isinstance(model, nn.Module):
+        for p in model.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return None
+
+
+def pad_indices(
+    start: int, length: int, size: int, mode: str
+) -> tuple[slice, np.ndarray | None, np.ndarray | None]:
+    """Source rows for a window ``[start, start + length)`` of an axis of ``size`` samples.
+
+    Positions outside ``[0, size)`` are mapped back inside by ``mode`` (``"reflect"`` mirrors
+    without repeating the edge sample, like ``numpy.pad(mode="reflect")``, and keeps mirroring
+    for windows larger than the image; ``"replicate"`` repeats the edge; ``"constant"`` reads
+    the edge and reports the position as invalid, to be zeroed).
+
+    Returns:
+        ``(span, index, valid)``: read ``span`` (a slice inside the axis), then, when ``index`` is
+        not ``None``, take ``index`` (positions relative to ``span.start``) from it; ``valid`` is
+        a boolean mask of in-image positions for ``"constant"`` padding (``None`` otherwise).
+    """
+    stop = start + length
+    if start >= 0 and stop <= size:
+        return slice(start, stop), None, None
+    pos = np.arange(start, stop)
+    valid = None
+    if mode == "reflect" and size > 1:
+        period = 2 * (size - 1)
+        pos = np.mod(pos, period)
+        pos = np.where(pos >= size, period - pos, pos)
+    else:  # replicate, constant, or reflect of a one-sample axis
+        if mode == "constant":
+            valid = (pos >= 0) & (pos < size)
+        pos = np.clip(pos, 0, size - 1)
+    lo, hi = int(pos.min()), int(pos.max()) + 1
+    return slice(lo, hi), pos - lo, valid

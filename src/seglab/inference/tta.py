@@ -1,0 +1,134 @@
+"""Test-time augmentation: predict flipped / rotated copies, undo the transform, average.
+
+Averaging happens in probability space: each prediction goes through the activation (sigmoid for one
+channel, softmax otherwise) before the mean. ``tta`` takes any callable, so it composes with tiled
+inference::
+
+    tta(lambda x: sliding_window(model, x, tile=256), image, activation=None)
+
+(``sliding_window`` already returns probabilities, hence ``activation=None``; with
+``sliding_window(..., activation=None)`` inside, keep ``tta``'s default ``"auto"`` instead: tiles are
+then blended as logits and the augmentations averaged as probabilities.)
+
+Transform sets (all exact inverses on the pixel grid):
+
+* ``"none"``: the identity (one pass);
+* ``"hflip"``: identity and horizontal flip (2 passes);
+* ``"flips"``: identity, horizontal, vertical and both flips (4 passes; nnU-Net's 2-D mirroring);
+* ``"d4"``: the 8 symmetries of the square: rotations by 0/90/180/270 degrees, each with and without
+  a horizontal flip. Rotations by 90 degrees swap H and W, so the model must accept the transposed
+  size too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from seglab._options import check_choice
+from seglab.inference._common import activate, check_activation
+
+__all__ = ["TTA_TRANSFORMS", "tta", "tta_transforms"]
+
+TTA_TRANSFORMS = ("none", "hflip", "flips", "d4")
+
+_Op = Callable[[Tensor], Tensor]
+
+
+def _flip(dims: tuple[int, ...]) -> _Op:
+    return (lambda t: t.flip(dims)) if dims else (lambda t: t)
+
+
+def _d4(k: int, flip: bool) -> tuple[_Op, _Op]:
+    def forward(t: Tensor) -> Tensor:
+        t = t.flip(-1) if flip else t
+        return torch.rot90(t, k, dims=(-2, -1))
+
+    def inverse(t: Tensor) -> Tensor:
+        t = torch.rot90(t, -k, dims=(-2, -1))
+        return t.flip(-1) if flip else t
+
+    return forward, inverse
+
+
+def tta_transforms(transforms: str) -> list[tuple[_Op, _Op]]:
+    """The ``(forward, inverse)`` pairs of a transform set (see the module docstring)."""
+    check_choice("transforms", transforms, TTA_TRANSFORMS)
+    if transforms == "d4":
+        return [_d4(k, flip) for flip in (False, True) for k in range(4)]
+    dims = {"none": [()], "hflip": [(), (-1,)], "flips": [(), (-1,), (-2,), (-2, -1)]}[transforms]
+    return [(_flip(d), _flip(d)) for d in dims]
+
+
+def tta(
+    model_fn: Callable[[Tensor], Tensor],
+    image: Tensor,
+    transforms: str = "flips",
+    *,
+    activation: str | None = "auto",
+) -> Tensor:
+    """Average the predictions of ``model_fn`` over flipped / rotated copies of ``image``.
+
+    Args:
+        model_fn: a callable ``(N, C, H, W) -> (N, K, H', W')``: a model (logits), a prepared
+            model, an :class:`~seglab.inference.OnnxModel`, or a function such as
+            ``lambda x: sliding_window(model, x, tile=256)``. It always receives a 4-D batch.
+        image: ``(C, H, W)`` or ``(N, C, H, W)`` floats.
+        transforms: ``"none"``, ``"hflip"``, ``"flips"`` (4 passes) or ``"d4"`` (8 passes).
+        activation: applied to each output before averaging: ``"auto"`` (sigmoid for one channel,
+            softmax otherwise), ``"sigmoid"``, ``"softmax"``, or ``None`` when ``model_fn`` already
+            returns probabilities (or to average logits).
+
+    Returns:
+        The averaged predictions ``(N, K, H', W')``, or ``(K, H', W')`` for a 3-D image, on the
+        device ``model_fn`` returns them on.
+
+    Raises:
+        TypeError: ``image`` is not a floating-point tensor, or ``model_fn`` is not callable or
+            returns something other than a tensor.
+        ValueError: unknown ``transforms`` / ``activation``, a bad image shape, or a model output
+            whose shape changes with the transform in a way that cannot be undone.
+
+    Shape:
+        ``(N, C, H, W) -> (N, K, H', W')`` (``H' = H`` except for valid-convolution models).
+
+    Example:
+        >>> import seglab, torch
+        >>> m = seglab.create_model("unet", in_channels=1, num_classes=2, base_channels=8, depth=2).eval()
+        >>> tta(m, torch.rand(1, 1, 32, 32), "d4").shape
+        torch.Size([1, 2, 32, 32])
+    """
+    if not callable(model_fn):
+        raise TypeError(f"model_fn must be callable; got {type(model_fn).__name__}.")
+    ops = tta_transforms(transforms)
+    activation = check_activation(activation)
+    if not isinstance(image, Tensor) or not image.is_floating_point():
+        raise TypeError(
+            f"image must be a floating-point torch.Tensor; got {type(image).__name__}"
+            + (f" of {image.dtype}" if isinstance(image, Tensor) else "")
+            + ". Convert with torch.as_tensor(image).float()."
+        )
+    if image.ndim not in (3, 4):
+        raise ValueError(f"image must be (C, H, W) or (N, C, H, W); got shape {tuple(image.shape)}.")
+    x = image[None] if image.ndim == 3 else image
+    total = torch.empty(0)
+    with torch.inference_mode():
+        for forward, inverse in ops:
+            y = model_fn(forward(x))
+            y = getattr(y, "out", y)
+            if not isinstance(y, Tensor):
+                raise TypeError(f"model_fn must return a tensor; got {type(y).__name__}.")
+            y = inverse(activate(y.float(), activation))  # (N, K, H', W')
+            if total.numel() == 0:
+                total = y.clone()
+            elif y.shape != total.shape:
+                raise ValueError(
+                    f"model_fn returned {tuple(y.shape)} for one transform and {tuple(total.shape)} for another; "
+                    "for non-square outputs use transforms='flips'."
+                )
+            else:
+                total += y
+    out = total / len(ops)  # computed outside inference mode: a normal tensor for the caller
+    return out[0] if image.ndim == 3 else out

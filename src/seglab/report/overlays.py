@@ -1,0 +1,288 @@
+"""Pictures of predictions: display scaling, mask overlays, error maps and side-by-side panels.
+
+Everything works on NumPy arrays and returns ``uint8`` RGB images ``(H, W, 3)``; :func:`save_png`
+writes them. Colours:
+
+* classes: a fixed palette (:data:`CLASS_COLORS`), background left uncoloured;
+* errors (:func:`error_map`): true positives light grey, **false positives orange**, **false
+  negatives blue** (the Okabe–Ito colour-blind-safe pair), and, for multi-class masks,
+  foreground of the wrong class purple; correct background shows the darkened image.
+
+Example:
+    >>> import numpy as np
+    >>> img = np.random.rand(1, 32, 48).astype(np.float32)
+    >>> truth = np.zeros((32, 48), np.int64); truth[8:20, 8:20] = 1
+    >>> panel = comparison_panel(img, truth, np.roll(truth, 3, axis=1))
+    >>> panel.dtype, panel.shape[2]
+    (dtype('uint8'), 3)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+__all__ = [
+    "CLASS_COLORS",
+    "ERROR_COLORS",
+    "colorize",
+    "comparison_panel",
+    "error_map",
+    "overlay_mask",
+    "save_png",
+    "to_display",
+]
+
+# tab10-like palette; index 0 (background) is never drawn
+CLASS_COLORS: tuple[tuple[int, int, int], ...] = (
+    (0, 0, 0),
+    (0, 200, 83),
+    (230, 25, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (170, 110, 40),
+)
+
+ERROR_COLORS: dict[str, tuple[int, int, int]] = {
+    "tp": (215, 215, 215),
+    "fp": (230, 159, 0),  # orange
+    "fn": (0, 114, 178),  # blue
+    "wrong_class": (204, 121, 167),  # reddish purple
+}
+
+
+def _class_color(c: int) -> tuple[int, int, int]:
+    if c < len(CLASS_COLORS):
+        return CLASS_COLORS[c]
+    rng = np.random.default_rng(c)  # stable colours for many classes
+    return tuple(int(v) for v in rng.integers(40, 256, 3))  # type: ignore[return-value]
+
+
+def to_display(image: np.ndarray, *, low: float = 1.0, high: float = 99.8) -> np.ndarray:
+    """Scale an image of any dtype/range to ``uint8`` RGB for viewing (percentile stretch per channel).
+
+    Args:
+        image: ``(C, H, W)`` or ``(H, W)``; one channel is shown grey, three as RGB, others by
+            their first channel.
+        low: lower percentile mapped to 0.
+        high: upper percentile mapped to 255.
+
+    Returns:
+        ``(H, W, 3)`` uint8.
+
+    Raises:
+        ValueError: an array that is not 2-D or 3-D.
+    """
+    arr = np.asarray(image, dtype=np.float64)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise ValueError(f"to_display expects (C, H, W) or (H, W); got shape {arr.shape}.")
+    chans = arr[:3] if arr.shape[0] == 3 else arr[:1]
+    out = np.empty(chans.shape, dtype=np.uint8)
+    for i, ch in enumerate(chans):
+        finite = ch[np.isfinite(ch)]
+        lo, hi = np.percentile(finite, [low, high]) if finite.size else (0.0, 1.0)
+        if hi <= lo:
+            hi = lo + 1.0
+        out[i] = (np.clip((np.nan_to_num(ch, nan=lo) - lo) / (hi - lo), 0.0, 1.0) * 255.0 + 0.5).astype(
+            np.uint8
+        )
+    if out.shape[0] == 1:
+        out = np.repeat(out, 3, axis=0)
+    return np.ascontiguousarray(out.transpose(1, 2, 0))
+
+
+def _mask2d(mask: np.ndarray, what: str) -> np.ndarray:
+    m = np.asarray(mask)
+    if m.ndim == 3 and m.shape[0] == 1:
+        m = m[0]
+    if m.ndim != 2:
+        raise ValueError(f"{what} must be an (H, W) label array; got shape {m.shape}.")
+    return m.astype(np.int64)
+
+
+def colorize(mask: np.ndarray) -> np.ndarray:
+    """Class ids ``(H, W)`` -> ``(H, W, 3)`` uint8 with :data:`CLASS_COLORS` (background black)."""
+    m = _mask2d(mask, "mask")
+    out = np.zeros((*m.shape, 3), dtype=np.uint8)
+    for c in np.unique(m):
+        if c > 0:
+            out[m == c] = _class_color(int(c))
+    return out
+
+
+def overlay_mask(
+    image: np.ndarray, mask: np.ndarray, *, alpha: float = 0.45, outline: bool = True
+) -> np.ndarray:
+    """The image with each foreground class tinted in its colour (and outlined).
+
+    Args:
+        image: ``(C, H, W)`` raw image (any range) or an ``(H, W, 3)`` uint8 display image.
+        mask: ``(H, W)`` class ids.
+        alpha: opacity of the tint.
+        outline: draw the class boundaries at full opacity.
+
+    Returns:
+        ``(H, W, 3)`` uint8.
+    """
+    base = _display(image)
+    m = _mask2d(mask, "mask")
+    if m.shape != base.shape[:2]:
+        raise ValueError(f"mask {m.shape} and image {base.shape[:2]} differ in size.")
+    out = base.astype(np.float64)
+    for c in np.unique(m):
+        if c <= 0:
+            continue
+        sel = m == c
+        color = np.array(_class_color(int(c)), dtype=np.float64)
+        out[sel] = (1 - alpha) * out[sel] + alpha * color
+        if outline:
+            out[_boundary(sel)] = color
+    return out.round().astype(np.uint8)
+
+
+def _boundary(sel: np.ndarray) -> np.ndarray:
+    """Pixels of ``sel`` with a 4-neighbour outside it."""
+    inner = sel.copy()
+    inner[1:, :] &= sel[:-1, :]
+    inner[:-1, :] &= sel[1:, :]
+    inner[:, 1:] &= sel[:, :-1]
+    inner[:, :-1] &= sel[:, 1:]
+    return sel & ~inner
+
+
+def _display(image: np.ndarray) -> np.ndarray:
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[-1] == 3 and arr.dtype == np.uint8 and arr.shape[0] != 3:
+        return arr
+    return to_display(arr)
+
+
+def error_map(
+    truth: np.ndarray, pred: np.ndarray, image: np.ndarray | None = None, *, dim: float = 0.4
+) -> np.ndarray:
+    """Where the prediction is right and wrong, in colour.
+
+    True positives light grey, false positives orange, false negatives blue, and (multi-class)
+    foreground with the wrong class purple; correct background shows the image darkened by
+    ``dim`` (black without an image).
+
+    Args:
+        truth: ``(H, W)`` class ids (0 = background).
+        pred: ``(H, W)`` class ids.
+        image: optional ``(C, H, W)`` raw image shown under the correct background.
+        dim: brightness of the image under the correct background.
+
+    Returns:
+        ``(H, W, 3)`` uint8.
+
+    Raises:
+        ValueError: shapes differ.
+
+    Example:
+        >>> t = np.array([[0, 1], [1, 0]]); p = np.array([[1, 1], [0, 0]])
+        >>> error_map(t, p)[0, 0].tolist(), error_map(t, p)[1, 0].tolist()
+        ([230, 159, 0], [0, 114, 178])
+    """
+    t, p = _mask2d(truth, "truth"), _mask2d(pred, "pred")
+    if t.shape != p.shape:
+        raise ValueError(f"truth {t.shape} and pred {p.shape} differ in size.")
+    if image is not None:
+        out = (_display(image).astype(np.float64) * dim).round().astype(np.uint8)
+        if out.shape[:2] != t.shape:
+            raise ValueError(f"image {out.shape[:2]} and masks {t.shape} differ in size.")
+    else:
+        out = np.zeros((*t.shape, 3), dtype=np.uint8)
+    out[(t > 0) & (p == t)] = ERROR_COLORS["tp"]
+    out[(t == 0) & (p > 0)] = ERROR_COLORS["fp"]
+    out[(t > 0) & (p == 0)] = ERROR_COLORS["fn"]
+    out[(t > 0) & (p > 0) & (p != t)] = ERROR_COLORS["wrong_class"]
+    return out
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has no size argument
+        return ImageFont.load_default()
+
+
+def _resize(rgb: np.ndarray, scale: float) -> np.ndarray:
+    if scale == 1.0:
+        return rgb
+    h, w = rgb.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(
+        Image.fromarray(rgb).resize(size, Image.Resampling.BOX if scale < 1 else Image.Resampling.NEAREST)
+    )
+
+
+def comparison_panel(
+    image: np.ndarray,
+    truth: np.ndarray | None,
+    pred: np.ndarray,
+    *,
+    titles: Sequence[str] = ("image", "truth", "prediction", "errors (FP orange, FN blue)"),
+    max_width: int | None = 640,
+    columns: int | None = None,
+) -> np.ndarray:
+    """Image; truth; prediction; errors — as one RGB picture with a title above each tile.
+
+    Args:
+        image: ``(C, H, W)`` raw image.
+        truth: ``(H, W)`` class ids, or ``None`` (then only image and prediction are shown).
+        pred: ``(H, W)`` class ids.
+        titles: the tile titles, in order.
+        max_width: shrink each tile to at most this width (``None``: full size).
+        columns: tiles per row (default: 2 for wide images with four tiles, else all in one row).
+
+    Returns:
+        ``(H', W', 3)`` uint8.
+    """
+    tiles = [to_display(image)]
+    if truth is not None:
+        tiles.append(overlay_mask(tiles[0], truth))
+    tiles.append(overlay_mask(tiles[0], pred))
+    if truth is not None:
+        tiles.append(error_map(truth, pred, image))
+    names = list(titles) if truth is not None else [titles[0], titles[2]]
+    w = tiles[0].shape[1]
+    scale = min(1.0, max_width / w) if max_width else 1.0
+    tiles = [_resize(t, scale) for t in tiles]
+    th, tw = tiles[0].shape[:2]
+    if columns is None:
+        columns = 2 if len(tiles) == 4 and tw > th else len(tiles)
+    rows = -(-len(tiles) // columns)
+    font_size = max(12, min(24, tw // 30))
+    bar = font_size + 10
+    gap = 6
+    canvas = Image.new(
+        "RGB", (columns * tw + (columns - 1) * gap, rows * (th + bar) + (rows - 1) * gap), "white"
+    )
+    draw = ImageDraw.Draw(canvas)
+    font = _font(font_size)
+    for i, (tile, name) in enumerate(zip(tiles, names)):
+        r, c = divmod(i, columns)
+        x, y = c * (tw + gap), r * (th + bar + gap)
+        draw.text((x + 4, y + 4), name, fill=(20, 20, 20), font=font)
+        canvas.paste(Image.fromarray(tile), (x, y + bar))
+    return np.asarray(canvas)
+
+
+def save_png(rgb: np.ndarray, path: str | os.PathLike[str]) -> Path:
+    """Write an ``(H, W, 3)`` uint8 array as PNG (parent folders created); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(path, optimize=True)
+    return path

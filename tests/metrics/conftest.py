@@ -1,0 +1,13 @@
+"""Fixtures for the metric tests: peer libraries are optional, each test skips without its peer."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def smp_metrics() -> ModuleType:
+    """``segmentation_models_pytorch.metrics`` (skips the test when smp is not installed)."""
+    return pytest.importorskip("segmentation_models_pytorch.metrics")
