@@ -96,6 +96,8 @@ def bench_sliding_window(quick: bool) -> list[Result]:
         row = compare(
             f"2048^2 tile256 {blend}", ours, theirs, items=1, peer_name="monai", warmup=warmup, repeat=repeat
         )
-        row.extra["device"] = device.type
+        row.extra.update(
+            device=device.type, seglab_s=round(row.seglab_s, 2), monai_s=round(row.peer_s or 0.0, 2)
+        )
         rows.append(row)
     return rows

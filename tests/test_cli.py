@@ -216,3 +216,18 @@ def test_predict_missing_input_is_one_line(trained_run, tmp_path, capsys):
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "no such file" in err and err.count("\n") == 1
+
+
+def test_eval_and_predict_with_crf_tiles_and_tta(trained_run, tmp_path):
+    pytest.importorskip("seglab.postprocess")
+    argv = ["eval", "--checkpoint", str(trained_run / "best.pt"), "--data", "synthetic", "--data-option", "length=2",
+            "--data-option", "size=48", "--out", str(tmp_path / "ev"), "--crf", "--tile", "32", "--tta", "flips",
+            "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    payload = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert payload["crf"] is True and payload["tile"] == 32 and payload["tta"] == "flips"
+    src = tmp_path / "img.npy"
+    np.save(src, np.random.default_rng(2).random((40, 40)).astype(np.float32))
+    assert main(["predict", "--checkpoint", str(trained_run / "best.pt"), str(src), "--out", str(tmp_path / "p"),
+                 "--crf", "--tile", "32", "--quiet"]) == 0  # fmt: skip
+    assert (tmp_path / "p" / "img_mask.png").is_file()

@@ -245,6 +245,7 @@ def test_write_instance_outputs_and_overlay(tmp_path) -> None:
 # -- the trainer's adapter -----------------------------------------------------------------------------------------------
 def test_adapter_registered_and_runs_a_batch() -> None:
     assert TASK_ADAPTERS["instance"] is inst.InstanceAdapter
+    assert inst.InstanceAdapter.default_monitor == "ap" and "ctc_seg" in inst.InstanceAdapter.monitors
     torch.manual_seed(0)
     model = create_model("mask_rcnn", in_channels=1, num_classes=2, trainable_layers=0, **TINY)
     adapter = inst.InstanceAdapter(SimpleNamespace(model=model))  # type: ignore[arg-type]

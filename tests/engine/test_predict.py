@@ -102,3 +102,21 @@ def test_find_images(tmp_path):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="No image files"):
         find_images([empty])
+
+
+def test_crf_refinement_keeps_shapes_and_probabilities():
+    pytest.importorskip("seglab.postprocess")
+    from seglab.engine.predict import _apply_crf, _crf_image
+
+    rng = np.random.default_rng(0)
+    img16 = (rng.random((1, 24, 32)) * 4000 + 30000).astype(np.float32)  # 16-bit units
+    scaled = _crf_image(img16)
+    assert scaled.min() >= 0 and scaled.max() <= 255 and scaled.max() > 200
+    img8 = rng.integers(0, 256, (3, 24, 32)).astype(np.float32)  # 8-bit values stored as float
+    assert np.array_equal(_crf_image(img8), img8)
+    probs = torch.sigmoid(torch.randn(1, 1, 24, 32))
+    out = _apply_crf(img16, probs)
+    assert out.shape == (1, 1, 24, 32) and bool(((out >= 0) & (out <= 1)).all())
+    multi = torch.softmax(torch.randn(1, 3, 24, 32), dim=1)
+    refined = _apply_crf(img8, multi)
+    torch.testing.assert_close(refined.sum(1), torch.ones(1, 24, 32), atol=1e-4, rtol=0)

@@ -266,3 +266,19 @@ def test_monitor_auto_and_unknown_metric(tmp_path):
 
     assert Trainer(_config(tmp_path, epochs=1)).monitor == "dice"
     assert TaskAdapter.default_monitor == "loss" and TaskAdapter.monitors is None
+
+
+def test_time_policy_fit_plan_follows_the_median_pace(tmp_path):
+    trainer = Trainer(_config(tmp_path, epochs=20, max_time=100.0, time_policy="fit"))
+    trainer.epoch, trainer.elapsed = 2, 60.0
+    trainer._fit_plan_to_time([50.0, 5.0])  # two epochs: too early to judge, the plan stays
+    assert trainer.planned_epochs == 20
+    trainer.epoch, trainer.elapsed = 3, 65.0
+    trainer._fit_plan_to_time([50.0, 5.0, 10.0])  # a slow first epoch: median 10 s, 35 s left
+    assert trainer.planned_epochs == 6
+    trainer.epoch, trainer.elapsed = 4, 67.0
+    trainer._fit_plan_to_time([50.0, 5.0, 10.0, 2.0, 2.0])  # faster now: median 5 s, 33 s left
+    assert trainer.planned_epochs == 10
+    trainer.elapsed = 101.0
+    trainer._fit_plan_to_time([1.0])  # over budget: stop after this epoch whatever the count
+    assert trainer.planned_epochs == 4

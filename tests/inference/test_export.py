@@ -25,14 +25,7 @@ def _max_diff(model: torch.nn.Module, runner: OnnxModel, x: torch.Tensor) -> tup
     return float((got - ref).abs().max()), float(ref.abs().max())
 
 
-# fcn16s and fcn32s are fcn8s minus fusion branches (134 M parameters each, about 45 s per export on
-# 2 cores): they run with the slow tests; fcn8s keeps the FCN family in the default run.
-_SLOW = {"fcn16s", "fcn32s"}
-
-
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n in _SLOW else n for n in SEMANTIC]
-)
+@pytest.mark.parametrize("name", SEMANTIC)
 def test_every_registered_model_exports_and_matches_onnxruntime(name: str, tmp_path) -> None:
     model = build(name, in_channels=3, num_classes=2)
     h, w = model_info(name).example_size
@@ -53,9 +46,14 @@ def test_every_registered_model_exports_and_matches_onnxruntime(name: str, tmp_p
     elif runner.dynamic:
         step = runner.size_divisor
         assert step % model.size_divisor == 0 and not fell_back
+        low = runner.min_hw or (1, 1)
         for hw in ((h + step, w + 3 * step), (h + 3 * step, w + step)):  # another size, other parities
+            hw = (max(hw[0], low[0]), max(hw[1], low[1]))
             diff, scale = _max_diff(model, runner, torch.randn(1, 3, *hw))
             assert diff <= 1e-4 * max(1.0, scale), f"{name} at {hw}: max abs diff {diff:.2e}"
+        if runner.min_hw is not None and min(runner.min_hw) > 1:
+            with pytest.raises(ValueError, match="at least"):
+                runner(torch.randn(1, 3, runner.min_hw[0] - 1, w))
     else:  # a same-size model exported at a fixed size must have said why
         assert runner.input_hw == (h, w) and fell_back
 

@@ -215,6 +215,8 @@ def test_to_tiff_matches_in_memory_result(tmp_path) -> None:
     fg = sliding_window(one, x[0], tile=64)
     lab1 = sliding_window_to_tiff(one, x[0], tmp_path / "b.tif", tile=64, labels=True)
     np.testing.assert_array_equal(tifffile.imread(lab1), (fg[0] > 0.5).numpy().astype(np.uint8))
+    with pytest.raises(ValueError, match="keep an activation"):
+        sliding_window_to_tiff(one, x[0], tmp_path / "c.tif", tile=64, labels=True, activation=None)
     with pytest.raises(ValueError, match="multiple of 16"):
         sliding_window_to_tiff(model, x, tmp_path / "x.tif", tile=64, tiff_tile=100)
 

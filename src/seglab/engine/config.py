@@ -190,10 +190,11 @@ class TrainConfig:
         max_time: wall-clock budget for training and validation in seconds; ``None``: no limit.
             What happens at the limit is ``time_policy``'s choice.
         time_policy: ``"stop"``: end the run before an epoch that would overrun ``max_time`` (a
-            safety net; the learning-rate schedule is cut short). ``"fit"``: after each epoch,
-            estimate how many epochs still fit and, if fewer than planned, shorten the plan and
-            compress the schedule so it still decays fully. The pace is measured, so a ``"fit"`` run
-            is reproducible only when the budget never binds.
+            safety net; the learning-rate schedule is cut short). ``"fit"``: from the third epoch
+            on, estimate (median epoch time) how many epochs still fit and set the plan to that
+            (at most ``epochs``), compressing the schedule so it still decays fully within the
+            budget. The pace is measured, so a ``"fit"`` run is reproducible only when the budget
+            never binds.
         tile: validate with a sliding window of this tile size instead of whole (padded) images.
         threads: ``torch.set_num_threads`` for the run; ``None``: leave torch's default.
         quiet: no progress bars (one line per epoch instead).

@@ -211,6 +211,7 @@ def calibrate_threshold(
     normalization: Mapping[str, Sequence[float]],
     grid: Sequence[float] | None = None,
     tile: int | None = None,
+    tta: str | None = None,
     device: str | torch.device = "cpu",
 ) -> tuple[float, dict[float, float]]:
     """The probability threshold of a binary model with the best pooled Dice on ``dataset``.
@@ -225,6 +226,7 @@ def calibrate_threshold(
         normalization: ``{"mean", "std"}`` of training.
         grid: candidate thresholds (default 0.30, 0.35, ..., 0.80).
         tile: sliding-window tile (``None``: whole images).
+        tta: test-time augmentation (``None``, ``"flips"``, ``"d4"``), as evaluation will use it.
         device: where to run.
 
     Returns:
@@ -246,7 +248,7 @@ def calibrate_threshold(
     for i in range(len(dataset)):
         image, truth = dataset[i]
         x = normalize_image(np.asarray(image), normalization).to(device)  # (C, H, W)
-        logits = predict_logits(model, x[None], tile=tile)  # (1, K, H, W)
+        logits = predict_logits(model, x[None], tile=tile, tta=tta)  # (1, K, H, W)
         if logits.shape[1] != 1:
             raise ValueError("calibrate_threshold is for binary models (one output channel).")
         prob = torch.sigmoid(logits[0, 0].float()).cpu().numpy()  # (H, W)

@@ -840,10 +840,13 @@ class InstanceAdapter(TaskAdapter):
     model's loss dict (terms logged as ``train_loss_classifier``, ``..._mask`` ...); validation
     runs the model in eval mode on full images into an :class:`InstanceMeter` (``val_ap``,
     ``val_ap50``, ``val_ap75``, ``val_ctc_seg``) and reports :func:`instance_losses` as
-    ``val_loss``.
+    ``val_loss``. ``monitor="auto"`` picks ``ap``. The model's ``num_classes`` is the dataset's,
+    background included, and the model computes its own losses (the base class defaults).
     """
 
     collate_fn = staticmethod(collate_instances)
+    default_monitor = "ap"
+    monitors = ("loss", "ap", "ap50", "ap75", "ctc_seg")
 
     def to_device(self, batch: Any, device: torch.device) -> tuple[list[Tensor], list[Target]]:
         return move_batch(batch, device)

@@ -351,7 +351,29 @@ def write_onnx_metadata(path: str | os.PathLike[str], meta: dict[str, Any]) -> N
     onnx.save(model, os.fspath(path))
 
 
+def _crf_image(image: np.ndarray) -> np.ndarray:
+    """The image in the 0..255 units the CRF's appearance kernel expects.
+
+    8-bit data (integer values in 0..255, whatever the array's dtype) is used as it is; anything
+    else (16-bit or float microscopy) is mapped by ``seglab.postprocess.scale_intensity`` (1st..99th
+    percentiles to 0..255; per channel except for RGB, whose colours are kept).
+    """
+    from seglab.postprocess import scale_intensity
+
+    img = np.asarray(image)
+    eight_bit = img.dtype == np.uint8 or (
+        img.size > 0
+        and float(img.min()) >= 0
+        and float(img.max()) <= 255
+        and np.array_equal(img, np.round(img))
+    )
+    if eight_bit:
+        return img.astype(np.float32)
+    return np.asarray(scale_intensity(img.astype(np.float32), per_channel=img.shape[0] != 3))
+
+
 def _apply_crf(image: np.ndarray, probs: Tensor) -> Tensor:
+    """Dense-CRF refinement of ``probs`` ``(1, K, H, W)`` for the raw image ``(C, H, W)``."""
     try:
         from seglab.postprocess import dense_crf
     except ImportError as err:
@@ -361,7 +383,7 @@ def _apply_crf(image: np.ndarray, probs: Tensor) -> Tensor:
     p = probs[0].float().cpu()  # (K, H, W)
     if p.shape[0] == 1:
         p = torch.cat([1 - p, p])  # (2, H, W): background, foreground
-    refined = torch.as_tensor(dense_crf(image, p))  # (K', H, W)
+    refined = torch.as_tensor(dense_crf(_crf_image(image), p))  # (K', H, W)
     if probs.shape[1] == 1:
         refined = refined[1:2]
     return refined[None].to(probs.device)  # (1, K, H, W)

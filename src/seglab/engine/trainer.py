@@ -47,6 +47,7 @@ import json
 import math
 import os
 import random
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -753,12 +754,18 @@ class Trainer:
         return result
 
     def _fit_plan_to_time(self, epoch_times: Sequence[float]) -> None:
-        """time_policy="fit": shorten the plan (and so the schedule) to the epochs that still fit."""
+        """time_policy="fit": set the plan (and so the schedule) to the epochs that still fit in max_time.
+
+        The pace is the median epoch time of this session, judged from the third epoch on (the
+        first pays one-off costs; a passing load spike should not cut the run short). The plan may
+        shrink, and grow back up to ``epochs`` when the machine speeds up again.
+        """
         cfg = self.config
         assert cfg.max_time is not None
-        recent = list(epoch_times[-3:])  # the latest pace (the first epoch pays one-off costs)
-        pace = sum(recent) / len(recent)
         left = cfg.max_time - self.elapsed
+        if len(epoch_times) < 3 and left > 0:
+            return
+        pace = statistics.median(epoch_times)
         fits = self.epoch + max(0, math.floor(left / pace)) if pace > 0 else cfg.epochs
         # every rank must follow the same plan: take rank 0's estimate
         if self.dist.is_distributed:
@@ -766,11 +773,16 @@ class Trainer:
 
             fits = broadcast_object(fits)
         plan = max(self.epoch, min(cfg.epochs, fits))
-        if plan < self.planned_epochs:
+        if plan != self.planned_epochs:
+            shorter = plan < self.planned_epochs
             self.planned_epochs = plan
             self._log(
                 f"time budget: {plan} of {cfg.epochs} epochs fit in max_time={cfg.max_time:g}s at {pace:.1f} s/epoch; "
-                "the learning-rate schedule is compressed to end there"
+                + (
+                    "the learning-rate schedule is compressed to end there"
+                    if shorter
+                    else "the plan grows back"
+                )
             )
 
     def close(self) -> None:

@@ -4,29 +4,30 @@
 ``torch.export``-based ONNX exporter (``torch.onnx.export(dynamo=True)``, the default since PyTorch
 2.9). Why this path and not the TorchScript tracer (``dynamo=False``):
 
-* dynamic sizes are declared and proven, not hoped for: H and W are exported as symbolic
-  multiples of a step (``torch.export.Dim``), and if the model's code needs a narrower rule
-  (Python arithmetic on shapes, adaptive pooling with a size-dependent kernel, ceil-mode pooling
-  chains) the export *fails* with the violated guards. The tracer instead bakes the traced size
-  into a graph that claims dynamic axes and only prints a warning.
+* dynamic sizes are declared and checked, not hoped for: H and W are exported as symbols
+  (``torch.export.Dim``; multiples of the model's size divisor where it has one), and if the
+  model's code specialises on the traced size (Python arithmetic on shapes, a size-dependent
+  kernel) or needs a narrower rule than declared, the export *fails* and names the guards. The
+  tracer instead bakes the traced size into a graph that claims dynamic axes and only warns.
 * ``torch.export.export`` is called directly because ``torch.onnx.export(model, ...)`` falls back
-  on its own to a "draft" export that ignores violated guards: FCN then exports with "dynamic"
-  axes whose graph is only right for sizes of the example's parity.
+  on its own to a "draft" export that ignores violated guards and may specialise silently.
 * it is the maintained path (the TorchScript exporter prints a deprecation warning in 2.14).
 
 It is slower (seconds per model), which matters for the test-suite, not for users.
 
 With ``dynamic="auto"`` (default) a model whose output has its input's size is exported with
-symbolic batch, H and W: H and W multiples of ``model.size_divisor`` or, if that fails and the
-example size allows, of 32 (FCN's ceil-mode pooling chain needs it). Each dynamic graph is run in
-onnxruntime at a second size (one and three steps larger) against PyTorch. If no dynamic export
-works, the model is exported at the fixed ``input_shape`` (batch still symbolic) with a warning
-saying why; PSPNet's adaptive pooling is the registered example. Models whose output is smaller
+symbolic batch, H and W: H and W any size in the range ``torch.export`` infers (``Dim.DYNAMIC``)
+for models without a size rule, multiples of ``model.size_divisor`` for the others; failing that,
+multiples of 32 when the example size allows. The trace uses an example of at least 128 pixels a
+side, so no feature map shrinks to one pixel, which would specialise the size. Each dynamic graph
+is then run in onnxruntime at a second size (one and three steps larger: odd sizes for models
+without a rule) against PyTorch. If no dynamic export works, the model is exported at the fixed
+``input_shape`` (batch still symbolic) with a warning saying why. Models whose output is smaller
 than their input (``unet_valid``) are always fixed-size. The exported graph is the
 :func:`~seglab.inference.prepare` copy of the model (eval mode, conv+BN folded), and the file
 carries the model's facts as metadata (``seglab.in_channels``, ``seglab.num_classes``,
-``seglab.size_divisor`` (the step of the dynamic sizes), ``seglab.input_hw``,
-``seglab.output_hw``), which :class:`OnnxModel` reads back.
+``seglab.size_divisor`` (the step of the dynamic sizes), ``seglab.min_hw`` (the smallest size the
+export allows), ``seglab.input_hw``, ``seglab.output_hw``), which :class:`OnnxModel` reads back.
 """
 
 from __future__ import annotations
@@ -78,17 +79,34 @@ def _output_hw(model: nn.Module, hw: tuple[int, int]) -> tuple[int, int]:
 
 
 def _graph(model: nn.Module, example: Tensor, divisor: int | None) -> torch.export.ExportedProgram:
-    """``torch.export`` with a symbolic batch and, unless ``divisor`` is ``None``, H and W symbolic
-    multiples of ``divisor``. Raises when the model's code needs a narrower rule than declared."""
+    """``torch.export`` with a symbolic batch and, unless ``divisor`` is ``None``, symbolic H and W:
+    multiples of ``divisor`` when it is above 1 (an error if the model's code needs a narrower
+    rule), else any size in the range the export infers (``Dim.DYNAMIC``; an error if the code
+    specialises on the traced size)."""
     dim = torch.export.Dim
     dims: dict[int, Any] = {0: dim("batch", min=1, max=65536)}
     if divisor is not None and divisor > 1:
         dims[2] = divisor * dim("h_blocks", min=1, max=65536 // divisor)
         dims[3] = divisor * dim("w_blocks", min=1, max=65536 // divisor)
     elif divisor is not None:
-        dims[2] = dim("height", min=2, max=65536)
-        dims[3] = dim("width", min=2, max=65536)
+        dims[2] = dims[3] = dim.DYNAMIC
     return torch.export.export(model, (example,), dynamic_shapes=(dims,), strict=False)
+
+
+def _min_hw(program: torch.export.ExportedProgram) -> list[int] | None:
+    """The smallest H and W a dynamic program accepts (from its inferred ranges), if it says."""
+    names = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in names:
+            mins = []
+            for d in node.meta["val"].shape[2:]:
+                expr = d.node.expr if isinstance(d, torch.SymInt) else None
+                bound = program.range_constraints.get(expr) if expr is not None else None
+                if bound is None:
+                    return None
+                mins.append(int(bound.lower))
+            return mins
+    return None
 
 
 def _to_onnx(program: torch.export.ExportedProgram, opset: int | None) -> Any:
@@ -167,7 +185,7 @@ def export_onnx(
         )
     prepared = prepare(model, device="cpu", channels_last=False)
     example = torch.randn(max(2, shape[0]), *shape[1:])  # batch >= 2 keeps the batch dimension symbolic
-    program, step, reasons = None, divisor, []
+    program, step, reasons, min_hw = None, divisor, [], None
     if same_size and dynamic in ("auto", True):
         # the model's own size rule first; code whose shape arithmetic needs more (ceil-mode pooling
         # chains, as FCN's) often exports for multiples of 32, when the example size is one
@@ -175,22 +193,23 @@ def export_onnx(
         steps = [divisor, wide] if hw[0] % wide == 0 and hw[1] % wide == 0 else [divisor]
         for step in dict.fromkeys(steps):
             try:
-                # trace at two or more steps per side: a symbol traced at 1 step gets specialised
-                traced = example
-                if min(hw) < 2 * step:
-                    size = [max(s, 2 * step) for s in hw]
-                    traced = torch.randn(example.shape[0], shape[1], *size)
-                program = _to_onnx(_graph(prepared, traced, step), opset)
+                # trace at a comfortable size (a multiple of the step, >= 128 and >= 2 steps): a
+                # symbol that reaches 1 anywhere in the network (one step, the deepest level of
+                # an encoder) gets specialised to a constant
+                size = [-(-max(s, 2 * step, 128) // step) * step for s in hw]
+                traced = torch.randn(example.shape[0], shape[1], *size)
+                exported = _graph(prepared, traced, step)
+                min_hw = _min_hw(exported) if step == 1 else [step, step]
+                program = _to_onnx(exported, opset)
             except Exception as err:  # "auto" moves on and, in the end, says why
                 if dynamic is True and step == steps[-1]:
                     raise
                 reasons.append(f"dynamic export for multiples of {step} failed ({_first_line(err)})")
                 continue
-            reason = (
-                _disagreement(prepared, program, _second_size(hw, step), shape[1])
-                if dynamic == "auto"
-                else ""
-            )
+            second = _second_size(hw, step)
+            if min_hw is not None:
+                second = (max(second[0], min_hw[0]), max(second[1], min_hw[1]))
+            reason = _disagreement(prepared, program, second, shape[1]) if dynamic == "auto" else ""
             if not reason:
                 break
             reasons.append(reason)
@@ -210,6 +229,7 @@ def export_onnx(
         "seglab.size_divisor": str(step if is_dynamic else divisor),
         "seglab.dynamic": json.dumps(is_dynamic),
         "seglab.input_hw": json.dumps(None if is_dynamic else list(hw)),
+        "seglab.min_hw": json.dumps(min_hw if is_dynamic else None),
         "seglab.output_hw": json.dumps(None if is_dynamic else list(out_hw)),
     }
     program.model.metadata_props.update(meta)
@@ -272,6 +292,7 @@ class OnnxModel:
         in_channels, num_classes, size_divisor: read from the file's metadata (``None`` if absent).
         dynamic: whether H and W are dynamic.
         input_hw: the fixed input ``(H, W)`` of a fixed-size graph, else ``None``.
+        min_hw: the smallest ``(H, W)`` a dynamic graph takes, when the export inferred one.
 
     Shape:
         ``(N, C, H, W)`` tensor or array ``->`` ``(N, K, H', W')`` float32 logits as a torch tensor
@@ -314,6 +335,8 @@ class OnnxModel:
         if out_hw is None and not self.dynamic and all(isinstance(d, int) for d in self._output.shape[2:]):
             out_hw = list(self._output.shape[2:])
         self._output_hw = tuple(out_hw) if out_hw else None
+        min_hw = json.loads(meta["seglab.min_hw"]) if "seglab.min_hw" in meta else None
+        self.min_hw = (int(min_hw[0]), int(min_hw[1])) if min_hw else None
         self._fixed_batch = dims[0] if isinstance(dims[0], int) else None
         self._np_dtype = np.float16 if "float16" in self._input.type else np.float32
 
@@ -334,6 +357,11 @@ class OnnxModel:
             raise ValueError(
                 f"{self.path.name} was exported at the fixed input size {self.input_hw[0]}x{self.input_hw[1]}; "
                 f"got {h}x{w}. Use tile={self.input_hw} with sliding_window, or re-export with dynamic shapes."
+            )
+        if self.min_hw is not None and (h < self.min_hw[0] or w < self.min_hw[1]):
+            raise ValueError(
+                f"{self.path.name} takes inputs of at least {self.min_hw[0]}x{self.min_hw[1]}; got {h}x{w}. "
+                "Use a larger tile, or pad the image."
             )
         d = self.size_divisor
         if d > 1 and (h % d or w % d):

@@ -647,13 +647,15 @@ def sliding_window_to_tiff(
         prepare=prepare,
         options=options,
     )
-    if labels and sw.activation is None and (sw.num_classes or 2) == 1:
-        raise ValueError("labels=True with one output channel thresholds probabilities: keep an activation.")
     n, _, h, w = sw.image.shape
     path = Path(path)
     rows = sw.rows()
     first = next(rows)
     k = first[3].shape[0]
+    if labels and k == 1 and sw.activation is None:
+        raise ValueError(
+            "labels=True with one output channel thresholds probabilities at 0.5: keep an activation."
+        )
     if labels and k - 1 > np.iinfo(np_dtype).max:
         raise ValueError(f"{k} classes do not fit in {np_dtype}; use dtype='uint16'.")
 

@@ -25,7 +25,8 @@ import os
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import vgg16
+from torchvision.models.vgg import cfgs as _vgg_cfgs
+from torchvision.models.vgg import make_layers as _vgg_make_layers
 
 from seglab.models.base import SegmentationModel, SegOutput
 from seglab.models.registry import register_model
@@ -84,7 +85,8 @@ class FCN(SegmentationModel):
             raise ValueError(f"FCN stride must be 8, 16 or 32; got {stride!r}.")
         super().__init__(in_channels, num_classes)
         self.stride = stride
-        feats = vgg16(weights=None).features
+        # torchvision's VGG-16 layer list (configuration "D"), without its 120 M-parameter classifier
+        feats = _vgg_make_layers(_vgg_cfgs["D"])
         first = feats[0]
         feats[0] = nn.Conv2d(in_channels, first.out_channels, 3, padding=100)
         for i, m in enumerate(feats):
