@@ -194,6 +194,9 @@ def load_model(
 
     state = load_checkpoint(path, map_location=map_location)
     options = dict(state.get("model_options") or {})
+    # Initial weights (a local pretrained file) only mattered at the start of training: the checkpoint
+    # holds the trained ones, and the file may not exist on the machine that loads the checkpoint.
+    options.pop("weights", None)
     model = create_model(
         state["model_name"],
         in_channels=int(state["in_channels"]),

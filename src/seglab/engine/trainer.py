@@ -40,6 +40,7 @@ adapter (torchvision's detection contract: a losses dict in train mode, a list o
 
 from __future__ import annotations
 
+import copy
 import csv
 import importlib
 import io
@@ -246,6 +247,12 @@ class _Transformed(Dataset):
     def __init__(
         self, dataset: Dataset, transform: Callable[..., Any] | None, length: int | None = None
     ) -> None:
+        if transform is not None and getattr(dataset, "transform", False) is None:
+            # seglab datasets apply their transform themselves, which lets instance datasets crop the
+            # label image before expanding it into per-instance masks (20x faster on hela frames)
+            dataset = copy.copy(dataset)
+            dataset.transform = transform  # type: ignore[attr-defined]
+            transform = None
         self.dataset = dataset
         self.transform = transform
         self.base_len = len(dataset)  # type: ignore[arg-type]

@@ -12,7 +12,15 @@ from seglab.layers.conv import ACTS, NORMS, ConvNormAct, DoubleConv, init_weight
 from seglab.layers.sampling import DOWN_KINDS, UP_KINDS, Downsample, Upsample, icnr_
 
 # blocks living in their own modules, imported on first use
-_LAZY = {"ASPP": "aspp", "SPP": "pyramid", "PyramidPooling": "pyramid", "RSU": "rsu"}
+_LAZY = {
+    "ASPP": "aspp",
+    "SeparableConvNormAct": "aspp",
+    "aspp_rates": "aspp",
+    "SPP": "pyramid",
+    "PyramidPooling": "pyramid",
+    "RSU": "rsu",
+    "CeilMaxPool2d": "rsu",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -29,11 +37,14 @@ __all__ = [
     "RSU",
     "SPP",
     "UP_KINDS",
+    "CeilMaxPool2d",
     "ConvNormAct",
     "DoubleConv",
     "Downsample",
     "PyramidPooling",
+    "SeparableConvNormAct",
     "Upsample",
+    "aspp_rates",
     "icnr_",
     "init_weights",
     "make_act",

@@ -17,4 +17,12 @@ for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     if not _mod.startswith("_") and _mod not in _INFRASTRUCTURE:
         importlib.import_module(f"seglab.models.{_mod}")
 
-__all__ = ["ModelInfo", "SegOutput", "SegmentationModel", "create_model", "list_models", "model_info", "register_model"]
+__all__ = [
+    "ModelInfo",
+    "SegOutput",
+    "SegmentationModel",
+    "create_model",
+    "list_models",
+    "model_info",
+    "register_model",
+]

@@ -29,6 +29,7 @@ from torchvision.models.vgg import cfgs as _vgg_cfgs
 from torchvision.models.vgg import make_layers as _vgg_make_layers
 
 from seglab.models.base import SegmentationModel, SegOutput
+from seglab.models.encoders import adapt_first_conv_weight
 from seglab.models.registry import register_model
 
 __all__ = ["FCN", "bilinear_kernel", "fcn8s", "fcn16s", "fcn32s"]
@@ -142,7 +143,7 @@ class FCN(SegmentationModel):
             for conv, key in zip(convs, keys):
                 w = sd[f"{key}.weight"]
                 if conv is convs[0] and conv.in_channels != w.shape[1]:
-                    w = _adapt_first_conv(w, conv.in_channels)
+                    w = adapt_first_conv_weight(w, conv.in_channels)
                 conv.weight.copy_(w)
                 conv.bias.copy_(sd[f"{key}.bias"])
             self.fc6.weight.copy_(sd["classifier.0.weight"].view(4096, 512, 7, 7))
@@ -168,14 +169,6 @@ class FCN(SegmentationModel):
         up4 = self.upscore_pool4(fuse4)  # (N, K, ~h3, ~w3)
         s3 = _crop(self.score_pool3(pool3), 9, up4.shape[-2:])
         return SegOutput(_crop(self.upscore8(up4 + s3), 31, hw), [], None)
-
-
-def _adapt_first_conv(w: Tensor, in_channels: int) -> Tensor:
-    """Map pretrained RGB filters ``(64, 3, 3, 3)`` to ``in_channels`` inputs."""
-    if in_channels == 1:
-        return w.sum(dim=1, keepdim=True)
-    idx = torch.arange(in_channels) % w.shape[1]
-    return w[:, idx] * (w.shape[1] / in_channels)
 
 
 @register_model(

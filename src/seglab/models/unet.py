@@ -26,7 +26,7 @@ from seglab.layers import DOWN_KINDS, NORMS, UP_KINDS, DoubleConv, Downsample, U
 from seglab.models.base import SegmentationModel, SegOutput
 from seglab.models.registry import register_model
 
-__all__ = ["UNet", "unet", "unet_valid", "valid_input_sizes"]
+__all__ = ["UNet", "check_sampling_options", "level_widths", "unet", "unet_valid", "valid_input_sizes"]
 
 
 # -- geometry of the valid-convolution U-Net -----------------------------------------------------
@@ -175,7 +175,14 @@ class UNet(SegmentationModel):
         return SegOutput(self.head(x), [], None)  # (N, K, H, W)
 
 
-def _widths(depth: int, base_channels: int, channels: Sequence[int] | None) -> tuple[int, ...]:
+def level_widths(depth: int, base_channels: int, channels: Sequence[int] | None) -> tuple[int, ...]:
+    """Widths of the ``depth + 1`` levels: ``channels`` checked, or ``base_channels * 2**i``.
+
+    Shared by the U-Net family (``unet``, ``unet_valid``, ``unetpp``, ``unet3p``).
+
+    Raises:
+        ValueError: ``depth`` outside 1..5, a ``channels`` tuple of the wrong length, non-positive widths.
+    """
     if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= 5:
         raise ValueError(f"depth (number of down-samplings) must be an integer in 1..5; got {depth!r}.")
     if channels is not None:
@@ -193,7 +200,8 @@ def _widths(depth: int, base_channels: int, channels: Sequence[int] | None) -> t
     return tuple(base_channels * 2**i for i in range(depth + 1))
 
 
-def _check_common(down: str, up: str, norm: str) -> None:
+def check_sampling_options(down: str, up: str, norm: str) -> None:
+    """Validate the U-Net family's ``down``, ``up`` and ``norm`` options (``ValueError`` with did-you-mean)."""
     from seglab._options import check_choice
 
     check_choice("down", down, DOWN_KINDS)
@@ -245,8 +253,8 @@ def unet(
         >>> m(torch.randn(2, 1, 64, 64)).shape
         torch.Size([2, 2, 64, 64])
     """
-    _check_common(down, up, norm)
-    ch = _widths(depth, base_channels, channels)
+    check_sampling_options(down, up, norm)
+    ch = level_widths(depth, base_channels, channels)
     return UNet(
         in_channels, num_classes, channels=ch, down=down, up=up, norm=norm, act=act, dropout=dropout, pad=pad
     )
@@ -282,8 +290,8 @@ def unet_valid(
         >>> m.output_shape((572, 572))
         (388, 388)
     """
-    _check_common(down, up, norm)
-    ch = _widths(depth, base_channels, channels)
+    check_sampling_options(down, up, norm)
+    ch = level_widths(depth, base_channels, channels)
     return UNet(
         in_channels,
         num_classes,

@@ -40,7 +40,7 @@ from seglab._options import check_choice
 from seglab.layers import DOWN_KINDS, NORMS, ConvNormAct, DoubleConv, Downsample, init_weights
 from seglab.models.base import SegmentationModel, SegOutput
 from seglab.models.registry import register_model
-from seglab.models.unet import _widths
+from seglab.models.unet import level_widths
 
 __all__ = ["EMPTY_LOGIT", "UNet3Plus", "unet3p"]
 
@@ -314,7 +314,7 @@ def unet3p(
     """
     check_choice("down", down, DOWN_KINDS)
     check_choice("norm", norm, NORMS)
-    ch = _widths(depth, base_channels, channels)
+    ch = level_widths(depth, base_channels, channels)
     return UNet3Plus(
         in_channels,
         num_classes,

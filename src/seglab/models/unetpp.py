@@ -32,7 +32,7 @@ from seglab._options import check_choice
 from seglab.layers import DoubleConv, Downsample, Upsample, init_weights
 from seglab.models.base import SegmentationModel, SegOutput
 from seglab.models.registry import register_model
-from seglab.models.unet import _check_common, _widths
+from seglab.models.unet import check_sampling_options, level_widths
 
 __all__ = ["DS_OUTPUTS", "UNetPlusPlus", "unetpp"]
 
@@ -304,8 +304,8 @@ def unetpp(
         >>> res.out.shape, len(res.aux)
         (torch.Size([2, 2, 64, 64]), 3)
     """
-    _check_common(down, up, norm)
-    ch = _widths(depth, base_channels, channels)
+    check_sampling_options(down, up, norm)
+    ch = level_widths(depth, base_channels, channels)
     return UNetPlusPlus(
         in_channels,
         num_classes,
