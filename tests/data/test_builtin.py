@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ._data_fakes import QUOKKA_POLYGON, fake_ctc, fake_mni_volumes
 
 from seglab.data import (
     BuiltinDataset,
@@ -24,6 +23,8 @@ from seglab.data import (
 )
 from seglab.data.builtin import _builtin_spec, rasterize_polygon
 from seglab.data.fetch import WHEELS
+
+from ._data_fakes import QUOKKA_POLYGON, fake_ctc, fake_mni_volumes
 
 
 @pytest.fixture

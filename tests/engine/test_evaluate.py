@@ -100,6 +100,9 @@ def test_multiclass_rows_have_per_class_dice():
     assert (
         result.mode == "multiclass" and row["dice_a"] == 1.0 and row["dice_b"] == 1.0 and row["hd95"] == 0.0
     )
+    # class 0 is reported too (in mni-brain it is a tissue class, background + CSF), per image and pooled
+    assert row["dice_bg"] == 1.0
+    assert result.overall["dice_bg"] == result.overall["iou_b"] == 1.0
 
 
 def test_empty_dataset():

@@ -70,7 +70,7 @@ class EvalResult:
 
     Attributes:
         per_image: one row per image: ``name``, the :data:`EVAL_SCORES`, ``hd95`` (and, for
-            multi-class models, ``dice_<class>`` per foreground class).
+            multi-class models, ``dice_<class>`` for every class, class 0 included).
         mean: the mean of each column over images (see the module docstring).
         overall: scores of the pixel counts pooled over all images.
         mode: ``"binary"`` or ``"multiclass"``.
@@ -181,9 +181,7 @@ def evaluate(
         eval_truth = truth_np if ignore_index is None else np.where(truth_np == ignore_index, 0, truth_np)
         row[f"hd{_pct(hd_percentile)}"] = _hd(pred, eval_truth, mode, max(k, 2), hd_percentile)  # type: ignore[arg-type]
         if mode == "multiclass":
-            for c, value in enumerate(scores["dice_per_class"]):
-                if c > 0:
-                    row[f"dice_{class_names[c] if c < len(class_names) else c}"] = float(value)
+            row.update(_per_class("dice", scores["dice_per_class"], class_names))
         per_image.append(row)
         if keep_predictions:
             predictions.append(Prediction(row["name"], image_np, truth_np, pred))
@@ -193,6 +191,9 @@ def evaluate(
         bar.close()
     overall_scores = meter.compute()
     overall = {s: float(overall_scores[s]) for s in EVAL_SCORES}
+    if mode == "multiclass":
+        overall.update(_per_class("dice", overall_scores["dice_per_class"], class_names))
+        overall.update(_per_class("iou", overall_scores["iou_per_class"], class_names))
     return EvalResult(
         per_image=per_image,
         mean=_mean_rows(per_image),
@@ -201,6 +202,13 @@ def evaluate(
         class_names=class_names,
         predictions=predictions,
     )
+
+
+def _per_class(score: str, values: Sequence[float], class_names: Sequence[str]) -> dict[str, float]:
+    """``{"dice_<class name>": value}`` for every class (class 0 included: it may be a real tissue)."""
+    return {
+        f"{score}_{class_names[c] if c < len(class_names) else c}": float(v) for c, v in enumerate(values)
+    }
 
 
 @torch.no_grad()
