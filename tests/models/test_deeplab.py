@@ -141,3 +141,28 @@ def test_bad_options() -> None:
         deeplabv3plus(encoder="resnet18", norm="gruop")
     with pytest.raises(TypeError, match=r"'output_strde'.*Did you mean 'output_stride'"):
         seglab.create_model("deeplabv3", output_strde=8)
+
+
+def test_v3plus_light_decoder_layout() -> None:
+    ref = deeplabv3plus(num_classes=2, encoder="resnet18")
+    light = deeplabv3plus(num_classes=2, encoder="resnet18", decoder_layout="light")
+    # the same parameters, one 3x3 conv moved from stride 4 to the ASPP output
+    assert _n_params(light) == _n_params(ref)
+    assert light.decoder.refine_high is not None and len(light.decoder.fuse) == 1
+    assert ref.decoder.refine_high is None and len(ref.decoder.fuse) == 2
+    seen = []
+    light.decoder.refine_high.register_forward_hook(lambda mod, inp, out: seen.append(tuple(out.shape)))
+    y = light.eval()(torch.randn(1, 3, 64, 96))
+    assert y.shape == (1, 2, 64, 96) and seen == [(1, 256, 4, 6)]
+    with pytest.raises(ValueError, match="decoder_layout"):
+        deeplabv3plus(encoder="resnet18", decoder_layout="smp")
+
+
+def test_v3plus_light_matches_smp_state_dict_sizes() -> None:
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    ref = smp.DeepLabV3Plus("resnet34", encoder_weights=None, classes=3)
+    ours = deeplabv3plus(num_classes=3, encoder="resnet34", decoder_layout="light")
+    # same tensors, layer by layer (names differ): sorted shapes agree
+    a = sorted(tuple(t.shape) for t in ours.state_dict().values() if t.ndim)
+    b = sorted(tuple(t.shape) for t in ref.state_dict().values() if t.ndim)
+    assert a == b

@@ -472,7 +472,10 @@ class _SoftmaxClassCounts(torch.autograd.Function):
             pm = p * v.unsqueeze(1)
         dims = (2,) if per_image else (0, 2)
         sp = (pm * p if squared else pm).sum(dims)  # (C,) or (N, C)
-        inter = _true_class_sum(p_true, target, c, per_image, dense)
+        if dense or per_image:
+            inter = _true_class_sum(p_true, target, c, per_image, dense)
+        else:  # pooled on the CPU: a weighted bincount is one serial pass, faster than scatter_add
+            inter = torch.bincount(target.reshape(-1), weights=p_true.reshape(-1), minlength=c)[:c]  # (C,)
         ctx.save_for_backward(p, p_true, target, valid)
         ctx.per_image, ctx.squared, ctx.dense = per_image, squared, dense
         return inter, sp
@@ -508,6 +511,71 @@ class _SoftmaxClassCounts(torch.autograd.Function):
         if valid is not None:
             grad = grad.mul_(valid.unsqueeze(1))
         return grad, None, None, None, None, None
+
+
+_ONEHOT_MAX_CLASSES = 5
+"""On the CPU, up to this many classes the one-hot product below beats the gather / scatter
+path (2x at 2 classes, 1.2x at 4, measured); beyond it the scatter path's O(L) cost wins."""
+
+
+class _SoftmaxOneHotCounts(torch.autograd.Function):
+    """Softmax and the soft counts ``(Σ p·g, Σ p, Σ g)`` of a multiclass target, for a few classes.
+
+    One batched matrix product of the probabilities with the one-hot target gives the whole
+    ``(C, C)`` table ``m[c, k] = Σ p_c·[t = k]``: its diagonal is the intersection and its row sums
+    are ``Σ p`` (over the valid pixels). Everything is a parallel dense op, where the gather /
+    scatter path runs serial scatters. The backward pass builds ``G = a + b·g`` (``2·a·p + b·g``
+    for squared sums) and applies the softmax Jacobian in one fused op.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: Tensor,
+        target: Tensor,
+        valid: Tensor | None,
+        per_image: bool,
+        squared: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        c = x.shape[1]
+        p = x.softmax(1)  # (N, C, L)
+        g = (target.unsqueeze(1) == torch.arange(c, device=target.device).view(1, c, 1)).to(
+            p.dtype
+        )  # (N, C, L)
+        if valid is not None:
+            g.mul_(valid.unsqueeze(1))  # ignored pixels belong to no class
+        m = torch.bmm(p, g.transpose(1, 2))  # (N, C, C): m[n, c, k] = Σ_l p_c·[t = k]
+        if not per_image:
+            m = m.sum(0, keepdim=True)  # (1, C, C)
+        inter = m.diagonal(dim1=1, dim2=2)  # (N|1, C)
+        dims = 2 if per_image else (0, 2)
+        sg = g.sum(dims)  # (C,) or (N, C): class sizes (exact: sums of ones)
+        if squared:
+            pm = p if valid is None else p * valid.unsqueeze(1)
+            sp = (pm * p).sum(dims)
+        else:
+            sp = m.sum(2)  # row sums: Σ p over the valid pixels
+        if not per_image:
+            inter, sp = inter[0], sp.reshape(-1)
+        ctx.save_for_backward(p, g, valid)
+        ctx.per_image, ctx.squared = per_image, squared
+        return inter.contiguous(), sp, sg
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, g_inter: Tensor, g_sp: Tensor, _g_sg: Tensor
+    ) -> tuple:  # type: ignore[override]
+        p, g, valid = ctx.saved_tensors
+        n, c, _ = p.shape
+        shape = (n, c, 1) if ctx.per_image else (1, c, 1)
+        a = (g_sp if g_sp is not None else p.new_zeros(shape)).reshape(shape)
+        b = (g_inter if g_inter is not None else p.new_zeros(shape)).reshape(shape)
+        # ∂loss/∂p = a + b·g (2·a·p + b·g for squared sums); g stays intact (retain_graph)
+        big = torch.addcmul((2.0 * a) * p if ctx.squared else a, g, b)  # (N, C, L)
+        if valid is not None:
+            big = big.mul_(valid.unsqueeze(1))
+        return torch._softmax_backward_data(big, p, 1, p.dtype), None, None, None, None
 
 
 class _SigmoidCounts(torch.autograd.Function):
@@ -548,11 +616,16 @@ class _SigmoidCounts(torch.autograd.Function):
         shape = (n, c, 1) if ctx.per_image else (1, c, 1)
         a = (g_sp if g_sp is not None else p.new_zeros(shape)).reshape(shape)
         b = (g_inter if g_inter is not None else p.new_zeros(shape)).reshape(shape)
-        base = (2.0 * a) * p if ctx.squared else a.expand_as(p)  # ∂(Σ p or Σ p²)/∂p
-        grad_p = torch.addcmul(base, g, b)  # (N, C, L)
+        if ctx.squared:  # ∂(Σ p²)/∂p = 2·a·p
+            grad_p = torch.addcmul((2.0 * a) * p, g, b)  # (N, C, L)
+        else:  # g·b + a: two light passes beat addcmul over a stride-0 (expanded) base
+            grad_p = (g * b).add_(a)  # (N, C, L)
         if valid is not None:
             grad_p = grad_p.mul_(valid)
-        return torch.ops.aten.sigmoid_backward(grad_p, p), None, None, None, None
+        # grad_p is a fresh buffer: write ∂/∂x = grad_p·p·(1 - p) into it (one full-size
+        # allocation fewer: on the CPU, first touches of fresh pages cost as much as the arithmetic)
+        grad_x = torch.ops.aten.sigmoid_backward.grad_input(grad_p, p, grad_input=grad_p)
+        return grad_x, None, None, None, None
 
 
 def soft_counts(
@@ -602,6 +675,8 @@ def soft_counts(
             p = pred if valid is None else pred * valid  # (N, C, L) probabilities
             return (p * target).sum(dims), (p * p if squared else p).sum(dims), sg
         dense = _dense(target)
+        if from_logits and not dense and c <= _ONEHOT_MAX_CLASSES:
+            return _SoftmaxOneHotCounts.apply(pred, target, valid, per_image, squared)
         sg = _class_counts(target, valid, c, per_image, dense).to(pred.dtype)  # (C,) or (N, C); g² = g
         if from_logits:
             inter, sp = _SoftmaxClassCounts.apply(pred, target, valid, per_image, squared, dense)

@@ -48,6 +48,8 @@ from seglab.models.registry import register_model
 
 __all__ = ["DeepLabV3", "DeepLabV3Plus", "FCNHead", "deeplabv3", "deeplabv3plus"]
 
+DECODER_LAYOUTS = ("reference", "light")
+
 
 # -- blocks --------------------------------------------------------------------------------------
 class FCNHead(nn.Sequential):
@@ -82,18 +84,26 @@ class _V3PlusDecoder(nn.Module):
         separable: bool,
         norm: str,
         act: str,
+        layout: str = "reference",
     ) -> None:
         super().__init__()
+        conv = SeparableConvNormAct if separable else ConvNormAct
+
+        def conv3(cin: int, cout: int) -> nn.Module:
+            return conv(cin, cout, 3, norm=norm, act=act)
+
+        self.layout = layout
+        # "light": one 3x3 conv on the ASPP output, at the encoder's output stride (cheap)
+        self.refine_high = conv3(high_ch, high_ch) if layout == "light" else None
         self.project_low = ConvNormAct(low_ch, low_proj, 1, norm=norm, act=act)
-        if separable:
-            conv1 = SeparableConvNormAct(high_ch + low_proj, channels, 3, norm=norm, act=act)
-            conv2 = SeparableConvNormAct(channels, channels, 3, norm=norm, act=act)
-        else:
-            conv1 = ConvNormAct(high_ch + low_proj, channels, 3, norm=norm, act=act)
-            conv2 = ConvNormAct(channels, channels, 3, norm=norm, act=act)
-        self.fuse = nn.Sequential(conv1, conv2)
+        if layout == "light":
+            self.fuse = nn.Sequential(conv3(high_ch + low_proj, channels))
+        else:  # the paper's and reference code's two 3x3 convs at stride 4
+            self.fuse = nn.Sequential(conv3(high_ch + low_proj, channels), conv3(channels, channels))
 
     def forward(self, high: Tensor, low: Tensor) -> Tensor:
+        if self.refine_high is not None:
+            high = self.refine_high(high)  # (N, 256, H/OS, W/OS)
         low = self.project_low(low)  # (N, 48, H/4, W/4)
         high = F.interpolate(
             high, size=low.shape[-2:], mode="bilinear", align_corners=False
@@ -200,6 +210,11 @@ class DeepLabV3Plus(SegmentationModel):
             convolution").
         norm: norm of ASPP, the decoder and the aux head.
         dropout: dropout after ASPP's projection.
+        decoder_layout: ``"reference"`` (default): two 3x3 convs after the concatenation, at
+            stride 4, as in the paper's best decoder and the reference code. ``"light"``: one 3x3
+            conv on the ASPP output (at the output stride) and one after the concatenation, the
+            layout of smp's ``DeepLabV3Plus``: the same parameters, about 3% fewer FLOPs with a
+            ResNet-34 at 256x256 (more with wider decoders).
 
     Shape:
         ``(N, in_channels, H, W) -> (N, num_classes, H, W)`` for any ``H, W``.
@@ -221,8 +236,10 @@ class DeepLabV3Plus(SegmentationModel):
         separable: bool = True,
         norm: str = "batch",
         dropout: float = 0.5,
+        decoder_layout: str = "reference",
     ) -> None:
         rates = _check_options(encoder, output_stride, norm, rates)
+        check_choice("decoder_layout", decoder_layout, DECODER_LAYOUTS)
         super().__init__(in_channels, num_classes)
         self.encoder = ResNetEncoder(
             encoder, in_channels=in_channels, output_stride=output_stride, weights=weights
@@ -237,6 +254,7 @@ class DeepLabV3Plus(SegmentationModel):
             separable=separable,
             norm=norm,
             act="relu",
+            layout=decoder_layout,
         )
         self.head = nn.Conv2d(decoder_channels, num_classes, 1)
         self.aux_head = FCNHead(c[3], num_classes, norm=norm) if aux else None
@@ -338,6 +356,7 @@ def deeplabv3plus(
     separable: bool = True,
     norm: str = "batch",
     dropout: float = 0.5,
+    decoder_layout: str = "reference",
 ) -> DeepLabV3Plus:
     """DeepLab v3+: DeepLab v3 with the low-level decoder (see :class:`DeepLabV3Plus`).
 
@@ -356,6 +375,8 @@ def deeplabv3plus(
             3x3 convs.
         norm: norm of ASPP, the decoder and the aux head.
         dropout: dropout after ASPP's projection.
+        decoder_layout: ``"reference"`` (two 3x3 convs after the concatenation) or ``"light"``
+            (smp's layout: one on the ASPP output, one after the concatenation).
 
     Parameters (3 -> 21 classes, no aux): ResNet-50 26,682,725; ResNet-34 22,442,597 (the count of
     smp's ``DeepLabV3Plus("resnet34")``: the same layers, smp runs one separable conv before the
@@ -380,4 +401,5 @@ def deeplabv3plus(
         separable=separable,
         norm=norm,
         dropout=dropout,
+        decoder_layout=decoder_layout,
     )
