@@ -19,8 +19,6 @@ Two summaries are reported:
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -33,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from seglab.engine._files import csv_text, jsonable, write_text_atomic
 from seglab.engine.predict import (
     logits_to_mask,
     logits_to_probs,
@@ -296,25 +295,11 @@ def _mean_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 
 
 def _json_value(value: Any) -> Any:
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, Mapping):
-        return {k: _json_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_value(v) for v in value]
-    return value
+    return jsonable(value, inf_as_string=True)
 
 
 def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
-    columns: list[str] = []
-    for row in rows:
-        columns.extend(k for k in row if k not in columns)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({c: (f"{v:.6g}" if isinstance(v, float) else v) for c, v in row.items()})
-    return buf.getvalue()
+    return csv_text(rows, lambda v: f"{v:.6g}" if isinstance(v, float) else v)
 
 
 def write_eval(
@@ -346,10 +331,10 @@ def write_eval(
         "per_image_csv": out / "per_image.csv",
         "summary_csv": out / "summary.csv",
     }
-    paths["json"].write_text(json.dumps(_json_value(payload), indent=2))
-    paths["per_image_csv"].write_text(_csv_text(result.per_image))
+    write_text_atomic(paths["json"], json.dumps(_json_value(payload), indent=2))
+    write_text_atomic(paths["per_image_csv"], _csv_text(result.per_image))
     summary = [{"summary": "mean over images", **result.mean}, {"summary": "pooled pixels", **result.overall}]
-    paths["summary_csv"].write_text(_csv_text(summary))
+    write_text_atomic(paths["summary_csv"], _csv_text(summary))
     return paths
 
 

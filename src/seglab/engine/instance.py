@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import colorsys
-import csv
-import io
 import json
 import math
 import os
@@ -46,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from seglab.data.base import collate_instances
+from seglab.engine._files import csv_text, jsonable, write_text_atomic
 from seglab.engine.trainer import TaskAdapter, register_task_adapter
 
 __all__ = [
@@ -737,36 +736,8 @@ def predict_instance_files(
     return rows
 
 
-def _write_text_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float):
-        return None if math.isnan(value) or math.isinf(value) else value
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        return _jsonable(value.item())
-    return value
-
-
 def _write_rows_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
-    columns: list[str] = []
-    for row in rows:
-        columns.extend(k for k in row if k not in columns)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
-    return _write_text_atomic(path, buf.getvalue())
+    return write_text_atomic(path, csv_text(rows))
 
 
 def write_instance_eval(
@@ -776,7 +747,7 @@ def write_instance_eval(
     out = Path(out_dir)
     payload = {**dict(extra or {}), **dict(result)}
     return {
-        "json": _write_text_atomic(out / "metrics.json", json.dumps(_jsonable(payload), indent=2)),
+        "json": write_text_atomic(out / "metrics.json", json.dumps(jsonable(payload), indent=2)),
         "per_image_csv": _write_rows_csv(out / "per_image.csv", result["per_image"]),
     }
 
@@ -1104,7 +1075,7 @@ def run_instance_experiment(config: InstanceRunConfig) -> dict[str, Any]:
         "normalization": normalization,
         "test": test,
     }
-    _write_text_atomic(out / "metrics.json", json.dumps(_jsonable(result), indent=2))
+    write_text_atomic(out / "metrics.json", json.dumps(jsonable(result), indent=2))
     return result
 
 

@@ -41,12 +41,9 @@ adapter (torchvision's detection contract: a losses dict in train mode, a list o
 from __future__ import annotations
 
 import copy
-import csv
 import importlib
-import io
 import json
 import math
-import os
 import random
 import statistics
 import sys
@@ -62,6 +59,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from seglab._options import check_choice, did_you_mean
+from seglab.engine._files import csv_text, json_cell, jsonable, write_text_atomic
 from seglab.engine.checkpoint import (
     CHECKPOINT_KEYS,
     CheckpointError,
@@ -1033,22 +1031,10 @@ class Trainer:
         for key in ("test",):  # results added by evaluation are kept
             if key in previous:
                 payload[key] = previous[key]
-        _write_text_atomic(self.run_dir / "metrics.json", json.dumps(_jsonable(payload), indent=2))
+        write_text_atomic(self.run_dir / "metrics.json", json.dumps(jsonable(payload), indent=2))
 
 
 # -- files ------------------------------------------------------------------------------------------------
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float):
-        return None if math.isnan(value) or math.isinf(value) else value
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        return _jsonable(value.item())
-    return value
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
@@ -1056,36 +1042,15 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_history_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
     """Write rows (dicts) as CSV; columns in first-seen order, missing values left empty."""
-    columns: list[str] = []
-    for row in rows:
-        columns.extend(k for k in row if k not in columns)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _csv_value(row.get(k)) for k in columns})
-    path = Path(path)
-    _write_text_atomic(path, buf.getvalue())
-    return path
+    return write_text_atomic(path, csv_text(rows, _csv_value))
 
 
 def _csv_value(value: Any) -> Any:
-    if value is None:
-        return ""
     if isinstance(value, float):
         return repr(value)
-    if isinstance(value, (list, tuple)):
-        return json.dumps(_jsonable(value))
-    return value
+    return json_cell(value)
 
 
 def train(config: TrainConfig, **datasets: Any) -> TrainResult:

@@ -63,6 +63,15 @@ _BLOCKS_PER_STAGE = {
 }
 
 
+def key_mismatch_details(missing: list[str], unexpected: list[str], wrong: list[str]) -> str:
+    """One line naming the first few missing, unexpected and wrongly shaped state-dict keys."""
+    return "; ".join(
+        f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong))
+        if keys
+    )
+
+
 def check_output_stride(output_stride: object) -> int:
     """Validate an output stride (8, 16 or 32) and return it as an ``int``.
 
@@ -245,15 +254,7 @@ class ResNetEncoder(nn.Module):
                 if guess and guess != self.name
                 else ""
             )
-            details = "; ".join(
-                f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-                for what, keys in (
-                    ("missing", missing),
-                    ("unexpected", unexpected),
-                    ("shape mismatch", wrong),
-                )
-                if keys
-            )
+            details = key_mismatch_details(missing, unexpected, wrong)
             raise ValueError(
                 f"{path!r} is not a torchvision {self.name} state dict ({details}).{hint} Build the encoder "
                 "with the matching name, or pass that ResNet's file."

@@ -48,7 +48,7 @@ from torchvision.ops import FrozenBatchNorm2d, roi_align, roi_pool
 from torchvision.ops.poolers import LevelMapper
 
 from seglab._options import check_choice
-from seglab.models.encoders import adapt_first_conv_weight
+from seglab.models.encoders import adapt_first_conv_weight, key_mismatch_details
 from seglab.models.registry import register_model
 
 __all__ = [
@@ -562,15 +562,7 @@ class MaskRCNN(_TorchvisionMaskRCNN):
         unexpected = sorted(k for k in state if k not in own and not k.endswith("num_batches_tracked"))
         wrong = sorted(k for k in own if k in state and state[k].shape != own[k].shape)
         if missing or unexpected or wrong:
-            details = "; ".join(
-                f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-                for what, keys in (
-                    ("missing", missing),
-                    ("unexpected", unexpected),
-                    ("shape mismatch", wrong),
-                )
-                if keys
-            )
+            details = key_mismatch_details(missing, unexpected, wrong)
             raise ValueError(
                 f"{path!r} does not fit this {kind} (encoder={self.encoder!r}, in_channels={self.in_channels}, "
                 f"num_classes={self.num_classes}): {details}. Build the model with the file's encoder."
