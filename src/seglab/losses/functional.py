@@ -13,7 +13,7 @@ Conventions shared by all functions:
 * ``ignore_index``: target value of pixels that take no part in the loss.
 * Region losses (Dice, IoU, Tversky) are built on one count: the soft intersection
   ``Σ p·g``, ``Σ p`` and ``Σ g`` per class (per image with ``per_image=True``), computed by
-  :func:`soft_counts` without materialising a one-hot target in the common case.
+  :func:`soft_counts` (a one-hot target is built only where that is the fastest route).
 """
 
 from __future__ import annotations
@@ -646,9 +646,10 @@ def soft_counts(
     pixels contribute nothing. False positives are ``Σ p - Σ p·g`` and false negatives
     ``Σ g - Σ p·g``.
 
-    Multiclass targets are never expanded to one-hot in the common case (no weight, not signed):
-    the intersection gathers each pixel's true-class probability, the class sizes come from a
-    bincount, and with logits a fused softmax op supplies a closed-form gradient.
+    Multiclass targets with logits (no weight, not signed) go through one fused softmax op with a
+    closed-form gradient: on the CPU with up to 5 classes a batched product with the one-hot
+    target, otherwise a gather of each pixel's true-class probability and class sizes from a
+    bincount, without a one-hot tensor.
 
     Args:
         prepared: the checked prediction and target (from the ``prepare`` helpers).
