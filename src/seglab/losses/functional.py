@@ -559,6 +559,7 @@ class _SoftmaxOneHotCounts(torch.autograd.Function):
             inter, sp = inter[0], sp.reshape(-1)
         ctx.save_for_backward(p, g, valid)
         ctx.per_image, ctx.squared = per_image, squared
+        ctx.mark_non_differentiable(sg)  # class sizes: no gradient flows through them
         return inter.contiguous(), sp, sg
 
     @staticmethod
