@@ -2,12 +2,13 @@
 
 1. fetch ``hela`` (Cell Tracking Challenge Fluo-N2DL-HeLa: frames 0–13 train, 14–16 validation,
    17–19 test; 700x1100, 16-bit);
-2. train a small U-Net on random crops, about five minutes on two idle CPU cores; ``max_time`` (7.5 minutes) bounds it on a slower machine, where the plan is shortened so
-   the learning-rate schedule still completes;
+2. train a small U-Net on random crops, about five minutes on two idle CPU cores; ``max_time``
+   (7.5 minutes) bounds it on a slower machine, where the plan is shortened so the learning-rate
+   schedule still completes;
 3. choose the probability threshold on the validation frames (stored in ``best.pt``);
 4. evaluate the best checkpoint on the full test frames 17–19 (with flip test-time augmentation)
-   and, on the same frames, the classical global thresholds of Otsu and Li (and the oracle threshold chosen knowing the
-   answer);
+   and, on the same frames, the classical global thresholds of Otsu and Li (and the oracle
+   threshold chosen knowing the answer);
 5. write ``runs/demo/report.html`` (loss and Dice curves, a metrics table, per-frame panels:
    image; truth; prediction; errors with false positives orange and false negatives blue);
 6. return the one-line summary ``test dice=0.XXXX iou=0.XXXX | otsu dice=0.XXXX | li dice=0.XXXX``

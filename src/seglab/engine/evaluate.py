@@ -204,7 +204,8 @@ def evaluate(
 
 
 def _per_class(score: str, values: Sequence[float], class_names: Sequence[str]) -> dict[str, float]:
-    """``{"dice_<class name>": value}`` for every class (class 0 included: it may be a real tissue)."""
+    """``{"<score>_<class name>": value}`` for every class (class 0 included: it may be a real
+    tissue, as background + CSF in mni-brain); classes without a name go by their index."""
     return {
         f"{score}_{class_names[c] if c < len(class_names) else c}": float(v) for c, v in enumerate(values)
     }
