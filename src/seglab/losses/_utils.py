@@ -82,6 +82,9 @@ class Prepared(NamedTuple):
     target: Tensor  # (N, C, L) float (binary, multilabel) or (N, L) int64 class ids (multiclass)
     valid: Tensor | None  # same shape as target, bool; None when nothing is ignored
     spatial: tuple[int, ...]  # the spatial shape (H, W) the tensors were flattened from
+    # binary / multilabel: the tensor ``target`` was converted from when ``target`` is a private
+    # copy (a fused op may then overwrite it and rebuild it from here); None otherwise
+    source: Tensor | None = None
 
 
 def _check_pred(pred: Tensor, who: str) -> None:
@@ -160,14 +163,16 @@ def prepare(pred: Tensor, target: Tensor, mode: str, ignore_index: int | None, w
                 f"(one {{0, 1}} mask per channel); got {tuple(target.shape)}.{extra}"
             )
     _check_spatial(pred, target, who)
+    source = target
     valid = None
     if ignore_index is not None:
         valid = target != ignore_index  # (N, C, *spatial)
         target = target.masked_fill(~valid, 0)
     integer = not target.is_floating_point() and target.dtype != torch.bool
     target = target.to(pred.dtype)
+    owned = target is not source  # converted or masked: a private copy
     if integer and target.numel() and _checking():
-        lo, hi = torch.stack(torch.aminmax(target)).tolist()  # one host sync; float copy: fewer bytes
+        lo, hi = (v.item() for v in torch.aminmax(target))  # float copy: fewer bytes to scan
         if lo < 0 or hi > 1:
             hint = (
                 f" Set ignore_index={int(hi)} if that value marks pixels to ignore."
@@ -184,6 +189,7 @@ def prepare(pred: Tensor, target: Tensor, mode: str, ignore_index: int | None, w
         target.reshape(n, c, -1),  # (N, C, L)
         None if valid is None else valid.reshape(n, c, -1),  # (N, C, L)
         spatial,
+        source if owned else None,
     )
 
 
@@ -236,7 +242,7 @@ def prepare_multiclass(pred: Tensor, target: Tensor, ignore_index: int | None, w
         valid = target != ignore_index  # (N, *spatial)
         target = target.masked_fill(~valid, 0)
     if target.numel() and _checking():
-        lo, hi = torch.stack(torch.aminmax(target)).tolist()  # one host sync
+        lo, hi = (int(v.item()) for v in torch.aminmax(target))
         if lo < 0 or hi >= c:
             hint = (
                 f" Set ignore_index={hi} if that value marks pixels to ignore."

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from seglab.losses import _counts
 from seglab.losses._utils import (
     Prepared,
     as_channel_tensor,
@@ -120,7 +121,7 @@ def bce_loss(
             "BCE is a per-channel sigmoid loss; mode='multiclass' needs the softmax cross-entropy: use 'ce' "
             "(CrossEntropyLoss / cross_entropy_loss), e.g. build('ce+dice', mode='multiclass')."
         )
-    x, g, valid, spatial = prepare(pred, target, mode, ignore_index, "bce_loss")
+    x, g, valid, spatial, _ = prepare(pred, target, mode, ignore_index, "bce_loss")
     pw = as_channel_tensor(pos_weight, "pos_weight", ndim_spatial=1)
     if pw is not None:
         pw = pw.to(device=x.device, dtype=x.dtype)
@@ -180,7 +181,7 @@ def cross_entropy_loss(
     check_reduction(reduction)
     if not 0.0 <= float(label_smoothing) <= 1.0:
         raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing!r}.")
-    x, t, valid, spatial = prepare_multiclass(pred, target, ignore_index, "cross_entropy_loss")
+    x, t, valid, spatial, _ = prepare_multiclass(pred, target, ignore_index, "cross_entropy_loss")
     if not from_logits:
         x = x.clamp_min(torch.finfo(x.dtype).tiny).log()  # (N, C, L)
     w = None
@@ -272,7 +273,7 @@ def focal_loss(
     if mode == "multiclass":
         return _focal_multiclass(pred, target, from_logits, alpha, gamma, reduction, ignore_index)
     hard = not target.is_floating_point()
-    x, g, valid, spatial = prepare(pred, target, mode, ignore_index, "focal_loss")
+    x, g, valid, spatial, _ = prepare(pred, target, mode, ignore_index, "focal_loss")
     a_c: Tensor | float | None = None
     if isinstance(alpha, (Tensor, Sequence)):
         a_c = as_channel_tensor(alpha, "alpha", ndim_spatial=1).to(
@@ -358,7 +359,7 @@ def _focal_multiclass(
     reduction: str,
     ignore_index: int | None,
 ) -> Tensor:
-    x, t, valid, spatial = prepare_multiclass(pred, target, ignore_index, "focal_loss")
+    x, t, valid, spatial, _ = prepare_multiclass(pred, target, ignore_index, "focal_loss")
     if from_logits:
         log_p = F.log_softmax(x, dim=1)  # (N, C, L)
     else:
@@ -409,224 +410,25 @@ def _pixel_weight(weight: Tensor, spatial: tuple[int, ...], n: int, c: int) -> T
     return w.reshape(w.shape[0], w.shape[1], -1)  # (N|1, C|1, L)
 
 
-def _dense(t: Tensor) -> bool:
-    """How to count classes: one-hot compares on accelerators (no atomics, no host sync, always
-    deterministic), gather / scatter on the CPU (fewer passes over memory)."""
-    return t.device.type != "cpu"
+# the count ops live in _counts; the old private names stay importable from here
+_dense = _counts.dense
+_onehot = _counts.onehot
+_class_counts = _counts.class_counts
+_true_class_sum = _counts.true_class_sum
+_SigmoidCounts = _counts.SigmoidCounts
+_SoftmaxOneHotCounts = _counts.SoftmaxOneHotCounts
+_SoftmaxClassCounts = _counts.SoftmaxClassCounts
+_ONEHOT_MAX_CLASSES = _counts.ONEHOT_MAX_CLASSES
+"""Up to this many classes multiclass counts on the CPU take the one-hot engine (see ``_counts``)."""
 
 
-def _onehot(target: Tensor, c: int) -> Tensor:
-    """``(N, L)`` class ids -> ``(N, C, L)`` bool one-hot, by broadcasting a compare."""
-    return target.unsqueeze(1) == torch.arange(c, device=target.device).view(1, c, 1)
-
-
-def _class_counts(target: Tensor, valid: Tensor | None, c: int, per_image: bool, dense: bool) -> Tensor:
-    """Pixels per class, ``(C,)`` or ``(N, C)`` with ``per_image``, ignored pixels excluded."""
-    n = target.shape[0]
-    if dense:
-        oh = _onehot(target, c)  # (N, C, L)
-        if valid is not None:
-            oh = oh & valid.unsqueeze(1)
-        return oh.sum((2,) if per_image else (0, 2))
-    ones = torch.ones((), dtype=torch.int64, device=target.device).expand(target.shape)
-    src = ones if valid is None else valid.long()
-    counts = torch.zeros(n, c, dtype=torch.int64, device=target.device).scatter_add_(1, target, src)  # (N, C)
-    return counts if per_image else counts.sum(0)
-
-
-def _true_class_sum(values: Tensor, target: Tensor, c: int, per_image: bool, dense: bool) -> Tensor:
-    """``Σ values`` over the pixels of each class: ``(C,)`` or ``(N, C)`` (differentiable)."""
-    n = target.shape[0]
-    if dense:
-        return (_onehot(target, c) * values.unsqueeze(1)).sum((2,) if per_image else (0, 2))
-    sums = values.new_zeros(n, c).scatter_add(1, target, values)  # (N, C): parallel over images
-    return sums if per_image else sums.sum(0)
-
-
-class _SoftmaxClassCounts(torch.autograd.Function):
-    """Softmax and the soft counts ``(Σ p·g, Σ p)`` of a multiclass target in one op.
-
-    The backward pass is written in closed form and folds the softmax Jacobian in: with upstream
-    gradients ``a`` (of ``Σ p``) and ``b`` (of ``Σ p·g``), ``∂/∂x_c = p_c·(a_c - s) + [c = t]·p_t·b_t``
-    where ``s = Σ_k a_k·p_k + p_t·b_t`` (``2·a_k·p_k`` in place of ``a_k`` for squared sums). That is
-    two passes over the logits' size instead of autograd's five, and no one-hot target.
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
-        x: Tensor,
-        target: Tensor,
-        valid: Tensor | None,
-        per_image: bool,
-        squared: bool,
-        dense: bool,
-    ) -> tuple[Tensor, Tensor]:
-        c = x.shape[1]
-        p = x.softmax(1)  # (N, C, L)
-        p_true = p.gather(1, target.unsqueeze(1)).squeeze(1)  # (N, L)
-        pm = p
-        if valid is not None:
-            v = valid.to(p.dtype)  # (N, L)
-            p_true = p_true * v
-            pm = p * v.unsqueeze(1)
-        dims = (2,) if per_image else (0, 2)
-        sp = (pm * p if squared else pm).sum(dims)  # (C,) or (N, C)
-        if dense or per_image:
-            inter = _true_class_sum(p_true, target, c, per_image, dense)
-        else:  # pooled on the CPU: a weighted bincount is one serial pass, faster than scatter_add
-            inter = torch.bincount(target.reshape(-1), weights=p_true.reshape(-1), minlength=c)[:c]  # (C,)
-        ctx.save_for_backward(p, p_true, target, valid)
-        ctx.per_image, ctx.squared, ctx.dense = per_image, squared, dense
-        return inter, sp
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: torch.autograd.function.FunctionCtx, g_inter: Tensor, g_sp: Tensor) -> tuple:  # type: ignore[override]
-        p, p_true, target, valid = ctx.saved_tensors
-        n, c, _ = p.shape
-        shape = (n, c) if ctx.per_image else (c,)
-        a = g_sp if g_sp is not None else p.new_zeros(shape)
-        b = g_inter if g_inter is not None else p.new_zeros(shape)
-        a_v = a.view(n, c, 1) if ctx.per_image else a.view(1, c, 1)  # (N|1, C, 1)
-        if ctx.per_image:
-            b_t = b.gather(1, target)  # (N, L): b at each pixel's class
-        else:
-            b_t = b.index_select(0, target.reshape(-1)).view_as(target)
-        pb = p_true * b_t  # (N, L)
-        if ctx.squared:
-            q = (2.0 * a_v) * p  # (N, C, L): ∂(Σ p²)/∂p, per class
-            s = (p * q).sum(1) + pb  # (N, L)
-        elif ctx.dense:  # an element-wise product and sum: exact also where TF32 matmuls are on
-            q = a_v
-            s = (p * a_v).sum(1) + pb  # (N, L) = Σ_c a_c·p_c + p_t·b_t
-        else:
-            q = a_v
-            s = (a.view(-1, 1, c) @ p).squeeze(1) + pb  # (N, L), one pass on the CPU
-        grad = (q - s.unsqueeze(1)).mul_(p)  # (N, C, L)
-        if ctx.dense:
-            grad = grad.add_(_onehot(target, c) * pb.unsqueeze(1))
-        else:
-            grad.scatter_add_(1, target.unsqueeze(1), pb.unsqueeze(1))
-        if valid is not None:
-            grad = grad.mul_(valid.unsqueeze(1))
-        return grad, None, None, None, None, None
-
-
-_ONEHOT_MAX_CLASSES = 5
-"""On the CPU, up to this many classes the one-hot product below beats the gather / scatter
-path (2x at 2 classes, 1.2x at 4, measured); beyond it the scatter path's O(L) cost wins."""
-
-
-class _SoftmaxOneHotCounts(torch.autograd.Function):
-    """Softmax and the soft counts ``(Σ p·g, Σ p, Σ g)`` of a multiclass target, for a few classes.
-
-    One batched matrix product of the probabilities with the one-hot target gives the whole
-    ``(C, C)`` table ``m[c, k] = Σ p_c·[t = k]``: its diagonal is the intersection and its row sums
-    are ``Σ p`` (over the valid pixels). Everything is a parallel dense op, where the gather /
-    scatter path runs serial scatters. The backward pass builds ``G = a + b·g`` (``2·a·p + b·g``
-    for squared sums) and applies the softmax Jacobian in one fused op.
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
-        x: Tensor,
-        target: Tensor,
-        valid: Tensor | None,
-        per_image: bool,
-        squared: bool,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        c = x.shape[1]
-        p = x.softmax(1)  # (N, C, L)
-        g = (target.unsqueeze(1) == torch.arange(c, device=target.device).view(1, c, 1)).to(
-            p.dtype
-        )  # (N, C, L)
-        if valid is not None:
-            g.mul_(valid.unsqueeze(1))  # ignored pixels belong to no class
-        m = torch.bmm(p, g.transpose(1, 2))  # (N, C, C): m[n, c, k] = Σ_l p_c·[t = k]
-        if not per_image:
-            m = m.sum(0, keepdim=True)  # (1, C, C)
-        inter = m.diagonal(dim1=1, dim2=2)  # (N|1, C)
-        dims = 2 if per_image else (0, 2)
-        sg = g.sum(dims)  # (C,) or (N, C): class sizes (exact: sums of ones)
-        if squared:
-            pm = p if valid is None else p * valid.unsqueeze(1)
-            sp = (pm * p).sum(dims)
-        else:
-            sp = m.sum(2)  # row sums: Σ p over the valid pixels
-        if not per_image:
-            inter, sp = inter[0], sp.reshape(-1)
-        ctx.save_for_backward(p, g, valid)
-        ctx.per_image, ctx.squared = per_image, squared
-        ctx.mark_non_differentiable(sg)  # class sizes: no gradient flows through them
-        return inter.contiguous(), sp, sg
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(
-        ctx: torch.autograd.function.FunctionCtx, g_inter: Tensor, g_sp: Tensor, _g_sg: Tensor
-    ) -> tuple:  # type: ignore[override]
-        p, g, valid = ctx.saved_tensors
-        n, c, _ = p.shape
-        shape = (n, c, 1) if ctx.per_image else (1, c, 1)
-        a = (g_sp if g_sp is not None else p.new_zeros(shape)).reshape(shape)
-        b = (g_inter if g_inter is not None else p.new_zeros(shape)).reshape(shape)
-        # ∂loss/∂p = a + b·g (2·a·p + b·g for squared sums); g stays intact (retain_graph)
-        big = torch.addcmul((2.0 * a) * p if ctx.squared else a, g, b)  # (N, C, L)
-        if valid is not None:
-            big = big.mul_(valid.unsqueeze(1))
-        return torch._softmax_backward_data(big, p, 1, p.dtype), None, None, None, None
-
-
-class _SigmoidCounts(torch.autograd.Function):
-    """Sigmoid and the soft counts ``(Σ p·g, Σ p)`` of binary / multilabel masks in one op.
-
-    Backward in closed form: ``∂/∂x = p·(1 - p)·(a + b·g)`` (``2·a·p`` for squared sums) with the
-    upstream gradients ``a`` of ``Σ p`` and ``b`` of ``Σ p·g``: two passes instead of three, and
-    no autograd graph over the full-size intermediates.
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
-        x: Tensor,
-        g: Tensor,
-        valid: Tensor | None,
-        per_image: bool,
-        squared: bool,
-    ) -> tuple[Tensor, Tensor]:
-        p = torch.sigmoid(x)  # (N, C, L)
-        pm = p if valid is None else p * valid
-        if x.shape[1] == 1 and not per_image:  # one channel pooled: dot products, no temporaries
-            inter = torch.dot(p.reshape(-1), g.reshape(-1)).view(1)  # g is 0 at ignored pixels
-            sp = (torch.dot(pm.reshape(-1), p.reshape(-1)) if squared else pm.sum()).view(1)
-        else:
-            dims = (2,) if per_image else (0, 2)
-            inter = (p * g).sum(dims)  # (C,) or (N, C)
-            sp = (pm * p if squared else pm).sum(dims)
-        ctx.save_for_backward(p, g, valid)
-        ctx.per_image, ctx.squared = per_image, squared
-        return inter, sp
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: torch.autograd.function.FunctionCtx, g_inter: Tensor, g_sp: Tensor) -> tuple:  # type: ignore[override]
-        p, g, valid = ctx.saved_tensors
-        n, c, _ = p.shape
-        shape = (n, c, 1) if ctx.per_image else (1, c, 1)
-        a = (g_sp if g_sp is not None else p.new_zeros(shape)).reshape(shape)
-        b = (g_inter if g_inter is not None else p.new_zeros(shape)).reshape(shape)
-        if ctx.squared:  # ∂(Σ p²)/∂p = 2·a·p
-            grad_p = torch.addcmul((2.0 * a) * p, g, b)  # (N, C, L)
-        else:  # g·b + a: two light passes beat addcmul over a stride-0 (expanded) base
-            grad_p = (g * b).add_(a)  # (N, C, L)
-        if valid is not None:
-            grad_p = grad_p.mul_(valid)
-        # grad_p is a fresh buffer: write ∂/∂x = grad_p·p·(1 - p) into it (one full-size
-        # allocation fewer: on the CPU, first touches of fresh pages cost as much as the arithmetic)
-        grad_x = torch.ops.aten.sigmoid_backward.grad_input(grad_p, p, grad_input=grad_p)
-        return grad_x, None, None, None, None
+def _engine(prepared: Prepared, mode: str) -> str:
+    """Which count engine serves logits of this mode (see :mod:`seglab.losses._counts`)."""
+    if mode != "multiclass":
+        return "sigmoid"
+    if not _dense(prepared.target) and prepared.pred.shape[1] <= _ONEHOT_MAX_CLASSES:
+        return "onehot"
+    return "gather"
 
 
 def soft_counts(
@@ -665,7 +467,7 @@ def soft_counts(
     Returns:
         Three tensors of shape ``(C,)`` (or ``(N, C)`` with ``per_image=True``).
     """
-    pred, target, valid, spatial = prepared
+    pred, target, valid, spatial, _ = prepared
     n, c, _ = pred.shape
     dims = (2,) if per_image else (0, 2)
     if weight is None and not signed:
@@ -738,6 +540,7 @@ def _check_classes(classes: Sequence[int] | None, c: int) -> list[int] | None:
 def _region(
     pred: Tensor,
     target: Tensor,
+    ratio: _counts.Ratio,
     *,
     mode: str,
     from_logits: bool,
@@ -749,15 +552,26 @@ def _region(
     squared: bool = False,
     weight: PixelWeight = None,
     signed: bool = False,
-) -> tuple[tuple[Tensor, Tensor, Tensor], list[int] | None]:
+    fuse: bool = True,
+) -> tuple[Tensor, list[int] | None]:
+    """The per-class loss ``ratio`` of the soft counts, ``(C,)`` or ``(N, C)``, and the checked
+    ``classes``. Logits without weights go through one fused op (``fuse=False`` forces the
+    counts and an autograd formula)."""
     check_mode(mode)
     check_reduction(reduction)
     prepared = _prepare(pred, target, mode, ignore_index, who)
+    cls = _check_classes(classes, prepared.pred.shape[1])
+    if fuse and from_logits and weight is None and not signed:
+        loss = _counts.RatioRegion.apply(
+            prepared.pred, prepared.target, prepared.valid, _engine(prepared, mode), per_image, squared, ratio,
+            prepared.source,
+        )  # fmt: skip
+        return loss, cls
     counts = soft_counts(
         prepared, mode=mode, from_logits=from_logits, per_image=per_image, squared=squared, weight=weight,
         signed=signed,
     )  # fmt: skip
-    return counts, _check_classes(classes, prepared.pred.shape[1])
+    return ratio.value(*counts), cls
 
 
 def _finish(loss: Tensor, classes: list[int] | None, reduction: str) -> Tensor:
@@ -800,14 +614,13 @@ def dice_loss(
         >>> dice_loss(x, t, mode="multiclass", reduction="none").shape
         torch.Size([3])
     """
-    (inter, sp, sg), cls = _region(
-        pred, target, mode=mode, from_logits=from_logits, per_image=per_image, classes=classes,
+    ratio = _counts.Ratio(2.0, 0.0, 1.0, 1.0, check_nonneg("smooth", smooth), check_nonneg("eps", eps))
+    loss, cls = _region(
+        pred, target, ratio, mode=mode, from_logits=from_logits, per_image=per_image, classes=classes,
         reduction=reduction, ignore_index=ignore_index, who="dice_loss", squared=squared, weight=weight,
         signed=signed,
     )  # fmt: skip
-    smooth, eps = check_nonneg("smooth", smooth), check_nonneg("eps", eps)
-    score = (2.0 * inter + smooth) / (sp + sg + smooth).clamp_min(eps)  # (C,) or (N, C)
-    return _finish(1.0 - score, cls, reduction)
+    return _finish(loss, cls, reduction)  # from (C,) or (N, C)
 
 
 def iou_loss(
@@ -840,13 +653,12 @@ def iou_loss(
         >>> round(iou_loss(torch.full((1, 1, 4, 4), 20.0), torch.ones(1, 4, 4), smooth=0.0).item(), 6)
         0.0
     """
-    (inter, sp, sg), cls = _region(
-        pred, target, mode=mode, from_logits=from_logits, per_image=per_image, classes=classes,
+    ratio = _counts.Ratio(1.0, -1.0, 1.0, 1.0, check_nonneg("smooth", smooth), check_nonneg("eps", eps))
+    loss, cls = _region(
+        pred, target, ratio, mode=mode, from_logits=from_logits, per_image=per_image, classes=classes,
         reduction=reduction, ignore_index=ignore_index, who="iou_loss",
     )  # fmt: skip
-    smooth, eps = check_nonneg("smooth", smooth), check_nonneg("eps", eps)
-    score = (inter + smooth) / (sp + sg - inter + smooth).clamp_min(eps)  # (C,) or (N, C)
-    return _finish(1.0 - score, cls, reduction)
+    return _finish(loss, cls, reduction)  # from (C,) or (N, C)
 
 
 jaccard_loss = iou_loss
@@ -888,14 +700,14 @@ def tversky_loss(
     """
     alpha, beta = check_nonneg("alpha", alpha), check_nonneg("beta", beta)
     gamma = check_gamma(gamma)
-    (tp, sp, sg), cls = _region(
-        pred, target, mode=mode, from_logits=from_logits, per_image=per_image, classes=classes,
-        reduction=reduction, ignore_index=ignore_index, who="tversky_loss",
+    # TP + α·FP + β·FN = (1 - α - β)·TP + α·Σp + β·Σg
+    ratio = _counts.Ratio(
+        1.0, 1.0 - alpha - beta, alpha, beta, check_nonneg("smooth", smooth), check_nonneg("eps", eps)
+    )
+    loss, cls = _region(
+        pred, target, ratio, mode=mode, from_logits=from_logits, per_image=per_image, classes=classes,
+        reduction=reduction, ignore_index=ignore_index, who="tversky_loss", fuse=gamma == 1.0,
     )  # fmt: skip
-    smooth, eps = check_nonneg("smooth", smooth), check_nonneg("eps", eps)
-    fp, fn = sp - tp, sg - tp
-    score = (tp + smooth) / (tp + alpha * fp + beta * fn + smooth).clamp_min(eps)  # (C,) or (N, C)
-    loss = 1.0 - score
     if gamma != 1.0:
         loss = _pow(loss.clamp_min(0.0), gamma)
     return _finish(loss, cls, reduction)
