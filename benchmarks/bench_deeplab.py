@@ -12,6 +12,12 @@
   The parameter counts agree, but the paper's layout costs ~3% more FLOPs (reported per row). The
   ``light`` row builds smp's exact layer list (``decoder_layout="light"``, rates (12, 24, 36)).
 
+seglab's ResNet-encoder models keep their weights and activations in the ``channels_last`` memory
+format by default (``channels_last=True``; oneDNN runs these batch-norm networks markedly faster
+that way), while the peers run as constructed (contiguous). The ``both channels_last`` rows give the
+peer the same layout (weights converted, input converted inside its timed call, as seglab's
+forward does) and so isolate the architecture and implementation from the layout.
+
 Rows: inference (``torch.inference_mode``, eval) and a train step (forward + cross-entropy or BCE
 + backward + SGD step). These networks are heavy on a CPU: few repeats.
 """
@@ -37,6 +43,17 @@ class _Logits(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)["out"]
+
+
+class _ChannelsLast(nn.Module):
+    """A peer given seglab's default layout: ``channels_last`` weights, the input converted."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.to(memory_format=torch.channels_last)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x.contiguous(memory_format=torch.channels_last)).contiguous()
 
 
 def _train_step(model: nn.Module, x: Tensor, y: Tensor) -> Callable[[], None]:
@@ -110,6 +127,10 @@ def bench_deeplab(quick: bool) -> list[Result]:
         rows += _pair(
             "deeplabv3 R50 OS8 head_conv", same, tv, "torchvision", x, y21, warmup=warmup, repeat=repeat
         )
+        rows += _pair(
+            "deeplabv3 R50 OS8 both channels_last", ours, _ChannelsLast(tv), "torchvision", x, y21,
+            warmup=warmup, repeat=repeat,
+        )  # fmt: skip
     del tv, ours
 
     peer = smp.DeepLabV3Plus("resnet34", encoder_weights=None)
@@ -122,6 +143,11 @@ def bench_deeplab(quick: bool) -> list[Result]:
     rows += _pair("deeplabv3plus R34 light", same, peer, "smp", x, y1, warmup=warmup, repeat=repeat)
     for r, m in ((rows[-4], ours), (rows[-2], same)):
         r.extra.update(gflops_seglab=_gflops(m, x[:1]), gflops_peer=_gflops(peer, x[:1]))
+    if not quick:
+        rows += _pair(
+            "deeplabv3plus R34 both channels_last", ours, _ChannelsLast(peer), "smp", x, y1,
+            warmup=warmup, repeat=repeat,
+        )  # fmt: skip
     return rows
 
 

@@ -9,12 +9,26 @@ timed call, as a training loop using it would have to.
 
 Run: ``python -m benchmarks losses`` (``--quick`` for a smoke run). The environment variable
 ``SEGLAB_BENCH_DEVICE=cuda`` runs the same entries on the GPU.
+
+Allocator. A call here takes about a millisecond and touches a few freshly allocated megabytes.
+With glibc's default (dynamic) thresholds, whether those pages are still mapped or fault in
+again (a few microseconds per 4 KiB page) depends on what the allocator happened to return to the
+OS after the previous calls, of either library: the same row then moves by up to 2x between
+processes. The entries therefore run in a child process with glibc told to keep freed memory
+(``MALLOC_TRIM_THRESHOLD_`` 1 GiB, ``MALLOC_MMAP_THRESHOLD_`` 512 MiB), the same for seglab and
+every peer, which measures the arithmetic and the library overhead.
+``SEGLAB_BENCH_MALLOC=default`` runs them with the default allocator settings in this process.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -64,10 +78,53 @@ def _reps(quick: bool) -> dict[str, int]:
     return {"warmup": 1, "repeat": 3} if quick else {"warmup": 2, "repeat": 15}
 
 
+_STEADY_MALLOC = {"MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_MMAP_THRESHOLD_": str(1 << 29)}
+
+
 @benchmark(
     "losses", help="Dice, focal, MS-SSIM, focal+ms_ssim+iou vs MONAI/smp/torchvision/pytorch-msssim (fwd+bwd)"
 )
 def bench_losses(quick: bool) -> list[Result]:
+    mode = os.environ.get("SEGLAB_BENCH_MALLOC", "steady")
+    if mode not in ("steady", "default"):
+        raise ValueError(f"SEGLAB_BENCH_MALLOC must be 'steady' or 'default'; got {mode!r}.")
+    if mode == "steady" and os.environ.get("MALLOC_TRIM_THRESHOLD_") is None:
+        return _in_steady_child(quick)
+    rows = _losses(quick)
+    rows[0].extra["malloc"] = "steady" if os.environ.get("MALLOC_TRIM_THRESHOLD_") else "default"
+    return rows
+
+
+def _in_steady_child(quick: bool) -> list[Result]:
+    """Run the entries in a child process with glibc's steady allocator settings."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "losses.json"
+        cmd = [sys.executable, "-m", "benchmarks", "losses", "--json", str(out)]
+        cmd += ["--threads", str(torch.get_num_threads())] + (["--quick"] if quick else [])
+        root = Path(__file__).resolve().parent.parent
+        subprocess.run(
+            cmd, env={**os.environ, **_STEADY_MALLOC}, cwd=root, check=True, stdout=subprocess.DEVNULL
+        )
+        rows = json.loads(out.read_text())
+    keys = {
+        "benchmark",
+        "name",
+        "seglab_s",
+        "seglab_items_per_s",
+        "peer",
+        "peer_s",
+        "peer_items_per_s",
+        "ratio",
+    }
+    results = []
+    for r in rows:
+        items = round(r["seglab_items_per_s"] * r["seglab_s"])
+        extra = {k: v for k, v in r.items() if k not in keys}
+        results.append(Result(r["name"], r["seglab_s"], r["peer_s"], items, r["peer"] or "", extra))
+    return results
+
+
+def _losses(quick: bool) -> list[Result]:
     import monai.losses as ml
     import pytorch_msssim
     import segmentation_models_pytorch as smp

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import seglab.losses.functional as LF
+from seglab.losses import _counts
 
 CASES = [
     (fn, per_image, squared, ignore)
@@ -61,12 +62,13 @@ FUSED = [
         [False, True],
         [False, True],
         [None, 255],
-        ["mean", "none"],
+        ["mean", "sum", "none"],
     )
     if not (squared and fn != "dice_loss") and not (engine_limit == 0 and mode != "multiclass")
 ]
 
 
+@pytest.mark.parametrize("float_formula", [True, False], ids=["floats", "tensors"])
 @pytest.mark.parametrize(("fn", "mode", "limit", "per_image", "squared", "ignore", "reduction"), FUSED)
 def test_fused_region_loss_matches_autograd_formula(
     monkeypatch: pytest.MonkeyPatch,
@@ -77,11 +79,15 @@ def test_fused_region_loss_matches_autograd_formula(
     squared: bool,
     ignore: int | None,
     reduction: str,
+    float_formula: bool,
 ) -> None:
-    """Logits take the fused op (closed-form gradient, formula on floats); probabilities with
-    ``from_logits=False`` take the counts and an autograd formula: values and gradients agree."""
+    """Logits take the fused op (closed-form gradient; the formula on floats as on the CPU, or in
+    tensor ops as on accelerators); probabilities with ``from_logits=False`` take the counts and an
+    autograd formula: values and gradients agree."""
     if limit is not None:
         monkeypatch.setattr(LF, "_ONEHOT_MAX_CLASSES", limit)
+    if not float_formula:
+        monkeypatch.setattr(_counts, "FLOAT_FORMULA_DEVICES", ())
     g = torch.Generator().manual_seed(1)
     c = 1 if mode == "binary" else 3
     x = torch.randn(2, c, 7, 6, dtype=torch.float64, generator=g)

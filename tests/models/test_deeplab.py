@@ -166,3 +166,47 @@ def test_v3plus_light_matches_smp_state_dict_sizes() -> None:
     a = sorted(tuple(t.shape) for t in ours.state_dict().values() if t.ndim)
     b = sorted(tuple(t.shape) for t in ref.state_dict().values() if t.ndim)
     assert a == b
+
+
+@pytest.mark.parametrize("name", ["deeplabv3", "deeplabv3plus", "pspnet"])
+def test_channels_last_default_is_the_same_network(name: str) -> None:
+    """The ResNet-encoder models keep channels_last weights by default; the outputs, the
+    auxiliary outputs and the gradients equal those of the contiguous build with the same weights,
+    and come back contiguous."""
+    torch.manual_seed(0)
+    # no dropout: its masks follow the memory order, so the layouts would draw different ones
+    kw = {"encoder": "resnet18", "num_classes": 3, "aux": True, "dropout": 0.0}
+    fast = seglab.create_model(name, **kw)
+    plain = seglab.create_model(name, channels_last=False, **kw)
+    plain.load_state_dict(fast.state_dict())
+    conv = fast.encoder.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert fast.uses_channels_last() and not plain.uses_channels_last()
+    x = torch.randn(2, 3, 48, 40)
+    # eval mode: batch statistics of 3x3 maps over a batch of two (the image-pooling branch sees
+    # two numbers per channel) would amplify rounding differences into different outputs
+    fast.eval()
+    plain.eval()
+    a, b = fast(x, aux=True), plain(x, aux=True)
+    for u, v in zip([a.out, *a.aux], [b.out, *b.aux], strict=True):
+        assert u.is_contiguous()
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4)
+    fast(x).square().mean().backward()
+    plain(x).square().mean().backward()
+    for (n, p), q in zip(fast.named_parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=n)
+    fast.train()
+    assert fast(x).is_contiguous()  # the training forward runs (batch statistics) in the same layout
+
+
+def test_layout_follows_the_weights() -> None:
+    """Converting the model's weights back to contiguous turns the input conversion off, and a
+    model built contiguous can be switched on the same way."""
+    m = seglab.create_model("deeplabv3plus", encoder="resnet18")
+    assert m.uses_channels_last()
+    m.to(memory_format=torch.contiguous_format)
+    assert not m.uses_channels_last()
+    m.to(memory_format=torch.channels_last)
+    assert m.uses_channels_last()
+    unet = seglab.create_model("unet", in_channels=1, num_classes=2, base_channels=8, depth=2)
+    assert not unet.uses_channels_last()  # instance-norm U-Nets stay contiguous (measured slower)

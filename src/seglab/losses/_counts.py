@@ -24,6 +24,7 @@ as the arithmetic on it.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -32,6 +33,11 @@ from torch import Tensor
 ONEHOT_MAX_CLASSES = 5
 """On the CPU, up to this many classes the one-hot product beats the gather / scatter path (2x at
 2 classes, 1.2x at 4, measured); beyond it the scatter path's O(L) cost wins."""
+
+
+FLOAT_FORMULA_DEVICES = ("cpu",)
+"""Devices where :class:`RatioRegion` evaluates the per-class formula on Python floats (no host
+sync to pay); elsewhere it stays in tensor ops."""
 
 
 def dense(t: Tensor) -> bool:
@@ -374,7 +380,8 @@ class RatioRegion(torch.autograd.Function):
     ``engine`` is ``"sigmoid"``, ``"onehot"`` or ``"gather"`` (see the module docstring);
     ``source`` (sigmoid engine) is the tensor a private float ``target`` was converted from: the op
     then overwrites ``target`` with the gradient, and rebuilds it from ``source`` should a second
-    backward pass come.
+    backward pass come. ``reduction`` ``"mean"`` or ``"sum"`` reduces over every entry inside the
+    op (a scalar out); ``None`` returns the per-class losses.
     """
 
     @staticmethod
@@ -388,8 +395,10 @@ class RatioRegion(torch.autograd.Function):
         squared: bool,
         ratio: Ratio,
         source: Tensor | None,
+        reduction: str | None = None,
     ) -> Tensor:
         ctx.engine, ctx.per_image, ctx.squared, ctx.source = engine, per_image, squared, source
+        ctx.reduction = reduction
         ctx.g = None
         if engine == "sigmoid":
             inter, sp, sg, p = _sigmoid_forward(x, target, valid, per_image, squared)
@@ -408,14 +417,19 @@ class RatioRegion(torch.autograd.Function):
             inter, sp, p, p_true = _gather_forward(x, target, valid, per_image, squared, is_dense)
             ctx.save_for_backward(p, p_true, target, valid)
             ctx.dense = is_dense
-        if x.device.type == "cpu":  # a few numbers: the formula in floats (no host sync to pay)
-            shape = inter.shape
+        ctx.shape = inter.shape
+        if x.device.type in FLOAT_FORMULA_DEVICES:  # a few numbers: the formula in floats
             rows = zip(*torch.stack([inter, sp, sg.to(inter.dtype)]).reshape(3, -1).tolist())
             loss, d_inter, d_sp = zip(*(ratio.terms(*r) for r in rows))
             ctx.d_inter, ctx.d_sp = d_inter, d_sp  # tuples of floats
-            return torch.tensor(loss, dtype=x.dtype).view(shape)
+            if reduction is not None:
+                total = math.fsum(loss)
+                return torch.tensor(total / len(loss) if reduction == "mean" else total, dtype=x.dtype)
+            return torch.tensor(loss, dtype=x.dtype).view(ctx.shape)
         loss = ratio.value(inter, sp, sg)
         ctx.d_inter, ctx.d_sp = _ratio_slopes(ratio, inter, sp, sg)
+        if reduction is not None:
+            return loss.mean() if reduction == "mean" else loss.sum()
         return loss
 
     @staticmethod
@@ -423,6 +437,9 @@ class RatioRegion(torch.autograd.Function):
     def backward(ctx: torch.autograd.function.FunctionCtx, g_loss: Tensor) -> tuple:  # type: ignore[override]
         saved = ctx.saved_tensors
         p = saved[0]
+        if ctx.reduction is not None:  # d(mean)/d(entry) = 1 / count, d(sum)/d(entry) = 1
+            count = math.prod(ctx.shape)
+            g_loss = g_loss.expand(ctx.shape) / count if ctx.reduction == "mean" else g_loss.expand(ctx.shape)
         if isinstance(ctx.d_sp, tuple):  # CPU: the chain rule on floats
             up = g_loss.reshape(-1).tolist()
             if len(up) == 1:  # one channel pooled: b stays a float (a scalar multiplier)
@@ -451,7 +468,7 @@ class RatioRegion(torch.autograd.Function):
         else:
             _, p_true, target, valid = saved
             grad = _gather_backward(a, b, p, p_true, target, valid, ctx.per_image, ctx.squared, ctx.dense)
-        return grad, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None
 
 
 def _ratio_slopes(ratio: Ratio, inter: Tensor, sp: Tensor, sg: Tensor) -> tuple[Tensor, Tensor]:

@@ -562,9 +562,10 @@ def _region(
     prepared = _prepare(pred, target, mode, ignore_index, who)
     cls = _check_classes(classes, prepared.pred.shape[1])
     if fuse and from_logits and weight is None and not signed:
+        inner = reduction if cls is None and reduction != "none" else None  # reduced inside the op
         loss = _counts.RatioRegion.apply(
             prepared.pred, prepared.target, prepared.valid, _engine(prepared, mode), per_image, squared, ratio,
-            prepared.source,
+            prepared.source, inner,
         )  # fmt: skip
         return loss, cls
     counts = soft_counts(
@@ -575,6 +576,8 @@ def _region(
 
 
 def _finish(loss: Tensor, classes: list[int] | None, reduction: str) -> Tensor:
+    if loss.ndim == 0:  # reduced inside the fused op already
+        return loss
     if classes is not None:
         loss = loss[..., classes]  # (C',) or (N, C')
     return reduce(loss, reduction)

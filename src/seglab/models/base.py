@@ -120,10 +120,46 @@ class SegmentationModel(nn.Module):
                 "with pad=True to pad and crop back automatically."
             )
 
+    def uses_channels_last(self) -> bool:
+        """Whether the model's convolutions hold ``channels_last`` weights.
+
+        :meth:`forward` then converts inputs to ``channels_last`` (a layout mismatch would make
+        every convolution convert on its own) and returns contiguous outputs.
+        ``model.to(memory_format=torch.channels_last)`` switches it on, ``torch.contiguous_format``
+        off; the first convolution with a spatial kernel is the witness.
+        """
+        name = self.__dict__.get("_layout_probe")
+        if name is None:  # the first 2-D convolution with a spatial kernel, found once
+            name = next(
+                (
+                    f"{n}.weight"
+                    for n, m in self.named_modules()
+                    if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)
+                ),
+                "",
+            )
+            self.__dict__["_layout_probe"] = name
+        if not name:
+            return False
+        try:
+            w = self.get_parameter(name)
+        except AttributeError:  # the module tree changed since: look again
+            del self.__dict__["_layout_probe"]
+            return self.uses_channels_last()
+        return w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+
     def forward(self, x: Tensor, aux: bool = False) -> Tensor | SegOutput:
         """Logits ``(N, num_classes, H, W)``; with ``aux=True`` a :class:`SegOutput`."""
         if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
             self.check_input(x)
+        if self.uses_channels_last():  # the input in the weights' layout; outputs come back contiguous
+            res = self._forward_padded(x.contiguous(memory_format=torch.channels_last), aux)
+            res = SegOutput(res.out.contiguous(), [a.contiguous() for a in res.aux], res.cls)
+        else:
+            res = self._forward_padded(x, aux)
+        return res if aux else res.out
+
+    def _forward_padded(self, x: Tensor, aux: bool) -> SegOutput:
         h, w = x.shape[-2:]
         d = self.size_divisor
         padded = self.pad and d > 1 and (h % d != 0 or w % d != 0)
@@ -138,7 +174,7 @@ class SegmentationModel(nn.Module):
                 [_crop_like(a, x.shape[-2:], (h, w)) for a in res.aux],
                 res.cls,
             )
-        return res if aux else res.out
+        return res
 
 
 def _crop_like(t: Tensor, padded_hw: tuple[int, int], hw: tuple[int, int]) -> Tensor:
