@@ -76,7 +76,7 @@ def test_separable_branches() -> None:
     assert sum(p.numel() for p in branch.parameters()) == 32 * 9 + 32 * 16 + 2 * 16
     inner = SeparableConvNormAct(32, 16, dilation=2, inner_norm_act=True)
     assert [type(m).__name__ for m in inner] == [
-        "Conv2d",
+        "AtrousConv2d",  # an nn.Conv2d that skips taps reading only padding
         "BatchNorm2d",
         "ReLU",
         "Conv2d",
@@ -111,3 +111,70 @@ def test_bad_options() -> None:
         ASPP(8, 4, (1,), dropout=1.0)
     with pytest.raises(ValueError, match="Did you mean 'group'"):
         ASPP(8, 4, (1,), norm="grup")
+
+
+# -- AtrousConv2d: dead taps skipped ------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("h", "w", "rate", "groups"),
+    [
+        (32, 32, 36, 1),
+        (16, 16, 18, 1),
+        (16, 40, 18, 1),
+        (16, 16, 12, 1),
+        (5, 7, 3, 4),
+        (16, 16, 18, 8),
+        (1, 1, 2, 1),
+    ],
+)
+def test_atrous_conv_equals_full_conv(h: int, w: int, rate: int, groups: int) -> None:
+    """Skipping the taps that only read padding changes neither the output nor any gradient."""
+    from seglab.layers import AtrousConv2d
+
+    torch.manual_seed(0)
+    out_ch = 8 if groups > 1 else 6
+    fast = AtrousConv2d(8, out_ch, 3, padding=rate, dilation=rate, groups=groups).double()
+    full = nn.Conv2d(8, out_ch, 3, padding=rate, dilation=rate, groups=groups).double()
+    full.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 8, h, w, dtype=torch.float64, requires_grad=True)
+    y_fast, y_full = fast(x), full(x)
+    torch.testing.assert_close(y_fast, y_full, rtol=0, atol=1e-12)
+    up = torch.randn_like(y_fast)
+    g_fast = torch.autograd.grad(y_fast, [x, fast.weight, fast.bias], up)
+    g_full = torch.autograd.grad(y_full, [x, full.weight, full.bias], up)
+    for a, b in zip(g_fast, g_full, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_atrous_conv_does_less_work_and_traces_the_full_kernel() -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from seglab.layers import AtrousConv2d
+
+    conv = AtrousConv2d(16, 16, 3, padding=36, dilation=36)
+    x = torch.randn(1, 16, 32, 32)
+    with FlopCounterMode(display=False) as counter:
+        conv(x)
+    assert counter.get_total_flops() == 2 * 16 * 16 * 32 * 32  # the centre tap only: a 1x1 conv
+    traced = torch.jit.trace(conv, x)  # traced at 32x32, where the rate-36 taps are dead ...
+    big = torch.randn(1, 16, 80, 80)  # ... and run where they are not
+    ref = nn.Conv2d(16, 16, 3, padding=36, dilation=36)
+    ref.load_state_dict(conv.state_dict())
+    torch.testing.assert_close(traced(big), ref(big))
+
+
+def test_atrous_conv_rejects_other_layouts() -> None:
+    from seglab.layers import AtrousConv2d
+
+    with pytest.raises(ValueError, match="same"):
+        AtrousConv2d(4, 4, 3, padding=1, dilation=2)
+    with pytest.raises(ValueError, match="stride"):
+        AtrousConv2d(4, 4, 3, stride=2, padding=2, dilation=2)
+
+
+def test_aspp_uses_atrous_convs() -> None:
+    from seglab.layers import AtrousConv2d
+
+    for separable in (False, True):
+        aspp = ASPP(32, 16, (6, 12, 18), separable=separable)
+        kinds = [type(b[0]) for b in aspp.branches[1:4]]
+        assert kinds == [AtrousConv2d] * 3

@@ -8,7 +8,16 @@ Upsample kinds; ``aspp``: atrous spatial pyramid pooling; ``pyramid``: SPP and P
 import importlib
 from typing import Any
 
-from seglab.layers.conv import ACTS, NORMS, ConvNormAct, DoubleConv, init_weights, make_act, make_norm
+from seglab.layers.conv import (
+    ACTS,
+    NORMS,
+    AtrousConv2d,
+    ConvNormAct,
+    DoubleConv,
+    init_weights,
+    make_act,
+    make_norm,
+)
 from seglab.layers.sampling import DOWN_KINDS, UP_KINDS, Downsample, Upsample, icnr_
 
 # blocks living in their own modules, imported on first use
@@ -37,6 +46,7 @@ __all__ = [
     "RSU",
     "SPP",
     "UP_KINDS",
+    "AtrousConv2d",
     "CeilMaxPool2d",
     "ConvNormAct",
     "DoubleConv",

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from seglab.layers.conv import ConvNormAct, make_act, make_norm
+from seglab.layers.conv import AtrousConv2d, ConvNormAct, make_act, make_norm
 from seglab.layers.pyramid import check_pooled_norm
 
 __all__ = ["ASPP", "ImagePooling", "SeparableConvNormAct", "aspp_rates"]
@@ -80,8 +80,9 @@ class SeparableConvNormAct(nn.Sequential):
         inner_norm_act: bool = False,
     ) -> None:
         pad = dilation * (kernel_size - 1) // 2
+        conv = AtrousConv2d if dilation > 1 else nn.Conv2d
         layers: list[nn.Module] = [
-            nn.Conv2d(in_ch, in_ch, kernel_size, padding=pad, dilation=dilation, groups=in_ch, bias=False)
+            conv(in_ch, in_ch, kernel_size, padding=pad, dilation=dilation, groups=in_ch, bias=False)
         ]
         if inner_norm_act:
             layers += [make_norm(norm, in_ch), make_act(act, channels=in_ch)]

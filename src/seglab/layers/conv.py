@@ -7,11 +7,22 @@ Norm and activation are chosen by name (``norm="batch"|"instance"|"group"|"none"
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seglab._options import check_choice
 
-__all__ = ["ACTS", "NORMS", "ConvNormAct", "DoubleConv", "init_weights", "make_act", "make_norm"]
+__all__ = [
+    "ACTS",
+    "NORMS",
+    "AtrousConv2d",
+    "ConvNormAct",
+    "DoubleConv",
+    "init_weights",
+    "make_act",
+    "make_norm",
+]
 
 NORMS = ("batch", "instance", "group", "none")
 ACTS = ("relu", "leaky_relu", "gelu", "silu", "prelu", "none")
@@ -53,6 +64,62 @@ def make_act(act: str, *, channels: int | None = None) -> nn.Module:
     return nn.Identity()
 
 
+def _exporting() -> bool:
+    """Tracing, exporting: graphs that must stay valid for other input sizes."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+
+
+class AtrousConv2d(nn.Conv2d):
+    """A "same"-padded atrous convolution that skips the taps which only see padding.
+
+    With rate ``d`` and zero padding, a tap ``j·d`` pixels off the centre reads the padding at every
+    output position once ``j·d >= H`` (for rows; ``W`` for columns): it adds exactly zero. On small
+    feature maps, ASPP's large rates run into this (DeepLab v3 notes that at a rate near the
+    feature size the 3x3 filter degenerates to its centre tap, a 1x1 filter: rate 36 on the 32x32
+    stride-8 map of a 256x256 input). This module then convolves with the live taps only (a slice
+    of its weight, less padding): the same output and the same gradients (the dead taps' gradient
+    is zero), a fraction of the work. While tracing or exporting it always runs the full kernel,
+    so a traced graph stays valid for other sizes.
+
+    Args and shapes: as ``nn.Conv2d`` with ``stride=1``, odd kernel sizes and
+    ``padding = dilation * (kernel_size - 1) // 2`` (checked).
+
+    Raises:
+        ValueError: a stride, even kernel or padding other than "same".
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        kh, kw = self.kernel_size
+        dh, dw = self.dilation
+        if (
+            self.stride != (1, 1)
+            or kh % 2 == 0
+            or kw % 2 == 0
+            or self.padding != (dh * (kh - 1) // 2, dw * (kw - 1) // 2)
+            or self.padding_mode != "zeros"
+        ):
+            raise ValueError(
+                "AtrousConv2d needs stride 1, odd kernels and zero 'same' padding (dilation * (k - 1) // 2); "
+                f"got stride {self.stride}, kernel {self.kernel_size}, padding {self.padding}, "
+                f"padding_mode {self.padding_mode!r}. Use nn.Conv2d otherwise."
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if _exporting():  # before any use of the (possibly symbolic) size
+            return super().forward(x)
+        h, w = x.shape[-2:]
+        kh, kw = self.kernel_size
+        dh, dw = self.dilation
+        # live taps on each side of the centre: offsets j·d < size
+        mh = min(kh // 2, (h - 1) // dh) if dh > 1 else kh // 2
+        mw = min(kw // 2, (w - 1) // dw) if dw > 1 else kw // 2
+        if mh == kh // 2 and mw == kw // 2:
+            return super().forward(x)
+        weight = self.weight[:, :, kh // 2 - mh : kh // 2 + mh + 1, kw // 2 - mw : kw // 2 + mw + 1]
+        return F.conv2d(x, weight, self.bias, 1, (mh * dh, mw * dw), self.dilation, self.groups)
+
+
 class ConvNormAct(nn.Sequential):
     """``Conv2d -> norm -> activation``.
 
@@ -89,10 +156,10 @@ class ConvNormAct(nn.Sequential):
             padding = dilation * (kernel_size - 1) // 2
         if bias is None:
             bias = norm == "none"
+        same = padding == dilation * (kernel_size - 1) // 2 and kernel_size % 2 == 1
+        conv = AtrousConv2d if dilation > 1 and stride == 1 and same else nn.Conv2d
         super().__init__(
-            nn.Conv2d(
-                in_ch, out_ch, kernel_size, stride=stride, padding=padding, dilation=dilation, bias=bias
-            ),
+            conv(in_ch, out_ch, kernel_size, stride=stride, padding=padding, dilation=dilation, bias=bias),
             make_norm(norm, out_ch),
             make_act(act, channels=out_ch),
         )
