@@ -109,7 +109,7 @@ def _sigmoid_forward(
     p = torch.sigmoid(x)  # (N, C, L)
     pm = p if valid is None else p * valid
     if x.shape[1] == 1 and not per_image:  # one channel pooled: dot products, no temporaries
-        gf, pf = g.reshape(-1), p.reshape(-1)
+        gf, pf = g.reshape(-1), p.view(-1)
         inter = torch.dot(pf, gf).view(1)  # g is 0 at ignored pixels
         sp = (torch.dot(pm.reshape(-1), pf) if squared else pm.sum()).view(1)
         sg = (torch.dot(gf, gf) if squared else gf.sum()).view(1)
@@ -419,7 +419,10 @@ class RatioRegion(torch.autograd.Function):
             ctx.dense = is_dense
         ctx.shape = inter.shape
         if x.device.type in FLOAT_FORMULA_DEVICES:  # a few numbers: the formula in floats
-            rows = zip(*torch.stack([inter, sp, sg.to(inter.dtype)]).reshape(3, -1).tolist())
+            if inter.numel() == 1:
+                rows = [(inter.item(), sp.item(), sg.item())]
+            else:
+                rows = zip(*torch.stack([inter, sp, sg.to(inter.dtype)]).reshape(3, -1).tolist())
             loss, d_inter, d_sp = zip(*(ratio.terms(*r) for r in rows))
             ctx.d_inter, ctx.d_sp = d_inter, d_sp  # tuples of floats
             if reduction is not None:
@@ -437,11 +440,13 @@ class RatioRegion(torch.autograd.Function):
     def backward(ctx: torch.autograd.function.FunctionCtx, g_loss: Tensor) -> tuple:  # type: ignore[override]
         saved = ctx.saved_tensors
         p = saved[0]
-        if ctx.reduction is not None:  # d(mean)/d(entry) = 1 / count, d(sum)/d(entry) = 1
-            count = math.prod(ctx.shape)
-            g_loss = g_loss.expand(ctx.shape) / count if ctx.reduction == "mean" else g_loss.expand(ctx.shape)
+        count = math.prod(ctx.shape)
         if isinstance(ctx.d_sp, tuple):  # CPU: the chain rule on floats
-            up = g_loss.reshape(-1).tolist()
+            if ctx.reduction is not None:  # d(mean)/d(entry) = 1 / count, d(sum)/d(entry) = 1
+                g = g_loss.item()
+                up = [g / count if ctx.reduction == "mean" else g] * count
+            else:
+                up = g_loss.reshape(-1).tolist()
             if len(up) == 1:  # one channel pooled: b stays a float (a scalar multiplier)
                 a = torch.tensor(up[0] * ctx.d_sp[0], dtype=p.dtype)
                 b = up[0] * ctx.d_inter[0]
@@ -450,6 +455,10 @@ class RatioRegion(torch.autograd.Function):
                 g_inter = torch.tensor([u * d for u, d in zip(up, ctx.d_inter)], dtype=p.dtype)
                 a, b = _upstream(g_sp, g_inter, p, ctx.per_image)
         else:
+            if ctx.reduction is not None:
+                g_loss = (
+                    g_loss.expand(ctx.shape) / count if ctx.reduction == "mean" else g_loss.expand(ctx.shape)
+                )
             a, b = _upstream(g_loss * ctx.d_sp, g_loss * ctx.d_inter, p, ctx.per_image)
         if ctx.engine == "sigmoid":
             _, target, valid = saved
