@@ -410,7 +410,7 @@ def _pixel_weight(weight: Tensor, spatial: tuple[int, ...], n: int, c: int) -> T
     return w.reshape(w.shape[0], w.shape[1], -1)  # (N|1, C|1, L)
 
 
-# the count ops live in _counts; the old private names stay importable from here
+# the count ops and their engines live in _counts (soft_counts and the tests use these names)
 _dense = _counts.dense
 _onehot = _counts.onehot
 _class_counts = _counts.class_counts
