@@ -9,9 +9,11 @@ form instead. Three engines cover the cases:
 - ``onehot`` (multiclass on the CPU with a few classes): one batched product of the
   probabilities with the one-hot target gives the whole ``(C, C)`` table of ``Σ p_c·[t = k]``.
 - ``gather`` (multiclass otherwise): the probability of each pixel's true class is gathered and
-  summed per class, without a one-hot tensor (one-hot compares on accelerators, ``dense``).
+  summed per class, without a one-hot tensor; ``dense`` is the same with one-hot compares in place
+  of the scatters, for accelerators.
 
-``a`` and ``b`` are the upstream gradients of ``Σ p`` and ``Σ p·g``. :class:`RatioRegion` also
+``a`` and ``b`` are the upstream gradients of ``Σ p`` and ``Σ p·g``. :class:`SoftCounts` returns
+the counts (``soft_counts``); :class:`RatioRegion` also
 folds the loss formula in (``1 - num / max(den, eps)`` with ``num`` and ``den`` linear in the
 counts, which covers Dice, IoU and Tversky with ``gamma = 1``), so that a whole region loss is a
 single autograd node: a call of a millisecond spends a tenth of it in the scalar bookkeeping of
@@ -246,35 +248,75 @@ def _gather_backward(
 
 
 # ------------------------------------------------------------------------------------------------
-# the counts as autograd ops (soft_counts)
+# one dispatch for both ops
 # ------------------------------------------------------------------------------------------------
-class SigmoidCounts(torch.autograd.Function):
-    """Sigmoid and the soft counts ``(Σ p·g, Σ p)`` of binary / multilabel masks in one op."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
-        x: Tensor,
-        g: Tensor,
-        valid: Tensor | None,
-        per_image: bool,
-        squared: bool,
-    ) -> tuple[Tensor, Tensor]:
-        inter, sp, _, p = _sigmoid_forward(x, g, valid, per_image, squared)
-        ctx.save_for_backward(p, g, valid)
-        ctx.per_image, ctx.squared = per_image, squared
-        return inter, sp
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: torch.autograd.function.FunctionCtx, g_inter: Tensor, g_sp: Tensor) -> tuple:  # type: ignore[override]
-        p, g, valid = ctx.saved_tensors
-        a, b = _upstream(g_sp, g_inter, p, ctx.per_image)
-        return _sigmoid_backward(a, b, p, g, valid, ctx.squared, own_g=False), None, None, None, None
+ENGINES = ("sigmoid", "onehot", "gather", "dense")
+"""``gather`` counts by gather / bincount / scatter (CPU), ``dense`` by one-hot compares
+(accelerators: no atomics, no host sync, deterministic)."""
 
 
-class SoftmaxOneHotCounts(torch.autograd.Function):
-    """Softmax and the soft counts ``(Σ p·g, Σ p, Σ g)`` of a multiclass target (one-hot engine)."""
+def _engine_forward(
+    ctx: torch.autograd.function.FunctionCtx,
+    x: Tensor,
+    target: Tensor,
+    valid: Tensor | None,
+    engine: str,
+    per_image: bool,
+    squared: bool,
+    source: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(Σ p·g, Σ p, Σ g)`` by ``engine``; what its backward pass needs goes on ``ctx``.
+
+    ``source`` (sigmoid engine): the tensor a private float ``target`` was converted from. The op
+    then overwrites ``target`` with the gradient and rebuilds it from ``source`` should a second
+    backward pass come; with ``None`` the target is the caller's and is never written.
+    """
+    ctx.engine, ctx.per_image, ctx.squared, ctx.source, ctx.g = engine, per_image, squared, source, None
+    if engine == "sigmoid":
+        inter, sp, sg, p = _sigmoid_forward(x, target, valid, per_image, squared)
+        if source is None:
+            ctx.save_for_backward(p, target, valid)
+        else:  # the target copy is ours: held on ctx (not saved), overwritten by the backward pass
+            ctx.save_for_backward(p, None, valid)
+            ctx.g = target
+    elif engine == "onehot":
+        inter, sp, sg, p, g = _onehot_forward(x, target, valid, per_image, squared)
+        ctx.save_for_backward(p, target, valid)
+        ctx.g = g  # ours as well
+    else:
+        is_dense = engine == "dense"
+        sg = class_counts(target, valid, x.shape[1], per_image, is_dense).to(x.dtype)
+        inter, sp, p, p_true = _gather_forward(x, target, valid, per_image, squared, is_dense)
+        ctx.save_for_backward(p, p_true, target, valid)
+    return inter, sp, sg
+
+
+def _engine_backward(ctx: torch.autograd.function.FunctionCtx, a: Tensor, b: Tensor | float) -> Tensor:
+    """The gradient w.r.t. the logits from the upstream gradients ``a`` (of ``Σ p``) and ``b``
+    (of ``Σ p·g``)."""
+    saved = ctx.saved_tensors
+    p = saved[0]
+    if ctx.engine == "sigmoid":
+        _, target, valid = saved
+        own = ctx.source is not None
+        if own:
+            target, ctx.g = ctx.g, None
+            if target is None:  # a second backward pass: the first one wrote over the copy
+                target = _rebuild_target(ctx.source, valid, p)
+        return _sigmoid_backward(a, b, p, target, valid, ctx.squared, own_g=own)
+    if ctx.engine == "onehot":
+        _, target, valid = saved
+        g, ctx.g = ctx.g, None
+        if g is None:  # a second backward pass through the graph
+            g = onehot_float(target, valid, p)
+        return _onehot_backward(a, b, p, g, valid, ctx.squared)
+    _, p_true, target, valid = saved
+    return _gather_backward(a, b, p, p_true, target, valid, ctx.per_image, ctx.squared, ctx.engine == "dense")
+
+
+class SoftCounts(torch.autograd.Function):
+    """The soft counts ``(Σ p·g, Σ p, Σ g)`` of logits (sigmoid or softmax applied inside), each
+    ``(C,)`` or ``(N, C)``, with a closed-form gradient. ``Σ g`` (class sizes) takes none."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -282,16 +324,12 @@ class SoftmaxOneHotCounts(torch.autograd.Function):
         x: Tensor,
         target: Tensor,
         valid: Tensor | None,
+        engine: str,
         per_image: bool,
         squared: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        inter, sp, sg, p, g = _onehot_forward(x, target, valid, per_image, squared)
-        ctx.save_for_backward(p, target, valid)
-        # g is ours: the backward pass turns it into the gradient in place. Held on ctx, not
-        # saved, so that a second backward pass (retain_graph) can rebuild it.
-        ctx.g = g
-        ctx.per_image, ctx.squared = per_image, squared
-        ctx.mark_non_differentiable(sg)  # class sizes: no gradient flows through them
+        inter, sp, sg = _engine_forward(ctx, x, target, valid, engine, per_image, squared, None)
+        ctx.mark_non_differentiable(sg)
         return inter, sp, sg
 
     @staticmethod
@@ -299,39 +337,8 @@ class SoftmaxOneHotCounts(torch.autograd.Function):
     def backward(
         ctx: torch.autograd.function.FunctionCtx, g_inter: Tensor, g_sp: Tensor, _g_sg: Tensor
     ) -> tuple:  # type: ignore[override]
-        p, target, valid = ctx.saved_tensors
-        a, b = _upstream(g_sp, g_inter, p, ctx.per_image)
-        g, ctx.g = ctx.g, None
-        if g is None:  # a second backward pass through the graph
-            g = onehot_float(target, valid, p)
-        return _onehot_backward(a, b, p, g, valid, ctx.squared), None, None, None, None
-
-
-class SoftmaxClassCounts(torch.autograd.Function):
-    """Softmax and the soft counts ``(Σ p·g, Σ p)`` of a multiclass target (gather engine)."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
-        x: Tensor,
-        target: Tensor,
-        valid: Tensor | None,
-        per_image: bool,
-        squared: bool,
-        dense: bool,
-    ) -> tuple[Tensor, Tensor]:
-        inter, sp, p, p_true = _gather_forward(x, target, valid, per_image, squared, dense)
-        ctx.save_for_backward(p, p_true, target, valid)
-        ctx.per_image, ctx.squared, ctx.dense = per_image, squared, dense
-        return inter, sp
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: torch.autograd.function.FunctionCtx, g_inter: Tensor, g_sp: Tensor) -> tuple:  # type: ignore[override]
-        p, p_true, target, valid = ctx.saved_tensors
-        a, b = _upstream(g_sp, g_inter, p, ctx.per_image)
-        grad = _gather_backward(a, b, p, p_true, target, valid, ctx.per_image, ctx.squared, ctx.dense)
-        return grad, None, None, None, None, None
+        a, b = _upstream(g_sp, g_inter, ctx.saved_tensors[0], ctx.per_image)
+        return _engine_backward(ctx, a, b), None, None, None, None, None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -342,6 +349,7 @@ class Ratio(NamedTuple):
     ``den = d_i·I + d_p·P + d_g·G + smooth`` in the counts ``I = Σ p·g``, ``P = Σ p``, ``G = Σ g``.
 
     Dice: ``(2, 0, 1, 1)``; IoU: ``(1, -1, 1, 1)``; Tversky: ``(1, 1 - alpha - beta, alpha, beta)``.
+    The methods take tensors or floats alike.
     """
 
     k_i: float
@@ -351,13 +359,15 @@ class Ratio(NamedTuple):
     smooth: float
     eps: float
 
+    def parts(self, inter: Tensor | float, sp: Tensor | float, sg: Tensor | float) -> tuple:
+        """``(num, den)`` before the clamp."""
+        num = inter * self.k_i + self.smooth
+        return num, sp * self.d_p + sg * self.d_g + inter * self.d_i + self.smooth
+
     def value(self, inter: Tensor, sp: Tensor, sg: Tensor) -> Tensor:
         """The loss through plain (autograd-tracked) tensor ops."""
-        num = inter * self.k_i + self.smooth if self.k_i != 1.0 else inter + self.smooth
-        den = sp * self.d_p + sg * self.d_g if self.d_p != 1.0 or self.d_g != 1.0 else sp + sg
-        if self.d_i != 0.0:
-            den = den + inter * self.d_i
-        return 1.0 - num / (den + self.smooth).clamp_min(self.eps)
+        num, den = self.parts(inter, sp, sg)
+        return 1.0 - num / den.clamp_min(self.eps)
 
     def terms(self, inter: float, sp: float, sg: float) -> tuple[float, float, float]:
         """The loss and its derivatives with respect to ``I`` and ``P`` at one class's counts.
@@ -365,23 +375,26 @@ class Ratio(NamedTuple):
         Plain floats (double precision): a handful of classes cost microseconds this way, where
         each tensor op on a few elements costs several.
         """
-        num = self.k_i * inter + self.smooth
-        den = self.d_p * sp + self.d_g * sg + self.d_i * inter + self.smooth
+        num, den = self.parts(inter, sp, sg)
         den_c = max(den, self.eps)
         score = num / den_c
         # clamp_min passes the gradient where den >= eps (torch's convention, kept for parity)
         slope = score / den_c if den >= self.eps else 0.0  # num / den_c²
         return 1.0 - score, slope * self.d_i - self.k_i / den_c, slope * self.d_p
 
+    def slopes(self, inter: Tensor, sp: Tensor, sg: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`terms`'s derivatives as tensor ops (accelerators: no host sync)."""
+        num, den = self.parts(inter, sp, sg)
+        den_c = den.clamp_min(self.eps)
+        slope = num / den_c / den_c * (den >= self.eps).to(den.dtype)
+        return slope * self.d_i - self.k_i / den_c, slope * self.d_p
+
 
 class RatioRegion(torch.autograd.Function):
-    """A region loss per class, ``(C,)`` or ``(N, C)``, from logits in one autograd op.
-
-    ``engine`` is ``"sigmoid"``, ``"onehot"`` or ``"gather"`` (see the module docstring);
-    ``source`` (sigmoid engine) is the tensor a private float ``target`` was converted from: the op
-    then overwrites ``target`` with the gradient, and rebuilds it from ``source`` should a second
-    backward pass come. ``reduction`` ``"mean"`` or ``"sum"`` reduces over every entry inside the
-    op (a scalar out); ``None`` returns the per-class losses.
+    """A region loss from logits in one autograd op: the counts of ``engine`` (see
+    :func:`_engine_forward` for ``source``), the :class:`Ratio` per class, and with ``reduction``
+    ``"mean"`` or ``"sum"`` its reduction over every entry (a scalar out); with ``None`` the
+    per-class losses, ``(C,)`` or ``(N, C)``.
     """
 
     @staticmethod
@@ -397,32 +410,13 @@ class RatioRegion(torch.autograd.Function):
         source: Tensor | None,
         reduction: str | None = None,
     ) -> Tensor:
-        ctx.engine, ctx.per_image, ctx.squared, ctx.source = engine, per_image, squared, source
-        ctx.reduction = reduction
-        ctx.g = None
-        if engine == "sigmoid":
-            inter, sp, sg, p = _sigmoid_forward(x, target, valid, per_image, squared)
-            if source is None:
-                ctx.save_for_backward(p, target, valid)
-            else:  # the target copy is ours: held on ctx, overwritten by the backward pass
-                ctx.save_for_backward(p, None, valid)
-                ctx.g = target
-        elif engine == "onehot":
-            inter, sp, sg, p, g = _onehot_forward(x, target, valid, per_image, squared)
-            ctx.save_for_backward(p, target, valid)
-            ctx.g = g
-        else:
-            is_dense = dense(target)
-            sg = class_counts(target, valid, x.shape[1], per_image, is_dense).to(x.dtype)
-            inter, sp, p, p_true = _gather_forward(x, target, valid, per_image, squared, is_dense)
-            ctx.save_for_backward(p, p_true, target, valid)
-            ctx.dense = is_dense
-        ctx.shape = inter.shape
+        inter, sp, sg = _engine_forward(ctx, x, target, valid, engine, per_image, squared, source)
+        ctx.reduction, ctx.shape = reduction, inter.shape
         if x.device.type in FLOAT_FORMULA_DEVICES:  # a few numbers: the formula in floats
             if inter.numel() == 1:
                 rows = [(inter.item(), sp.item(), sg.item())]
             else:
-                rows = zip(*torch.stack([inter, sp, sg.to(inter.dtype)]).reshape(3, -1).tolist())
+                rows = zip(*torch.stack([inter, sp, sg]).reshape(3, -1).tolist())
             loss, d_inter, d_sp = zip(*(ratio.terms(*r) for r in rows))
             ctx.d_inter, ctx.d_sp = d_inter, d_sp  # tuples of floats
             if reduction is not None:
@@ -430,7 +424,7 @@ class RatioRegion(torch.autograd.Function):
                 return torch.tensor(total / len(loss) if reduction == "mean" else total, dtype=x.dtype)
             return torch.tensor(loss, dtype=x.dtype).view(ctx.shape)
         loss = ratio.value(inter, sp, sg)
-        ctx.d_inter, ctx.d_sp = _ratio_slopes(ratio, inter, sp, sg)
+        ctx.d_inter, ctx.d_sp = ratio.slopes(inter, sp, sg)
         if reduction is not None:
             return loss.mean() if reduction == "mean" else loss.sum()
         return loss
@@ -438,8 +432,7 @@ class RatioRegion(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: torch.autograd.function.FunctionCtx, g_loss: Tensor) -> tuple:  # type: ignore[override]
-        saved = ctx.saved_tensors
-        p = saved[0]
+        p = ctx.saved_tensors[0]
         count = math.prod(ctx.shape)
         if isinstance(ctx.d_sp, tuple):  # CPU: the chain rule on floats
             if ctx.reduction is not None:  # d(mean)/d(entry) = 1 / count, d(sum)/d(entry) = 1
@@ -456,37 +449,10 @@ class RatioRegion(torch.autograd.Function):
                 a, b = _upstream(g_sp, g_inter, p, ctx.per_image)
         else:
             if ctx.reduction is not None:
-                g_loss = (
-                    g_loss.expand(ctx.shape) / count if ctx.reduction == "mean" else g_loss.expand(ctx.shape)
-                )
+                g_loss = g_loss.expand(ctx.shape)
+                g_loss = g_loss / count if ctx.reduction == "mean" else g_loss
             a, b = _upstream(g_loss * ctx.d_sp, g_loss * ctx.d_inter, p, ctx.per_image)
-        if ctx.engine == "sigmoid":
-            _, target, valid = saved
-            own = ctx.source is not None
-            if own:
-                target, ctx.g = ctx.g, None
-                if target is None:  # a second backward pass: the first one wrote over the copy
-                    target = _rebuild_target(ctx.source, valid, p)
-            grad = _sigmoid_backward(a, b, p, target, valid, ctx.squared, own_g=own)
-        elif ctx.engine == "onehot":
-            _, target, valid = saved
-            g, ctx.g = ctx.g, None
-            if g is None:  # a second backward pass through the graph
-                g = onehot_float(target, valid, p)
-            grad = _onehot_backward(a, b, p, g, valid, ctx.squared)
-        else:
-            _, p_true, target, valid = saved
-            grad = _gather_backward(a, b, p, p_true, target, valid, ctx.per_image, ctx.squared, ctx.dense)
-        return grad, None, None, None, None, None, None, None, None
-
-
-def _ratio_slopes(ratio: Ratio, inter: Tensor, sp: Tensor, sg: Tensor) -> tuple[Tensor, Tensor]:
-    """:meth:`Ratio.terms`'s derivatives as tensor ops (accelerators: no host sync)."""
-    num = inter * ratio.k_i + ratio.smooth
-    den = sp * ratio.d_p + sg * ratio.d_g + inter * ratio.d_i + ratio.smooth
-    den_c = den.clamp_min(ratio.eps)
-    slope = num / den_c / den_c * (den >= ratio.eps).to(den.dtype)
-    return slope * ratio.d_i - ratio.k_i / den_c, slope * ratio.d_p
+        return _engine_backward(ctx, a, b), None, None, None, None, None, None, None, None
 
 
 def _rebuild_target(source: Tensor, valid: Tensor | None, like: Tensor) -> Tensor:

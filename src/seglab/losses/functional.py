@@ -410,14 +410,10 @@ def _pixel_weight(weight: Tensor, spatial: tuple[int, ...], n: int, c: int) -> T
     return w.reshape(w.shape[0], w.shape[1], -1)  # (N|1, C|1, L)
 
 
-# the count ops and their engines live in _counts (soft_counts and the tests use these names)
+# the count ops and their engines live in _counts
 _dense = _counts.dense
-_onehot = _counts.onehot
 _class_counts = _counts.class_counts
 _true_class_sum = _counts.true_class_sum
-_SigmoidCounts = _counts.SigmoidCounts
-_SoftmaxOneHotCounts = _counts.SoftmaxOneHotCounts
-_SoftmaxClassCounts = _counts.SoftmaxClassCounts
 _ONEHOT_MAX_CLASSES = _counts.ONEHOT_MAX_CLASSES
 """Up to this many classes multiclass counts on the CPU take the one-hot engine (see ``_counts``)."""
 
@@ -426,9 +422,9 @@ def _engine(prepared: Prepared, mode: str) -> str:
     """Which count engine serves logits of this mode (see :mod:`seglab.losses._counts`)."""
     if mode != "multiclass":
         return "sigmoid"
-    if not _dense(prepared.target) and prepared.pred.shape[1] <= _ONEHOT_MAX_CLASSES:
-        return "onehot"
-    return "gather"
+    if _dense(prepared.target):
+        return "dense"
+    return "onehot" if prepared.pred.shape[1] <= _ONEHOT_MAX_CLASSES else "gather"
 
 
 def soft_counts(
@@ -449,10 +445,11 @@ def soft_counts(
     pixels contribute nothing. False positives are ``Σ p - Σ p·g`` and false negatives
     ``Σ g - Σ p·g``.
 
-    Multiclass targets with logits (no weight, not signed) go through one fused softmax op with a
-    closed-form gradient: on the CPU with up to 5 classes a batched product with the one-hot
-    target, otherwise a gather of each pixel's true-class probability and class sizes from a
-    bincount, without a one-hot tensor.
+    Logits (no weight, not signed) go through one op with a closed-form gradient
+    (``_counts.SoftCounts``): sigmoid counts for binary and multilabel targets; for multiclass on
+    the CPU with up to 5 classes a batched product with the one-hot target, otherwise a gather of
+    each pixel's true-class probability and class sizes from a bincount, without a one-hot tensor.
+    Class sizes (the third count) carry no gradient on this path.
 
     Args:
         prepared: the checked prediction and target (from the ``prepare`` helpers).
@@ -471,20 +468,14 @@ def soft_counts(
     n, c, _ = pred.shape
     dims = (2,) if per_image else (0, 2)
     if weight is None and not signed:
+        if from_logits:
+            return _counts.SoftCounts.apply(pred, target, valid, _engine(prepared, mode), per_image, squared)
         if mode != "multiclass":
             sg = (target * target if squared else target).sum(dims)
-            if from_logits:
-                inter, sp = _SigmoidCounts.apply(pred, target, valid, per_image, squared)
-                return inter, sp, sg
             p = pred if valid is None else pred * valid  # (N, C, L) probabilities
             return (p * target).sum(dims), (p * p if squared else p).sum(dims), sg
         dense = _dense(target)
-        if from_logits and not dense and c <= _ONEHOT_MAX_CLASSES:
-            return _SoftmaxOneHotCounts.apply(pred, target, valid, per_image, squared)
         sg = _class_counts(target, valid, c, per_image, dense).to(pred.dtype)  # (C,) or (N, C); g² = g
-        if from_logits:
-            inter, sp = _SoftmaxClassCounts.apply(pred, target, valid, per_image, squared, dense)
-            return inter, sp, sg
         p = pred if valid is None else pred * valid.unsqueeze(1)  # (N, C, L) probabilities
         p_true = p.gather(1, target.unsqueeze(1)).squeeze(1)  # (N, L): probability of the true class
         inter = _true_class_sum(p_true, target, c, per_image, dense)
