@@ -8,9 +8,12 @@ choices and, when one is close, a did-you-mean suggestion (the MONAI ``look_up_o
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable
 
-__all__ = ["check_choice", "did_you_mean"]
+from seglab.errors import InvalidTypeError, InvalidValueError
+
+__all__ = ["check_choice", "check_number", "check_positive_int", "did_you_mean"]
 
 
 def did_you_mean(value: str, choices: Iterable[str]) -> str:
@@ -44,10 +47,67 @@ def check_choice(what: str, value: object, choices: Iterable[str]) -> str:
     """
     choices = list(choices)
     if not isinstance(value, str):
-        raise TypeError(f"{what} must be a string, one of {choices}; got {type(value).__name__} {value!r}.")
+        raise InvalidTypeError(
+            f"{what} must be a string, one of {choices}; got {type(value).__name__} {value!r}."
+        )
     if value not in choices:
-        raise ValueError(
+        raise InvalidValueError(
             f"Unknown {what} {value!r}. Valid choices: {', '.join(repr(c) for c in choices)}."
             + did_you_mean(value, choices)
         )
     return value
+
+
+def check_positive_int(what: str, value: object, *, minimum: int = 1) -> int:
+    """Validate an integer option that must be at least ``minimum`` (``bool`` is refused).
+
+    Raises:
+        InvalidTypeError: ``value`` is not an ``int``.
+        InvalidValueError: ``value < minimum``.
+
+    Example:
+        >>> check_positive_int("tile", 256)
+        256
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidTypeError(
+            f"{what} must be an integer >= {minimum}; got {type(value).__name__} {value!r}."
+        )
+    if value < minimum:
+        raise InvalidValueError(f"{what} must be an integer >= {minimum}; got {value}.")
+    return value
+
+
+def check_number(
+    what: str,
+    value: object,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """Validate a finite real option within ``[low, high]`` (or open ends); NaN and inf are refused.
+
+    Raises:
+        InvalidTypeError: ``value`` is not a real number.
+        InvalidValueError: ``value`` is not finite or outside the range; the message states the range.
+
+    Example:
+        >>> check_number("overlap", 0.5, low=0, high=1, high_open=True)
+        0.5
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidTypeError(f"{what} must be a number; got {type(value).__name__} {value!r}.")
+    x = float(value)
+    lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
+    hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
+    rng = f" in {lo or '(-inf'}, {hi or 'inf)'}" if (low is not None or high is not None) else ""
+    ok = math.isfinite(x)
+    if ok and low is not None:
+        ok = x > low if low_open else x >= low
+    if ok and high is not None:
+        ok = x < high if high_open else x <= high
+    if not ok:
+        raise InvalidValueError(f"{what} must be a finite number{rng}; got {value!r}.")
+    return x

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from seglab.errors import InvalidValueError, missing_extra
+
 __all__ = ["build_parser", "main"]
 
 _FORMATTER = argparse.RawDescriptionHelpFormatter
@@ -305,7 +307,7 @@ def resolve_train_config(args: argparse.Namespace) -> Any:
             overrides["out"] = str(Path(args.resume).parent)
     else:
         if "data.name" not in overrides:
-            raise ValueError(
+            raise InvalidValueError(
                 "Say what to train on: --data NAME_OR_FOLDER (see `seglab data list`), or --config FILE "
                 "(see configs/), or --resume CHECKPOINT."
             )
@@ -427,9 +429,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     try:
         from seglab.inference import export_onnx
     except ImportError as err:
-        raise ImportError(
-            "Export needs seglab.inference.export_onnx and the onnx extra: pip install 'seglab[onnx]'."
-        ) from err
+        raise missing_extra(err.name or "onnx", "onnx", "Export") from err
     model, meta = load_model(args.checkpoint)
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
     size = tuple(args.input_size) if args.input_size else tuple(model_info(meta["model_name"]).example_size)
@@ -563,22 +563,10 @@ _COMMANDS = {
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from seglab.engine.trainer import NonFiniteLossError
+    """What the CLI prints as one line: seglab's own errors, and the OS's (full disk, permissions)."""
+    from seglab.errors import SeglabError
 
-    errors: list[type[BaseException]] = [
-        ValueError,
-        TypeError,
-        FileNotFoundError,
-        ImportError,
-        NonFiniteLossError,
-    ]
-    try:
-        from seglab.data import FetchError
-
-        errors.append(FetchError)
-    except ImportError:  # pragma: no cover - the data package is part of seglab
-        pass
-    return tuple(errors)
+    return (SeglabError, OSError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from seglab._options import check_choice
 from seglab.data.transforms import Compose, instance_target
+from seglab.errors import InvalidValueError
 
 __all__ = ["SPLITS", "TASKS", "SegDataset", "channel_stats", "check_split", "check_task", "collate_instances"]
 
@@ -70,14 +71,14 @@ def channel_stats(images: Iterable[np.ndarray]) -> dict[str, list[float]]:
             count, mean, m2 = n, mu, sq
             continue
         if len(mu) != len(mean):
-            raise ValueError(f"channel_stats: images have {len(mean)} and {len(mu)} channels.")
+            raise InvalidValueError(f"channel_stats: images have {len(mean)} and {len(mu)} channels.")
         total = count + n
         delta = mu - mean
         mean = mean + delta * (n / total)
         m2 = m2 + sq + delta**2 * (count * n / total)
         count = total
     if mean is None or m2 is None:
-        raise ValueError("channel_stats: no images to compute statistics from.")
+        raise InvalidValueError("channel_stats: no images to compute statistics from.")
     return {"mean": [float(v) for v in mean], "std": [float(v) for v in np.sqrt(m2 / count)]}
 
 

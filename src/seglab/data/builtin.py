@@ -34,6 +34,7 @@ from seglab.data.fetch import FetchError, dataset_dir, fetch, is_cached, write_j
 from seglab.data.folder import FolderDataset
 from seglab.data.nifti import read_nifti
 from seglab.data.synthetic import SyntheticDataset
+from seglab.errors import InvalidTypeError, InvalidValueError
 
 __all__ = [
     "BuiltinDataset",
@@ -105,7 +106,7 @@ def _convert_ctc(
     def convert(blobs: dict[str, bytes]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         images, labels = _tiff_stack(blobs[image_member]), _tiff_stack(blobs[mask_member])
         if images.ndim != 3 or images.shape != labels.shape:
-            raise ValueError(
+            raise InvalidValueError(
                 f"expected two (T, H, W) stacks of equal shape; got {images.shape} and {labels.shape}"
             )
         counts = [int(len(np.unique(f)) - (1 if (f == 0).any() else 0)) for f in labels]
@@ -139,12 +140,14 @@ def _convert_mni(blobs: dict[str, bytes]) -> tuple[dict[str, np.ndarray], dict[s
         vols[key] = read_nifti(blob)
     t1, gm, wm = vols["t1"], vols["gm"], vols["wm"]
     if not (t1.data.shape == gm.data.shape == wm.data.shape) or t1.data.ndim != 3:
-        raise ValueError(
+        raise InvalidValueError(
             f"T1/GM/WM volumes differ in shape: {t1.data.shape}, {gm.data.shape}, {wm.data.shape}"
         )
     rot = t1.affine[:3, :3]
     if not (np.allclose(rot, np.diag(np.diag(rot))) and (np.diag(rot) > 0).all()):
-        raise ValueError(f"expected an RAS-aligned volume (positive diagonal affine); got\n{t1.affine}")
+        raise InvalidValueError(
+            f"expected an RAS-aligned volume (positive diagonal affine); got\n{t1.affine}"
+        )
     # probabilities stored as 0..255 integers (no scaling); background/CSF = 1 - GM - WM
     p_gm, p_wm = gm.data.astype(np.float32) / 255.0, wm.data.astype(np.float32) / 255.0
     tissue = np.argmax(np.stack([1.0 - p_gm - p_wm, p_gm, p_wm]), axis=0).astype(np.uint8)  # (X, Y, Z)
@@ -188,7 +191,7 @@ def rasterize_polygon(xy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """
     xy = np.asarray(xy, dtype=np.float64)
     if xy.ndim != 2 or xy.shape[1] != 2 or len(xy) < 3:
-        raise ValueError(f"a polygon needs (N >= 3, 2) vertices; got shape {xy.shape}.")
+        raise InvalidValueError(f"a polygon needs (N >= 3, 2) vertices; got shape {xy.shape}.")
     h, w = shape
     cy = np.arange(h) + 0.5
     cx = np.arange(w) + 0.5
@@ -348,9 +351,9 @@ _SPECS: dict[str, _Spec] = {
 
 def _builtin_spec(name: str) -> _Spec:
     if not isinstance(name, str):
-        raise TypeError(f"dataset name must be a string; got {type(name).__name__}.")
+        raise InvalidTypeError(f"dataset name must be a string; got {type(name).__name__}.")
     if name not in _SPECS:
-        raise ValueError(
+        raise InvalidValueError(
             f"Unknown built-in dataset {name!r}. Built-ins: {', '.join(_SPECS)}." + did_you_mean(name, _SPECS)
         )
     return _SPECS[name]
@@ -400,14 +403,14 @@ class BuiltinDataset(SegDataset):
     ) -> None:
         spec = _builtin_spec(name)
         if spec.convert is None:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{name!r} is not a fetched dataset; use get_dataset({name!r}) or SyntheticDataset."
             )
         self.info = spec.info
         self.split = check_split(split)
         self.task = check_task(task)
         if self.task not in spec.info.tasks:
-            raise ValueError(f"{name!r} supports task(s) {list(spec.info.tasks)}, not {task!r}.")
+            raise InvalidValueError(f"{name!r} supports task(s) {list(spec.info.tasks)}, not {task!r}.")
         if not is_cached(name, cache_dir):
             if not download:
                 raise FetchError(
@@ -519,14 +522,14 @@ def get_dataset(
         if name == "synthetic":
             return SyntheticDataset(split=split, task=task, transform=transform, **options)
         if options:
-            raise TypeError(f"Built-in dataset {name!r} takes no options; got {sorted(options)}.")
+            raise InvalidTypeError(f"Built-in dataset {name!r} takes no options; got {sorted(options)}.")
         return BuiltinDataset(
             name, split, task=task, transform=transform, cache_dir=cache_dir, download=download
         )
     path = Path(name).expanduser()
     if path.is_dir():
         return FolderDataset(path, split=split, task=task, transform=transform, **options)
-    raise ValueError(
+    raise InvalidValueError(
         f"{name!r} is neither a built-in dataset ({', '.join(_SPECS)}) nor an existing folder."
         + did_you_mean(name, _SPECS)
     )

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from seglab.data.io import atomic_path
+from seglab.errors import InvalidTypeError, InvalidValueError
 
 __all__ = [
     "CACHE_ENV",
@@ -58,11 +59,13 @@ __all__ = [
     "write_dataset",
 ]
 
+from seglab.errors import SeglabError
+
 CACHE_ENV = "SEGLAB_CACHE"
 _FORMAT_VERSION = 1  # bump when the cached arrays change meaning; old folders are then ignored
 
 
-class FetchError(RuntimeError):
+class FetchError(SeglabError, RuntimeError):
     """A built-in dataset could not be downloaded, verified or converted; the message says how to retry."""
 
 
@@ -340,7 +343,7 @@ def _json_default(value: Any) -> Any:
         return value.item()
     if isinstance(value, Path):
         return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    raise InvalidTypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def write_json(path: Path, payload: Mapping[str, Any]) -> None:
@@ -413,7 +416,7 @@ def fetch(name: str, *, cache_dir: str | os.PathLike[str] | None = None, progres
 
     spec = _builtin_spec(name)
     if spec.convert is None:
-        raise ValueError(f"{name!r} is generated on the fly; there is nothing to fetch.")
+        raise InvalidValueError(f"{name!r} is generated on the fly; there is nothing to fetch.")
     if is_cached(name, cache_dir):
         return dataset_dir(name, cache_dir)
     retry = f"seglab data fetch {name}"

@@ -44,6 +44,7 @@ import tifffile
 from seglab._options import check_choice
 from seglab.data.base import SegDataset, channel_stats, check_split, check_task
 from seglab.data.io import IMAGE_SUFFIXES, image_info, read_image, read_mask
+from seglab.errors import InvalidValueError, MissingFileError
 
 __all__ = ["MASK_FORMATS", "FolderDataset"]
 
@@ -162,24 +163,26 @@ class FolderDataset(SegDataset):
             task if task is not None else ("instance" if mask_format == "instances" else "semantic")
         )
         if self.task == "instance" and self.mask_format != "instances":
-            raise ValueError(
+            raise InvalidValueError(
                 f"task='instance' needs instance-label masks (mask_format='instances'); got mask_format={mask_format!r}."
             )
         if num_classes is not None and (
             isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2
         ):
-            raise ValueError(f"num_classes must be an int >= 2 (background included); got {num_classes!r}.")
+            raise InvalidValueError(
+                f"num_classes must be an int >= 2 (background included); got {num_classes!r}."
+            )
         if num_classes not in (None, 2) and self.mask_format != "ids":
-            raise ValueError(
+            raise InvalidValueError(
                 f"mask_format={mask_format!r} has 2 classes (background, foreground); got num_classes={num_classes}."
             )
         if ignore_index is not None and self.mask_format != "ids":
-            raise ValueError("ignore_index applies to mask_format='ids' only.")
+            raise InvalidValueError("ignore_index applies to mask_format='ids' only.")
         for what, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0.0 <= fraction < 1.0:
-                raise ValueError(f"{what} must be in [0, 1); got {fraction!r}.")
+                raise InvalidValueError(f"{what} must be in [0, 1); got {fraction!r}.")
         if val_fraction + test_fraction >= 1.0:
-            raise ValueError(
+            raise InvalidValueError(
                 f"val_fraction + test_fraction must be < 1; got {val_fraction} + {test_fraction}."
             )
         self.root = Path(root).expanduser()
@@ -210,7 +213,9 @@ class FolderDataset(SegDataset):
         self.num_classes = scan.num_classes
         if class_names is not None:
             if len(class_names) != self.num_classes:
-                raise ValueError(f"class_names has {len(class_names)} names for {self.num_classes} classes.")
+                raise InvalidValueError(
+                    f"class_names has {len(class_names)} names for {self.num_classes} classes."
+                )
             self.class_names = tuple(str(c) for c in class_names)
         elif self.mask_format == "ids":
             self.class_names = ("background", *(f"class_{c}" for c in range(1, self.num_classes)))
@@ -222,7 +227,7 @@ class FolderDataset(SegDataset):
         """The folder holding ``images``/``masks`` for this split, and the pool split to apply (if any)."""
         root = self.root
         if not root.is_dir():
-            raise FileNotFoundError(f"Dataset folder {root} does not exist (or is not a folder).")
+            raise MissingFileError(f"Dataset folder {root} does not exist (or is not a folder).")
         if self.split != "all":
             for name in _SPLIT_DIRS[self.split]:
                 if (root / name / images).is_dir():
@@ -230,7 +235,7 @@ class FolderDataset(SegDataset):
         if (root / images).is_dir():
             return root, (None if self.split == "all" else self.split)
         present = sorted(p.name for p in root.iterdir() if p.is_dir())
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{root} has no '{images}/' folder{'' if self.split == 'all' else f' and no {self.split}/{images}/'}; "
             f"found sub-folders {present}. Expected root/{images}/ + root/{masks}/, or root/train|val|test/"
             f"{images}/ + .../{masks}/ (pass split='train' etc. for the latter)."
@@ -247,7 +252,7 @@ class FolderDataset(SegDataset):
     ) -> _Scan:
         image_dir, mask_dir = base / images, base / masks
         if not mask_dir.is_dir():
-            raise FileNotFoundError(f"{base} has '{images}/' but no '{masks}/' folder for the masks.")
+            raise MissingFileError(f"{base} has '{images}/' but no '{masks}/' folder for the masks.")
         key = (
             str(base.resolve()),
             images,
@@ -262,7 +267,7 @@ class FolderDataset(SegDataset):
         if key in _SCANS:
             return _SCANS[key]
         if self.mask_format == "ids" and num_classes is None and not check_values:
-            raise ValueError(
+            raise InvalidValueError(
                 "Pass num_classes when check_values=False (it is inferred by reading every mask)."
             )
         image_files, mask_files = _listing(image_dir), _listing(mask_dir)
@@ -300,7 +305,9 @@ class FolderDataset(SegDataset):
                 else:
                     mask, minfo = None, image_info(msk_path)
                     if minfo.channels != 1:
-                        raise ValueError(f"a mask must have one channel; this one has {minfo.channels}")
+                        raise InvalidValueError(
+                            f"a mask must have one channel; this one has {minfo.channels}"
+                        )
                     mask_hw = (minfo.height, minfo.width)
             except _READ_ERRORS as err:
                 problems.append(f"{msk_path}: cannot read the mask ({err})")
@@ -329,7 +336,9 @@ class FolderDataset(SegDataset):
         if problems:
             listed = "\n  - ".join(problems[:_MAX_LISTED])
             more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
-            raise ValueError(f"{len(problems)} problem(s) in dataset folder {base}:\n  - {listed}{more}")
+            raise InvalidValueError(
+                f"{len(problems)} problem(s) in dataset folder {base}:\n  - {listed}{more}"
+            )
         if num_classes is None:
             num_classes = max(2, max_value + 1) if self.mask_format == "ids" else 2
         scan = _Scan(tuple(pairs), common, num_classes)
@@ -380,7 +389,7 @@ class FolderDataset(SegDataset):
             "train": ordered[n_val + n_test :],
         }[split]
         if not chosen:
-            raise ValueError(
+            raise InvalidValueError(
                 f"The {split!r} split of {n} image(s) is empty (val_fraction={val_fraction}, "
                 f"test_fraction={test_fraction}). Add images, change the fractions, use split='all', or make "
                 "train/ val/ test/ sub-folders."
@@ -393,13 +402,13 @@ class FolderDataset(SegDataset):
         image = read_image(img_path)
         mask = read_mask(msk_path)
         if image.shape[0] != self.in_channels or image.shape[1:] != mask.shape:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{img_path.name}/{msk_path.name}: image {image.shape} and mask {mask.shape} no longer match the "
                 f"dataset ({self.in_channels} channels, same H x W); was the file changed?"
             )
         problem, _ = self._check_mask_values(mask, self.num_classes)
         if problem:
-            raise ValueError(f"{msk_path}: {problem}")
+            raise InvalidValueError(f"{msk_path}: {problem}")
         if self.mask_format == "instances":
             if self.task == "instance":
                 return self._make_sample(image, instances=mask)

@@ -33,6 +33,7 @@ import tifffile
 from PIL import Image
 
 from seglab._options import check_choice
+from seglab.errors import InvalidTypeError, InvalidValueError, MissingFileError
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -52,7 +53,7 @@ _TIFF_SUFFIXES = (".tif", ".tiff")
 def _suffix(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
-        raise ValueError(
+        raise InvalidValueError(
             f"{path}: unsupported file type {path.suffix!r}. Supported: {', '.join(IMAGE_SUFFIXES)}."
         )
     return suffix
@@ -111,7 +112,7 @@ def _tiff_layout(shape: tuple[int, ...], axes: str) -> tuple[int, int, int]:
         height, width, samples = shape[-2], shape[-1], 1
         lead = shape[:-2]
     else:
-        raise ValueError(f"TIFF series of shape {shape} (axes {axes!r}) is not an image.")
+        raise InvalidValueError(f"TIFF series of shape {shape} (axes {axes!r}) is not an image.")
     return int(np.prod(lead, dtype=np.int64)) * samples, height, width
 
 
@@ -132,7 +133,7 @@ def image_info(path: str | os.PathLike[str], *, page: int | None = None) -> Imag
     path = Path(path)
     suffix = _suffix(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file.")
+        raise MissingFileError(f"{path}: no such file.")
     if suffix in _PIL_SUFFIXES:
         with Image.open(path) as im:
             channels, dtype = _PIL_MODES.get(im.mode, (len(im.getbands()), "uint8"))
@@ -157,7 +158,9 @@ def _npy_layout(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
         return 1, shape[0], shape[1]
     if len(shape) == 3:
         return shape[0], shape[1], shape[2]
-    raise ValueError(f"{path}: .npy images must be (H, W) or channels-first (C, H, W); got shape {shape}.")
+    raise InvalidValueError(
+        f"{path}: .npy images must be (H, W) or channels-first (C, H, W); got shape {shape}."
+    )
 
 
 def read_image(path: str | os.PathLike[str], *, page: int | None = None) -> np.ndarray:
@@ -189,7 +192,7 @@ def read_image(path: str | os.PathLike[str], *, page: int | None = None) -> np.n
     path = Path(path)
     suffix = _suffix(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file.")
+        raise MissingFileError(f"{path}: no such file.")
     if suffix in _PIL_SUFFIXES:
         with Image.open(path) as im:
             if im.mode in ("P", "PA", "CMYK", "YCbCr"):
@@ -202,7 +205,7 @@ def read_image(path: str | os.PathLike[str], *, page: int | None = None) -> np.n
         with tifffile.TiffFile(path) as tif:
             if page is not None:
                 if not -len(tif.pages) <= page < len(tif.pages):
-                    raise ValueError(
+                    raise InvalidValueError(
                         f"{path}: page {page} out of range; the file has {len(tif.pages)} pages."
                     )
                 pg = tif.pages[page]
@@ -245,7 +248,7 @@ def read_mask(path: str | os.PathLike[str], *, page: int | None = None) -> np.nd
     path = Path(path)
     suffix = _suffix(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file.")
+        raise MissingFileError(f"{path}: no such file.")
     if suffix in _PIL_SUFFIXES:
         with Image.open(path) as im:
             if im.mode == "PA":
@@ -260,7 +263,7 @@ def read_mask(path: str | os.PathLike[str], *, page: int | None = None) -> np.nd
         if arr.shape[0] in (2, 4):  # drop an alpha channel
             channels = arr[:-1]
         if not all(np.array_equal(channels[0], c) for c in channels[1:]):
-            raise ValueError(
+            raise InvalidValueError(
                 f"{path}: a mask must be a single-channel label image, but this file has {arr.shape[0]} "
                 "different channels/pages. Convert colour-coded masks to class ids (0, 1, 2, ...), or pass "
                 "page=i for one page of a stack."
@@ -269,12 +272,14 @@ def read_mask(path: str | os.PathLike[str], *, page: int | None = None) -> np.nd
     mask = arr[0]
     if mask.dtype.kind == "f":
         if not np.all(np.isfinite(mask)) or not np.array_equal(mask, np.round(mask)):
-            raise ValueError(f"{path}: a float mask must hold whole numbers only (class or instance ids).")
+            raise InvalidValueError(
+                f"{path}: a float mask must hold whole numbers only (class or instance ids)."
+            )
         mask = mask.astype(np.int64)
     elif mask.dtype.kind == "b":
         mask = mask.astype(np.uint8)
     elif mask.dtype.kind not in "iu":
-        raise ValueError(f"{path}: unsupported mask dtype {mask.dtype}.")
+        raise InvalidValueError(f"{path}: unsupported mask dtype {mask.dtype}.")
     return np.ascontiguousarray(mask)
 
 
@@ -326,24 +331,26 @@ def write_mask(path: str | os.PathLike[str], array: object) -> Path:
     if mask.ndim == 3 and mask.shape[0] == 1:
         mask = mask[0]
     if mask.ndim != 2:
-        raise ValueError(f"write_mask expects an (H, W) label array; got shape {mask.shape}.")
+        raise InvalidValueError(f"write_mask expects an (H, W) label array; got shape {mask.shape}.")
     if mask.dtype.kind == "b":
         mask = mask.astype(np.uint8)
     elif mask.dtype.kind == "f":
         if not np.array_equal(mask, np.round(mask)):
-            raise TypeError("write_mask expects integer labels; the float array has fractional values.")
+            raise InvalidTypeError(
+                "write_mask expects integer labels; the float array has fractional values."
+            )
         mask = mask.astype(np.int64)
     elif mask.dtype.kind not in "iu":
-        raise TypeError(f"write_mask expects integer labels; got dtype {mask.dtype}.")
+        raise InvalidTypeError(f"write_mask expects integer labels; got dtype {mask.dtype}.")
     low = int(mask.min()) if mask.size else 0
     high = int(mask.max()) if mask.size else 0
     if low < 0:
-        raise ValueError(f"write_mask: labels must be >= 0; found {low}.")
+        raise InvalidValueError(f"write_mask: labels must be >= 0; found {low}.")
     if not path.suffix:
         path = path.with_suffix(".png" if high <= 255 else ".tif")
     suffix = check_choice("mask file suffix", path.suffix.lower(), (".png", ".tif", ".tiff", ".npy"))
     if suffix == ".png" and high > 255:
-        raise ValueError(
+        raise InvalidValueError(
             f"{path}: labels up to {high} do not fit an 8-bit PNG; write a .tif (instance-label TIFF) instead."
         )
     with atomic_path(path) as tmp, open(tmp, "xb") as fh:

@@ -19,6 +19,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from seglab.errors import InvalidValueError
+
 __all__ = ["NiftiVolume", "read_nifti"]
 
 # NIfTI-1 datatype codes -> numpy dtype characters (byte order added at read time)
@@ -100,20 +102,26 @@ def read_nifti(source: str | os.PathLike[str] | bytes) -> NiftiVolume:
     if raw[:2] == b"\x1f\x8b":
         raw = gzip.decompress(raw)
     if len(raw) < _HEADER_SIZE:
-        raise ValueError(f"{name}: too short for a NIfTI-1 header ({len(raw)} bytes).")
+        raise InvalidValueError(f"{name}: too short for a NIfTI-1 header ({len(raw)} bytes).")
     for endian in "<>":
         (sizeof_hdr,) = struct.unpack(endian + "i", raw[:4])
         if sizeof_hdr in (_HEADER_SIZE, 540):
             break
     else:
-        raise ValueError(f"{name}: not a NIfTI file (header size field is not 348).")
+        raise InvalidValueError(f"{name}: not a NIfTI file (header size field is not 348).")
     if sizeof_hdr == 540:
-        raise ValueError(f"{name}: NIfTI-2 is not supported by this reader; install nibabel to read it.")
+        raise InvalidValueError(
+            f"{name}: NIfTI-2 is not supported by this reader; install nibabel to read it."
+        )
     magic = raw[344:348]
     if magic == b"ni1\x00":
-        raise ValueError(f"{name}: a NIfTI-1 header without data (.hdr/.img pair); read it with nibabel.")
+        raise InvalidValueError(
+            f"{name}: a NIfTI-1 header without data (.hdr/.img pair); read it with nibabel."
+        )
     if magic != b"n+1\x00":
-        raise ValueError(f"{name}: not a NIfTI-1 single file (magic {magic!r}); Analyze files need nibabel.")
+        raise InvalidValueError(
+            f"{name}: not a NIfTI-1 single file (magic {magic!r}); Analyze files need nibabel."
+        )
 
     def field(fmt: str, offset: int) -> tuple:
         return struct.unpack_from(endian + fmt, raw, offset)
@@ -121,11 +129,11 @@ def read_nifti(source: str | os.PathLike[str] | bytes) -> NiftiVolume:
     dim = field("8h", 40)
     ndim = dim[0]
     if not 1 <= ndim <= 7:
-        raise ValueError(f"{name}: invalid number of dimensions {ndim} in the header.")
+        raise InvalidValueError(f"{name}: invalid number of dimensions {ndim} in the header.")
     shape = tuple(int(n) for n in dim[1 : ndim + 1])
     (datatype,) = field("h", 70)
     if datatype not in _DTYPES:
-        raise ValueError(
+        raise InvalidValueError(
             f"{name}: voxel datatype code {datatype} is not supported by this reader "
             f"(supported: {sorted(_DTYPES)}); install nibabel to read it."
         )
@@ -138,7 +146,7 @@ def read_nifti(source: str | os.PathLike[str] | bytes) -> NiftiVolume:
     offset = max(int(vox_offset), _HEADER_SIZE + 4)
     count = int(np.prod(shape, dtype=np.int64))
     if len(raw) < offset + count * dtype.itemsize:
-        raise ValueError(
+        raise InvalidValueError(
             f"{name}: truncated file: the header promises {count} voxels of {dtype.itemsize} bytes after "
             f"byte {offset}, but the file has {len(raw)} bytes."
         )

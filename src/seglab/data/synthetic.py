@@ -14,6 +14,7 @@ import numpy as np
 
 from seglab.data.base import SegDataset, channel_stats, check_split, check_task
 from seglab.data.transforms import _pair
+from seglab.errors import InvalidValueError
 
 __all__ = ["SyntheticDataset"]
 
@@ -73,14 +74,14 @@ class SyntheticDataset(SegDataset):
             ("in_channels", in_channels, 1),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{what} must be an int >= {low}; got {value!r}.")
+                raise InvalidValueError(f"{what} must be an int >= {low}; got {value!r}.")
         if isinstance(max_shapes, bool) or not isinstance(max_shapes, int) or max_shapes < 1:
-            raise ValueError(f"max_shapes must be an int >= 1; got {max_shapes!r}.")
+            raise InvalidValueError(f"max_shapes must be an int >= 1; got {max_shapes!r}.")
         if not noise >= 0:
-            raise ValueError(f"noise must be >= 0; got {noise!r}.")
+            raise InvalidValueError(f"noise must be >= 0; got {noise!r}.")
         split = check_split(split)
         if split == "all":
-            raise ValueError(
+            raise InvalidValueError(
                 "SyntheticDataset has independent 'train', 'val' and 'test' streams; 'all' has no meaning."
             )
         self.size = _pair(size, "size")

@@ -36,6 +36,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from seglab.errors import InvalidTypeError, InvalidValueError
+
 __all__ = [
     "Compose",
     "InstanceLabels",
@@ -83,7 +85,7 @@ def boxes_from_masks(masks: Tensor) -> Tensor:
         tensor([[2., 1., 3., 2.]])
     """
     if masks.ndim != 3:
-        raise ValueError(f"boxes_from_masks expects (K, H, W) masks; got shape {tuple(masks.shape)}.")
+        raise InvalidValueError(f"boxes_from_masks expects (K, H, W) masks; got shape {tuple(masks.shape)}.")
     k, h, w = masks.shape
     if k == 0:
         return torch.zeros((0, 4), dtype=torch.float32, device=masks.device)
@@ -91,7 +93,7 @@ def boxes_from_masks(masks: Tensor) -> Tensor:
     rows = m.amax(dim=2).bool()  # (K, H)
     cols = m.amax(dim=1).bool()  # (K, W)
     if not bool(rows.any(dim=1).all()):
-        raise ValueError("boxes_from_masks: some masks are empty; drop them first.")
+        raise InvalidValueError("boxes_from_masks: some masks are empty; drop them first.")
     y1 = rows.to(torch.uint8).argmax(dim=1)
     y2 = h - rows.flip(1).to(torch.uint8).argmax(dim=1)
     x1 = cols.to(torch.uint8).argmax(dim=1)
@@ -123,7 +125,9 @@ def instance_target(
     """
     labels = torch.as_tensor(np.asarray(labels) if isinstance(labels, np.ndarray) else labels)
     if labels.ndim != 2:
-        raise ValueError(f"instance_target expects an (H, W) label image; got shape {tuple(labels.shape)}.")
+        raise InvalidValueError(
+            f"instance_target expects an (H, W) label image; got shape {tuple(labels.shape)}."
+        )
     labels = labels.to(torch.int64)
     h, w = labels.shape
     flat = labels.reshape(-1)
@@ -162,12 +166,12 @@ def instance_target(
 # -- helpers ------------------------------------------------------------------------------------
 def _pair(size: int | Sequence[int], what: str) -> tuple[int, int]:
     if isinstance(size, bool):
-        raise TypeError(f"{what} must be an int or (height, width); got {size!r}.")
+        raise InvalidTypeError(f"{what} must be an int or (height, width); got {size!r}.")
     if isinstance(size, int):
         size = (size, size)
     size = tuple(size)
     if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
-        raise ValueError(
+        raise InvalidValueError(
             f"{what} must be a positive int or a pair of positive ints (height, width); got {size!r}."
         )
     return size  # type: ignore[return-value]
@@ -176,7 +180,7 @@ def _pair(size: int | Sequence[int], what: str) -> tuple[int, int]:
 def _range(value: Sequence[float], what: str, *, positive: bool) -> tuple[float, float]:
     if len(value) != 2 or not value[0] <= value[1] or (positive and value[0] <= 0):
         need = "0 < low <= high" if positive else "low <= high"
-        raise ValueError(f"{what} must be a (low, high) pair with {need}; got {tuple(value)!r}.")
+        raise InvalidValueError(f"{what} must be a (low, high) pair with {need}; got {tuple(value)!r}.")
     return float(value[0]), float(value[1])
 
 
@@ -186,7 +190,7 @@ def _spatial_size(flat_inputs: list[Any]) -> tuple[int, int]:
             return int(inpt.shape[-2]), int(inpt.shape[-1])
         if isinstance(inpt, tv_tensors.BoundingBoxes):
             return tuple(inpt.canvas_size)  # type: ignore[return-value]
-    raise TypeError("The transform found no image or mask in its input.")
+    raise InvalidTypeError("The transform found no image or mask in its input.")
 
 
 def _foreground(flat_inputs: list[Any], ignore: int) -> Tensor | None:
@@ -239,7 +243,9 @@ def _pad_crop(
     if pad_top or pad_left or pad_bottom or pad_right:
         value = _fill_for(inpt, fill, mask_fill)
         if isinstance(inpt, tv_tensors.Image) and isinstance(value, list) and len(value) != inpt.shape[-3]:
-            raise ValueError(f"fill has {len(value)} values but the image has {inpt.shape[-3]} channels.")
+            raise InvalidValueError(
+                f"fill has {len(value)} values but the image has {inpt.shape[-3]} channels."
+            )
         inpt = F.pad(inpt, [pad_left, pad_top, pad_right, pad_bottom], fill=value)
         top, left = top + pad_top, left + pad_left
     return F.crop(inpt, top, left, height, width)
@@ -304,7 +310,7 @@ class RandomCrop(v2.Transform):
         super().__init__()
         self.size = _pair(size, "size")
         if not 0.0 <= foreground_prob <= 1.0:
-            raise ValueError(f"foreground_prob must be in [0, 1]; got {foreground_prob}.")
+            raise InvalidValueError(f"foreground_prob must be in [0, 1]; got {foreground_prob}.")
         self.foreground_prob = float(foreground_prob)
         self.fill = [float(f) for f in fill] if isinstance(fill, Sequence) else float(fill)
         self.mask_fill = int(mask_fill)
@@ -445,7 +451,7 @@ class RandomIntensity(v2.Transform):
         self.bias = _range(bias, "bias", positive=False)
         self.gamma = _range(gamma, "gamma", positive=True)
         if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must be in [0, 1]; got {p}.")
+            raise InvalidValueError(f"p must be in [0, 1]; got {p}.")
         self.p = float(p)
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
@@ -464,7 +470,7 @@ class RandomIntensity(v2.Transform):
             return inpt
         x = inpt.as_subclass(Tensor)
         if not x.is_floating_point():
-            raise TypeError(f"RandomIntensity expects a float image; got {x.dtype}.")
+            raise InvalidTypeError(f"RandomIntensity expects a float image; got {x.dtype}.")
         flat = x.reshape(x.shape[-3], -1) if x.ndim >= 3 else x.reshape(1, -1)
         lo = flat.amin(dim=1).reshape(-1, 1, 1)  # (C, 1, 1)
         span = (flat.amax(dim=1).reshape(-1, 1, 1) - lo).clamp_min(torch.finfo(x.dtype).tiny)
@@ -487,14 +493,16 @@ class Normalize(v2.Normalize):
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         mean, std = [float(m) for m in mean], [float(s) for s in std]
         if len(mean) != len(std) or not mean:
-            raise ValueError(f"mean and std need one value per channel; got {len(mean)} and {len(std)}.")
+            raise InvalidValueError(
+                f"mean and std need one value per channel; got {len(mean)} and {len(std)}."
+            )
         if any(not s > 0 for s in std):
-            raise ValueError(f"std must be > 0 in every channel; got {std}.")
+            raise InvalidValueError(f"std must be > 0 in every channel; got {std}.")
         super().__init__(mean, std)
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if isinstance(inpt, tv_tensors.Image) and inpt.shape[-3] != len(self.mean):
-            raise ValueError(
+            raise InvalidValueError(
                 f"Normalize has statistics for {len(self.mean)} channel(s) but the image has {inpt.shape[-3]}."
             )
         return super().transform(inpt, params)
@@ -504,7 +512,7 @@ class Normalize(v2.Normalize):
 def _as_image(image: Tensor | np.ndarray) -> tv_tensors.Image:
     image = torch.as_tensor(image)
     if image.ndim != 3:
-        raise ValueError(f"Expected an image of shape (C, H, W); got {tuple(image.shape)}.")
+        raise InvalidValueError(f"Expected an image of shape (C, H, W); got {tuple(image.shape)}.")
     if not image.is_floating_point():
         image = image.to(torch.float32)
     return tv_tensors.Image(image)
@@ -543,9 +551,11 @@ class Compose:
             return self._instances(img, target)
         mask = torch.as_tensor(target)
         if mask.ndim != 2:
-            raise ValueError(f"A semantic mask must be (H, W); got {tuple(mask.shape)}.")
+            raise InvalidValueError(f"A semantic mask must be (H, W); got {tuple(mask.shape)}.")
         if mask.shape != img.shape[-2:]:
-            raise ValueError(f"Image {tuple(img.shape[-2:])} and mask {tuple(mask.shape)} differ in size.")
+            raise InvalidValueError(
+                f"Image {tuple(img.shape[-2:])} and mask {tuple(mask.shape)} differ in size."
+            )
         out_img, out_mask = self._run(img, tv_tensors.Mask(mask))
         return _plain(out_img), _plain(out_mask)
 
@@ -561,7 +571,9 @@ class Compose:
         img = _as_image(image)
         lab = torch.as_tensor(labels)
         if lab.shape != img.shape[-2:]:
-            raise ValueError(f"Image {tuple(img.shape[-2:])} and labels {tuple(lab.shape)} differ in size.")
+            raise InvalidValueError(
+                f"Image {tuple(img.shape[-2:])} and labels {tuple(lab.shape)} differ in size."
+            )
         out_img, out_lab = self._run(img, InstanceLabels(lab))
         return _plain(out_img), _plain(out_lab)
 
@@ -569,17 +581,19 @@ class Compose:
         self, img: tv_tensors.Image, target: dict[str, Tensor]
     ) -> tuple[Tensor, dict[str, Tensor]]:
         if "masks" not in target:
-            raise ValueError("An instance target needs 'masks' (K, H, W); boxes are recomputed from them.")
+            raise InvalidValueError(
+                "An instance target needs 'masks' (K, H, W); boxes are recomputed from them."
+            )
         masks = torch.as_tensor(target["masks"])
         if masks.ndim != 3 or masks.shape[-2:] != img.shape[-2:]:
-            raise ValueError(
+            raise InvalidValueError(
                 f"target['masks'] must be (K, {img.shape[-2]}, {img.shape[-1]}); got {tuple(masks.shape)}."
             )
         k = masks.shape[0]
         per_instance = {key: v for key, v in target.items() if key not in ("masks", "boxes")}
         for key, value in per_instance.items():
             if not (isinstance(value, Tensor) and value.ndim >= 1 and value.shape[0] == k):
-                raise ValueError(f"target[{key!r}] must have one entry per instance ({k}).")
+                raise InvalidValueError(f"target[{key!r}] must have one entry per instance ({k}).")
         wrapped = {"masks": InstanceMasks(masks)}
         out_img, out = self._run(img, wrapped)
         out_masks = out["masks"].as_subclass(Tensor).to(torch.uint8)

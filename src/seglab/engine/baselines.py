@@ -26,18 +26,20 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from seglab.errors import InvalidTypeError, InvalidValueError
+
 __all__ = ["li_threshold", "oracle_threshold", "otsu_threshold", "threshold_histogram"]
 
 
 def _values(image: np.ndarray) -> np.ndarray:
     arr = np.asarray(image)
     if arr.dtype.kind not in "biuf":
-        raise TypeError(f"Thresholds need a numeric image; got dtype {arr.dtype}.")
+        raise InvalidTypeError(f"Thresholds need a numeric image; got dtype {arr.dtype}.")
     arr = arr.ravel()
     if arr.dtype.kind == "f":
         arr = arr[np.isfinite(arr)]
     if arr.size == 0:
-        raise ValueError("Cannot threshold an empty image (or one with no finite value).")
+        raise InvalidValueError("Cannot threshold an empty image (or one with no finite value).")
     return arr
 
 
@@ -122,7 +124,9 @@ def li_threshold(image: np.ndarray, *, tolerance: float | None = None, initial: 
     total_n, total_s = cum_n[-1], cum_s[-1]
     t_next = (total_s / total_n) if initial is None else float(initial) - lo
     if not 0.0 <= t_next <= x[-1]:
-        raise ValueError(f"initial={initial} lies outside the image's intensity range [{lo}, {lo + x[-1]}].")
+        raise InvalidValueError(
+            f"initial={initial} lies outside the image's intensity range [{lo}, {lo + x[-1]}]."
+        )
     t_curr = t_next + 2 * tolerance + 1.0
     for _ in range(10_000):
         if abs(t_next - t_curr) <= tolerance:
@@ -156,16 +160,16 @@ def oracle_threshold(images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) 
         TypeError: float images (the exhaustive search runs over integer levels).
     """
     if len(images) != len(masks) or not images:
-        raise ValueError(
+        raise InvalidValueError(
             f"oracle_threshold needs as many masks as images (>= 1); got {len(images)} and {len(masks)}."
         )
     vals, fgs = [], []
     for img, m in zip(images, masks):
         img, m = np.asarray(img), np.asarray(m)
         if img.dtype.kind not in "biu":
-            raise TypeError(f"oracle_threshold searches integer levels; got dtype {img.dtype}.")
+            raise InvalidTypeError(f"oracle_threshold searches integer levels; got dtype {img.dtype}.")
         if img.size != m.size:
-            raise ValueError(f"image and mask sizes differ: {img.shape} vs {m.shape}.")
+            raise InvalidValueError(f"image and mask sizes differ: {img.shape} vs {m.shape}.")
         vals.append(img.ravel().astype(np.int64))
         fgs.append(m.ravel() != 0)
     v, fg = np.concatenate(vals), np.concatenate(fgs)

@@ -44,6 +44,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from seglab.errors import CheckpointError, MissingFileError
+
 __all__ = [
     "CHECKPOINT_KEYS",
     "CheckpointError",
@@ -76,10 +78,6 @@ CHECKPOINT_KEYS = (
 
 # keys needed to rebuild and run a model (the rest is for resuming)
 _MODEL_KEYS = ("model_name", "model_options", "in_channels", "num_classes", "model")
-
-
-class CheckpointError(ValueError):
-    """A file is not a loadable seglab checkpoint (unsafe, corrupt, or missing keys)."""
 
 
 def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
@@ -140,7 +138,7 @@ def load_checkpoint(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint not found: {path}")
+        raise MissingFileError(f"Checkpoint not found: {path}")
     if not zipfile.is_zipfile(path):
         raise CheckpointError(
             f"{path} is not a checkpoint written by torch.save (not a zip archive); "

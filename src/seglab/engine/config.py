@@ -34,6 +34,7 @@ from typing import Any, Union
 import yaml
 
 from seglab._options import check_choice, did_you_mean
+from seglab.errors import InvalidTypeError, InvalidValueError, MissingFileError
 
 __all__ = [
     "AMP_MODES",
@@ -255,7 +256,7 @@ class TrainConfig:
             **{k: v for k, v in optional_positive.items() if v is not None},
         }.items():
             if value <= 0:
-                raise ValueError(f"{key} must be positive; got {value!r}.")
+                raise InvalidValueError(f"{key} must be positive; got {value!r}.")
         non_negative = {
             "data.workers": self.data.workers,
             "patience": self.patience,
@@ -266,24 +267,24 @@ class TrainConfig:
         }
         for key, value in non_negative.items():
             if value < 0:
-                raise ValueError(f"{key} must be >= 0; got {value!r}.")
+                raise InvalidValueError(f"{key} must be >= 0; got {value!r}.")
         if not self.optim.lr > 0:
-            raise ValueError(f"optim.lr must be positive; got {self.optim.lr!r}.")
+            raise InvalidValueError(f"optim.lr must be positive; got {self.optim.lr!r}.")
         if not 0.0 <= self.optim.min_lr_ratio <= 1.0:
-            raise ValueError(f"optim.min_lr_ratio must be in [0, 1]; got {self.optim.min_lr_ratio!r}.")
+            raise InvalidValueError(f"optim.min_lr_ratio must be in [0, 1]; got {self.optim.min_lr_ratio!r}.")
         if self.optim.warmup_epochs > self.epochs:
-            raise ValueError(
+            raise InvalidValueError(
                 f"optim.warmup_epochs ({self.optim.warmup_epochs}) is longer than the run ({self.epochs} epochs); "
                 "shorten the warm-up or train longer."
             )
         for key in ("mean", "std"):
             values = getattr(self.data, key)
             if values is not None and len(values) == 0:
-                raise ValueError(f"data.{key} must list one value per channel; got an empty list.")
+                raise InvalidValueError(f"data.{key} must list one value per channel; got an empty list.")
         if self.data.std is not None and any(s <= 0 for s in self.data.std):
-            raise ValueError(f"data.std must be positive; got {self.data.std}.")
+            raise InvalidValueError(f"data.std must be positive; got {self.data.std}.")
         if not self.model.name:
-            raise ValueError("model.name must name a registered model (see `seglab models`).")
+            raise InvalidValueError("model.name must name a registered model (see `seglab models`).")
 
     # -- conversions ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -312,14 +313,16 @@ class TrainConfig:
 def _from_dict(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     where = prefix.rstrip(".") or "the config"
     if not isinstance(data, Mapping):
-        raise TypeError(f"{where} must be a mapping of keys to values; got {type(data).__name__} {data!r}.")
+        raise InvalidTypeError(
+            f"{where} must be a mapping of keys to values; got {type(data).__name__} {data!r}."
+        )
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [k for k in data if k not in fields]
     if unknown:
         key = unknown[0]
         section = f" in section {where!r}" if prefix else ""
-        raise ValueError(
+        raise InvalidValueError(
             f"Unknown config key '{prefix}{key}'{section}.{did_you_mean(str(key), fields)} "
             f"Valid keys: {', '.join(fields)}."
         )
@@ -359,35 +362,35 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except TypeError as err:
                 errors.append(str(err))
-        raise TypeError(f"{key} must be {_type_name(tp)}; got {type(value).__name__} {value!r}.")
+        raise InvalidTypeError(f"{key} must be {_type_name(tp)}; got {type(value).__name__} {value!r}.")
     if tp is Any:
         return value
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise TypeError(f"{key} must be a list; got {type(value).__name__} {value!r}.")
+            raise InvalidTypeError(f"{key} must be a list; got {type(value).__name__} {value!r}.")
         (item_tp,) = typing.get_args(tp) or (Any,)
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, Mapping):
-            raise TypeError(f"{key} must be a mapping; got {type(value).__name__} {value!r}.")
+            raise InvalidTypeError(f"{key} must be a mapping; got {type(value).__name__} {value!r}.")
         return {str(k): v for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
-            raise TypeError(f"{key} must be true or false; got {type(value).__name__} {value!r}.")
+            raise InvalidTypeError(f"{key} must be true or false; got {type(value).__name__} {value!r}.")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{key} must be an integer; got {type(value).__name__} {value!r}.")
+            raise InvalidTypeError(f"{key} must be an integer; got {type(value).__name__} {value!r}.")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{key} must be a number; got {type(value).__name__} {value!r}.")
+            raise InvalidTypeError(f"{key} must be a number; got {type(value).__name__} {value!r}.")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise TypeError(f"{key} must be a string; got {type(value).__name__} {value!r}.")
+            raise InvalidTypeError(f"{key} must be a string; got {type(value).__name__} {value!r}.")
         return value
-    raise TypeError(f"{key}: unsupported annotation {tp!r}")  # a programming error in this module
+    raise InvalidTypeError(f"{key}: unsupported annotation {tp!r}")  # a programming error in this module
 
 
 # -- YAML and overrides ----------------------------------------------------------------------------
@@ -415,15 +418,15 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Config file not found: {path}")
+        raise MissingFileError(f"Config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ValueError(f"{path} is not valid YAML: {err}") from err
+        raise InvalidValueError(f"{path} is not valid YAML: {err}") from err
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise ValueError(
+        raise InvalidValueError(
             f"{path} must hold a mapping (model:, data:, optim:, ...); got {type(data).__name__}."
         )
     merged = _merge_overrides(dict(data), overrides or {})
@@ -451,14 +454,14 @@ def _merge_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict
     for dotted, value in overrides.items():
         parts = str(dotted).split(".")
         if not all(parts):
-            raise ValueError(f"Bad override key {dotted!r}: use dotted keys like 'optim.lr'.")
+            raise InvalidValueError(f"Bad override key {dotted!r}: use dotted keys like 'optim.lr'.")
         node = data
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ValueError(
+                raise InvalidValueError(
                     f"Cannot set {dotted!r}: {'.'.join(parts[: i + 1])} is a value ({child!r}), not a section."
                 )
             node = child
@@ -494,15 +497,15 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         ('optim.lr', 0.01)
     """
     if "=" not in text:
-        raise ValueError(f"Expected KEY=VALUE, got {text!r} (for example optim.lr=0.01).")
+        raise InvalidValueError(f"Expected KEY=VALUE, got {text!r} (for example optim.lr=0.01).")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
-        raise ValueError(f"Expected KEY=VALUE with a non-empty key, got {text!r}.")
+        raise InvalidValueError(f"Expected KEY=VALUE with a non-empty key, got {text!r}.")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
-        raise ValueError(f"Cannot parse the value of {key!r} ({raw!r}): {err}") from err
+        raise InvalidValueError(f"Cannot parse the value of {key!r} ({raw!r}): {err}") from err
     # YAML reads "1e-3" as a string (YAML 1.1 needs a dot); accept the common float forms.
     if isinstance(value, str):
         try:

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from seglab.errors import InvalidValueError
+
 __all__ = [
     "DistInfo",
     "all_reduce_sum",
@@ -65,7 +67,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise ValueError(
+        raise InvalidValueError(
             f"Environment variable {name} must be an integer (torchrun sets it); got {raw!r}."
         ) from None
 
@@ -92,7 +94,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
     backend = "nccl" if use_cuda else "gloo"
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(
+            raise InvalidValueError(
                 f"Local rank {local_rank} has no GPU ({torch.cuda.device_count()} visible); "
                 "launch at most one process per GPU (--nproc-per-node) or pass --device cpu."
             )

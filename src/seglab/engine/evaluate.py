@@ -39,6 +39,7 @@ from seglab.engine.predict import (
     predict_logits,
     probs_to_logits,
 )
+from seglab.errors import InvalidValueError
 
 __all__ = [
     "EVAL_SCORES",
@@ -141,7 +142,7 @@ def evaluate(
 
     n = len(dataset)
     if n == 0:
-        raise ValueError("The evaluation dataset is empty; check the data path and split.")
+        raise InvalidValueError("The evaluation dataset is empty; check the data path and split.")
     device = torch.device(device)
     names = list(getattr(dataset, "names", [])) or [str(i) for i in range(n)]
     class_names = list(getattr(dataset, "class_names", []) or [])
@@ -245,9 +246,9 @@ def calibrate_threshold(
     """
     grid = [round(0.30 + 0.05 * i, 2) for i in range(11)] if grid is None else [float(t) for t in grid]
     if not grid or any(not 0.0 < t < 1.0 for t in grid):
-        raise ValueError(f"grid must hold thresholds in (0, 1); got {grid}.")
+        raise InvalidValueError(f"grid must hold thresholds in (0, 1); got {grid}.")
     if len(dataset) == 0:
-        raise ValueError("calibrate_threshold needs a non-empty (validation) dataset.")
+        raise InvalidValueError("calibrate_threshold needs a non-empty (validation) dataset.")
     device = torch.device(device)
     ignore_index = getattr(dataset, "ignore_index", None)
     tp = np.zeros(len(grid))
@@ -258,7 +259,7 @@ def calibrate_threshold(
         x = normalize_image(np.asarray(image), normalization).to(device)  # (C, H, W)
         logits = predict_logits(model, x[None], tile=tile, tta=tta)  # (1, K, H, W)
         if logits.shape[1] != 1:
-            raise ValueError("calibrate_threshold is for binary models (one output channel).")
+            raise InvalidValueError("calibrate_threshold is for binary models (one output channel).")
         prob = torch.sigmoid(logits[0, 0].float()).cpu().numpy()  # (H, W)
         t = np.asarray(truth)
         valid = np.ones(t.shape, bool) if ignore_index is None else t != ignore_index

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from seglab.data.base import collate_instances
 from seglab.engine._files import csv_text, jsonable, write_text_atomic
 from seglab.engine.trainer import TaskAdapter, register_task_adapter
+from seglab.errors import InvalidValueError
 
 __all__ = [
     "InstanceAdapter",
@@ -188,7 +189,7 @@ def labels_from_masks(masks: Tensor | np.ndarray) -> np.ndarray:
     if m.ndim == 4 and m.shape[1] == 1:
         m = m[:, 0]
     if m.ndim != 3:
-        raise ValueError(f"labels_from_masks expects (K, H, W) masks; got shape {m.shape}.")
+        raise InvalidValueError(f"labels_from_masks expects (K, H, W) masks; got shape {m.shape}.")
     labels = np.zeros(m.shape[1:], dtype=np.int32)
     for k in range(m.shape[0]):
         labels[m[k] != 0] = k + 1
@@ -228,11 +229,11 @@ def detections_to_labels(
     """
     for key in ("scores", "masks"):
         if key not in detection:
-            raise ValueError(f"detection lacks {key!r}; got keys {sorted(detection)}.")
+            raise InvalidValueError(f"detection lacks {key!r}; got keys {sorted(detection)}.")
     masks = detection["masks"]
     masks = masks[:, 0] if masks.ndim == 4 else masks  # (D, H, W)
     if masks.ndim != 3:
-        raise ValueError(
+        raise InvalidValueError(
             f"detection['masks'] must be (D, 1, H, W) or (D, H, W); got {tuple(detection['masks'].shape)}."
         )
     scores = detection["scores"].detach().float().cpu()
@@ -267,7 +268,7 @@ def _device_of(model: nn.Module) -> torch.device:
 def _normalise(image: Tensor | np.ndarray, normalization: Mapping[str, Sequence[float]] | None) -> Tensor:
     x = torch.as_tensor(np.asarray(image) if not isinstance(image, Tensor) else image).to(torch.float32)
     if x.ndim != 3:
-        raise ValueError(f"Expected a (C, H, W) image; got shape {tuple(x.shape)}.")
+        raise InvalidValueError(f"Expected a (C, H, W) image; got shape {tuple(x.shape)}.")
     if normalization is None:
         return x
     from seglab.engine.predict import normalize_image
@@ -417,14 +418,14 @@ class InstanceMeter:
     ) -> None:
         """Add a batch: Mask R-CNN's eval outputs and the matching target dicts (``names`` label the rows)."""
         if len(detections) != len(targets):
-            raise ValueError(f"{len(detections)} detection dicts but {len(targets)} targets.")
+            raise InvalidValueError(f"{len(detections)} detection dicts but {len(targets)} targets.")
         for i, (det, tgt) in enumerate(zip(detections, targets)):
             masks = det["masks"]
             masks = masks[:, 0] if masks.ndim == 4 else masks
             pred = (masks >= self.mask_threshold) if masks.is_floating_point() else masks != 0
             true = torch.as_tensor(tgt["masks"]) != 0
             if true.shape[-2:] != pred.shape[-2:]:
-                raise ValueError(
+                raise InvalidValueError(
                     f"Detections {tuple(pred.shape[-2:])} and target {tuple(true.shape[-2:])} differ in size."
                 )
             shape = (int(true.shape[-2]), int(true.shape[-1]))
@@ -542,7 +543,7 @@ def evaluate_instances(
     for i in range(len(dataset)):
         image, target = dataset[i]
         if not isinstance(target, Mapping) or "masks" not in target:
-            raise ValueError(
+            raise InvalidValueError(
                 "evaluate_instances needs instance samples (image, {'boxes', 'labels', 'masks'}); build the dataset "
                 "with task='instance'."
             )
@@ -596,10 +597,10 @@ def instance_overlay(image: np.ndarray, labels: np.ndarray, *, alpha: float = 0.
 
     lab = np.asarray(labels)
     if lab.ndim != 2:
-        raise ValueError(f"labels must be (H, W); got shape {lab.shape}.")
+        raise InvalidValueError(f"labels must be (H, W); got shape {lab.shape}.")
     base = to_display(np.asarray(image))
     if base.shape[:2] != lab.shape:
-        raise ValueError(f"image {base.shape[:2]} and labels {lab.shape} differ in size.")
+        raise InvalidValueError(f"image {base.shape[:2]} and labels {lab.shape} differ in size.")
     lab = lab.astype(np.int64)
     colors = _instance_colors(int(lab.max()) if lab.size else 0).astype(np.float64)[lab]  # (H, W, 3)
     fg = lab > 0
@@ -638,7 +639,7 @@ def write_instance_outputs(
     out.mkdir(parents=True, exist_ok=True)
     lab = np.asarray(labels)
     if lab.ndim != 2 or (lab.size and lab.min() < 0):
-        raise ValueError(f"labels must be an (H, W) image of non-negative ids; got shape {lab.shape}.")
+        raise InvalidValueError(f"labels must be an (H, W) image of non-negative ids; got shape {lab.shape}.")
     dtype = np.uint16 if lab.max(initial=0) < 65536 else np.uint32  # uint16 like the CTC's label files
     target = out / f"{name}_instances.tif"
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
@@ -659,7 +660,7 @@ def _load_instance_model(
 
     model, meta = load_model(checkpoint, map_location="cpu")
     if model_info(str(meta["model_name"])).task != "instance":
-        raise ValueError(
+        raise InvalidValueError(
             f"{checkpoint} holds {meta['model_name']!r}, a semantic model; use seglab.engine.predict / evaluate for it."
         )
     dev = resolve_device(device)
@@ -943,7 +944,7 @@ def run_instance_experiment(config: InstanceRunConfig) -> dict[str, Any]:
     for name in ("steps", "batch_size", "crop", "log_every"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+            raise InvalidValueError(f"{name} must be a positive integer; got {value!r}.")
     out = Path(cfg.out)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)

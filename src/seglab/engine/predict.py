@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from seglab.errors import InvalidValueError, MissingFileError
+
 __all__ = [
     "PredictOptions",
     "find_images",
@@ -139,15 +141,15 @@ def predict_logits(
     if images.ndim == 3:
         images = images[None]
     if images.ndim != 4:
-        raise ValueError(
+        raise InvalidValueError(
             f"predict_logits expects (N, C, H, W) or (C, H, W) images; got {tuple(images.shape)}."
         )
     if tta is not None:
         check_choice("tta", tta, ("hflip", "flips", "d4"))
     if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 1):
-        raise ValueError(f"tile must be a positive int or None; got {tile!r}.")
+        raise InvalidValueError(f"tile must be a positive int or None; got {tile!r}.")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be positive; got {batch_size}.")
+        raise InvalidValueError(f"batch_size must be positive; got {batch_size}.")
     h, w = int(images.shape[-2]), int(images.shape[-1])
     window: int | tuple[int, int] | None = tile
     fixed = getattr(model, "input_hw", None)  # a fixed-size ONNX graph takes one size only
@@ -161,7 +163,7 @@ def predict_logits(
                 [_padded_forward(model, x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
             )
         if window is None:
-            raise ValueError(
+            raise InvalidValueError(
                 f"This model's output is smaller than its input ({type(model).__name__}); pass a tile size "
                 "(e.g. tile=512, --tile 512) to predict whole images with overlapping tiles."
             )
@@ -208,7 +210,7 @@ def normalize_image(image: np.ndarray | Tensor, normalization: dict[str, Sequenc
     mean = torch.tensor(normalization["mean"], dtype=torch.float32)
     std = torch.tensor(normalization["std"], dtype=torch.float32)
     if x.ndim != 3 or x.shape[0] != mean.numel():
-        raise ValueError(
+        raise InvalidValueError(
             f"The model expects {mean.numel()} channel(s) (C, H, W); got an image of shape {tuple(x.shape)}."
         )
     return (x - mean[:, None, None]) / std[:, None, None]  # (C, H, W)
@@ -232,15 +234,15 @@ def find_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
             )
         elif path.is_file():
             if path.suffix.lower() not in IMAGE_SUFFIXES:
-                raise ValueError(
+                raise InvalidValueError(
                     f"{path}: unsupported file type {path.suffix!r}; supported: {', '.join(IMAGE_SUFFIXES)}."
                 )
             found.append(path)
         else:
-            raise FileNotFoundError(f"{path}: no such file or folder.")
+            raise MissingFileError(f"{path}: no such file or folder.")
     unique = list(dict.fromkeys(found))
     if not unique:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"No image files ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, inputs))}."
         )
     return unique
@@ -300,7 +302,7 @@ def load_predictor(
     from seglab.engine.trainer import resolve_device
 
     if checkpoint is None and onnx is None:
-        raise ValueError("Pass a checkpoint (--checkpoint PATH) or an ONNX model (--onnx PATH).")
+        raise InvalidValueError("Pass a checkpoint (--checkpoint PATH) or an ONNX model (--onnx PATH).")
     meta: dict[str, Any] = {}
     model: Callable[..., Any]
     if onnx is not None:
@@ -311,7 +313,7 @@ def load_predictor(
         if checkpoint is not None:
             _, meta = load_model(checkpoint)
         if "normalization" not in meta:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{onnx} has no seglab metadata (normalisation statistics); export it with `seglab export` "
                 "or pass the checkpoint too (--checkpoint PATH)."
             )

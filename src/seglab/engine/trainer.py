@@ -70,6 +70,7 @@ from seglab.engine.checkpoint import (
 )
 from seglab.engine.config import TrainConfig, save_config
 from seglab.engine.distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
+from seglab.errors import InvalidTypeError, InvalidValueError, SeglabError
 from seglab.metrics.scores import SCORES
 
 __all__ = [
@@ -88,7 +89,7 @@ __all__ = [
 ]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(SeglabError, RuntimeError):
     """The loss became NaN or infinite; the message names the epoch, the step and the last good checkpoint."""
 
 
@@ -128,7 +129,9 @@ def resolve_device(device: str, dist: DistInfo | None = None) -> torch.device:
         text = "cuda" if torch.cuda.is_available() else "cpu"
     if text.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} but CUDA is not available here; use device='cpu' or 'auto'.")
+            raise InvalidValueError(
+                f"device={device!r} but CUDA is not available here; use device='cpu' or 'auto'."
+            )
         if text == "cuda":
             return torch.device(
                 "cuda", dist.local_rank if dist.is_distributed else torch.cuda.current_device()
@@ -136,7 +139,9 @@ def resolve_device(device: str, dist: DistInfo | None = None) -> torch.device:
     try:
         return torch.device(text)
     except RuntimeError:
-        raise ValueError(f"Cannot parse device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'.") from None
+        raise InvalidValueError(
+            f"Cannot parse device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'."
+        ) from None
 
 
 def build_optimizer(model: nn.Module, optim: Any) -> torch.optim.Optimizer:
@@ -255,7 +260,7 @@ class _Transformed(Dataset):
         self.transform = transform
         self.base_len = len(dataset)  # type: ignore[arg-type]
         if self.base_len == 0:
-            raise ValueError("The dataset is empty; check the data path and split.")
+            raise InvalidValueError("The dataset is empty; check the data path and split.")
         self.length = int(length) if length is not None else self.base_len
 
     def __len__(self) -> int:
@@ -282,7 +287,7 @@ class _ShardSampler(Sampler[int]):
 def _dataset_meta(dataset: Any, what: str) -> tuple[int, int, tuple[str, ...]]:
     missing = [a for a in ("num_classes", "in_channels") if not hasattr(dataset, a)]
     if missing:
-        raise TypeError(
+        raise InvalidTypeError(
             f"The {what} dataset must have the attributes num_classes and in_channels (seglab datasets do); "
             f"{type(dataset).__name__} lacks {', '.join(missing)}."
         )
@@ -465,7 +470,7 @@ class Trainer:
         if info.task not in TASK_ADAPTERS and info.task in _ADAPTER_MODULES:
             importlib.import_module(_ADAPTER_MODULES[info.task])
         if info.task not in TASK_ADAPTERS:
-            raise ValueError(
+            raise InvalidValueError(
                 f"Model {info.name!r} is a {info.task!r} model and no training adapter is registered for that task "
                 f"(available: {', '.join(TASK_ADAPTERS)}); register one with seglab.engine.register_task_adapter."
             )
@@ -481,7 +486,7 @@ class Trainer:
             if resume_state["model_name"] != config.model.name or dict(resume_state["model_options"]) != dict(
                 config.model.options
             ):
-                raise ValueError(
+                raise InvalidValueError(
                     f"The checkpoint {config.resume} holds model {resume_state['model_name']!r} with options "
                     f"{resume_state['model_options']}, but the config asks for {config.model.name!r} with "
                     f"{config.model.options}. Resume with the run's own config (seglab train --resume PATH)."
@@ -500,7 +505,7 @@ class Trainer:
         if mode == "auto":
             mode = "binary" if k <= 2 else "multiclass"
         if mode == "multiclass" and k < 2:
-            raise ValueError(f"data.mode='multiclass' needs at least 2 classes; the dataset has {k}.")
+            raise InvalidValueError(f"data.mode='multiclass' needs at least 2 classes; the dataset has {k}.")
         self.mode = mode
         self.adapter = adapter_cls(self)
         self.out_channels = self.adapter.num_outputs(k, mode)
@@ -515,7 +520,7 @@ class Trainer:
                 "std": list(config.data.std or stats["std"]),
             }
         if len(self.normalization["mean"]) != c_in or len(self.normalization["std"]) != c_in:
-            raise ValueError(
+            raise InvalidValueError(
                 f"Normalisation needs one mean and std per input channel ({c_in}); got mean "
                 f"{self.normalization['mean']} and std {self.normalization['std']}."
             )
@@ -664,7 +669,7 @@ class Trainer:
         self.elapsed = float(state.get("elapsed", 0.0))
         self.history = [dict(r) for r in state["history"]]
         if self.epoch >= self.config.epochs:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{self.config.resume} has already completed {self.epoch} epoch(s) of {self.config.epochs}; "
                 f"pass a larger --epochs to train further."
             )
@@ -942,7 +947,7 @@ class Trainer:
         stop = False
         if "val_loss" in row and key not in row:
             available = sorted(k[4:] for k, v in row.items() if k.startswith("val_") and isinstance(v, float))
-            raise ValueError(
+            raise InvalidValueError(
                 f"monitor={self.monitor!r} is not among this run's validation metrics ({', '.join(available)})."
                 + did_you_mean(self.monitor, available)
             )

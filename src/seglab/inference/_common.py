@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from seglab._options import check_choice
+from seglab.errors import InvalidTypeError, InvalidValueError
 
 __all__ = [
     "ACTIVATIONS",
@@ -67,9 +68,9 @@ def as_pair(value: int | Sequence[int], what: str) -> tuple[int, int]:
     ):
         pair = (int(value[0]), int(value[1]))
     else:
-        raise TypeError(f"{what} must be an int or a pair of ints (height, width); got {value!r}.")
+        raise InvalidTypeError(f"{what} must be an int or a pair of ints (height, width); got {value!r}.")
     if min(pair) < 1:
-        raise ValueError(f"{what} must be positive; got {value!r}.")
+        raise InvalidValueError(f"{what} must be positive; got {value!r}.")
     return pair
 
 

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from seglab.errors import InvalidTypeError, InvalidValueError, MissingFileError
 from seglab.inference.prepare import prepare
 
 __all__ = ["OnnxModel", "check_onnx", "export_onnx"]
@@ -55,18 +56,18 @@ _INPUT, _OUTPUT = "image", "logits"
 def _input_shape(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, int, int, int]:
     shape = tuple(input_shape)
     if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in shape):
-        raise ValueError(f"input_shape must hold positive integers; got {input_shape!r}.")
+        raise InvalidValueError(f"input_shape must hold positive integers; got {input_shape!r}.")
     in_ch = getattr(model, "in_channels", None)
     if len(shape) == 2:
         if not isinstance(in_ch, int):
-            raise ValueError(
+            raise InvalidValueError(
                 f"input_shape {shape} gives only (H, W) and the model has no in_channels; pass (N, C, H, W)."
             )
         shape = (1, in_ch, *shape)
     if len(shape) != 4:
-        raise ValueError(f"input_shape must be (N, C, H, W) or (H, W); got {input_shape!r}.")
+        raise InvalidValueError(f"input_shape must be (N, C, H, W) or (H, W); got {input_shape!r}.")
     if isinstance(in_ch, int) and shape[1] != in_ch:
-        raise ValueError(f"input_shape has {shape[1]} channel(s) but the model takes {in_ch}.")
+        raise InvalidValueError(f"input_shape has {shape[1]} channel(s) but the model takes {in_ch}.")
     check = getattr(model, "check_input_size", None)
     if callable(check):
         check(int(shape[2]), int(shape[3]))
@@ -166,11 +167,11 @@ def export_onnx(
         True
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"export_onnx expects an nn.Module, got {type(model).__name__}.")
+        raise InvalidTypeError(f"export_onnx expects an nn.Module, got {type(model).__name__}.")
     if dynamic not in ("auto", True, False):
-        raise ValueError(f"dynamic must be True, False or 'auto'; got {dynamic!r}.")
+        raise InvalidValueError(f"dynamic must be True, False or 'auto'; got {dynamic!r}.")
     if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int) or opset < 18):
-        raise ValueError(
+        raise InvalidValueError(
             f"opset must be an integer >= 18 (the torch.export-based exporter's minimum); got {opset!r}."
         )
     shape = _input_shape(model, input_shape)
@@ -179,7 +180,7 @@ def export_onnx(
     divisor = int(getattr(model, "size_divisor", 1) or 1)
     same_size = out_hw == hw
     if dynamic is True and not same_size:
-        raise ValueError(
+        raise InvalidValueError(
             f"this model's output {out_hw} is smaller than its input {hw} (valid convolutions): it exports at a "
             "fixed size only; use dynamic=False or 'auto' and run large images through sliding_window."
         )
@@ -311,13 +312,13 @@ class OnnxModel:
 
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"ONNX file not found: {os.fspath(path)!r} (write one with seglab.inference.export_onnx)."
             )
         self.session = ort.InferenceSession(str(self.path), providers=list(providers or _default_providers()))
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{self.path} has {len(inputs)} inputs; OnnxModel runs single-input segmentation graphs."
             )
         self._input, self._output = inputs[0], outputs[0]
@@ -354,27 +355,27 @@ class OnnxModel:
     def check_input_size(self, h: int, w: int) -> None:
         """Raise ``ValueError`` for a size the graph cannot take."""
         if self.input_hw is not None and (h, w) != self.input_hw:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{self.path.name} was exported at the fixed input size {self.input_hw[0]}x{self.input_hw[1]}; "
                 f"got {h}x{w}. Use tile={self.input_hw} with sliding_window, or re-export with dynamic shapes."
             )
         if self.min_hw is not None and (h < self.min_hw[0] or w < self.min_hw[1]):
-            raise ValueError(
+            raise InvalidValueError(
                 f"{self.path.name} takes inputs of at least {self.min_hw[0]}x{self.min_hw[1]}; got {h}x{w}. "
                 "Use a larger tile, or pad the image."
             )
         d = self.size_divisor
         if d > 1 and (h % d or w % d):
-            raise ValueError(f"{self.path.name} needs H and W divisible by {d}; got {h}x{w}.")
+            raise InvalidValueError(f"{self.path.name} needs H and W divisible by {d}; got {h}x{w}.")
 
     def __call__(self, x: Tensor | np.ndarray) -> Tensor:
         """Logits for a batch ``(N, C, H, W)`` (a tensor on any device, or an array)."""
         device = x.device if isinstance(x, Tensor) else torch.device("cpu")
         arr = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
         if arr.ndim != 4:
-            raise ValueError(f"OnnxModel expects a batch (N, C, H, W); got shape {arr.shape}.")
+            raise InvalidValueError(f"OnnxModel expects a batch (N, C, H, W); got shape {arr.shape}.")
         if self.in_channels is not None and arr.shape[1] != self.in_channels:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{self.path.name} takes {self.in_channels} input channel(s); got {arr.shape[1]}."
             )
         self.check_input_size(int(arr.shape[2]), int(arr.shape[3]))
@@ -425,7 +426,7 @@ def check_onnx(model: nn.Module, path: str | os.PathLike | OnnxModel, input: Ten
     runner = path if isinstance(path, OnnxModel) else OnnxModel(path, providers=["CPUExecutionProvider"])
     got = runner(x.cpu())
     if got.shape != ref.shape:
-        raise ValueError(
+        raise InvalidValueError(
             f"onnxruntime output {tuple(got.shape)} and PyTorch output {tuple(ref.shape)} differ in shape."
         )
     return float((got - ref.cpu().float()).abs().max())

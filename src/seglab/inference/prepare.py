@@ -42,6 +42,7 @@ import torch
 from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from seglab.errors import InvalidTypeError, InvalidValueError
 from seglab.inference._common import model_device
 
 __all__ = ["PrepareInfo", "fold_batchnorm", "is_prepared", "prepare", "prepare_info"]
@@ -168,9 +169,9 @@ def fold_batchnorm(model: nn.Module) -> int:
         (1, 'Identity')
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"fold_batchnorm expects an nn.Module, got {type(model).__name__}.")
+        raise InvalidTypeError(f"fold_batchnorm expects an nn.Module, got {type(model).__name__}.")
     if any(m.training for m in model.modules()):
-        raise ValueError(
+        raise InvalidValueError(
             "fold_batchnorm needs a model in eval mode (folding uses the running statistics); call "
             "model.eval() first, or use seglab.inference.prepare(model), which works on a copy."
         )
@@ -236,12 +237,12 @@ def prepare(
         (10, False, False)
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(
+        raise InvalidTypeError(
             f"prepare expects an nn.Module, got {type(model).__name__}; other callables (an OnnxModel, "
             "a function) are used as they are."
         )
     if channels_last not in ("auto", True, False):
-        raise ValueError(f"channels_last must be 'auto', True or False; got {channels_last!r}.")
+        raise InvalidValueError(f"channels_last must be 'auto', True or False; got {channels_last!r}.")
     dev = torch.device(device) if device is not None else (model_device(model) or torch.device("cpu"))
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())

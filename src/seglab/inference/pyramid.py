@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seglab.errors import InvalidTypeError, InvalidValueError
 from seglab.inference._common import activate, check_activation, model_device, pad_indices
 from seglab.inference.prepare import prepare as prepare_model
 from seglab.inference.prepare import prepare_info
@@ -36,15 +37,15 @@ __all__ = ["predict"]
 
 def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
     if isinstance(scales, (int, float)):
-        raise TypeError(
+        raise InvalidTypeError(
             f"scales must be a sequence of factors, e.g. (0.5, 1.0, 1.5); got {scales!r}. Write ({scales},)."
         )
     scales = tuple(scales)
     if not scales:
-        raise ValueError("scales must hold at least one factor, e.g. (1.0,).")
+        raise InvalidValueError("scales must hold at least one factor, e.g. (1.0,).")
     for s in scales:
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not s > 0:
-            raise ValueError(f"every scale must be a positive number; got {scales!r}.")
+            raise InvalidValueError(f"every scale must be a positive number; got {scales!r}.")
     return tuple(float(s) for s in scales)
 
 
@@ -70,7 +71,9 @@ def _covering_input(model: Any, size: int, axis: int) -> int:
             continue
         if out >= size:
             return s
-    raise ValueError(f"no valid input size of this model covers {size} output pixels; pass tile=... instead.")
+    raise InvalidValueError(
+        f"no valid input size of this model covers {size} output pixels; pass tile=... instead."
+    )
 
 
 def _shrinks(model: Any, h: int, w: int) -> bool:
@@ -179,7 +182,7 @@ def predict(
         torch.Size([4, 50, 70])
     """
     if not callable(model):
-        raise TypeError(f"model must be callable; got {type(model).__name__}.")
+        raise InvalidTypeError(f"model must be callable; got {type(model).__name__}.")
     scales = _check_scales(scales)
     activation = check_activation(activation)
     if tta is not None:
@@ -187,16 +190,16 @@ def predict(
     if isinstance(image, np.ndarray):
         image = torch.from_numpy(image)
     if not isinstance(image, Tensor) or not image.is_floating_point():
-        raise TypeError(
+        raise InvalidTypeError(
             "image must be a floating-point tensor or NumPy array; got "
             f"{type(image).__name__}{f' of {image.dtype}' if isinstance(image, Tensor) else ''}. "
             "Convert with .float() (and scale intensities, e.g. to [0, 1])."
         )
     if image.ndim not in (3, 4):
-        raise ValueError(f"image must be (C, H, W) or (N, C, H, W); got shape {tuple(image.shape)}.")
+        raise InvalidValueError(f"image must be (C, H, W) or (N, C, H, W); got shape {tuple(image.shape)}.")
     x = image[None] if image.ndim == 3 else image
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
+        raise InvalidValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
     if device is None:
         dev = model_device(model) or x.device
     else:
@@ -205,10 +208,10 @@ def predict(
         if prepare:
             model = prepare_model(model, device=dev)
         elif model.training:
-            raise ValueError("the model is in training mode; call model.eval() or leave prepare=True.")
+            raise InvalidValueError("the model is in training mode; call model.eval() or leave prepare=True.")
     in_ch = getattr(model, "in_channels", None)
     if isinstance(in_ch, int) and x.shape[1] != in_ch:
-        raise ValueError(
+        raise InvalidValueError(
             f"the model takes {in_ch} input channel(s) but the image has {x.shape[1]} (shape {tuple(x.shape)})."
         )
 

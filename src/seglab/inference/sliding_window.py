@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from seglab._options import check_choice
+from seglab.errors import InvalidTypeError, InvalidValueError
 from seglab.inference._common import (
     PAD_MODES,
     activate,
@@ -87,7 +88,7 @@ class WindowOptions:
     def __post_init__(self) -> None:
         check_choice("pad_mode", self.pad_mode, PAD_MODES)
         if not (isinstance(self.sigma_scale, (int, float)) and self.sigma_scale > 0):
-            raise ValueError(f"sigma_scale must be a positive number; got {self.sigma_scale!r}.")
+            raise InvalidValueError(f"sigma_scale must be a positive number; got {self.sigma_scale!r}.")
 
 
 # -- geometry ----------------------------------------------------------------------------------
@@ -109,7 +110,7 @@ def window_starts(length: int, window: int, overlap: float) -> list[int]:
         [0, 115, 229, 344]
     """
     if length < window:
-        raise ValueError(f"length ({length}) must be at least the window size ({window}).")
+        raise InvalidValueError(f"length ({length}) must be at least the window size ({window}).")
     if length == window:
         return [0]
     step = window * (1.0 - overlap)
@@ -198,23 +199,23 @@ def _check_image(image: Any) -> tuple[Any, bool]:
     """Return ``(image as (N, C, H, W), was_3d)``; raises for anything else."""
     if isinstance(image, np.ndarray):
         if not np.issubdtype(image.dtype, np.floating):
-            raise TypeError(
+            raise InvalidTypeError(
                 f"image must hold floating-point values, got a NumPy array of {image.dtype}; convert with "
                 "image.astype(np.float32) (and scale intensities, e.g. to [0, 1])."
             )
     elif isinstance(image, Tensor):
         if not image.is_floating_point():
-            raise TypeError(
+            raise InvalidTypeError(
                 f"image must be a floating-point tensor, got {image.dtype}; convert with image.float() "
                 "(and scale intensities, e.g. to [0, 1])."
             )
     else:
-        raise TypeError(f"image must be a torch.Tensor or a NumPy array, got {type(image).__name__}.")
+        raise InvalidTypeError(f"image must be a torch.Tensor or a NumPy array, got {type(image).__name__}.")
     if image.ndim == 3:
         return image[None], True
     if image.ndim == 4:
         return image, False
-    raise ValueError(
+    raise InvalidValueError(
         f"image must be (C, H, W) or (N, C, H, W); got shape {tuple(image.shape)}. For a 2-D grey image "
         "add a channel dimension (image[None])."
     )
@@ -223,9 +224,9 @@ def _check_image(image: Any) -> tuple[Any, bool]:
 def _check_overlap(overlap: float | Sequence[float]) -> tuple[float, float]:
     pair = (overlap, overlap) if isinstance(overlap, (int, float)) else tuple(overlap)
     if len(pair) != 2 or not all(isinstance(o, (int, float)) and not isinstance(o, bool) for o in pair):
-        raise TypeError(f"overlap must be a number or a pair of numbers; got {overlap!r}.")
+        raise InvalidTypeError(f"overlap must be a number or a pair of numbers; got {overlap!r}.")
     if not all(0.0 <= o < 1.0 for o in pair):
-        raise ValueError(f"overlap must be in [0, 1) (a fraction of the tile); got {overlap!r}.")
+        raise InvalidValueError(f"overlap must be in [0, 1) (a fraction of the tile); got {overlap!r}.")
     return float(pair[0]), float(pair[1])
 
 
@@ -236,11 +237,11 @@ def _out_tile(model: Callable[..., Any], tile: tuple[int, int]) -> tuple[int, in
         try:
             check(*tile)
         except ValueError as err:
-            raise ValueError(f"tile={tile} is not an input size this model accepts: {err}") from err
+            raise InvalidValueError(f"tile={tile} is not an input size this model accepts: {err}") from err
     shape_fn = getattr(model, "output_shape", None)
     out = tuple(int(s) for s in shape_fn(tile)) if callable(shape_fn) else tile
     if any(o > t for o, t in zip(out, tile)) or any((t - o) % 2 for o, t in zip(out, tile)):
-        raise ValueError(
+        raise InvalidValueError(
             f"model.output_shape({tile}) = {out}: sliding-window inference needs an output no larger than "
             "the input tile, smaller by the same margin on both sides."
         )
@@ -266,7 +267,7 @@ class _SlidingWindow:
         options: WindowOptions | None,
     ) -> None:
         if not callable(model):
-            raise TypeError(
+            raise InvalidTypeError(
                 f"model must be callable (an nn.Module, a prepared model, an OnnxModel); got {model!r}."
             )
         self.image, self.was_3d = _check_image(image)
@@ -274,16 +275,16 @@ class _SlidingWindow:
         self.overlap = _check_overlap(overlap)
         self.blend = check_choice("blend", blend, BLENDS)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
+            raise InvalidValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
         self.batch_size = batch_size
         self.activation = check_activation(activation)
         self.options = options if options is not None else WindowOptions()
         if not isinstance(self.options, WindowOptions):
-            raise TypeError(f"options must be a WindowOptions; got {type(options).__name__}.")
+            raise InvalidTypeError(f"options must be a WindowOptions; got {type(options).__name__}.")
         self.progress = bool(progress)
         in_ch = getattr(model, "in_channels", None)
         if isinstance(in_ch, int) and self.image.shape[1] != in_ch:
-            raise ValueError(
+            raise InvalidValueError(
                 f"the model takes {in_ch} input channel(s) but the image has {self.image.shape[1]} "
                 f"(shape {tuple(self.image.shape)}); images are (C, H, W) or (N, C, H, W), channels first."
             )
@@ -296,7 +297,7 @@ class _SlidingWindow:
         if prepare and isinstance(model, nn.Module):
             model = prepare_model(model, device=dev)
         elif isinstance(model, nn.Module) and model.training:
-            raise ValueError(
+            raise InvalidValueError(
                 "the model is in training mode (dropout active, batch norm on batch statistics); call "
                 "model.eval() or leave prepare=True."
             )
@@ -348,10 +349,10 @@ class _SlidingWindow:
         y = self.model(x)
         y = getattr(y, "out", y)  # a SegOutput from a model called with aux=True
         if not isinstance(y, Tensor):
-            raise TypeError(f"the model must return a tensor (N, K, h, w); got {type(y).__name__}.")
+            raise InvalidTypeError(f"the model must return a tensor (N, K, h, w); got {type(y).__name__}.")
         want = (x.shape[0], self.ay.out_tile, self.ax.out_tile)
         if y.ndim != 4 or (y.shape[0], *y.shape[-2:]) != want:
-            raise ValueError(
+            raise InvalidValueError(
                 f"the model returned shape {tuple(y.shape)} for tiles {tuple(x.shape)}; expected "
                 f"(N, K, {want[1]}, {want[2]}). A model whose output is smaller than its input must say so "
                 "through an output_shape((h, w)) method."
@@ -388,7 +389,7 @@ class _SlidingWindow:
                         pred = self._forward(tiles)  # (B, K, oh, ow)
                         k = pred.shape[1]
                         if self.num_classes is not None and k != self.num_classes:
-                            raise ValueError(
+                            raise InvalidValueError(
                                 f"the model returned {k} channels but says num_classes={self.num_classes}."
                             )
                         self.num_classes = k
@@ -420,17 +421,17 @@ class _SlidingWindow:
 def _check_out(out: Any, shape: tuple[int, ...]) -> None:
     if isinstance(out, Tensor):
         if not out.is_floating_point():
-            raise TypeError(f"out must be a floating-point tensor; got {out.dtype}.")
+            raise InvalidTypeError(f"out must be a floating-point tensor; got {out.dtype}.")
     elif isinstance(out, np.ndarray):
         if not np.issubdtype(out.dtype, np.floating):
-            raise TypeError(f"out must be a floating-point array; got {out.dtype}.")
+            raise InvalidTypeError(f"out must be a floating-point array; got {out.dtype}.")
     else:
-        raise TypeError(
+        raise InvalidTypeError(
             f"out must be a torch.Tensor or a NumPy array (np.memmap for an on-disk buffer); got {type(out).__name__}. "
             "To write a TIFF file use sliding_window_to_tiff."
         )
     if tuple(out.shape) != shape:
-        raise ValueError(
+        raise InvalidValueError(
             f"out has shape {tuple(out.shape)}; expected {shape} (classes, then the image's H and W)."
         )
 
@@ -501,7 +502,7 @@ def sliding_window(
         (torch.Size([3, 100, 150]), True)
     """
     if not (isinstance(out_dtype, torch.dtype) and out_dtype.is_floating_point):
-        raise TypeError(
+        raise InvalidTypeError(
             f"out_dtype must be a floating torch dtype; got {out_dtype!r}. For a label map take "
             ".argmax(dim=-3) of the result, or use sliding_window_to_tiff(..., labels=True)."
         )
@@ -622,16 +623,16 @@ def sliding_window_to_tiff(
     import tifffile
 
     if isinstance(tiff_tile, bool) or not isinstance(tiff_tile, int) or tiff_tile < 16 or tiff_tile % 16:
-        raise ValueError(
+        raise InvalidValueError(
             f"tiff_tile must be a positive multiple of 16 (TIFF requires it); got {tiff_tile!r}."
         )
     np_dtype = np.dtype("uint8" if labels and str(dtype) == "float32" else dtype)
     if labels and np_dtype.kind != "u":
-        raise ValueError(
+        raise InvalidValueError(
             f"labels=True stores class indices: dtype must be unsigned (e.g. 'uint8'); got {np_dtype}."
         )
     if not labels and np_dtype.kind != "f":
-        raise ValueError(
+        raise InvalidValueError(
             f"dtype must be a float type for probabilities/logits; got {np_dtype}. Use labels=True for class indices."
         )
     sw = _SlidingWindow(
@@ -653,11 +654,11 @@ def sliding_window_to_tiff(
     first = next(rows)
     k = first[3].shape[0]
     if labels and k == 1 and sw.activation is None:
-        raise ValueError(
+        raise InvalidValueError(
             "labels=True with one output channel thresholds probabilities at 0.5: keep an activation."
         )
     if labels and k - 1 > np.iinfo(np_dtype).max:
-        raise ValueError(f"{k} classes do not fit in {np_dtype}; use dtype='uint16'.")
+        raise InvalidValueError(f"{k} classes do not fit in {np_dtype}; use dtype='uint16'.")
 
     def chain() -> Iterator[tuple[int, int, int, Tensor]]:
         yield first

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from seglab._options import check_choice
+from seglab.errors import InvalidTypeError, InvalidValueError
 from seglab.inference._common import activate, check_activation
 
 __all__ = ["TTA_TRANSFORMS", "tta", "tta_transforms"]
@@ -101,17 +102,17 @@ def tta(
         torch.Size([1, 2, 32, 32])
     """
     if not callable(model_fn):
-        raise TypeError(f"model_fn must be callable; got {type(model_fn).__name__}.")
+        raise InvalidTypeError(f"model_fn must be callable; got {type(model_fn).__name__}.")
     ops = tta_transforms(transforms)
     activation = check_activation(activation)
     if not isinstance(image, Tensor) or not image.is_floating_point():
-        raise TypeError(
+        raise InvalidTypeError(
             f"image must be a floating-point torch.Tensor; got {type(image).__name__}"
             + (f" of {image.dtype}" if isinstance(image, Tensor) else "")
             + ". Convert with torch.as_tensor(image).float()."
         )
     if image.ndim not in (3, 4):
-        raise ValueError(f"image must be (C, H, W) or (N, C, H, W); got shape {tuple(image.shape)}.")
+        raise InvalidValueError(f"image must be (C, H, W) or (N, C, H, W); got shape {tuple(image.shape)}.")
     x = image[None] if image.ndim == 3 else image
     total = torch.empty(0)
     with torch.inference_mode():
@@ -119,12 +120,12 @@ def tta(
             y = model_fn(forward(x))
             y = getattr(y, "out", y)
             if not isinstance(y, Tensor):
-                raise TypeError(f"model_fn must return a tensor; got {type(y).__name__}.")
+                raise InvalidTypeError(f"model_fn must return a tensor; got {type(y).__name__}.")
             y = inverse(activate(y.float(), activation))  # (N, K, H', W')
             if total.numel() == 0:
                 total = y.clone()
             elif y.shape != total.shape:
-                raise ValueError(
+                raise InvalidValueError(
                     f"model_fn returned {tuple(y.shape)} for one transform and {tuple(total.shape)} for another; "
                     "for non-square outputs use transforms='flips'."
                 )

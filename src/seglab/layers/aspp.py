@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from seglab.errors import InvalidValueError
 from seglab.layers.conv import AtrousConv2d, ConvNormAct, make_act, make_norm
 from seglab.layers.pyramid import check_pooled_norm
 
@@ -42,7 +43,9 @@ def aspp_rates(output_stride: int) -> tuple[int, int, int]:
         (12, 24, 36)
     """
     if isinstance(output_stride, bool) or output_stride not in _DEFAULT_RATES:
-        raise ValueError(f"output_stride must be one of {tuple(_DEFAULT_RATES)}; got {output_stride!r}.")
+        raise InvalidValueError(
+            f"output_stride must be one of {tuple(_DEFAULT_RATES)}; got {output_stride!r}."
+        )
     return _DEFAULT_RATES[output_stride]
 
 
@@ -160,9 +163,11 @@ class ASPP(nn.Module):
         super().__init__()
         rates = tuple(rates)
         if not rates or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates):
-            raise ValueError(f"ASPP rates must be a non-empty sequence of positive ints; got {rates!r}.")
+            raise InvalidValueError(
+                f"ASPP rates must be a non-empty sequence of positive ints; got {rates!r}."
+            )
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"ASPP dropout must be in [0, 1); got {dropout!r}.")
+            raise InvalidValueError(f"ASPP dropout must be in [0, 1); got {dropout!r}.")
         self.rates = rates
         branches: list[nn.Module] = [ConvNormAct(in_ch, out_ch, 1, norm=norm, act=act)]
         for r in rates:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seglab._options import check_choice
+from seglab.errors import InvalidValueError
 
 __all__ = [
     "ACTS",
@@ -99,7 +100,7 @@ class AtrousConv2d(nn.Conv2d):
             or self.padding != (dh * (kh - 1) // 2, dw * (kw - 1) // 2)
             or self.padding_mode != "zeros"
         ):
-            raise ValueError(
+            raise InvalidValueError(
                 "AtrousConv2d needs stride 1, odd kernels and zero 'same' padding (dilation * (k - 1) // 2); "
                 f"got stride {self.stride}, kernel {self.kernel_size}, padding {self.padding}, "
                 f"padding_mode {self.padding_mode!r}. Use nn.Conv2d otherwise."

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seglab._options import check_choice
+from seglab.errors import InvalidTypeError, InvalidValueError
 from seglab.layers.conv import ConvNormAct
 
 __all__ = ["SPP", "PyramidPooling", "adaptive_avg_pool2d", "check_pooled_norm"]
@@ -44,7 +45,7 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
         and all(isinstance(s, int) and not isinstance(s, bool) for s in size)
     ):
         return int(size[0]), int(size[1])
-    raise TypeError(f"output_size must be an int or a pair of ints; got {size!r}.")
+    raise InvalidTypeError(f"output_size must be an int or a pair of ints; got {size!r}.")
 
 
 def _averaging_matrix(length: int, bins: int, like: Tensor) -> Tensor:
@@ -87,7 +88,7 @@ def adaptive_avg_pool2d(x: Tensor, output_size: int | Sequence[int]) -> Tensor:
     """
     bh, bw = _pair(output_size)
     if bh < 1 or bw < 1:
-        raise ValueError(f"output_size must be positive; got {output_size!r}.")
+        raise InvalidValueError(f"output_size must be positive; got {output_size!r}.")
     if bh == 1 and bw == 1:
         return x.mean(dim=(-2, -1), keepdim=True)  # (N, C, 1, 1)
     rows = _averaging_matrix(x.shape[-2], bh, x)  # (bh, H)
@@ -108,18 +109,18 @@ def check_pooled_norm(owner: str, pooled: Tensor, norm: nn.Module) -> None:
     """
     n, h, w = pooled.shape[0], pooled.shape[-2], pooled.shape[-1]
     if isinstance(norm, nn.BatchNorm2d) and norm.training and n * h * w == 1:
-        raise ValueError(
+        raise InvalidValueError(
             f"{owner}: the pooled 1x1 branch is normalised with BatchNorm, which needs more than one value "
             "per channel in training mode; got a batch of 1. Train with a batch of 2 or more, build the "
             "model with norm='group', or call model.eval() for inference."
         )
     if isinstance(norm, nn.InstanceNorm2d) and h * w == 1:
-        raise ValueError(
+        raise InvalidValueError(
             f"{owner}: instance norm normalises each map over its pixels, and the pooled branch has one "
             "pixel. Use norm='batch' or norm='group'."
         )
     if isinstance(norm, nn.GroupNorm) and (norm.num_channels // norm.num_groups) * h * w == 1:
-        raise ValueError(
+        raise InvalidValueError(
             f"{owner}: group norm with one channel per group cannot normalise a pooled 1x1 map "
             f"({norm.num_channels} channels in {norm.num_groups} groups). Use wider branches (16 channels or more) or "
             "norm='batch'."
@@ -156,7 +157,9 @@ class SPP(nn.Module):
         super().__init__()
         levels = tuple(levels)
         if not levels or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in levels):
-            raise ValueError(f"SPP levels must be a non-empty sequence of positive ints; got {levels!r}.")
+            raise InvalidValueError(
+                f"SPP levels must be a non-empty sequence of positive ints; got {levels!r}."
+            )
         self.levels = levels
         self.mode = check_choice("mode", mode, SPP_MODES)
 
@@ -166,7 +169,7 @@ class SPP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4:
-            raise ValueError(f"SPP expects a feature map (N, C, H, W); got shape {tuple(x.shape)}.")
+            raise InvalidValueError(f"SPP expects a feature map (N, C, H, W); got shape {tuple(x.shape)}.")
         n = x.shape[0]
         parts = []
         for level in self.levels:
@@ -226,12 +229,12 @@ class PyramidPooling(nn.Module):
         super().__init__()
         bins = tuple(bins)
         if not bins or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in bins):
-            raise ValueError(
+            raise InvalidValueError(
                 f"PyramidPooling bins must be a non-empty sequence of positive ints; got {bins!r}."
             )
         branch_channels = in_ch // len(bins) if branch_channels is None else int(branch_channels)
         if branch_channels < 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"PyramidPooling branch_channels must be >= 1; got {branch_channels} (in_ch={in_ch}, "
                 f"{len(bins)} bins). Pass branch_channels explicitly."
             )

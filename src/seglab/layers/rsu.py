@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seglab.errors import InvalidTypeError, InvalidValueError
 from seglab.layers.conv import ConvNormAct
 
 __all__ = ["RSU", "CeilMaxPool2d", "resize_to"]
@@ -61,9 +62,9 @@ class CeilMaxPool2d(nn.Module):
 
 def _positive_int(name: str, value: object, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"RSU {name} must be an int; got {type(value).__name__} {value!r}.")
+        raise InvalidTypeError(f"RSU {name} must be an int; got {type(value).__name__} {value!r}.")
     if value < minimum:
-        raise ValueError(f"RSU {name} must be >= {minimum}; got {value}.")
+        raise InvalidValueError(f"RSU {name} must be >= {minimum}; got {value}.")
     return value
 
 
@@ -112,7 +113,7 @@ class RSU(nn.Module):
         mid_ch = _positive_int("mid_ch", mid_ch)
         out_ch = _positive_int("out_ch", out_ch)
         if not isinstance(dilated, bool):
-            raise TypeError(f"RSU dilated must be a bool; got {type(dilated).__name__} {dilated!r}.")
+            raise InvalidTypeError(f"RSU dilated must be a bool; got {type(dilated).__name__} {dilated!r}.")
         self.height = height
         self.dilated = dilated
         self.in_channels = in_ch

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from seglab._options import check_choice
+from seglab.errors import InvalidValueError
 from seglab.layers.conv import ConvNormAct
 
 __all__ = ["DOWN_KINDS", "UP_KINDS", "Downsample", "Upsample", "icnr_"]
@@ -84,7 +85,7 @@ def icnr_(weight: Tensor, scale: int = 2, init=nn.init.kaiming_normal_) -> Tenso
     """
     out_ch, in_ch, kh, kw = weight.shape
     if out_ch % (scale**2):
-        raise ValueError(f"ICNR needs out_channels divisible by scale**2={scale**2}; got {out_ch}.")
+        raise InvalidValueError(f"ICNR needs out_channels divisible by scale**2={scale**2}; got {out_ch}.")
     sub = torch.empty(out_ch // scale**2, in_ch, kh, kw, dtype=weight.dtype, device=weight.device)
     init(sub)
     with torch.no_grad():
@@ -126,7 +127,7 @@ class Upsample(nn.Module):
             )
         elif kind == "transposed":
             if kernel_size < 2:
-                raise ValueError(
+                raise InvalidValueError(
                     f"kernel_size for a stride-2 transposed conv must be >= 2; got {kernel_size}."
                 )
             # output = (H - 1) * 2 - 2p + k + op == 2H  =>  2p - op = k - 2

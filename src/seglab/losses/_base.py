@@ -6,6 +6,7 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
+from seglab.errors import InvalidTypeError, InvalidValueError
 from seglab.losses._utils import check_mode, check_reduction
 
 __all__ = ["SegLoss"]
@@ -38,14 +39,14 @@ class SegLoss(nn.Module):
         super().__init__()
         check_mode(mode)
         if mode not in self.modes:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{type(self).__name__} does not support mode={mode!r}; supported: {', '.join(map(repr, self.modes))}."
             )
         self.mode = mode
         self.from_logits = bool(from_logits)
         self.reduction = check_reduction(reduction)
         if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
-            raise TypeError(
+            raise InvalidTypeError(
                 f"ignore_index must be an int or None, got {type(ignore_index).__name__} {ignore_index!r}."
             )
         self.ignore_index = ignore_index

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from seglab._options import check_choice
+from seglab.errors import InvalidTypeError, InvalidValueError
 
 __all__ = [
     "MODES",
@@ -51,19 +52,19 @@ def check_reduction(reduction: str) -> str:
 def check_nonneg(what: str, value: float) -> float:
     """Return ``float(value)``; raise ``ValueError`` when it is negative or not finite."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{what} must be a number, got {type(value).__name__} {value!r}.")
+        raise InvalidTypeError(f"{what} must be a number, got {type(value).__name__} {value!r}.")
     v = float(value)
     if not v >= 0.0 or v == float("inf"):
-        raise ValueError(f"{what} must be a finite number >= 0, got {value!r}.")
+        raise InvalidValueError(f"{what} must be a finite number >= 0, got {value!r}.")
     return v
 
 
 def check_gamma(gamma: float) -> float:
     """Validate a focusing exponent: a finite number ``>= 0``."""
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
-        raise TypeError(f"gamma must be a number, got {type(gamma).__name__} {gamma!r}.")
+        raise InvalidTypeError(f"gamma must be a number, got {type(gamma).__name__} {gamma!r}.")
     if not gamma >= 0 or math.isinf(gamma):
-        raise ValueError(
+        raise InvalidValueError(
             f"gamma must be a finite number >= 0, got {gamma!r}: a negative gamma up-weights the easy pixels, "
             "the opposite of what the focal loss is for (gamma=0 is plain cross-entropy; 2 is the usual value)."
         )
@@ -89,11 +90,11 @@ class Prepared(NamedTuple):
 
 def _check_pred(pred: Tensor, who: str) -> None:
     if not isinstance(pred, Tensor):
-        raise TypeError(f"{who}: the prediction must be a torch.Tensor, got {type(pred).__name__}.")
+        raise InvalidTypeError(f"{who}: the prediction must be a torch.Tensor, got {type(pred).__name__}.")
     if not pred.is_floating_point():
-        raise TypeError(f"{who}: the prediction must be floating point (logits), got {pred.dtype}.")
+        raise InvalidTypeError(f"{who}: the prediction must be floating point (logits), got {pred.dtype}.")
     if pred.ndim < 3:
-        raise ValueError(
+        raise InvalidValueError(
             f"{who}: the prediction must be (N, C, H, W) (or (N, C, *spatial)); got shape {tuple(pred.shape)}. "
             "Add the channel dimension with pred.unsqueeze(1)."
         )
@@ -107,7 +108,7 @@ def _upcast(pred: Tensor) -> Tensor:
 
 def _check_spatial(pred: Tensor, target: Tensor, who: str) -> None:
     if target.shape[0] != pred.shape[0] or target.shape[2:] != pred.shape[2:]:
-        raise ValueError(
+        raise InvalidValueError(
             f"{who}: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in batch or spatial "
             "size. Resize the logits to the mask (F.interpolate(pred, size=target.shape[-2:], mode='bilinear')) "
             "or use DeepSupervisionLoss, which does that for auxiliary outputs."
@@ -136,12 +137,12 @@ def prepare(pred: Tensor, target: Tensor, mode: str, ignore_index: int | None, w
     """
     _check_pred(pred, who)
     if not isinstance(target, Tensor):
-        raise TypeError(f"{who}: the target must be a torch.Tensor, got {type(target).__name__}.")
+        raise InvalidTypeError(f"{who}: the target must be a torch.Tensor, got {type(target).__name__}.")
     pred = _upcast(pred)
     n, c = pred.shape[:2]
     if mode == "binary":
         if c != 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{who}: mode='binary' expects one output channel (N, 1, H, W); got {c} channels "
                 f"(prediction {tuple(pred.shape)}). For {c} mutually exclusive classes use mode='multiclass' "
                 f"(target (N, H, W) class ids); for {c} independent masks use mode='multilabel'."
@@ -149,7 +150,7 @@ def prepare(pred: Tensor, target: Tensor, mode: str, ignore_index: int | None, w
         if target.ndim == pred.ndim - 1:
             target = target.unsqueeze(1)  # (N, 1, *spatial)
         elif target.ndim != pred.ndim or target.shape[1] != 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{who}: mode='binary' expects a target (N, H, W) or (N, 1, H, W); got {tuple(target.shape)} "
                 f"for a prediction {tuple(pred.shape)}."
             )
@@ -158,7 +159,7 @@ def prepare(pred: Tensor, target: Tensor, mode: str, ignore_index: int | None, w
             extra = ""
             if target.ndim == pred.ndim - 1:
                 extra = " A (N, H, W) target of class ids needs mode='multiclass'."
-            raise ValueError(
+            raise InvalidValueError(
                 f"{who}: mode='multilabel' expects a target with the prediction's shape {tuple(pred.shape)} "
                 f"(one {{0, 1}} mask per channel); got {tuple(target.shape)}.{extra}"
             )
@@ -179,7 +180,7 @@ def prepare(pred: Tensor, target: Tensor, mode: str, ignore_index: int | None, w
                 if hi > 1 and ignore_index is None
                 else ""
             )
-            raise ValueError(
+            raise InvalidValueError(
                 f"{who}: mode={mode!r} expects target values in {{0, 1}}; got values in "
                 f"[{int(lo)}, {int(hi)}].{hint} Multi-class masks need mode='multiclass'."
             )
@@ -212,11 +213,11 @@ def prepare_multiclass(pred: Tensor, target: Tensor, ignore_index: int | None, w
     """
     _check_pred(pred, who)
     if not isinstance(target, Tensor):
-        raise TypeError(f"{who}: the target must be a torch.Tensor, got {type(target).__name__}.")
+        raise InvalidTypeError(f"{who}: the target must be a torch.Tensor, got {type(target).__name__}.")
     pred = _upcast(pred)
     n, c = pred.shape[:2]
     if c == 1:
-        raise ValueError(
+        raise InvalidValueError(
             f"{who}: num_classes=1 needs mode='binary' (one logit per pixel, sigmoid); mode='multiclass' "
             f"applies a softmax over >= 2 channels. Got prediction {tuple(pred.shape)}."
         )
@@ -226,12 +227,12 @@ def prepare_multiclass(pred: Tensor, target: Tensor, ignore_index: int | None, w
         hint = ""
         if target.ndim == pred.ndim and target.shape[1] == c:
             hint = " If the target is one-hot, pass target.argmax(1); for independent masks use mode='multilabel'."
-        raise ValueError(
+        raise InvalidValueError(
             f"{who}: mode='multiclass' expects a target (N, H, W) of class ids for a prediction "
             f"{tuple(pred.shape)}; got {tuple(target.shape)}.{hint}"
         )
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise TypeError(
+        raise InvalidTypeError(
             f"{who}: mode='multiclass' expects integer class ids (int64), got {target.dtype}. Convert with "
             "target.long() (and round first if the values came from an interpolation)."
         )
@@ -249,7 +250,7 @@ def prepare_multiclass(pred: Tensor, target: Tensor, ignore_index: int | None, w
                 if hi >= c and ignore_index is None
                 else ""
             )
-            raise ValueError(
+            raise InvalidValueError(
                 f"{who}: class ids must lie in [0, {c - 1}] for a {c}-channel prediction; got values in "
                 f"[{lo}, {hi}].{hint}"
             )
@@ -294,7 +295,7 @@ def as_channel_tensor(
         return None
     t = torch.as_tensor(value, dtype=torch.float32) if not isinstance(value, Tensor) else value.detach()
     if t.ndim > 1:
-        raise ValueError(
+        raise InvalidValueError(
             f"{what} must be a number or a 1-D sequence (one value per channel); got shape {tuple(t.shape)}."
         )
     return t.reshape(1, -1, *([1] * ndim_spatial)) if t.ndim == 1 else t

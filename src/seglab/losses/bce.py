@@ -14,6 +14,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from seglab.errors import InvalidValueError
 from seglab.losses import functional as LF
 from seglab.losses._base import SegLoss
 
@@ -67,7 +68,7 @@ class BCELoss(SegLoss):
         ignore_index: int | None = None,
     ) -> None:
         if mode == "multiclass":
-            raise ValueError(
+            raise InvalidValueError(
                 "BCELoss is a per-channel sigmoid loss and does not take mode='multiclass'; use "
                 "CrossEntropyLoss (spec term 'ce'), e.g. build('ce+dice', mode='multiclass'). For one logit "
                 "per class with independent masks use mode='multilabel'."
@@ -76,7 +77,7 @@ class BCELoss(SegLoss):
         if pos_weight is not None:
             pw = torch.as_tensor(pos_weight, dtype=torch.float32)
             if pw.ndim > 1 or bool((pw < 0).any()):
-                raise ValueError(
+                raise InvalidValueError(
                     f"pos_weight must be a number >= 0 or one such value per channel; got {pos_weight!r}."
                 )
         else:
@@ -140,18 +141,20 @@ class CrossEntropyLoss(SegLoss):
         ignore_index: int | None = None,
     ) -> None:
         if mode in ("binary", "multilabel"):
-            raise ValueError(
+            raise InvalidValueError(
                 f"CrossEntropyLoss is the softmax loss over >= 2 classes and needs mode='multiclass'; for "
                 f"mode={mode!r} (sigmoid outputs) use BCELoss (spec term 'bce')."
             )
         super().__init__(mode=mode, from_logits=from_logits, reduction=reduction, ignore_index=ignore_index)
         if not 0.0 <= float(label_smoothing) <= 1.0:
-            raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing!r}.")
+            raise InvalidValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing!r}.")
         self.label_smoothing = float(label_smoothing)
         if weight is not None:
             w = torch.as_tensor(weight, dtype=torch.float32)
             if w.ndim != 1 or bool((w < 0).any()):
-                raise ValueError(f"weight must be a 1-D sequence of class weights >= 0; got {weight!r}.")
+                raise InvalidValueError(
+                    f"weight must be a 1-D sequence of class weights >= 0; got {weight!r}."
+                )
         else:
             w = None
         self.register_buffer("weight", w)

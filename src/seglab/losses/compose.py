@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seglab._options import check_choice, did_you_mean
+from seglab.errors import InvalidTypeError, InvalidValueError
 from seglab.losses import functional as LF
 from seglab.losses.bce import BCELoss, CrossEntropyLoss
 from seglab.losses.dice import DiceLoss, IoULoss, TverskyLoss
@@ -88,19 +89,19 @@ class CompositeLoss(nn.Module):
     def __init__(self, losses: Mapping[str, nn.Module], weights: Mapping[str, float] | None = None) -> None:
         super().__init__()
         if not losses:
-            raise ValueError("CompositeLoss needs at least one term.")
+            raise InvalidValueError("CompositeLoss needs at least one term.")
         if "loss" in losses:
-            raise ValueError("'loss' is reserved for the total; name the term differently.")
+            raise InvalidValueError("'loss' is reserved for the total; name the term differently.")
         weights = dict(weights or {})
         unknown = set(weights) - set(losses)
         if unknown:
-            raise ValueError(f"weights for unknown terms {sorted(unknown)}; terms are {list(losses)}.")
+            raise InvalidValueError(f"weights for unknown terms {sorted(unknown)}; terms are {list(losses)}.")
         self.losses = nn.ModuleDict(dict(losses))
         self.weights: dict[str, float] = {}
         for name in losses:
             w = float(weights.get(name, 1.0))
             if not w >= 0.0:
-                raise ValueError(f"the weight of term {name!r} must be >= 0, got {w}.")
+                raise InvalidValueError(f"the weight of term {name!r} must be >= 0, got {w}.")
             self.weights[name] = w
 
     @property
@@ -151,7 +152,7 @@ def _canonical(name: str) -> str:
     key = _ALIASES.get(key, key)
     if key not in LOSSES:
         choices = [*LOSSES, *_ALIASES]
-        raise ValueError(
+        raise InvalidValueError(
             f"Unknown loss term {name!r}. Valid terms: {', '.join(repr(c) for c in LOSSES)} "
             f"(aliases: {', '.join(repr(a) for a in _ALIASES)})." + did_you_mean(key, choices)
         )
@@ -172,21 +173,23 @@ def parse_spec(spec: str) -> list[tuple[float, str]]:
             term given twice.
     """
     if not isinstance(spec, str):
-        raise TypeError(f"a loss spec must be a string such as '0.5*bce+dice', got {type(spec).__name__}.")
+        raise InvalidTypeError(
+            f"a loss spec must be a string such as '0.5*bce+dice', got {type(spec).__name__}."
+        )
     if not spec.strip():
-        raise ValueError("empty loss spec; write e.g. 'bce+dice' or '0.5*bce+dice'.")
+        raise InvalidValueError("empty loss spec; write e.g. 'bce+dice' or '0.5*bce+dice'.")
     out: list[tuple[float, str]] = []
     seen: dict[str, str] = {}
     for raw in spec.split("+"):
         m = _TERM_RE.match(raw)
         if m is None:
-            raise ValueError(
+            raise InvalidValueError(
                 f"cannot parse loss term {raw.strip()!r} in {spec!r}; each term is 'name' or 'weight*name' "
                 "with a number >= 0 (e.g. '0.5*bce+dice')."
             )
         name = _canonical(m.group("name"))
         if name in seen:
-            raise ValueError(
+            raise InvalidValueError(
                 f"loss term {name!r} appears twice in {spec!r} ({seen[name]!r} and {raw.strip()!r}); give it once "
                 "with the summed weight (e.g. '2*dice')."
             )
@@ -255,18 +258,18 @@ def build(spec: str, *, mode: str = "binary", **options: Any) -> CompositeLoss:
         term_key = _ALIASES.get(term_key, term_key)
         if term_key in LOSSES:
             if term_key not in per_term:
-                raise TypeError(
+                raise InvalidTypeError(
                     f"per-term options for {key!r}, but the spec {spec!r} has no {term_key!r} term."
                 )
             if not isinstance(value, Mapping):
-                raise TypeError(
+                raise InvalidTypeError(
                     f"per-term options must be a dict, e.g. {term_key}={{'smooth': 0.0}}; got {type(value).__name__}."
                 )
             per_term[term_key].update(value)
         else:
             shared[key] = value
     if shared.get("reduction") == "none" and len(terms) > 1:
-        raise ValueError(
+        raise InvalidValueError(
             "reduction='none' cannot be combined across terms (their unreduced shapes differ); use 'mean' or "
             "'sum', or call the term modules one by one."
         )
@@ -274,12 +277,12 @@ def build(spec: str, *, mode: str = "binary", **options: Any) -> CompositeLoss:
         takers = [n for n in names if key in _accepted(LOSSES[n])]
         if not takers:
             valid = sorted({p for n in names for p in _accepted(LOSSES[n])} - {"mode"})
-            raise TypeError(
+            raise InvalidTypeError(
                 f"build() got option {key!r}, which none of the terms ({', '.join(names)}) accepts. "
                 f"Valid options: {', '.join(valid)}." + did_you_mean(key, valid)
             )
         if key in _AMBIGUOUS and len(takers) > 1:
-            raise TypeError(
+            raise InvalidTypeError(
                 f"option {key!r} means different things for {', '.join(takers)}; pass it per term, e.g. "
                 f"build({spec!r}, {takers[0]}={{{key!r}: ...}})."
             )
@@ -290,7 +293,7 @@ def build(spec: str, *, mode: str = "binary", **options: Any) -> CompositeLoss:
         accepted = _accepted(cls)
         for key in per_term[name]:
             if key not in accepted:
-                raise TypeError(
+                raise InvalidTypeError(
                     f"{cls.__name__} ({name!r}) has no option {key!r}. Valid: {', '.join(accepted)}."
                     + did_you_mean(key, accepted)
                 )
@@ -376,7 +379,7 @@ class DeepSupervisionLoss(nn.Module):
         if isinstance(loss, str):
             loss = build(loss)
         if not callable(loss):
-            raise TypeError(f"loss must be a loss module or a spec string, got {type(loss).__name__}.")
+            raise InvalidTypeError(f"loss must be a loss module or a spec string, got {type(loss).__name__}.")
         self.loss = loss
         if isinstance(weights, str):
             check_choice("weights", weights, ("equal", "halving"))
@@ -384,17 +387,19 @@ class DeepSupervisionLoss(nn.Module):
         else:
             ws = tuple(float(w) for w in weights)
             if not ws or any(not w >= 0 for w in ws):
-                raise ValueError(
+                raise InvalidValueError(
                     f"weights must be 'equal', 'halving' or a non-empty sequence of numbers >= 0; got {weights!r}."
                 )
             self.weights = ws
         if isinstance(cls_loss, str):
             check_choice("cls_loss", cls_loss, ("bce",))
         elif cls_loss is not None and not callable(cls_loss):
-            raise TypeError(f"cls_loss must be None, 'bce' or a loss module; got {type(cls_loss).__name__}.")
+            raise InvalidTypeError(
+                f"cls_loss must be None, 'bce' or a loss module; got {type(cls_loss).__name__}."
+            )
         self.cls_loss = cls_loss
         if not float(cls_weight) >= 0:
-            raise ValueError(f"cls_weight must be >= 0, got {cls_weight!r}.")
+            raise InvalidValueError(f"cls_weight must be >= 0, got {cls_weight!r}.")
         self.cls_weight = float(cls_weight)
 
     def output_weights(self, n_aux: int) -> list[float]:
@@ -404,7 +409,7 @@ class DeepSupervisionLoss(nn.Module):
         if self.weights == "halving":
             return [0.5**i for i in range(n_aux + 1)]
         if len(self.weights) != n_aux + 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"DeepSupervisionLoss has {len(self.weights)} weight(s) but the model returned 1 main + {n_aux} "
                 f"auxiliary output(s); pass {n_aux + 1} weights (main first) or use 'equal' / 'halving'."
             )
@@ -418,7 +423,7 @@ class DeepSupervisionLoss(nn.Module):
 
     def _resize(self, aux: Tensor, out: Tensor, target: Tensor, i: int) -> Tensor:
         if aux.shape[:2] != out.shape[:2]:
-            raise ValueError(
+            raise InvalidValueError(
                 f"auxiliary output {i} has shape {tuple(aux.shape)} but the main output {tuple(out.shape)}: batch "
                 "and channels must match (each head predicts the same classes)."
             )
@@ -447,7 +452,7 @@ class DeepSupervisionLoss(nn.Module):
 
     def _cls_term(self, cls: Tensor, out: Tensor, target: Tensor) -> Tensor:
         if cls.shape != out.shape[:2]:
-            raise ValueError(
+            raise InvalidValueError(
                 f"cls logits must be (N, C) = {tuple(out.shape[:2])} to match the main output; got {tuple(cls.shape)}."
             )
         present = self.presence(out, target).to(cls.dtype)  # (N, C)
@@ -490,7 +495,7 @@ class DeepSupervisionLoss(nn.Module):
     @staticmethod
     def _unpack(output: Any) -> tuple[Tensor, list[Tensor], Tensor | None]:
         if not (hasattr(output, "out") and hasattr(output, "aux")):
-            raise TypeError(
+            raise InvalidTypeError(
                 "DeepSupervisionLoss takes a SegOutput (from model(x, aux=True)) or a logits tensor; got "
                 f"{type(output).__name__}."
             )

@@ -23,6 +23,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
+from seglab.errors import InvalidValueError
 from seglab.losses import functional as LF
 from seglab.losses._base import SegLoss
 from seglab.losses._utils import check_gamma, check_nonneg
@@ -51,10 +52,12 @@ class _RegionLoss(SegLoss):
         self.per_image = bool(per_image)
         if classes is not None:
             if mode == "binary":
-                raise ValueError("classes selects channels and needs mode='multiclass' or 'multilabel'.")
+                raise InvalidValueError(
+                    "classes selects channels and needs mode='multiclass' or 'multilabel'."
+                )
             classes = [int(c) for c in classes]
             if not classes:
-                raise ValueError("classes must name at least one class (or be None for all).")
+                raise InvalidValueError("classes must name at least one class (or be None for all).")
         self.classes = classes
 
     def extra_repr(self) -> str:
@@ -148,7 +151,7 @@ class DiceLoss(_RegionLoss):
             if weight is not None:
                 pair = tuple(weight)
                 if len(pair) != 2:
-                    raise ValueError(
+                    raise InvalidValueError(
                         f"weight must be a per-pixel weight tensor or a (w_neg, w_pos) pair; got {weight!r}."
                     )
                 self.pair_weight = (check_nonneg("w_neg", pair[0]), check_nonneg("w_pos", pair[1]))

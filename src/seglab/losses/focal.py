@@ -14,6 +14,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from seglab.errors import InvalidValueError
 from seglab.losses import functional as LF
 from seglab.losses._base import SegLoss
 from seglab.losses._utils import check_gamma
@@ -84,13 +85,15 @@ class FocalLoss(SegLoss):
         if isinstance(alpha, (Tensor, Sequence)):
             a = torch.as_tensor(alpha, dtype=torch.float32)
             if a.ndim != 1 or bool((a < 0).any()):
-                raise ValueError(f"a per-class alpha must be a 1-D sequence of values >= 0; got {alpha!r}.")
+                raise InvalidValueError(
+                    f"a per-class alpha must be a 1-D sequence of values >= 0; got {alpha!r}."
+                )
             self.register_buffer("alpha", a)
         else:
             self.register_buffer("alpha", None)
             if alpha is not None:
                 if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-                    raise ValueError(
+                    raise InvalidValueError(
                         f"alpha must be a number in [0, 1], a per-class sequence, or None; got {alpha!r}."
                     )
                 self.alpha_scalar = float(alpha)

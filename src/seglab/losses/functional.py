@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from seglab.errors import InvalidValueError
 from seglab.losses import _counts
 from seglab.losses._utils import (
     Prepared,
@@ -117,7 +118,7 @@ def bce_loss(
     check_mode(mode)
     check_reduction(reduction)
     if mode == "multiclass":
-        raise ValueError(
+        raise InvalidValueError(
             "BCE is a per-channel sigmoid loss; mode='multiclass' needs the softmax cross-entropy: use 'ce' "
             "(CrossEntropyLoss / cross_entropy_loss), e.g. build('ce+dice', mode='multiclass')."
         )
@@ -180,7 +181,7 @@ def cross_entropy_loss(
     """
     check_reduction(reduction)
     if not 0.0 <= float(label_smoothing) <= 1.0:
-        raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing!r}.")
+        raise InvalidValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing!r}.")
     x, t, valid, spatial, _ = prepare_multiclass(pred, target, ignore_index, "cross_entropy_loss")
     if not from_logits:
         x = x.clamp_min(torch.finfo(x.dtype).tiny).log()  # (N, C, L)
@@ -188,7 +189,7 @@ def cross_entropy_loss(
     if weight is not None:
         w = torch.as_tensor(weight, dtype=x.dtype, device=x.device)
         if w.shape != (x.shape[1],):
-            raise ValueError(
+            raise InvalidValueError(
                 f"weight must hold one value per class ({x.shape[1]}); got shape {tuple(w.shape)}."
             )
     ls = float(label_smoothing)
@@ -269,7 +270,7 @@ def focal_loss(
     if alpha is not None and not isinstance(alpha, (Tensor, Sequence)):
         a = float(alpha)
         if not 0.0 <= a <= 1.0:
-            raise ValueError(f"a scalar alpha must lie in [0, 1] (or be None), got {alpha!r}.")
+            raise InvalidValueError(f"a scalar alpha must lie in [0, 1] (or be None), got {alpha!r}.")
     if mode == "multiclass":
         return _focal_multiclass(pred, target, from_logits, alpha, gamma, reduction, ignore_index)
     hard = not target.is_floating_point()
@@ -372,7 +373,7 @@ def _focal_multiclass(
         if isinstance(alpha, (Tensor, Sequence)):
             a = torch.as_tensor(alpha, dtype=x.dtype, device=x.device)
             if a.shape != (x.shape[1],):
-                raise ValueError(
+                raise InvalidValueError(
                     f"alpha must be a number or hold one value per class ({x.shape[1]}); got shape {tuple(a.shape)}."
                 )
             loss = loss * a[t]  # (N, L)
@@ -403,7 +404,7 @@ def _pixel_weight(weight: Tensor, spatial: tuple[int, ...], n: int, c: int) -> T
         or w.shape[0] not in (1, n)
         or w.shape[1] not in (1, c)
     ):
-        raise ValueError(
+        raise InvalidValueError(
             f"a weight map must broadcast to the target (N={n}, C={c}, *{spatial}): use (H, W), (N, H, W), "
             f"(N, 1, H, W) or (N, C, H, W); got {tuple(weight.shape)}."
         )
@@ -522,7 +523,7 @@ def _check_classes(classes: Sequence[int] | None, c: int) -> list[int] | None:
     out = [int(k) for k in classes]
     bad = [k for k in out if not -c <= k < c]
     if bad or not out:
-        raise ValueError(
+        raise InvalidValueError(
             f"classes must be a non-empty list of channel indices in [0, {c - 1}]; got {list(classes)}."
         )
     return out
@@ -872,15 +873,15 @@ def _ms_ssim(
 ) -> Tensor:
     """:func:`ms_ssim`; ``y_binary``: ``y`` holds only 0 and 1 (saves one filter at full size)."""
     if x.shape != y.shape or x.ndim != 4:
-        raise ValueError(
+        raise InvalidValueError(
             f"ms_ssim expects two (N, C, H, W) tensors of one shape; got {tuple(x.shape)} and {tuple(y.shape)}."
         )
     if win_size % 2 != 1 or win_size < 1:
-        raise ValueError(f"win_size must be a positive odd number, got {win_size}.")
+        raise InvalidValueError(f"win_size must be a positive odd number, got {win_size}.")
     h, w = x.shape[-2:]
     levels = ms_ssim_levels(h, w, win_size, len(weights))
     if levels == 0:
-        raise ValueError(
+        raise InvalidValueError(
             f"MS-SSIM needs images larger than the window: got {h}x{w} with win_size={win_size}. Use a smaller "
             f"win_size (at most {min(h, w) - (1 - min(h, w) % 2)}) or larger images."
         )
@@ -959,7 +960,7 @@ def ms_ssim_loss(
     check_reduction(reduction)
     prepared = _prepare(pred, target, mode, ignore_index, "ms_ssim_loss")
     if len(prepared.spatial) != 2:
-        raise ValueError(f"ms_ssim_loss is 2-D: expected (N, C, H, W), got {tuple(pred.shape)}.")
+        raise InvalidValueError(f"ms_ssim_loss is 2-D: expected (N, C, H, W), got {tuple(pred.shape)}.")
     p = to_probs(prepared.pred, mode, from_logits)  # (N, C, L)
     t, valid = prepared.target, prepared.valid
     n, c, _ = p.shape

@@ -14,6 +14,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
+from seglab.errors import InvalidValueError
 from seglab.losses import functional as LF
 from seglab.losses._base import SegLoss
 from seglab.losses._utils import check_nonneg
@@ -89,17 +90,17 @@ class MSSSIMLoss(SegLoss):
     ) -> None:
         super().__init__(mode=mode, from_logits=from_logits, reduction=reduction, ignore_index=ignore_index)
         if isinstance(win_size, bool) or not isinstance(win_size, int) or win_size < 1 or win_size % 2 != 1:
-            raise ValueError(f"win_size must be a positive odd integer, got {win_size!r}.")
+            raise InvalidValueError(f"win_size must be a positive odd integer, got {win_size!r}.")
         self.data_range = check_nonneg("data_range", data_range)
         if self.data_range == 0:
-            raise ValueError("data_range must be > 0 (1.0 for probabilities).")
+            raise InvalidValueError("data_range must be > 0 (1.0 for probabilities).")
         self.win_size = win_size
         self.win_sigma = check_nonneg("win_sigma", win_sigma)
         if self.win_sigma == 0:
-            raise ValueError("win_sigma must be > 0.")
+            raise InvalidValueError("win_sigma must be > 0.")
         self.weights = tuple(check_nonneg("weights[i]", w) for w in weights)
         if not self.weights:
-            raise ValueError("weights must hold at least one scale weight.")
+            raise InvalidValueError("weights must hold at least one scale weight.")
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         """The loss of ``pred`` against ``target`` (see the class docstring)."""

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from seglab.errors import InvalidTypeError, InvalidValueError
+
 __all__ = ["assd", "hausdorff", "surface_distances"]
 
 
@@ -74,7 +76,7 @@ def hausdorff(
         3.0
     """
     if percentile is not None and not 0.0 <= float(percentile) <= 100.0:
-        raise ValueError(f"percentile must be None or in [0, 100], got {percentile}.")
+        raise InvalidValueError(f"percentile must be None or in [0, 100], got {percentile}.")
 
     def one(p: np.ndarray, t: np.ndarray, sp: tuple[float, ...]) -> float:
         d_pt, d_tp = surface_distances(p, t, spacing=sp)
@@ -166,7 +168,7 @@ def surface_distances(
     p = _to_mask(pred, "pred")
     t = _to_mask(target, "target")
     if p.shape != t.shape or p.ndim != len(sp):
-        raise ValueError(
+        raise InvalidValueError(
             f"pred {p.shape} and target {t.shape} must have the same shape with {len(sp)} spatial dims "
             f"(len(spacing)); use hausdorff/assd for batches."
         )
@@ -209,12 +211,12 @@ def _distances_to(src: np.ndarray, dst: np.ndarray, spacing: tuple[float, ...]) 
 
 def _check_spacing(spacing: Sequence[float]) -> tuple[float, ...]:
     if isinstance(spacing, (int, float)) or not isinstance(spacing, (Sequence, np.ndarray, Tensor)):
-        raise TypeError(
+        raise InvalidTypeError(
             f"spacing must be a sequence with one pixel size per spatial axis, e.g. (1.0, 1.0), got {spacing!r}."
         )
     sp = tuple(float(s) for s in spacing)
     if not sp or any(not (s > 0 and math.isfinite(s)) for s in sp):
-        raise ValueError(f"spacing must hold positive finite pixel sizes, got {sp}.")
+        raise InvalidValueError(f"spacing must hold positive finite pixel sizes, got {sp}.")
     return sp
 
 
@@ -223,7 +225,7 @@ def _to_numpy(x: Tensor | np.ndarray, name: str) -> np.ndarray:
         return x.detach().cpu().numpy()
     if isinstance(x, np.ndarray):
         return x
-    raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}.")
+    raise InvalidTypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}.")
 
 
 def _to_mask(x: Tensor | np.ndarray, name: str) -> np.ndarray:
@@ -232,11 +234,11 @@ def _to_mask(x: Tensor | np.ndarray, name: str) -> np.ndarray:
         return a
     if np.issubdtype(a.dtype, np.floating):
         if not np.isin(a, (0.0, 1.0)).all():
-            raise ValueError(
+            raise InvalidValueError(
                 f"{name} is a float mask with values other than 0/1; threshold it first (e.g. p >= 0.5)."
             )
     elif not np.issubdtype(a.dtype, np.integer):
-        raise TypeError(f"{name} must be a bool, integer or 0/1 float mask, got dtype {a.dtype}.")
+        raise InvalidTypeError(f"{name} must be a bool, integer or 0/1 float mask, got dtype {a.dtype}.")
     return a != 0
 
 
@@ -248,13 +250,13 @@ def _apply(
     p = _to_mask(pred, "pred")
     t = _to_mask(target, "target")
     if p.shape != t.shape:
-        raise ValueError(f"pred {p.shape} and target {t.shape} must have the same shape.")
+        raise InvalidValueError(f"pred {p.shape} and target {t.shape} must have the same shape.")
     if p.ndim == len(sp):
         return one(p, t, sp)  # type: ignore[operator]
     if p.ndim == len(sp) + 1:
         values = np.array([one(p[i], t[i], sp) for i in range(p.shape[0])], dtype=np.float64)  # type: ignore[operator]
         return torch.from_numpy(values) if isinstance(pred, Tensor) else values
-    raise ValueError(
+    raise InvalidValueError(
         f"masks of shape {p.shape} do not fit spacing of length {len(sp)}: expected {len(sp)} spatial dims "
         f"or a batch (N, *S); pass spacing with one entry per spatial axis (e.g. (1.0, 1.0, 1.0) for volumes)."
     )

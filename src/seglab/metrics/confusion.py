@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from seglab._options import check_choice
+from seglab.errors import InvalidTypeError, InvalidValueError
 
 __all__ = ["MODES", "confusion", "confusion_matrix"]
 
@@ -93,25 +94,25 @@ def confusion(
     pred = _as_tensor(pred, "pred")
     target = _as_tensor(target, "target")
     if pred.device != target.device:
-        raise ValueError(
+        raise InvalidValueError(
             f"pred is on {pred.device} but target is on {target.device}; move both to one device."
         )
     if target.dim() < 2:
-        raise ValueError(
+        raise InvalidValueError(
             f"target must have a batch dimension and at least one spatial dimension, got shape "
             f"{tuple(target.shape)}; for a single image pass target[None] (and pred[None])."
         )
     if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
-        raise TypeError(f"ignore_index must be an int or None, got {ignore_index!r}.")
+        raise InvalidTypeError(f"ignore_index must be an int or None, got {ignore_index!r}.")
     if not isinstance(from_logits, bool):
-        raise TypeError(f"from_logits must be a bool, got {from_logits!r}.")
+        raise InvalidTypeError(f"from_logits must be a bool, got {from_logits!r}.")
     if mode == "multiclass":
         pred_ids, target_ids, c = _multiclass_inputs(pred, target, num_classes, ignore_index)
         cm = _confusion_matrices(pred_ids, target_ids, c, ignore_index)  # (N, C, C)
         return _counts_from_matrices(cm)
     if mode == "binary":
         if num_classes not in (None, 1):
-            raise ValueError(
+            raise InvalidValueError(
                 f"mode='binary' counts one foreground class (C = 1), got num_classes={num_classes}; "
                 "for several mutually exclusive classes use mode='multiclass'."
             )
@@ -164,7 +165,7 @@ def confusion_matrix(
     pred = _as_tensor(pred, "pred")
     target = _as_tensor(target, "target")
     if target.dim() < 2:
-        raise ValueError(
+        raise InvalidValueError(
             f"target must be (N, *S) class ids, got shape {tuple(target.shape)}; add a batch dimension."
         )
     pred_ids, target_ids, c = _multiclass_inputs(pred, target, num_classes, ignore_index)
@@ -221,7 +222,7 @@ def _as_tensor(x: object, name: str) -> Tensor:
         return x.detach()
     if isinstance(x, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(x))
-    raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}.")
+    raise InvalidTypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}.")
 
 
 def _bad_values(x: Tensor, ok: Tensor, limit: int = 5) -> list:
@@ -234,7 +235,7 @@ def _multiclass_inputs(
 ) -> tuple[Tensor, Tensor, int]:
     """Class ids ``(N, L)`` for pred and target, and ``C``."""
     if target.is_floating_point() or target.is_complex():
-        raise TypeError(
+        raise InvalidTypeError(
             f"multiclass target must hold integer class ids, got {target.dtype}; use target.long() "
             "(or target.argmax(1) for a one-hot target)."
         )
@@ -246,49 +247,49 @@ def _multiclass_inputs(
     if is_scores:
         expected = (pred.shape[0], *pred.shape[2:])
         if tuple(target.shape) != expected:
-            raise ValueError(
+            raise InvalidValueError(
                 f"multiclass scores {tuple(pred.shape)} need a target of shape {expected} (N, *S) class "
                 f"ids, got {tuple(target.shape)}."
             )
         c = pred.shape[1]
         if c < 2:
-            raise ValueError(
+            raise InvalidValueError(
                 f"multiclass scores need at least 2 channels, got shape {tuple(pred.shape)}; a single "
                 "foreground channel is mode='binary'."
             )
         if num_classes is not None and num_classes != c:
-            raise ValueError(
+            raise InvalidValueError(
                 f"num_classes={num_classes} but pred has {c} channels (shape {tuple(pred.shape)})."
             )
         if pred.is_floating_point():
             values, pred_ids = pred.max(1)  # (N, *S) each; max(dim) is much faster than argmax
             if torch.isnan(values).any():
-                raise ValueError("pred contains NaN scores; the prediction is undefined there.")
+                raise InvalidValueError("pred contains NaN scores; the prediction is undefined there.")
         else:
             pred_ids = pred.max(1).indices  # e.g. one-hot integer predictions
     elif pred.dim() == target.dim():
         if pred.is_floating_point() or pred.is_complex():
-            raise TypeError(
+            raise InvalidTypeError(
                 f"multiclass pred with the target's shape {tuple(target.shape)} must hold integer class "
                 f"ids, got {pred.dtype}; pass scores as (N, C, *S) or ids as pred.long()."
             )
         if tuple(pred.shape) != tuple(target.shape):
-            raise ValueError(
+            raise InvalidValueError(
                 f"pred class ids {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape."
             )
         if num_classes is None:
-            raise ValueError(
+            raise InvalidValueError(
                 "num_classes is required when pred holds class ids (it cannot be inferred safely)."
             )
         c = num_classes
         pred_ids = pred
     else:
-        raise ValueError(
+        raise InvalidValueError(
             f"multiclass expects pred (N, C, *S) scores or (N, *S) class ids and target (N, *S) class ids; "
             f"got pred {tuple(pred.shape)} and target {tuple(target.shape)}."
         )
     if isinstance(c, bool) or not isinstance(c, int) or c < 1:
-        raise ValueError(f"num_classes must be a positive int, got {c!r}.")
+        raise InvalidValueError(f"num_classes must be a positive int, got {c!r}.")
     n = target.shape[0]
     pred_ids = _rows(pred_ids, n).long()  # (N, L)
     target_ids = _rows(target, n).long()  # (N, L)
@@ -315,7 +316,7 @@ def _check_ids(ids: Tensor, c: int, ignore_index: int | None, name: str) -> None
         if name == "target"
         else " Check num_classes."
     )
-    raise ValueError(f"{name} contains class ids {_bad_values(ids, ok)} outside [0, {c}).{hint}")
+    raise InvalidValueError(f"{name} contains class ids {_bad_values(ids, ok)} outside [0, {c}).{hint}")
 
 
 def _binary_shapes(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
@@ -331,7 +332,7 @@ def _binary_shapes(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
                 f" pred has {pred.shape[1]} channels: use mode='multiclass' for mutually exclusive classes "
                 "or mode='multilabel' for independent masks."
             )
-        raise ValueError(
+        raise InvalidValueError(
             f"binary mode expects pred and target of shape (N, *S) or (N, 1, *S), got pred "
             f"{tuple(pred.shape)} and target {tuple(target.shape)}.{extra}"
         )
@@ -340,13 +341,13 @@ def _binary_shapes(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
 
 def _check_multilabel_shapes(pred: Tensor, target: Tensor, num_classes: int | None) -> None:
     if pred.dim() < 3 or tuple(pred.shape) != tuple(target.shape):
-        raise ValueError(
+        raise InvalidValueError(
             f"multilabel mode expects pred and target of the same shape (N, C, *S), got pred "
             f"{tuple(pred.shape)} and target {tuple(target.shape)}; a (N, *S) target of class ids needs "
             "mode='multiclass'."
         )
     if num_classes is not None and num_classes != pred.shape[1]:
-        raise ValueError(f"num_classes={num_classes} but pred has {pred.shape[1]} channels.")
+        raise InvalidValueError(f"num_classes={num_classes} but pred has {pred.shape[1]} channels.")
 
 
 def _binarize_pred(pred: Tensor, *, threshold: float, from_logits: bool) -> Tensor:
@@ -355,7 +356,7 @@ def _binarize_pred(pred: Tensor, *, threshold: float, from_logits: bool) -> Tens
         return pred
     if not pred.is_floating_point():
         if pred.numel() and not bool(((pred == 0) | (pred == 1)).all()):
-            raise ValueError(
+            raise InvalidValueError(
                 f"integer pred in binary/multilabel mode must be 0/1, found {_bad_values(pred, (pred == 0) | (pred == 1))}; "
                 "pass probabilities or logits as floats."
             )
@@ -363,16 +364,16 @@ def _binarize_pred(pred: Tensor, *, threshold: float, from_logits: bool) -> Tens
     threshold = float(threshold)
     if from_logits:
         if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1) with from_logits=True, got {threshold}.")
+            raise InvalidValueError(f"threshold must be in (0, 1) with from_logits=True, got {threshold}.")
         if torch.isnan(pred).any():
-            raise ValueError("pred contains NaN logits.")
+            raise InvalidValueError("pred contains NaN logits.")
         return pred >= math.log(threshold / (1.0 - threshold))  # sigmoid(x) >= t  <=>  x >= logit(t)
     if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}.")
+        raise InvalidValueError(f"threshold must be in [0, 1], got {threshold}.")
     if pred.numel():
         lo, hi = torch.aminmax(pred)
         if not (float(lo) >= 0.0 and float(hi) <= 1.0):  # also catches NaN
-            raise ValueError(
+            raise InvalidValueError(
                 f"pred holds values in [{float(lo):.4g}, {float(hi):.4g}], not probabilities in [0, 1]; "
                 "pass from_logits=True for logits."
             )
@@ -384,12 +385,12 @@ def _binary_target(target: Tensor, ignore_index: int | None) -> Tensor:
     if target.dtype == torch.bool:
         return target.long()
     if target.is_complex():
-        raise TypeError(f"target must be real-valued, got {target.dtype}.")
+        raise InvalidTypeError(f"target must be real-valued, got {target.dtype}.")
     ok = (target == 0) | (target == 1)
     if ignore_index is not None:
         ok |= target == ignore_index
     if target.numel() and not bool(ok.all()):
-        raise ValueError(
+        raise InvalidValueError(
             f"binary/multilabel target must hold 0/1 values, found {_bad_values(target, ok)}. "
             + (
                 "Pass ignore_index=<value> if these mark pixels to skip."

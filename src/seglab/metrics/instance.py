@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from seglab.errors import InvalidTypeError, InvalidValueError
+
 __all__ = ["COCO_IOU_THRESHOLDS", "COCO_RECALL_THRESHOLDS", "ctc_seg", "mask_ap", "mask_iou"]
 
 # the exact values COCOeval uses (np.linspace, so 0.5 and 0.75 compare equal)
@@ -65,12 +67,12 @@ def mask_iou(
     p, p_size = _sparse_masks(pred_masks, "pred_masks", mask_threshold)
     t, t_size = _sparse_masks(target_masks, "target_masks", mask_threshold)
     if p_size != t_size:
-        raise ValueError(f"pred masks {p_size} and target masks {t_size} differ in size.")
+        raise InvalidValueError(f"pred masks {p_size} and target masks {t_size} differ in size.")
     iscrowd = (
         np.zeros(t.shape[0], bool) if crowd is None else np.asarray(_numpy(crowd, "crowd"), bool).reshape(-1)
     )
     if iscrowd.size != t.shape[0]:
-        raise ValueError(f"crowd needs one flag per target mask ({t.shape[0]}), got {iscrowd.size}.")
+        raise InvalidValueError(f"crowd needs one flag per target mask ({t.shape[0]}), got {iscrowd.size}.")
     return _iou_matrix(p, t, iscrowd)
 
 
@@ -122,16 +124,16 @@ def mask_ap(
         {'ap': 1.0, 'ap50': 1.0, 'ap75': 1.0}
     """
     if len(preds) != len(targets):
-        raise ValueError(f"preds has {len(preds)} images but targets has {len(targets)}.")
+        raise InvalidValueError(f"preds has {len(preds)} images but targets has {len(targets)}.")
     thresholds = (
         COCO_IOU_THRESHOLDS if iou_thresholds is None else np.asarray(iou_thresholds, dtype=np.float64)
     )
     if thresholds.ndim != 1 or thresholds.size == 0 or np.any((thresholds <= 0) | (thresholds > 1)):
-        raise ValueError(
+        raise InvalidValueError(
             f"iou_thresholds must be a non-empty list of values in (0, 1], got {iou_thresholds!r}."
         )
     if isinstance(max_dets, bool) or not isinstance(max_dets, int) or max_dets < 1:
-        raise ValueError(f"max_dets must be a positive int, got {max_dets!r}.")
+        raise InvalidValueError(f"max_dets must be a positive int, got {max_dets!r}.")
     matched_thr = np.minimum(thresholds, 1 - 1e-10)  # COCOeval caps the threshold below 1
 
     per_class: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]] = {}
@@ -139,7 +141,7 @@ def mask_ap(
         (d_masks, d_size), d_scores, d_labels = _image_preds(pred, i, mask_threshold)
         (g_masks, g_size), g_labels, g_crowd = _image_targets(target, i, mask_threshold)
         if d_masks.shape[0] and g_masks.shape[0] and d_size != g_size:
-            raise ValueError(
+            raise InvalidValueError(
                 f"image {i}: prediction masks {d_size} and target masks {g_size} differ in size."
             )
         # per class: detections by decreasing score (stable, as COCOeval), cut at max_dets
@@ -206,9 +208,13 @@ def ctc_seg(
     """
     if isinstance(pred_labels, (list, tuple)) or isinstance(true_labels, (list, tuple)):
         if not isinstance(pred_labels, (list, tuple)) or not isinstance(true_labels, (list, tuple)):
-            raise TypeError("pass both pred_labels and true_labels as lists of frames, or both as arrays.")
+            raise InvalidTypeError(
+                "pass both pred_labels and true_labels as lists of frames, or both as arrays."
+            )
         if len(pred_labels) != len(true_labels):
-            raise ValueError(f"{len(pred_labels)} predicted frames but {len(true_labels)} reference frames.")
+            raise InvalidValueError(
+                f"{len(pred_labels)} predicted frames but {len(true_labels)} reference frames."
+            )
         pairs = list(zip(pred_labels, true_labels))
     else:
         pairs = [(pred_labels, true_labels)]
@@ -309,7 +315,7 @@ def _sparse_masks(x: object, name: str, threshold: float) -> tuple[Any, tuple[in
     if x.ndim == 4 and x.shape[1] == 1:
         x = x[:, 0]
     if x.ndim != 3:
-        raise ValueError(f"{name} must be (K, H, W) or (K, 1, H, W), got shape {tuple(x.shape)}.")
+        raise InvalidValueError(f"{name} must be (K, H, W) or (K, 1, H, W), got shape {tuple(x.shape)}.")
     k, h, w = (int(v) for v in x.shape)
     if k * h * w == 0:
         return sparse.csr_matrix((k, h * w), dtype=np.int64), (h, w)
@@ -350,21 +356,21 @@ def _numpy(x: object, name: str) -> np.ndarray:
         return x
     if isinstance(x, (list, tuple)):
         return np.asarray(x)
-    raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}.")
+    raise InvalidTypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}.")
 
 
 def _vector(x: object, name: str, n: int, image: int) -> np.ndarray:
     a = _numpy(x, name).reshape(-1)
     if a.size != n:
-        raise ValueError(f"image {image}: {name} has {a.size} entries for {n} masks.")
+        raise InvalidValueError(f"image {image}: {name} has {a.size} entries for {n} masks.")
     return a
 
 
 def _get(d: Mapping, key: str, image: int, what: str) -> object:
     if not isinstance(d, Mapping):
-        raise TypeError(f"{what}[{image}] must be a dict, got {type(d).__name__}.")
+        raise InvalidTypeError(f"{what}[{image}] must be a dict, got {type(d).__name__}.")
     if key not in d:
-        raise ValueError(f"{what}[{image}] has no {key!r} entry (keys: {sorted(d)}).")
+        raise InvalidValueError(f"{what}[{image}] has no {key!r} entry (keys: {sorted(d)}).")
     return d[key]
 
 
@@ -397,16 +403,20 @@ def _labels(x: object, name: str) -> np.ndarray:
     if a.dtype == bool:
         return a.astype(np.int64)
     if not np.issubdtype(a.dtype, np.integer):
-        raise TypeError(f"{name} must be an integer label image, got dtype {a.dtype}.")
+        raise InvalidTypeError(f"{name} must be an integer label image, got dtype {a.dtype}.")
     if a.size and a.min() < 0:
-        raise ValueError(f"{name} has negative labels; background is 0 and objects are positive integers.")
+        raise InvalidValueError(
+            f"{name} has negative labels; background is 0 and objects are positive integers."
+        )
     return a
 
 
 def _seg_sum(pred: np.ndarray, true: np.ndarray) -> tuple[float, int]:
     """Sum of the Jaccard indices of the reference objects of one image, and their number."""
     if pred.shape != true.shape:
-        raise ValueError(f"pred_labels {pred.shape} and true_labels {true.shape} must have the same shape.")
+        raise InvalidValueError(
+            f"pred_labels {pred.shape} and true_labels {true.shape} must have the same shape."
+        )
     t_ids, t_inv = np.unique(true.reshape(-1), return_inverse=True)
     p_ids, p_inv = np.unique(pred.reshape(-1), return_inverse=True)
     n_ref = int((t_ids > 0).sum())

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from seglab._options import check_choice
+from seglab.errors import InvalidValueError
 from seglab.metrics.confusion import MODES, confusion
 from seglab.metrics.scores import SCORES, image_scores
 
@@ -90,14 +91,14 @@ class SegMeter:
     ) -> None:
         self.mode = check_choice("mode", mode, MODES)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
+            raise InvalidValueError(f"num_classes must be a positive int, got {num_classes!r}.")
         if self.mode == "binary" and num_classes != 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"mode='binary' has one foreground channel: num_classes must be 1, got {num_classes}. "
                 "Use mode='multiclass' for mutually exclusive classes."
             )
         if self.mode == "multiclass" and num_classes < 2:
-            raise ValueError(
+            raise InvalidValueError(
                 "mode='multiclass' needs num_classes >= 2; a single foreground class is mode='binary'."
             )
         self.num_classes = num_classes
@@ -110,7 +111,9 @@ class SegMeter:
             None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float64)
         )
         if self.class_weights is not None and self.class_weights.numel() != num_classes:
-            raise ValueError(f"class_weights needs {num_classes} entries, got {self.class_weights.numel()}.")
+            raise InvalidValueError(
+                f"class_weights needs {num_classes} entries, got {self.class_weights.numel()}."
+            )
         self.empty = float(empty)
         self.per_image = bool(per_image) or self.reduction in ("per_image", "micro_per_image")
         self.sync_dist = bool(sync_dist)
@@ -155,7 +158,7 @@ class SegMeter:
         counts = torch.stack((tp, fp, fn, tn))  # (4, N, C)
         n = counts.shape[1]
         if keys is not None and len(keys) != n:
-            raise ValueError(f"keys has {len(keys)} entries for a batch of {n} images.")
+            raise InvalidValueError(f"keys has {len(keys)} entries for a batch of {n} images.")
         if self._totals.device != counts.device:
             self._totals = self._totals.to(counts.device)
         self._totals += counts.sum(1)  # (4, C)

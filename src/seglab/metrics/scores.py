@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from seglab._options import check_choice
+from seglab.errors import InvalidTypeError, InvalidValueError
 
 __all__ = [
     "REDUCTIONS",
@@ -140,17 +141,19 @@ def _check_counts(tp: Tensor, fp: Tensor, fn: Tensor, tn: Tensor) -> tuple[Tenso
     counts = (tp, fp, fn, tn)
     for name, x in zip(("tp", "fp", "fn", "tn"), counts):
         if not isinstance(x, Tensor):
-            raise TypeError(
+            raise InvalidTypeError(
                 f"{name} must be a torch.Tensor (from seglab.metrics.confusion), got {type(x).__name__}."
             )
         if x.dim() != 2:
-            raise ValueError(f"{name} must have shape (N, C) (images, classes), got {tuple(x.shape)}.")
+            raise InvalidValueError(f"{name} must have shape (N, C) (images, classes), got {tuple(x.shape)}.")
     if len({tuple(x.shape) for x in counts}) != 1:
-        raise ValueError(f"tp, fp, fn, tn must share one shape, got {[tuple(x.shape) for x in counts]}.")
+        raise InvalidValueError(
+            f"tp, fp, fn, tn must share one shape, got {[tuple(x.shape) for x in counts]}."
+        )
     dtype = _float_dtype(tp.device)
     out = tuple(x.to(dtype) for x in counts)
     if bool((torch.stack(out) < 0).any()):  # one check (one GPU sync) for all four
-        raise ValueError("confusion counts must be non-negative.")
+        raise InvalidValueError("confusion counts must be non-negative.")
     return out  # type: ignore[return-value]
 
 
@@ -173,9 +176,11 @@ def _weights(class_weights: Sequence[float] | Tensor | None, c: int, ref: Tensor
         return torch.ones(c, dtype=ref.dtype, device=ref.device)
     w = torch.as_tensor(class_weights, dtype=ref.dtype, device=ref.device).reshape(-1)
     if w.numel() != c:
-        raise ValueError(f"class_weights needs one weight per class ({c}), got {w.numel()}.")
+        raise InvalidValueError(f"class_weights needs one weight per class ({c}), got {w.numel()}.")
     if bool((w < 0).any()) or not bool(torch.isfinite(w).all()) or float(w.sum()) <= 0:
-        raise ValueError(f"class_weights must be finite, non-negative and not all zero, got {w.tolist()}.")
+        raise InvalidValueError(
+            f"class_weights must be finite, non-negative and not all zero, got {w.tolist()}."
+        )
     return w
 
 
@@ -192,11 +197,11 @@ def _prepare(
 ) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor], Tensor, float]:
     """Checked float counts ``(N, C')``, class weights ``(C',)`` and ``empty`` (background dropped)."""
     if isinstance(empty, bool) or not isinstance(empty, (int, float)):
-        raise TypeError(f"empty must be a float (NaN by default, or e.g. 1.0), got {empty!r}.")
+        raise InvalidTypeError(f"empty must be a float (NaN by default, or e.g. 1.0), got {empty!r}.")
     counts = _check_counts(tp, fp, fn, tn)  # (N, C) float each
     c = counts[0].shape[1]
     if reduction == "none" and class_weights is not None:
-        raise ValueError(
+        raise InvalidValueError(
             "class_weights has no effect with reduction='none'; weigh the returned (N, C) scores."
         )
     w = _weights(class_weights, c, counts[0])  # (C,)
@@ -204,7 +209,7 @@ def _prepare(
         counts = tuple(x[:, 1:] for x in counts)  # type: ignore[assignment]
         w = w[1:]
         if class_weights is not None and reduction != "none" and float(w.sum()) <= 0:
-            raise ValueError("class_weights are all zero once the background class is dropped.")
+            raise InvalidValueError("class_weights are all zero once the background class is dropped.")
     return counts, w, float(empty)
 
 

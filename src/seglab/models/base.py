@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seglab.errors import InvalidTypeError, InvalidValueError
+
 __all__ = ["SegOutput", "SegmentationModel", "nearest_multiples"]
 
 
@@ -89,19 +91,19 @@ class SegmentationModel(nn.Module):
     def check_input(self, x: Tensor) -> None:
         """Raise ``TypeError``/``ValueError`` for inputs this model cannot take."""
         if not isinstance(x, Tensor):
-            raise TypeError(f"{type(self).__name__} expects a torch.Tensor, got {type(x).__name__}.")
+            raise InvalidTypeError(f"{type(self).__name__} expects a torch.Tensor, got {type(x).__name__}.")
         if x.ndim != 4:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{type(self).__name__} expects a batch (N, C, H, W); got shape {tuple(x.shape)}. "
                 "Add a batch dimension with x.unsqueeze(0)."
             )
         if not x.is_floating_point():
-            raise TypeError(
+            raise InvalidTypeError(
                 f"{type(self).__name__} expects a floating-point input, got {x.dtype}; convert with x.float() "
                 "(and scale intensities, e.g. to [0, 1])."
             )
         if x.shape[1] != self.in_channels:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{type(self).__name__} was built for {self.in_channels} input channel(s); got {x.shape[1]} "
                 f"(input shape {tuple(x.shape)}). Build it with in_channels={x.shape[1]}."
             )
@@ -114,7 +116,7 @@ class SegmentationModel(nn.Module):
         if d > 1 and (h % d or w % d):
             hl, hu = nearest_multiples(h, d)
             wl, wu = nearest_multiples(w, d)
-            raise ValueError(
+            raise InvalidValueError(
                 f"{type(self).__name__} needs H and W divisible by {d}; got {h}x{w}. Nearest valid sizes: "
                 f"H in ({hl}, {hu}), W in ({wl}, {wu}) — crop or pad to e.g. {hu}x{wu}, or build the model "
                 "with pad=True to pad and crop back automatically."

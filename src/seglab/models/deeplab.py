@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seglab._options import check_choice
+from seglab.errors import InvalidValueError
 from seglab.layers import NORMS, ConvNormAct
 from seglab.layers.aspp import ASPP, SeparableConvNormAct, aspp_rates
 from seglab.models.base import SegmentationModel, SegOutput
@@ -121,7 +122,7 @@ def _check_options(
         return aspp_rates(output_stride)
     rates = tuple(rates)
     if not rates or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates):
-        raise ValueError(
+        raise InvalidValueError(
             f"rates must be a non-empty sequence of positive ints (e.g. (6, 12, 18)); got {rates!r}."
         )
     return rates

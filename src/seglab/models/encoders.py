@@ -43,6 +43,7 @@ from torchvision.models import resnet18, resnet34, resnet50, resnet101
 from torchvision.models.resnet import ResNet
 
 from seglab._options import check_choice
+from seglab.errors import InvalidValueError, MissingFileError
 
 __all__ = ["ENCODERS", "OUTPUT_STRIDES", "ResNetEncoder", "adapt_first_conv_weight", "create_encoder"]
 
@@ -79,7 +80,7 @@ def check_output_stride(output_stride: object) -> int:
         ValueError: any other value.
     """
     if isinstance(output_stride, bool) or output_stride not in OUTPUT_STRIDES:
-        raise ValueError(
+        raise InvalidValueError(
             f"output_stride must be one of {OUTPUT_STRIDES} (the encoder's total down-sampling); got "
             f"{output_stride!r}. Use 16 (DeepLab's default) or 8 for finer, costlier features."
         )
@@ -173,7 +174,7 @@ class ResNetEncoder(nn.Module):
         check_choice("encoder", name, ENCODERS)
         output_stride = check_output_stride(output_stride)
         if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f"in_channels must be a positive integer; got {in_channels!r}.")
+            raise InvalidValueError(f"in_channels must be a positive integer; got {in_channels!r}.")
         self.name = name
         self.in_channels = in_channels
         self.output_stride = output_stride
@@ -230,13 +231,13 @@ class ResNetEncoder(nn.Module):
         """
         path = os.fspath(path)
         if not os.path.isfile(path):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"ResNet weights file not found: {path!r}. Pass the path of a local torchvision {self.name} "
                 "state dict (seglab never downloads weights)."
             )
         sd = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
-            raise ValueError(f"{path!r} does not hold a state dict (a mapping of names to tensors).")
+            raise InvalidValueError(f"{path!r} does not hold a state dict (a mapping of names to tensors).")
         sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
         own = self.state_dict()
         optional = {k for k in own if k.endswith("num_batches_tracked")}
@@ -255,13 +256,15 @@ class ResNetEncoder(nn.Module):
                 else ""
             )
             details = key_mismatch_details(missing, unexpected, wrong)
-            raise ValueError(
+            raise InvalidValueError(
                 f"{path!r} is not a torchvision {self.name} state dict ({details}).{hint} Build the encoder "
                 "with the matching name, or pass that ResNet's file."
             )
         w = sd["conv1.weight"]
         if w.ndim != 4 or w.shape[0] != 64 or w.shape[2:] != (7, 7):
-            raise ValueError(f"{path!r}: conv1.weight has shape {tuple(w.shape)}, expected (64, C, 7, 7).")
+            raise InvalidValueError(
+                f"{path!r}: conv1.weight has shape {tuple(w.shape)}, expected (64, C, 7, 7)."
+            )
         sd["conv1.weight"] = adapt_first_conv_weight(w, self.in_channels)
         self.load_state_dict(sd, strict=False)  # only num_batches_tracked may be absent
 

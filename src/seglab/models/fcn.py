@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torchvision.models.vgg import cfgs as _vgg_cfgs
 from torchvision.models.vgg import make_layers as _vgg_make_layers
 
+from seglab.errors import InvalidValueError, MissingFileError
 from seglab.models.base import SegmentationModel, SegOutput
 from seglab.models.encoders import adapt_first_conv_weight
 from seglab.models.registry import register_model
@@ -83,7 +84,7 @@ class FCN(SegmentationModel):
         dropout: float = 0.5,
     ) -> None:
         if stride not in (8, 16, 32):
-            raise ValueError(f"FCN stride must be 8, 16 or 32; got {stride!r}.")
+            raise InvalidValueError(f"FCN stride must be 8, 16 or 32; got {stride!r}.")
         super().__init__(in_channels, num_classes)
         self.stride = stride
         # torchvision's VGG-16 layer list (configuration "D"), without its 120 M-parameter classifier
@@ -124,13 +125,13 @@ class FCN(SegmentationModel):
         """Load a torchvision ``vgg16`` state dict from a local file (fc6/fc7 reshaped to convs)."""
         path = os.fspath(path)
         if not os.path.isfile(path):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"VGG-16 weights file not found: {path!r}. Pass the path of a local torchvision vgg16 "
                 "state dict (seglab never downloads weights)."
             )
         sd = torch.load(path, map_location="cpu", weights_only=True)
         if "features.0.weight" not in sd or "classifier.0.weight" not in sd:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{path!r} is not a torchvision vgg16 state dict (no features.0.weight / classifier.0.weight)."
             )
         convs = [m for m in (*self.to_pool3, *self.to_pool4, *self.to_pool5) if isinstance(m, nn.Conv2d)]
@@ -138,7 +139,9 @@ class FCN(SegmentationModel):
             {k.rsplit(".", 1)[0] for k in sd if k.startswith("features.")}, key=lambda k: int(k.split(".")[1])
         )
         if len(keys) != len(convs):
-            raise ValueError(f"{path!r}: expected {len(convs)} conv layers in features, found {len(keys)}.")
+            raise InvalidValueError(
+                f"{path!r}: expected {len(convs)} conv layers in features, found {len(keys)}."
+            )
         with torch.no_grad():
             for conv, key in zip(convs, keys):
                 w = sd[f"{key}.weight"]

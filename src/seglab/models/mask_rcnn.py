@@ -48,6 +48,7 @@ from torchvision.ops import FrozenBatchNorm2d, roi_align, roi_pool
 from torchvision.ops.poolers import LevelMapper
 
 from seglab._options import check_choice
+from seglab.errors import InvalidTypeError, InvalidValueError, MissingFileError
 from seglab.models.encoders import adapt_first_conv_weight, key_mismatch_details
 from seglab.models.registry import register_model
 
@@ -122,11 +123,13 @@ class MultiScaleRoIExtractor(nn.Module):
         super().__init__()
         self.op = check_choice("roi_op", op, ROI_OPS)
         if not featmap_names:
-            raise ValueError("featmap_names must name at least one feature map.")
+            raise InvalidValueError("featmap_names must name at least one feature map.")
         self.featmap_names = [str(n) for n in featmap_names]
         size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
         if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size):
-            raise ValueError(f"output_size must be a positive int or (height, width); got {output_size!r}.")
+            raise InvalidValueError(
+                f"output_size must be a positive int or (height, width); got {output_size!r}."
+            )
         self.output_size: tuple[int, int] = (int(size[0]), int(size[1]))
         self.sampling_ratio = int(sampling_ratio)
         self.aligned = bool(aligned)
@@ -146,9 +149,9 @@ class MultiScaleRoIExtractor(nn.Module):
         """Pool every box from its pyramid level (see the class docstring)."""
         missing = [n for n in self.featmap_names if n not in x]
         if missing:
-            raise ValueError(f"Feature maps {missing} are missing; got {list(x)}.")
+            raise InvalidValueError(f"Feature maps {missing} are missing; got {list(x)}.")
         if not image_shapes:
-            raise ValueError("image_shapes is empty: pass the (H, W) of every image of the batch.")
+            raise InvalidValueError("image_shapes is empty: pass the (H, W) of every image of the batch.")
         features = [x[n] for n in self.featmap_names]
         # each level's scale is a power of two, 2 ** round(log2(feature height / largest image height)),
         # inferred from the heights as torchvision does
@@ -221,7 +224,7 @@ def ramp_roi_error(
     """
     check_choice("op", op, ROI_OPS)
     if map_size < 12:
-        raise ValueError(f"map_size must be at least 12 cells; got {map_size}.")
+        raise InvalidValueError(f"map_size must be at least 12 cells; got {map_size}.")
     gen = torch.Generator().manual_seed(seed)
     centres = (torch.arange(map_size, dtype=torch.float64) + 0.5) / spatial_scale  # (S,) image px
     yy, xx = torch.meshgrid(centres, centres, indexing="ij")  # (S, S)
@@ -273,7 +276,7 @@ class _DetectionTransform(GeneralizedRCNNTransform):
 # -- the model ---------------------------------------------------------------------------------------------
 def _positive_int(name: str, value: object, low: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
+        raise InvalidValueError(f"{name} must be an integer >= {low}; got {value!r}.")
     return value
 
 
@@ -346,7 +349,7 @@ class MaskRCNN(_TorchvisionMaskRCNN):
     ) -> None:
         _positive_int("in_channels", in_channels)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(
+            raise InvalidValueError(
                 f"num_classes counts the background, as in torchvision: use 2 for one kind of object "
                 f"(background + object); got {num_classes!r}."
             )
@@ -355,11 +358,11 @@ class MaskRCNN(_TorchvisionMaskRCNN):
         check_choice("norm", norm, NORMS)
         _positive_int("sampling_ratio", sampling_ratio, 0)
         if isinstance(trainable_layers, bool) or trainable_layers not in range(6):
-            raise ValueError(
+            raise InvalidValueError(
                 f"trainable_layers must be 0..5 (5: the whole backbone trains); got {trainable_layers!r}."
             )
         if (min_size is None) != (max_size is None):
-            raise ValueError(
+            raise InvalidValueError(
                 f"Give both min_size and max_size (torchvision's resizing rule) or neither (native size); got "
                 f"min_size={min_size!r}, max_size={max_size!r}."
             )
@@ -367,17 +370,17 @@ class MaskRCNN(_TorchvisionMaskRCNN):
             _positive_int("min_size", min_size, 32)
             _positive_int("max_size", max_size, 32)
             if max_size < min_size:  # type: ignore[operator]
-                raise ValueError(f"max_size ({max_size}) must be >= min_size ({min_size}).")
+                raise InvalidValueError(f"max_size ({max_size}) must be >= min_size ({min_size}).")
         anchors = tuple(int(_positive_int("anchor size", a, 1)) for a in anchor_sizes)
         if len(anchors) != 5:
-            raise ValueError(
+            raise InvalidValueError(
                 f"anchor_sizes needs one size per pyramid level P2, P3, P4, P5, P6 (5 values); got {tuple(anchor_sizes)}."
             )
         _positive_int("rois_per_image", rois_per_image)
         _positive_int("detections_per_img", detections_per_img)
         for name, value in (("score_threshold", score_threshold), ("nms_threshold", nms_threshold)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be a number in [0, 1]; got {value!r}.")
+                raise InvalidValueError(f"{name} must be a number in [0, 1]; got {value!r}.")
 
         norm_layer = FrozenBatchNorm2d if norm == "frozen" else nn.BatchNorm2d
         body = resnet.__dict__[encoder](weights=None, norm_layer=norm_layer)
@@ -415,30 +418,30 @@ class MaskRCNN(_TorchvisionMaskRCNN):
         name = type(self).__name__
         if isinstance(images, Tensor):
             if images.ndim != 4:
-                raise ValueError(
+                raise InvalidValueError(
                     f"{name} takes a list of (C, H, W) images or an (N, C, H, W) batch; got a tensor of shape "
                     f"{tuple(images.shape)}."
                 )
             images = list(images)
         if not isinstance(images, (list, tuple)) or not images:
-            raise TypeError(
+            raise InvalidTypeError(
                 f"{name} takes a non-empty list of (C, H, W) image tensors; got {type(images).__name__}."
             )
         for i, img in enumerate(images):
             if not isinstance(img, Tensor):
-                raise TypeError(f"images[{i}] must be a torch.Tensor; got {type(img).__name__}.")
+                raise InvalidTypeError(f"images[{i}] must be a torch.Tensor; got {type(img).__name__}.")
             if img.ndim != 3:
-                raise ValueError(
+                raise InvalidValueError(
                     f"images[{i}] must be (C, H, W); got shape {tuple(img.shape)}. Pass a list of images, not a batch "
                     "inside a list."
                 )
             if not img.is_floating_point():
-                raise TypeError(
+                raise InvalidTypeError(
                     f"images[{i}] is {img.dtype}; {name} takes float images normalised like the training data "
                     "(e.g. seglab.data.eval_transforms(**dataset.stats()))."
                 )
             if img.shape[0] != self.in_channels:
-                raise ValueError(
+                raise InvalidValueError(
                     f"{name} was built for {self.in_channels} input channel(s); images[{i}] has {img.shape[0]} "
                     f"(shape {tuple(img.shape)}). Build it with in_channels={img.shape[0]}."
                 )
@@ -447,41 +450,41 @@ class MaskRCNN(_TorchvisionMaskRCNN):
     def _check_targets(self, images: list[Tensor], targets: Sequence[Mapping[str, Tensor]] | None) -> None:
         name = type(self).__name__
         if targets is None:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{name} is in train mode and needs targets (one dict with boxes, labels and masks per image); "
                 "call model.eval() for predictions."
             )
         if not isinstance(targets, (list, tuple)) or len(targets) != len(images):
-            raise ValueError(
+            raise InvalidValueError(
                 f"Pass one target dict per image: {len(images)} image(s) but "
                 f"{len(targets) if isinstance(targets, (list, tuple)) else type(targets).__name__} target(s)."
             )
         for i, (img, t) in enumerate(zip(images, targets)):
             if not isinstance(t, Mapping):
-                raise TypeError(f"targets[{i}] must be a dict; got {type(t).__name__}.")
+                raise InvalidTypeError(f"targets[{i}] must be a dict; got {type(t).__name__}.")
             missing = [k for k in ("boxes", "labels", "masks") if k not in t]
             if missing:
-                raise ValueError(
+                raise InvalidValueError(
                     f"targets[{i}] lacks {missing}; Mask R-CNN needs boxes (K, 4), labels (K,) and masks (K, H, W) "
                     "(seglab.data.instance_target builds them from a label image)."
                 )
             boxes, labels, masks = t["boxes"], t["labels"], t["masks"]
             k = boxes.shape[0] if boxes.ndim == 2 else -1
             if boxes.ndim != 2 or boxes.shape[1] != 4 or not boxes.is_floating_point():
-                raise ValueError(
+                raise InvalidValueError(
                     f"targets[{i}]['boxes'] must be float (K, 4) xyxy; got {boxes.dtype} {tuple(boxes.shape)}."
                 )
             if labels.shape != (k,) or labels.dtype != torch.int64:
-                raise ValueError(
+                raise InvalidValueError(
                     f"targets[{i}]['labels'] must be int64 ({k},); got {labels.dtype} {tuple(labels.shape)}."
                 )
             if masks.shape != (k, *img.shape[-2:]):
-                raise ValueError(
+                raise InvalidValueError(
                     f"targets[{i}]['masks'] must be ({k}, {img.shape[-2]}, {img.shape[-1]}) like its image; got "
                     f"{tuple(masks.shape)}."
                 )
             if k and (int(labels.min()) < 1 or int(labels.max()) >= self.num_classes):
-                raise ValueError(
+                raise InvalidValueError(
                     f"targets[{i}]['labels'] must lie in 1..{self.num_classes - 1} (0 is the background; num_classes="
                     f"{self.num_classes} counts it); got values {labels.unique().tolist()}."
                 )
@@ -517,7 +520,7 @@ class MaskRCNN(_TorchvisionMaskRCNN):
         """
         path = os.fspath(path)
         if not os.path.isfile(path):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"Weights file not found: {path!r}. Pass a local state dict (seglab never downloads weights)."
             )
         state: Any = torch.load(path, map_location="cpu", weights_only=True)
@@ -530,7 +533,7 @@ class MaskRCNN(_TorchvisionMaskRCNN):
             or not state
             or not all(isinstance(v, Tensor) for v in state.values())
         ):
-            raise ValueError(
+            raise InvalidValueError(
                 f"{path!r} does not hold a state dict (a mapping of parameter names to tensors)."
             )
         state = dict(state)
@@ -543,7 +546,7 @@ class MaskRCNN(_TorchvisionMaskRCNN):
             state = {prefix + k: v for k, v in state.items()}
             own = {k: v for k, v in own.items() if k.startswith(prefix)}
         else:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{path!r} is neither a Mask R-CNN state dict (keys 'backbone.body.*') nor a torchvision ResNet "
                 f"state dict (keys 'conv1.weight', 'layer1.*'); first keys: {list(state)[:4]}."
             )
@@ -563,7 +566,7 @@ class MaskRCNN(_TorchvisionMaskRCNN):
         wrong = sorted(k for k in own if k in state and state[k].shape != own[k].shape)
         if missing or unexpected or wrong:
             details = key_mismatch_details(missing, unexpected, wrong)
-            raise ValueError(
+            raise InvalidValueError(
                 f"{path!r} does not fit this {kind} (encoder={self.encoder!r}, in_channels={self.in_channels}, "
                 f"num_classes={self.num_classes}): {details}. Build the model with the file's encoder."
             )

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seglab._options import check_choice
+from seglab.errors import InvalidValueError
 from seglab.layers import NORMS, ConvNormAct
 from seglab.layers.pyramid import PyramidPooling
 from seglab.models.base import SegmentationModel, SegOutput
@@ -81,7 +82,7 @@ class PSPNet(SegmentationModel):
         output_stride = check_output_stride(output_stride)
         check_choice("norm", norm, NORMS)
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1); got {dropout!r}.")
+            raise InvalidValueError(f"dropout must be in [0, 1); got {dropout!r}.")
         super().__init__(in_channels, num_classes)
         self.encoder = ResNetEncoder(
             encoder, in_channels=in_channels, output_stride=output_stride, weights=weights

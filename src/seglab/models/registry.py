@@ -20,6 +20,7 @@ from typing import Any
 from torch import nn
 
 from seglab._options import did_you_mean
+from seglab.errors import InvalidTypeError, InvalidValueError
 
 __all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register_model"]
 
@@ -80,20 +81,20 @@ def register_model(
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or fn.__name__
         if key in _REGISTRY:
-            raise ValueError(
+            raise InvalidValueError(
                 f"A model named {key!r} is already registered (by {_REGISTRY[key].builder.__module__}); "
                 "choose another name."
             )
         params = inspect.signature(fn).parameters
         for p in params.values():
             if p.kind is not inspect.Parameter.KEYWORD_ONLY:
-                raise ValueError(
+                raise InvalidValueError(
                     f"Model builder {key!r}: parameter {p.name!r} must be keyword-only and explicit "
                     "(write `def builder(*, ...)`; no **kwargs)."
                 )
         for required in ("in_channels", "num_classes"):
             if required not in params:
-                raise ValueError(f"Model builder {key!r} must accept the keyword option {required!r}.")
+                raise InvalidValueError(f"Model builder {key!r} must accept the keyword option {required!r}.")
         _REGISTRY[key] = ModelInfo(
             name=key,
             builder=fn,
@@ -130,7 +131,7 @@ def model_info(name: str) -> ModelInfo:
     _ensure_loaded()
     if name not in _REGISTRY:
         names = sorted(_REGISTRY)
-        raise ValueError(
+        raise InvalidValueError(
             f"Unknown model {name!r}.{did_you_mean(name, names)} Registered models: {', '.join(names)}."
         )
     return _REGISTRY[name]
@@ -165,11 +166,11 @@ def create_model(name: str, *, in_channels: int = 3, num_classes: int = 1, **opt
     if unknown:
         valid = sorted(k for k in params if k not in ("in_channels", "num_classes"))
         hints = "".join(did_you_mean(k, valid) for k in unknown)
-        raise TypeError(
+        raise InvalidTypeError(
             f"Model {name!r} got unknown option(s) {', '.join(map(repr, unknown))}.{hints} "
             f"Valid options: {', '.join(valid)}."
         )
     for key, value in (("in_channels", in_channels), ("num_classes", num_classes)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{key} must be a positive integer; got {value!r}.")
+            raise InvalidValueError(f"{key} must be a positive integer; got {value!r}.")
     return info.builder(in_channels=in_channels, num_classes=num_classes, **options)

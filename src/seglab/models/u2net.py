@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from seglab._options import check_choice
+from seglab.errors import InvalidTypeError, InvalidValueError
 from seglab.layers import ACTS, NORMS, RSU, init_weights
 from seglab.layers.rsu import CeilMaxPool2d, resize_to
 from seglab.models.base import SegmentationModel, SegOutput
@@ -70,13 +71,15 @@ def _check_table(what: str, table: Sequence[Sequence[int]], n: int) -> tuple[tup
     try:
         pairs = tuple((int(m), int(o)) for m, o in table)
     except (TypeError, ValueError):
-        raise TypeError(
+        raise InvalidTypeError(
             f"{what} must be a sequence of {n} (mid, out) channel pairs; got {table!r}."
         ) from None
     if len(pairs) != n:
-        raise ValueError(f"{what} must list {n} (mid, out) channel pairs, one per stage; got {len(pairs)}.")
+        raise InvalidValueError(
+            f"{what} must list {n} (mid, out) channel pairs, one per stage; got {len(pairs)}."
+        )
     if any(c < 1 for p in pairs for c in p):
-        raise ValueError(f"{what} channels must be positive; got {pairs}.")
+        raise InvalidValueError(f"{what} channels must be positive; got {pairs}.")
     return pairs
 
 
@@ -172,7 +175,7 @@ class U2Net(SegmentationModel):
             why, fix = "group norm with one channel per group", "norm='batch' or 'none', or "
         else:
             return
-        raise ValueError(
+        raise InvalidValueError(
             f"{type(self).__name__} with {why} cannot take a {h}x{w} input: its deepest maps are "
             f"ceil(H/32) x ceil(W/32) = 1x1, a single value per channel. Use {fix}an input larger than "
             "32 pixels on one side."
@@ -208,11 +211,11 @@ _RULE = "any size (ceil-mode pooling, decoder resizes to match); output has the 
 
 def _build(table: tuple, in_channels: int, num_classes: int, width: float, norm: str, act: str) -> U2Net:
     if isinstance(width, bool) or not isinstance(width, (int, float)):
-        raise TypeError(
+        raise InvalidTypeError(
             f"width (channel multiplier) must be a number such as 0.5; got {type(width).__name__}."
         )
     if not math.isfinite(width) or width <= 0:
-        raise ValueError(
+        raise InvalidValueError(
             f"width (channel multiplier) must be positive and finite, e.g. 0.5 or 1.0; got {width!r}."
         )
     enc, dec = (_scale(t, float(width)) for t in table)

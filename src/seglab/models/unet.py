@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from seglab.errors import InvalidValueError
 from seglab.layers import DOWN_KINDS, NORMS, UP_KINDS, DoubleConv, Downsample, Upsample, init_weights
 from seglab.models.base import SegmentationModel, SegOutput
 from seglab.models.registry import register_model
@@ -102,7 +103,7 @@ class UNet(SegmentationModel):
     ) -> None:
         depth = len(channels) - 1
         if valid and pad:
-            raise ValueError(
+            raise InvalidValueError(
                 "pad=True is for the same-padding U-Net; predict large images with unet_valid through "
                 "seglab.inference.sliding_window (overlap-tile)."
             )
@@ -152,7 +153,7 @@ class UNet(SegmentationModel):
                 below = [v for v in sizes if v < s]
                 above = [v for v in sizes if v > s]
                 hints.append(f"{s} -> {below[-1] if below else 'none'} or {above[0] if above else 'none'}")
-            raise ValueError(
+            raise InvalidValueError(
                 f"unet_valid (depth {self.depth}) cannot take a {h}x{w} input: every level needs an even size "
                 f"after its two unpadded convs. Nearest valid sizes: {'; '.join(hints)} "
                 "(see seglab.models.unet.valid_input_sizes). For large images use "
@@ -184,19 +185,21 @@ def level_widths(depth: int, base_channels: int, channels: Sequence[int] | None)
         ValueError: ``depth`` outside 1..5, a ``channels`` tuple of the wrong length, non-positive widths.
     """
     if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= 5:
-        raise ValueError(f"depth (number of down-samplings) must be an integer in 1..5; got {depth!r}.")
+        raise InvalidValueError(
+            f"depth (number of down-samplings) must be an integer in 1..5; got {depth!r}."
+        )
     if channels is not None:
         channels = tuple(int(c) for c in channels)
         if len(channels) != depth + 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"channels must list depth + 1 = {depth + 1} widths (one per level); got {len(channels)}: "
                 f"{channels}. Pass depth={len(channels) - 1} or adjust channels."
             )
         if any(c < 1 for c in channels):
-            raise ValueError(f"channels must be positive; got {channels}.")
+            raise InvalidValueError(f"channels must be positive; got {channels}.")
         return channels
     if base_channels < 1:
-        raise ValueError(f"base_channels must be positive; got {base_channels}.")
+        raise InvalidValueError(f"base_channels must be positive; got {base_channels}.")
     return tuple(base_channels * 2**i for i in range(depth + 1))
 
 

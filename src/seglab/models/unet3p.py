@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seglab._options import check_choice
+from seglab.errors import InvalidValueError
 from seglab.layers import DOWN_KINDS, NORMS, ConvNormAct, DoubleConv, Downsample, init_weights
 from seglab.models.base import SegmentationModel, SegOutput
 from seglab.models.registry import register_model
@@ -163,11 +164,13 @@ class UNet3Plus(SegmentationModel):
         ch = [int(c) for c in channels]
         depth = len(ch) - 1
         if depth < 1:
-            raise ValueError(f"channels must list at least 2 widths (depth >= 1); got {tuple(channels)}.")
+            raise InvalidValueError(
+                f"channels must list at least 2 widths (depth >= 1); got {tuple(channels)}."
+            )
         if isinstance(cat_channels, bool) or not isinstance(cat_channels, int) or cat_channels < 1:
-            raise ValueError(f"cat_channels must be a positive integer; got {cat_channels!r}.")
+            raise InvalidValueError(f"cat_channels must be a positive integer; got {cat_channels!r}.")
         if not 0.0 < cgm_threshold < 1.0:
-            raise ValueError(f"cgm_threshold is a probability in (0, 1); got {cgm_threshold!r}.")
+            raise InvalidValueError(f"cgm_threshold is a probability in (0, 1); got {cgm_threshold!r}.")
         check_choice("up", up, _UP_MODES)
         super().__init__(in_channels, num_classes, size_divisor=2**depth, pad=pad)
         self.depth = depth

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from seglab._options import check_choice
+from seglab.errors import InvalidValueError
 from seglab.layers import DoubleConv, Downsample, Upsample, init_weights
 from seglab.models.base import SegmentationModel, SegOutput
 from seglab.models.registry import register_model
@@ -46,7 +47,7 @@ def _node_key(i: int, j: int) -> str:
 
 def _check_level(level: object, depth: int) -> int:
     if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= depth:
-        raise ValueError(
+        raise InvalidValueError(
             f"prune level must be an integer in 1..{depth} (the sub-network U-Net++ L^level; {depth} is the "
             f"whole model), or None for no pruning; got {level!r}."
         )
@@ -113,9 +114,11 @@ class UNetPlusPlus(SegmentationModel):
         ch = [int(c) for c in channels]
         depth = len(ch) - 1
         if depth < 1:
-            raise ValueError(f"channels must list at least 2 widths (depth >= 1); got {tuple(channels)}.")
+            raise InvalidValueError(
+                f"channels must list at least 2 widths (depth >= 1); got {tuple(channels)}."
+            )
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1); got {dropout!r}.")
+            raise InvalidValueError(f"dropout must be in [0, 1); got {dropout!r}.")
         super().__init__(in_channels, num_classes, size_divisor=2**depth, pad=pad)
         self.depth = depth
         self.channels = tuple(ch)
@@ -155,7 +158,7 @@ class UNetPlusPlus(SegmentationModel):
     def ds_output(self, value: str) -> None:
         check_choice("ds_output", value, DS_OUTPUTS)
         if value == "average" and not self.deep_supervision:
-            raise ValueError(
+            raise InvalidValueError(
                 'ds_output="average" averages the deep-supervision heads; build the model with '
                 'deep_supervision=True, or use ds_output="final".'
             )
@@ -188,7 +191,7 @@ class UNetPlusPlus(SegmentationModel):
         if level is not None:
             level = _check_level(level, self.depth)
             if level < self.depth and not self.deep_supervision:
-                raise ValueError(
+                raise InvalidValueError(
                     f"prune({level}) needs the head on X^{{0,{level}}}, which exists only with deep "
                     "supervision; build the model with deep_supervision=True (and train it so) to prune."
                 )

@@ -42,6 +42,7 @@ import torch
 from scipy import ndimage
 from scipy.spatial import distance
 
+from seglab.errors import InvalidTypeError, InvalidValueError
 from seglab.postprocess.permutohedral import PermutohedralLattice
 
 __all__ = ["dense_crf", "dense_crf_exact", "scale_intensity"]
@@ -200,7 +201,7 @@ def dense_crf_exact(
     )
     _, h, w = p.shape
     if h * w > _EXACT_MAX_PIXELS:
-        raise ValueError(
+        raise InvalidValueError(
             f"dense_crf_exact builds N x N kernels and takes at most {_EXACT_MAX_PIXELS} pixels; got "
             f"{h}x{w} = {h * w}. Use dense_crf for real images."
         )
@@ -266,14 +267,14 @@ def scale_intensity(
     """
     arr = _to_numpy("image", image)
     if arr.ndim not in (2, 3) or arr.size == 0:
-        raise ValueError(f"image must be (C, H, W) or (H, W) and non-empty; got shape {arr.shape}.")
+        raise InvalidValueError(f"image must be (C, H, W) or (H, W) and non-empty; got shape {arr.shape}.")
     lo_q = _real("low", low)
     hi_q = _real("high", high)
     if not 0.0 <= lo_q < hi_q <= 100.0:
-        raise ValueError(f"need 0 <= low < high <= 100 (percentiles); got low={low}, high={high}.")
+        raise InvalidValueError(f"need 0 <= low < high <= 100 (percentiles); got low={low}, high={high}.")
     x = arr.astype(np.float32)
     if not np.isfinite(x).all():
-        raise ValueError("image holds NaN or inf values; clean them before scaling.")
+        raise InvalidValueError("image holds NaN or inf values; clean them before scaling.")
     planes = x[None] if x.ndim == 2 else x  # (C, H, W)
     flat = planes.reshape(planes.shape[0], -1) if per_channel else planes.reshape(1, -1)  # (C or 1, H*W)
     bounds = np.percentile(flat, [lo_q, hi_q], axis=1).astype(np.float32)  # (2, C or 1)
@@ -388,7 +389,7 @@ def _to_numpy(name: str, x: Any) -> np.ndarray:
         return t.cpu().numpy()
     if isinstance(x, np.ndarray):
         return x
-    raise TypeError(f"{name} must be a NumPy array or a torch tensor; got {type(x).__name__}.")
+    raise InvalidTypeError(f"{name} must be a NumPy array or a torch tensor; got {type(x).__name__}.")
 
 
 def _like(reference: Any, values: np.ndarray) -> Any:
@@ -401,24 +402,24 @@ def _like(reference: Any, values: np.ndarray) -> Any:
 
 def _real(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number; got {type(value).__name__} {value!r}.")
+        raise InvalidTypeError(f"{name} must be a real number; got {type(value).__name__} {value!r}.")
     v = float(value)
     if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite; got {value!r}.")
+        raise InvalidValueError(f"{name} must be finite; got {value!r}.")
     return v
 
 
 def _positive(name: str, value: object) -> float:
     v = _real(name, value)
     if v <= 0:
-        raise ValueError(f"{name} must be > 0 (a standard deviation); got {value!r}.")
+        raise InvalidValueError(f"{name} must be > 0 (a standard deviation); got {value!r}.")
     return v
 
 
 def _non_negative(name: str, value: object) -> float:
     v = _real(name, value)
     if v < 0:
-        raise ValueError(f"{name} must be >= 0 (0 turns the kernel off); got {value!r}.")
+        raise InvalidValueError(f"{name} must be >= 0 (0 turns the kernel off); got {value!r}.")
     return v
 
 
@@ -435,9 +436,9 @@ def _prepare(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Validate the inputs; returns image ``(C, H, W)`` float32, probs ``(K, H, W)`` float32, options."""
     if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral):
-        raise TypeError(f"iterations must be an int; got {type(iterations).__name__} {iterations!r}.")
+        raise InvalidTypeError(f"iterations must be an int; got {type(iterations).__name__} {iterations!r}.")
     if iterations < 0:
-        raise ValueError(f"iterations must be >= 0; got {iterations}.")
+        raise InvalidValueError(f"iterations must be >= 0; got {iterations}.")
     opts: dict[str, Any] = {
         "iterations": int(iterations),
         "smooth_sigma": _positive("smooth_sigma", smooth_sigma),
@@ -449,59 +450,59 @@ def _prepare(
 
     p_raw = _to_numpy("probs", probs)
     if not np.issubdtype(p_raw.dtype, np.floating):
-        raise TypeError(
+        raise InvalidTypeError(
             f"probs must hold floating-point probabilities; got dtype {p_raw.dtype}. For class ids, "
             "one-hot encode them (and soften them) first."
         )
     if p_raw.ndim != 3:
         hint = " dense_crf works on one image: loop over the batch." if p_raw.ndim == 4 else ""
-        raise ValueError(f"probs must be (K, H, W); got shape {p_raw.shape}.{hint}")
+        raise InvalidValueError(f"probs must be (K, H, W); got shape {p_raw.shape}.{hint}")
     if p_raw.shape[0] < 2:
-        raise ValueError(
+        raise InvalidValueError(
             f"probs must have K >= 2 classes on dim 0; got shape {p_raw.shape}. For one foreground "
             "probability map p pass stack([1 - p, p])."
         )
     p = p_raw.astype(np.float32)
     if not np.isfinite(p).all():
-        raise ValueError("probs hold NaN or inf values.")
+        raise InvalidValueError("probs hold NaN or inf values.")
     half = p_raw.dtype == np.float16 or (isinstance(probs, torch.Tensor) and probs.dtype == torch.bfloat16)
     tol = _SUM_TOL_HALF if half else _SUM_TOL
     if p.min() < -tol or p.max() > 1 + tol:
-        raise ValueError(
+        raise InvalidValueError(
             f"probs must lie in [0, 1]; got values in [{p.min():.4g}, {p.max():.4g}]. Pass probabilities, "
             "not logits: apply softmax over dim 0 first."
         )
     worst = float(np.abs(p.sum(0, dtype=np.float64) - 1.0).max())
     if worst > tol:
-        raise ValueError(
+        raise InvalidValueError(
             f"probs must sum to 1 over the class dim 0 (tolerance {tol:g}); the largest deviation is "
             f"{worst:.4g}. Apply softmax over dim 0 (or normalise by the sum) first."
         )
 
     img_raw = _to_numpy("image", image)
     if img_raw.dtype.kind not in "biuf":
-        raise TypeError(f"image must hold real numbers; got dtype {img_raw.dtype}.")
+        raise InvalidTypeError(f"image must hold real numbers; got dtype {img_raw.dtype}.")
     if img_raw.ndim == 2:
         img_raw = img_raw[None]
     if img_raw.ndim != 3:
-        raise ValueError(f"image must be (C, H, W) or (H, W); got shape {img_raw.shape}.")
+        raise InvalidValueError(f"image must be (C, H, W) or (H, W); got shape {img_raw.shape}.")
     if img_raw.shape[0] not in (1, 3):
         hint = ""
         if img_raw.shape[-1] in (1, 3):
             hint = (
                 " It looks channels-last (H, W, C): transpose it to (C, H, W), e.g. image.transpose(2, 0, 1)."
             )
-        raise ValueError(
+        raise InvalidValueError(
             f"image must have 1 (grey) or 3 (RGB) channels on dim 0; got shape {img_raw.shape}.{hint}"
         )
     if img_raw.shape[1:] != p.shape[1:]:
-        raise ValueError(
+        raise InvalidValueError(
             f"image and probs must have the same height and width; got image {img_raw.shape} and probs "
             f"{p.shape}. Resize the probabilities to the image (or the image to the model's output)."
         )
     img = img_raw.astype(np.float32)
     if not np.isfinite(img).all():
-        raise ValueError("image holds NaN or inf values.")
+        raise InvalidValueError("image holds NaN or inf values.")
     if opts["bilateral_weight"] > 0 and opts["iterations"] > 0:
         _warn_unscaled(img, opts["bilateral_sigma_intensity"])
     return img, p, opts

@@ -31,6 +31,8 @@ import math
 import numpy as np
 from scipy import sparse
 
+from seglab.errors import InvalidValueError
+
 __all__ = ["PermutohedralLattice"]
 
 # Vertex keys are packed into one int64 per vertex (mixed radix): the product of the per-axis key
@@ -67,15 +69,15 @@ class PermutohedralLattice:
     def __init__(self, features: np.ndarray) -> None:
         f = np.asarray(features)
         if f.ndim != 2 or f.shape[0] == 0 or f.shape[1] == 0:
-            raise ValueError(f"features must have shape (N, d) with N, d >= 1; got {f.shape}.")
+            raise InvalidValueError(f"features must have shape (N, d) with N, d >= 1; got {f.shape}.")
         if not (np.issubdtype(f.dtype, np.floating) or np.issubdtype(f.dtype, np.integer)):
-            raise ValueError(f"features must be real numbers; got dtype {f.dtype}.")
+            raise InvalidValueError(f"features must be real numbers; got dtype {f.dtype}.")
         f = np.ascontiguousarray(f.T, dtype=np.float32)  # (d, N): free for f.T of a float32 (d, N) array
         if not np.isfinite(f).all():
-            raise ValueError("features hold NaN or inf; clean the image or the positions first.")
+            raise InvalidValueError("features hold NaN or inf; clean the image or the positions first.")
         d, n = f.shape
         if d > _MAX_DIM:
-            raise ValueError(f"the lattice supports up to {_MAX_DIM} feature dimensions; got {d}.")
+            raise InvalidValueError(f"the lattice supports up to {_MAX_DIM} feature dimensions; got {d}.")
         d1 = d + 1
         self.num_points = n
         self.dim = d
@@ -132,7 +134,7 @@ class PermutohedralLattice:
         span = rem0_i.max(1) + pad - low + 1  # (d,)
         space = math.prod(int(x) for x in span)
         if space >= _MAX_KEY_SPACE:
-            raise ValueError(
+            raise InvalidValueError(
                 "the features span too many lattice cells to key them in 64 bits: the Gaussian's "
                 "standard deviations are far too small for the data's range; increase them."
             )
@@ -226,7 +228,7 @@ class PermutohedralLattice:
         if squeeze:
             vals = vals[:, None]  # (N, 1)
         if vals.ndim != 2 or vals.shape[0] != self.num_points:
-            raise ValueError(
+            raise InvalidValueError(
                 f"values must have shape ({self.num_points}, K) or ({self.num_points},); got {np.shape(values)}."
             )
         grid = np.zeros((self.num_vertices + 1, vals.shape[1]), np.float32)  # (V+1, K); row V stays 0

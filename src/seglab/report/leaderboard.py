@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from seglab.errors import InvalidValueError, MissingFileError
 from seglab.report.html import HtmlReport, format_value
 
 __all__ = ["LEADERBOARD_COLUMNS", "collect_runs", "leaderboard_markdown", "write_leaderboard"]
@@ -46,13 +47,13 @@ def _num(value: Any) -> float:
 def _run_row(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "metrics.json"
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{run_dir} has no metrics.json; pass run directories written by `seglab train` (e.g. runs/demo)."
         )
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
+        raise InvalidValueError(f"{path} is not valid JSON: {err}") from None
     best = data.get("best") or {}
     test = data.get("test") or {}
     return {
@@ -85,7 +86,7 @@ def collect_runs(run_dirs: Sequence[str | os.PathLike[str]]) -> list[dict[str, A
         FileNotFoundError: a directory without ``metrics.json``.
     """
     if not run_dirs:
-        raise ValueError("Give at least one run directory, e.g. seglab compare runs/*/")
+        raise InvalidValueError("Give at least one run directory, e.g. seglab compare runs/*/")
     rows = [_run_row(Path(d)) for d in run_dirs]
     key = "test_dice" if all(not math.isnan(r["test_dice"]) for r in rows) else "val_dice"
     rows.sort(key=lambda r: (math.isnan(r[key]), -r[key] if not math.isnan(r[key]) else 0.0))

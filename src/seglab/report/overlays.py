@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from seglab.errors import InvalidValueError
+
 __all__ = [
     "CLASS_COLORS",
     "ERROR_COLORS",
@@ -87,7 +89,7 @@ def to_display(image: np.ndarray, *, low: float = 1.0, high: float = 99.8) -> np
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:
-        raise ValueError(f"to_display expects (C, H, W) or (H, W); got shape {arr.shape}.")
+        raise InvalidValueError(f"to_display expects (C, H, W) or (H, W); got shape {arr.shape}.")
     chans = arr[:3] if arr.shape[0] == 3 else arr[:1]
     out = np.empty(chans.shape, dtype=np.uint8)
     for i, ch in enumerate(chans):
@@ -108,7 +110,7 @@ def _mask2d(mask: np.ndarray, what: str) -> np.ndarray:
     if m.ndim == 3 and m.shape[0] == 1:
         m = m[0]
     if m.ndim != 2:
-        raise ValueError(f"{what} must be an (H, W) label array; got shape {m.shape}.")
+        raise InvalidValueError(f"{what} must be an (H, W) label array; got shape {m.shape}.")
     return m.astype(np.int64)
 
 
@@ -139,7 +141,7 @@ def overlay_mask(
     base = _display(image)
     m = _mask2d(mask, "mask")
     if m.shape != base.shape[:2]:
-        raise ValueError(f"mask {m.shape} and image {base.shape[:2]} differ in size.")
+        raise InvalidValueError(f"mask {m.shape} and image {base.shape[:2]} differ in size.")
     out = base.astype(np.float64)
     for c in np.unique(m):
         if c <= 0:
@@ -197,11 +199,11 @@ def error_map(
     """
     t, p = _mask2d(truth, "truth"), _mask2d(pred, "pred")
     if t.shape != p.shape:
-        raise ValueError(f"truth {t.shape} and pred {p.shape} differ in size.")
+        raise InvalidValueError(f"truth {t.shape} and pred {p.shape} differ in size.")
     if image is not None:
         out = (_display(image).astype(np.float64) * dim).round().astype(np.uint8)
         if out.shape[:2] != t.shape:
-            raise ValueError(f"image {out.shape[:2]} and masks {t.shape} differ in size.")
+            raise InvalidValueError(f"image {out.shape[:2]} and masks {t.shape} differ in size.")
     else:
         out = np.zeros((*t.shape, 3), dtype=np.uint8)
     out[(t > 0) & (p == t)] = ERROR_COLORS["tp"]

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from seglab.errors import InvalidValueError, missing_extra
+
 __all__ = ["plot_history"]
 
 
@@ -56,11 +58,9 @@ def plot_history(
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "Plots need matplotlib: pip install 'seglab[report]' (or pip install matplotlib)."
-        ) from err
+        raise missing_extra("matplotlib", "report", "Plots") from err
     if not history or any("epoch" not in row for row in history):
-        raise ValueError("plot_history needs a non-empty history whose rows have an 'epoch' key.")
+        raise InvalidValueError("plot_history needs a non-empty history whose rows have an 'epoch' key.")
     fig = Figure(figsize=(5.0 * len(panels), 3.6), dpi=110)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
