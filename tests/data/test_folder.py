@@ -12,6 +12,7 @@ from PIL import Image
 
 from seglab.data import FolderDataset, get_dataset, train_transforms
 from seglab.data.base import channel_stats
+from seglab.errors import DataError
 
 
 def _write_pair(
@@ -108,7 +109,10 @@ def test_num_classes_inferred_and_ignore_index(tmp_path: Path) -> None:
     ds = FolderDataset(tmp_path, num_classes=5, ignore_index=255)
     assert ds[0][1].tolist() == [[0, 4], [255, 1]]
     assert FolderDataset(tmp_path, ignore_index=255).num_classes == 5
-    assert FolderDataset(tmp_path).num_classes == 256  # without ignore_index, 255 is a class id
+    # without ignore_index, 255 far above the other ids is refused rather than making 256 classes
+    with pytest.raises(DataError, match=r"plus 255 \(1 pixel, in .*a\.png only\).*ignore_index=255"):
+        FolderDataset(tmp_path)
+    assert FolderDataset(tmp_path, num_classes=256).num_classes == 256  # said explicitly: a class id
 
 
 def test_binary255_format(tmp_path: Path) -> None:
