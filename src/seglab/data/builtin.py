@@ -478,10 +478,11 @@ class BuiltinDataset(SegDataset):
 _BUILTIN_PREFIX = "builtin:"
 
 
-def _builtin_or_folder(name_or_folder: str | os.PathLike[str]) -> str:
-    """The built-in name, or the folder path, that ``name_or_folder`` means; an ambiguous name raises."""
+def _builtin_or_folder(name_or_folder: str | os.PathLike[str]) -> str | Path:
+    """The built-in name (a ``str``) or the folder (a ``Path``) that ``name_or_folder`` means; an
+    ambiguous name raises."""
     if not isinstance(name_or_folder, str):
-        return os.fspath(name_or_folder)  # a Path is a folder, even when named like a built-in
+        return Path(name_or_folder)  # a Path is a folder, even when named like a built-in
     if name_or_folder.startswith(_BUILTIN_PREFIX):
         name = name_or_folder[len(_BUILTIN_PREFIX) :]
         if name not in _SPECS:
@@ -496,7 +497,7 @@ def _builtin_or_folder(name_or_folder: str | os.PathLike[str]) -> str:
             f"{name_or_folder!r} is both a built-in dataset and the folder {folder}; say which: "
             f"'./{name_or_folder}' for the folder, '{_BUILTIN_PREFIX}{name_or_folder}' for the built-in."
         )
-    return name_or_folder
+    return name_or_folder if name_or_folder in _SPECS else Path(name_or_folder)
 
 
 def get_dataset(
@@ -545,7 +546,7 @@ def get_dataset(
     """
     name = _builtin_or_folder(name_or_folder)
     task = check_task(task)
-    if name in _SPECS:
+    if isinstance(name, str):
         if name == "synthetic":
             return SyntheticDataset(split=split, task=task, transform=transform, **options)
         if options:
@@ -553,10 +554,11 @@ def get_dataset(
         return BuiltinDataset(
             name, split, task=task, transform=transform, cache_dir=cache_dir, download=download
         )
-    path = Path(name).expanduser()
+    path = name.expanduser()
     if path.is_dir():
         return FolderDataset(path, split=split, task=task, transform=transform, **options)
+    given = os.fspath(name_or_folder)
     raise InvalidValueError(
-        f"{name!r} is neither a built-in dataset ({', '.join(_SPECS)}) nor an existing folder."
-        + did_you_mean(name, _SPECS)
+        f"{given!r} is neither a built-in dataset ({', '.join(_SPECS)}) nor an existing folder."
+        + did_you_mean(given, _SPECS)
     )

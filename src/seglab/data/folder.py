@@ -115,7 +115,9 @@ def _listing(folder: Path) -> _Listing:
 
 def _link_problem(path: Path, err: OSError) -> str:
     if err.errno == errno.ELOOP:
-        return "symbolic link loop (the link points back to itself); remove the link or point it at the file"
+        return (
+            "symbolic link loop (following it never reaches a file); remove the link or point it at the file"
+        )
     if err.errno == errno.ENOENT and path.is_symlink():
         return f"broken symbolic link to {os.readlink(path)!r} (no such file); remove the link or restore the file"
     return f"cannot be read ({err.strerror or err})"
@@ -197,7 +199,8 @@ def _binary255_message(tally: _Tally, mask_dir: Path, total: int) -> str:
     text = (
         f"The masks in {mask_dir} hold 0 and 255 (e.g. {tally.files[255][0]}), the usual 8-bit binary masks; read "
         "as class ids they would make a 256-class model. Pass mask_format='binary255' (0 = background, "
-        "255 = foreground), or ignore_index=255 if 255 marks pixels to ignore."
+        "255 = foreground; on the command line --data-option mask_format=binary255), or ignore_index=255 if "
+        "255 marks pixels to ignore."
     )
     if other:
         share = 100.0 * sum(tally.pixels[v] for v in other) / total
