@@ -124,7 +124,7 @@ class OptimConfig:
         optimizer: ``"adamw"`` or ``"sgd"`` (with momentum and Nesterov).
         lr: peak learning rate (reached at the end of the warm-up).
         weight_decay: decoupled weight decay (AdamW) or L2 (SGD); not applied to norms and biases.
-        momentum: SGD momentum (AdamW: beta1).
+        momentum: SGD momentum (AdamW: beta1), in [0, 1).
         scheduler: ``"cosine"`` (to ``min_lr_ratio * lr``), ``"poly"`` (DeepLab's
             ``(1 - t)^power``) or ``"constant"``; updated every step.
         warmup_epochs: linear warm-up from 0 over this many epochs (fractions allowed).
