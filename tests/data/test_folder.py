@@ -12,6 +12,7 @@ from PIL import Image
 
 from seglab.data import FolderDataset, get_dataset, train_transforms
 from seglab.data.base import channel_stats
+from seglab.errors import DataError
 
 
 def _write_pair(
@@ -108,7 +109,10 @@ def test_num_classes_inferred_and_ignore_index(tmp_path: Path) -> None:
     ds = FolderDataset(tmp_path, num_classes=5, ignore_index=255)
     assert ds[0][1].tolist() == [[0, 4], [255, 1]]
     assert FolderDataset(tmp_path, ignore_index=255).num_classes == 5
-    assert FolderDataset(tmp_path).num_classes == 256  # without ignore_index, 255 is a class id
+    # without ignore_index, 255 far above the other ids is refused rather than making 256 classes
+    with pytest.raises(DataError, match=r"plus 255 \(1 pixel, in .*a\.png only\).*ignore_index=255"):
+        FolderDataset(tmp_path)
+    assert FolderDataset(tmp_path, num_classes=256).num_classes == 256  # said explicitly: a class id
 
 
 def test_binary255_format(tmp_path: Path) -> None:
@@ -210,3 +214,30 @@ def test_changed_file_is_caught_when_loaded(tmp_path: Path) -> None:
     Image.fromarray(np.full((4, 4), 9, np.uint8)).save(tmp_path / "masks" / "a.png")
     with pytest.raises(ValueError, match=r"a.png: mask values \[9\] are outside 0..1"):
         ds[0]
+
+
+def test_check_values_false_reads_headers_only_and_names_a_bad_file_at_load(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    for i in range(3):
+        _write_pair(
+            tmp_path, f"s{i}", rng.integers(0, 255, (64, 64), dtype=np.uint8), np.zeros((64, 64), np.uint8)
+        )
+    bad = tmp_path / "images" / "s1.png"
+    bad.write_bytes(bad.read_bytes()[:200])  # the header survives, the pixels do not
+    with pytest.raises(DataError, match=r"s1\.png: cannot read the image"):
+        FolderDataset(tmp_path)  # the default check decodes every file
+    ds = FolderDataset(tmp_path, num_classes=2, check_values=False)
+    assert len(ds) == 3 and ds[0][0].shape == (1, 64, 64)
+    with pytest.raises(DataError, match=r"s1\.png: cannot read the image .*truncated or corrupt"):
+        ds[1]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.int64])
+def test_mask_value_counts_match_numpy(dtype: type) -> None:
+    from seglab.data.folder import _value_counts
+
+    mask = np.random.default_rng(4).choice(np.array([0, 3, 200], dtype=dtype), size=(31, 17))
+    values, counts = _value_counts(mask)
+    ref_values, ref_counts = np.unique(mask, return_counts=True)
+    np.testing.assert_array_equal(values, ref_values)
+    np.testing.assert_array_equal(counts, ref_counts)

@@ -46,7 +46,7 @@ def test_yaml_round_trip(tmp_path):
         ({"optim": {"schedular": "cosine"}}, r"optim\.schedular.*Did you mean 'scheduler'"),
         ({"data": {"batchsize": 2}}, "Did you mean 'batch_size'"),
         ({"optim": {"scheduler": "cosin"}}, "Did you mean 'cosine'"),
-        ({"optim": {"lr": -1.0}}, "optim.lr must be positive"),
+        ({"optim": {"lr": -1.0}}, r"optim\.lr must be a finite number in \(0, inf\); got -1\.0"),
         ({"epochs": 0}, "epochs must be positive"),
         ({"amp": "fp8"}, "Unknown amp"),
         ({"optim": {"warmup_epochs": 5}, "epochs": 2}, "warm-up"),

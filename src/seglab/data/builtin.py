@@ -475,6 +475,31 @@ class BuiltinDataset(SegDataset):
         return f"BuiltinDataset({self._spec_name!r}, split={self.split!r}, task={self.task!r}, samples={len(self)})"
 
 
+_BUILTIN_PREFIX = "builtin:"
+
+
+def _builtin_or_folder(name_or_folder: str | os.PathLike[str]) -> str | Path:
+    """The built-in name (a ``str``) or the folder (a ``Path``) that ``name_or_folder`` means; an
+    ambiguous name raises."""
+    if not isinstance(name_or_folder, str):
+        return Path(name_or_folder)  # a Path is a folder, even when named like a built-in
+    if name_or_folder.startswith(_BUILTIN_PREFIX):
+        name = name_or_folder[len(_BUILTIN_PREFIX) :]
+        if name not in _SPECS:
+            raise InvalidValueError(
+                f"{name_or_folder!r}: {name!r} is not a built-in dataset ({', '.join(_SPECS)})."
+                + did_you_mean(name, _SPECS)
+            )
+        return name
+    if name_or_folder in _SPECS and Path(name_or_folder).is_dir():
+        folder = Path(name_or_folder).resolve()
+        raise InvalidValueError(
+            f"{name_or_folder!r} is both a built-in dataset and the folder {folder}; say which: "
+            f"'./{name_or_folder}' for the folder, '{_BUILTIN_PREFIX}{name_or_folder}' for the built-in."
+        )
+    return name_or_folder if name_or_folder in _SPECS else Path(name_or_folder)
+
+
 def get_dataset(
     name_or_folder: str | os.PathLike[str],
     split: str = "train",
@@ -489,7 +514,10 @@ def get_dataset(
 
     Args:
         name_or_folder: ``"hela"``, ``"bacteria"``, ``"mni-brain"``, ``"quokka"``, ``"synthetic"``, or a
-            path to a folder laid out for :class:`~seglab.data.folder.FolderDataset`.
+            path to a folder laid out for :class:`~seglab.data.folder.FolderDataset`. A bare
+            built-in name that is also a folder in the working directory is refused as ambiguous:
+            write ``"./synthetic"`` (or pass a :class:`~pathlib.Path`) for the folder and
+            ``"builtin:synthetic"`` for the built-in.
         split: ``"train"``, ``"val"``, ``"test"`` or ``"all"``.
         task: ``"semantic"`` (``(image, mask)``) or ``"instance"`` (``(image, target dict)``).
         transform: ``(image, target) -> (image, target)``, e.g.
@@ -506,8 +534,8 @@ def get_dataset(
         ``names`` and ``stats()`` (training-split statistics).
 
     Raises:
-        ValueError: unknown name that is not a folder either (with a did-you-mean), bad split or
-            task.
+        ValueError: unknown name that is not a folder either (with a did-you-mean), a built-in
+            name that is also a folder here, bad split or task.
         TypeError: options the dataset does not take.
         FetchError: a built-in could not be fetched (the message names ``seglab data fetch NAME``).
 
@@ -516,9 +544,9 @@ def get_dataset(
         >>> len(ds), ds.num_classes, tuple(ds[0][0].shape)
         (8, 2, (1, 32, 32))
     """
-    name = os.fspath(name_or_folder)
+    name = _builtin_or_folder(name_or_folder)
     task = check_task(task)
-    if name in _SPECS:
+    if isinstance(name, str):
         if name == "synthetic":
             return SyntheticDataset(split=split, task=task, transform=transform, **options)
         if options:
@@ -526,10 +554,11 @@ def get_dataset(
         return BuiltinDataset(
             name, split, task=task, transform=transform, cache_dir=cache_dir, download=download
         )
-    path = Path(name).expanduser()
+    path = name.expanduser()
     if path.is_dir():
         return FolderDataset(path, split=split, task=task, transform=transform, **options)
+    given = os.fspath(name_or_folder)
     raise InvalidValueError(
-        f"{name!r} is neither a built-in dataset ({', '.join(_SPECS)}) nor an existing folder."
-        + did_you_mean(name, _SPECS)
+        f"{given!r} is neither a built-in dataset ({', '.join(_SPECS)}) nor an existing folder."
+        + did_you_mean(given, _SPECS)
     )

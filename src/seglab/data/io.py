@@ -22,20 +22,25 @@ datasets turn it into ``float32`` with the same values (0..65535), never rescale
 
 from __future__ import annotations
 
+import lzma
 import os
+import struct
 import uuid
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
 from PIL import Image
 
 from seglab._options import check_choice
-from seglab.errors import InvalidTypeError, InvalidValueError, MissingFileError
+from seglab.errors import DataError, InvalidTypeError, InvalidValueError, MissingFileError, SeglabError
 
 __all__ = [
+    "DECODE_ERRORS",
     "IMAGE_SUFFIXES",
     "ImageInfo",
     "atomic_path",
@@ -48,6 +53,37 @@ __all__ = [
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy")
 _PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 _TIFF_SUFFIXES = (".tif", ".tiff")
+# what Pillow, tifffile (and the codecs it calls) and NumPy raise on a truncated or corrupt file
+DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ValueError,
+    EOFError,
+    SyntaxError,
+    IndexError,
+    struct.error,
+    zlib.error,
+    lzma.LZMAError,
+    tifffile.TiffFileError,
+)
+
+
+@contextmanager
+def _decoding(path: Path, what: str) -> Iterator[None]:
+    """Turn a decoder's error on ``path`` into a one-line :class:`DataError` naming the file.
+
+    seglab's own errors pass through unchanged, and so does a ``PermissionError`` (the file is
+    fine, the access is not).
+    """
+    try:
+        yield
+    except (SeglabError, PermissionError):
+        raise
+    except DECODE_ERRORS as err:
+        detail = str(err) or type(err).__name__
+        raise DataError(
+            f"{path}: cannot read the {what} ({detail}); the file is truncated or corrupt: write it again, "
+            "or move it out of the folder."
+        ) from err
 
 
 def _suffix(path: Path) -> str:
@@ -128,29 +164,47 @@ def image_info(path: str | os.PathLike[str], *, page: int | None = None) -> Imag
 
     Raises:
         ValueError: unsupported suffix or an array that is not 2-D/3-D.
+        DataError: the header cannot be read (a truncated or corrupt file); the message names it.
         FileNotFoundError: ``path`` does not exist.
     """
+    path = _existing(path)
+    with _decoding(path, "image header"):
+        return _image_info(path, page)
+
+
+def _existing(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path, checked for a supported suffix and existence."""
     path = Path(path)
-    suffix = _suffix(path)
+    _suffix(path)
     if not path.is_file():
         raise MissingFileError(f"{path}: no such file.")
+    return path
+
+
+def _image_info(path: Path, page: int | None) -> ImageInfo:
+    suffix = path.suffix.lower()
     if suffix in _PIL_SUFFIXES:
         with Image.open(path) as im:
             channels, dtype = _PIL_MODES.get(im.mode, (len(im.getbands()), "uint8"))
             return ImageInfo(channels, im.height, im.width, np.dtype(dtype))
     if suffix in _TIFF_SUFFIXES:
         with tifffile.TiffFile(path) as tif:
-            if page is not None:
-                pg = tif.pages[page]
-                shape, axes = pg.shape, pg.axes
-            else:
-                series = tif.series[0]
-                shape, axes = series.shape, series.axes
+            source = _tiff_source(tif, page, path)
+            shape, axes = source.shape, source.axes
             c, h, w = _tiff_layout(tuple(shape), axes)
             return ImageInfo(c, h, w, tif.pages[0].dtype)
     arr = np.load(path, mmap_mode="r", allow_pickle=False)
     c, h, w = _npy_layout(arr.shape, path)
     return ImageInfo(c, h, w, arr.dtype)
+
+
+def _tiff_source(tif: tifffile.TiffFile, page: int | None, path: Path) -> Any:
+    """The TIFF page ``page`` (range-checked), or the file's first series."""
+    if page is None:
+        return tif.series[0]
+    if not -len(tif.pages) <= page < len(tif.pages):
+        raise InvalidValueError(f"{path}: page {page} out of range; the file has {len(tif.pages)} pages.")
+    return tif.pages[page]
 
 
 def _npy_layout(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
@@ -177,6 +231,7 @@ def read_image(path: str | os.PathLike[str], *, page: int | None = None) -> np.n
     Raises:
         ValueError: unsupported suffix, an ``.npy`` array that is not ``(H, W)``/``(C, H, W)``, or a
             TIFF page index out of range.
+        DataError: the pixels cannot be decoded (a truncated or corrupt file); the message names it.
         FileNotFoundError: ``path`` does not exist.
 
     Shape:
@@ -189,10 +244,13 @@ def read_image(path: str | os.PathLike[str], *, page: int | None = None) -> np.n
         >>> read_image(p).shape, read_image(p).dtype
         ((1, 5, 7), dtype('uint16'))
     """
-    path = Path(path)
-    suffix = _suffix(path)
-    if not path.is_file():
-        raise MissingFileError(f"{path}: no such file.")
+    path = _existing(path)
+    with _decoding(path, "image"):
+        return _read_image(path, page)
+
+
+def _read_image(path: Path, page: int | None) -> np.ndarray:
+    suffix = path.suffix.lower()
     if suffix in _PIL_SUFFIXES:
         with Image.open(path) as im:
             if im.mode in ("P", "PA", "CMYK", "YCbCr"):
@@ -203,16 +261,8 @@ def read_image(path: str | os.PathLike[str], *, page: int | None = None) -> np.n
         return arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1))
     if suffix in _TIFF_SUFFIXES:
         with tifffile.TiffFile(path) as tif:
-            if page is not None:
-                if not -len(tif.pages) <= page < len(tif.pages):
-                    raise InvalidValueError(
-                        f"{path}: page {page} out of range; the file has {len(tif.pages)} pages."
-                    )
-                pg = tif.pages[page]
-                arr, axes = pg.asarray(), pg.axes
-            else:
-                series = tif.series[0]
-                arr, axes = series.asarray(), series.axes
+            source = _tiff_source(tif, page, path)
+            arr, axes = source.asarray(), source.axes
         c, h, w = _tiff_layout(arr.shape, axes)
         if axes.endswith("S") and arr.ndim >= 3:
             arr = np.moveaxis(arr, -1, -3)  # (..., S, H, W)
@@ -240,24 +290,15 @@ def read_mask(path: str | os.PathLike[str], *, page: int | None = None) -> np.nd
     Raises:
         ValueError: the file holds more than one plane (colour-coded or multi-page masks), or a
             float mask has fractional values.
+        DataError: the file cannot be decoded (truncated or corrupt); the message names it.
         FileNotFoundError: ``path`` does not exist.
 
     Shape:
         - Output: ``(H, W)``.
     """
-    path = Path(path)
-    suffix = _suffix(path)
-    if not path.is_file():
-        raise MissingFileError(f"{path}: no such file.")
-    if suffix in _PIL_SUFFIXES:
-        with Image.open(path) as im:
-            if im.mode == "PA":
-                im = im.getchannel(0)
-            arr = np.asarray(im)
-        arr = arr.astype(np.uint8) if arr.dtype == bool else arr
-        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    else:
-        arr = read_image(path, page=page)
+    path = _existing(path)
+    with _decoding(path, "mask"):
+        arr = _read_mask_planes(path, page)
     if arr.shape[0] > 1:
         channels = arr
         if arr.shape[0] in (2, 4):  # drop an alpha channel
@@ -281,6 +322,18 @@ def read_mask(path: str | os.PathLike[str], *, page: int | None = None) -> np.nd
     elif mask.dtype.kind not in "iu":
         raise InvalidValueError(f"{path}: unsupported mask dtype {mask.dtype}.")
     return np.ascontiguousarray(mask)
+
+
+def _read_mask_planes(path: Path, page: int | None) -> np.ndarray:
+    """The mask file's planes ``(P, H, W)``, palette indices kept."""
+    if path.suffix.lower() in _PIL_SUFFIXES:
+        with Image.open(path) as im:
+            if im.mode == "PA":
+                im = im.getchannel(0)
+            arr = np.asarray(im)
+        arr = arr.astype(np.uint8) if arr.dtype == bool else arr
+        return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return _read_image(path, page)
 
 
 @contextmanager

@@ -36,7 +36,7 @@ import pickle
 import random
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from seglab.errors import CheckpointError, MissingFileError
+from seglab.errors import CheckpointError, InvalidTypeError, InvalidValueError, MissingFileError
 
 __all__ = [
     "CHECKPOINT_KEYS",
@@ -132,20 +132,24 @@ def load_checkpoint(
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointError: the file is not a ``torch.save`` archive, is corrupt, holds objects
-            other than tensors and plain containers (a pickle that would run code is refused), or
-            lacks required keys.
+        CheckpointError: the file is not a ``torch.save`` archive, is corrupt (every member's CRC-32
+            is verified before loading: a flipped bit or a truncated copy is refused, not loaded as
+            slightly wrong weights), holds objects other than tensors and plain containers (a
+            pickle that would run code is refused), or lacks required keys.
     """
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"Checkpoint not found: {path}")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(
-            f"{path} is not a checkpoint written by torch.save (not a zip archive); "
-            "pass a best.pt or last.pt from a seglab run directory."
-        )
+    _verify_archive(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
+    except RuntimeError as err:  # torch's zip reader on a damaged archive
+        if "PytorchStreamReader" not in str(err):
+            raise
+        raise CheckpointError(
+            f"{path} is damaged: torch cannot read it ({str(err).splitlines()[0]}); use another copy "
+            "(last.pt or best.pt of the run)."
+        ) from None
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"Refusing to load {path}: it contains Python objects other than tensors and plain containers, "
@@ -165,6 +169,38 @@ def load_checkpoint(
     return state
 
 
+def _verify_archive(path: Path) -> None:
+    """Refuse a file that is not a zip archive, or whose members fail their CRC-32 check.
+
+    ``torch.load`` does not check the CRCs, so a bit flipped on disk or in a copy would load as
+    slightly wrong weights. Checking reads the file once more (about 0.6 s per GB).
+    """
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as fh:
+            if fh.read(4) == b"PK\x03\x04":
+                raise CheckpointError(
+                    f"{path} is damaged: a zip archive without its directory (a truncated copy?); use another "
+                    "copy (last.pt or best.pt of the run)."
+                )
+        raise CheckpointError(
+            f"{path} is not a checkpoint written by torch.save (not a zip archive); "
+            "pass a best.pt or last.pt from a seglab run directory."
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, ValueError) as err:
+        raise CheckpointError(
+            f"{path} is damaged: its zip archive cannot be read ({err}); use another copy (last.pt or "
+            "best.pt of the run)."
+        ) from None
+    if bad is not None:
+        raise CheckpointError(
+            f"{path} is corrupt: its entry {bad!r} fails the CRC-32 check (the file changed after it was "
+            "written); use another copy (last.pt or best.pt of the run)."
+        )
+
+
 def load_model(
     path: str | Path, *, map_location: str | torch.device | None = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -181,26 +217,20 @@ def load_model(
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointError: see :func:`load_checkpoint`; or the weights do not fit the model.
+        CheckpointError: see :func:`load_checkpoint`; or the weights do not fit the model. The model
+            is first built on PyTorch's ``meta`` device (no memory) and its tensor shapes compared
+            with the saved weights, so ``model_options`` edited to ask for a huge model are refused
+            before anything is allocated.
 
     Example:
         >>> model, meta = load_model("runs/demo/best.pt")  # doctest: +SKIP
         >>> meta["normalization"]["mean"]  # doctest: +SKIP
         [523.1]
     """
-    from seglab.models import create_model
-
     state = load_checkpoint(path, map_location=map_location)
-    options = dict(state.get("model_options") or {})
-    # Initial weights (a local pretrained file) only mattered at the start of training: the checkpoint
-    # holds the trained ones, and the file may not exist on the machine that loads the checkpoint.
-    options.pop("weights", None)
-    model = create_model(
-        state["model_name"],
-        in_channels=int(state["in_channels"]),
-        num_classes=int(state["num_classes"]),
-        **options,
-    )
+    build = _model_builder(path, state)
+    _check_model_size(path, state, build)
+    model = build()
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as err:
@@ -211,6 +241,63 @@ def load_model(
     skip = {"model", "optimizer", "scheduler", "scaler", "rng"}
     meta = {k: v for k, v in state.items() if k not in skip}
     return model, meta
+
+
+def _model_builder(path: Path | str, state: Mapping[str, Any]) -> Callable[[], nn.Module]:
+    """A function building the checkpoint's model (on the current default device) from its options."""
+    from seglab.models import create_model
+
+    options = dict(state.get("model_options") or {})
+    # Initial weights (a local pretrained file) only mattered at the start of training: the checkpoint
+    # holds the trained ones, and the file may not exist on the machine that loads the checkpoint.
+    options.pop("weights", None)
+    try:
+        in_channels, num_classes = int(state["in_channels"]), int(state["num_classes"])
+    except (TypeError, ValueError):
+        raise CheckpointError(
+            f"{path}: in_channels and num_classes must be integers; got {state['in_channels']!r} and "
+            f"{state['num_classes']!r}."
+        ) from None
+
+    def build() -> nn.Module:
+        return create_model(state["model_name"], in_channels=in_channels, num_classes=num_classes, **options)
+
+    return build
+
+
+# model tensors that are not saved (non-persistent buffers) may add this much beyond the saved weights
+_UNSAVED_BYTES = 64 << 20
+
+
+def _check_model_size(path: Path | str, state: Mapping[str, Any], build: Callable[[], nn.Module]) -> None:
+    """Build the model on the ``meta`` device (no memory) and refuse it unless its tensors are the
+    saved ones: same names and shapes, and no more than ``_UNSAVED_BYTES`` of unsaved buffers."""
+    saved = state["model"]
+    if not isinstance(saved, Mapping):
+        raise CheckpointError(f"{path}: 'model' must be a state dict; got {type(saved).__name__}.")
+    try:
+        with torch.device("meta"):
+            skeleton = build()
+    except (InvalidValueError, InvalidTypeError) as err:
+        raise CheckpointError(
+            f"{path}: its model_options cannot rebuild {state['model_name']!r}: {err}"
+        ) from None
+    expected = skeleton.state_dict()
+    for key, tensor in expected.items():
+        got = saved.get(key)
+        if isinstance(got, torch.Tensor) and got.shape != tensor.shape:
+            raise CheckpointError(
+                f"The weights in {path} do not fit model {state['model_name']!r} built from its model_options "
+                f"{dict(state.get('model_options') or {})}: {key} is {tuple(got.shape)} in the file but "
+                f"{tuple(tensor.shape)} in the model (were the options edited?)."
+            )
+    model_bytes = sum(t.numel() * t.element_size() for t in [*skeleton.parameters(), *skeleton.buffers()])
+    saved_bytes = sum(t.numel() * t.element_size() for t in saved.values() if isinstance(t, torch.Tensor))
+    if model_bytes > saved_bytes + _UNSAVED_BYTES:
+        raise CheckpointError(
+            f"{path}: model {state['model_name']!r} built from its model_options needs {model_bytes / 2**20:,.0f} MiB "
+            f"but the file holds {saved_bytes / 2**20:,.0f} MiB of weights; refusing to allocate it."
+        )
 
 
 # -- random generator states in a weights_only-loadable form -------------------------------------------

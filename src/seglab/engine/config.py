@@ -33,7 +33,7 @@ from typing import Any, Union
 
 import yaml
 
-from seglab._options import check_choice, did_you_mean
+from seglab._options import check_choice, check_number, did_you_mean
 from seglab.errors import InvalidTypeError, InvalidValueError, MissingFileError
 
 __all__ = [
@@ -124,7 +124,7 @@ class OptimConfig:
         optimizer: ``"adamw"`` or ``"sgd"`` (with momentum and Nesterov).
         lr: peak learning rate (reached at the end of the warm-up).
         weight_decay: decoupled weight decay (AdamW) or L2 (SGD); not applied to norms and biases.
-        momentum: SGD momentum (AdamW: beta1).
+        momentum: SGD momentum (AdamW: beta1), in [0, 1).
         scheduler: ``"cosine"`` (to ``min_lr_ratio * lr``), ``"poly"`` (DeepLab's
             ``(1 - t)^power``) or ``"constant"``; updated every step.
         warmup_epochs: linear warm-up from 0 over this many epochs (fractions allowed).
@@ -231,60 +231,65 @@ class TrainConfig:
 
     # -- checks ---------------------------------------------------------------------------------
     def validate(self) -> None:
-        """Check values (ranges and closed sets); raise ``ValueError`` naming the key and the fix."""
+        """Check values (ranges and closed sets); raise ``ValueError`` naming the key and the fix.
+
+        Float options are checked NaN-safely: ``nan`` and ``inf`` are refused wherever a finite
+        number is meant (``max_time: nan`` is an error, not "no limit").
+        """
         check_choice("optim.optimizer", self.optim.optimizer, OPTIMIZERS)
         check_choice("optim.scheduler", self.optim.scheduler, SCHEDULERS)
         check_choice("amp", self.amp, AMP_MODES)
         check_choice("data.mode", self.data.mode, MODES)
         check_choice("time_policy", self.time_policy, TIME_POLICIES)
-        positive = {
-            "epochs": self.epochs,
-            "data.batch_size": self.data.batch_size,
-            "data.val_batch_size": self.data.val_batch_size,
-            "val_every": self.val_every,
+        counts = {
+            "epochs": (self.epochs, 1),
+            "data.batch_size": (self.data.batch_size, 1),
+            "data.val_batch_size": (self.data.val_batch_size, 1),
+            "val_every": (self.val_every, 1),
+            "data.crop": (self.data.crop, 1),
+            "data.samples_per_epoch": (self.data.samples_per_epoch, 1),
+            "tile": (self.tile, 1),
+            "threads": (self.threads, 1),
+            "data.workers": (self.data.workers, 0),
+            "patience": (self.patience, 0),
         }
-        optional_positive = {
-            "data.crop": self.data.crop,
-            "data.samples_per_epoch": self.data.samples_per_epoch,
-            "tile": self.tile,
-            "threads": self.threads,
-            "max_time": self.max_time,
-            "optim.grad_clip": self.optim.grad_clip,
-        }
-        for key, value in {
-            **positive,
-            **{k: v for k, v in optional_positive.items() if v is not None},
-        }.items():
-            if value <= 0:
-                raise InvalidValueError(f"{key} must be positive; got {value!r}.")
-        non_negative = {
-            "data.workers": self.data.workers,
-            "patience": self.patience,
-            "min_delta": self.min_delta,
-            "optim.weight_decay": self.optim.weight_decay,
-            "optim.warmup_epochs": self.optim.warmup_epochs,
-            "optim.momentum": self.optim.momentum,
-        }
-        for key, value in non_negative.items():
-            if value < 0:
-                raise InvalidValueError(f"{key} must be >= 0; got {value!r}.")
-        if not self.optim.lr > 0:
-            raise InvalidValueError(f"optim.lr must be positive; got {self.optim.lr!r}.")
-        if not 0.0 <= self.optim.min_lr_ratio <= 1.0:
-            raise InvalidValueError(f"optim.min_lr_ratio must be in [0, 1]; got {self.optim.min_lr_ratio!r}.")
+        for key, (value, low) in counts.items():
+            if value is not None and not value >= low:
+                raise InvalidValueError(f"{key} must be {'positive' if low else '>= 0'}; got {value!r}.")
+        for key, value, low, low_open, high, high_open in (
+            ("max_time", self.max_time, 0, True, None, False),
+            ("optim.grad_clip", self.optim.grad_clip, 0, True, None, False),
+            ("optim.lr", self.optim.lr, 0, True, None, False),
+            ("optim.weight_decay", self.optim.weight_decay, 0, False, None, False),
+            ("optim.momentum", self.optim.momentum, 0, False, 1, True),
+            ("optim.warmup_epochs", self.optim.warmup_epochs, 0, False, None, False),
+            ("optim.min_lr_ratio", self.optim.min_lr_ratio, 0, False, 1, False),
+            ("optim.poly_power", self.optim.poly_power, 0, False, None, False),
+            ("min_delta", self.min_delta, 0, False, None, False),
+            ("loss.cls_weight", self.loss.cls_weight, 0, False, None, False),
+        ):
+            if value is not None:
+                check_number(key, value, low=low, low_open=low_open, high=high, high_open=high_open)
         if self.optim.warmup_epochs > self.epochs:
             raise InvalidValueError(
                 f"optim.warmup_epochs ({self.optim.warmup_epochs}) is longer than the run ({self.epochs} epochs); "
                 "shorten the warm-up or train longer."
             )
+        self._validate_lists()
+        if not self.model.name:
+            raise InvalidValueError("model.name must name a registered model (see `seglab models`).")
+
+    def _validate_lists(self) -> None:
+        """Per-channel statistics and auxiliary-loss weights: finite numbers (std > 0, weights >= 0)."""
         for key in ("mean", "std"):
             values = getattr(self.data, key)
             if values is not None and len(values) == 0:
                 raise InvalidValueError(f"data.{key} must list one value per channel; got an empty list.")
-        if self.data.std is not None and any(s <= 0 for s in self.data.std):
-            raise InvalidValueError(f"data.std must be positive; got {self.data.std}.")
-        if not self.model.name:
-            raise InvalidValueError("model.name must name a registered model (see `seglab models`).")
+            for i, v in enumerate(values or ()):
+                check_number(f"data.{key}[{i}]", v, low=0 if key == "std" else None, low_open=True)
+        if isinstance(self.loss.aux_weights, list):
+            for i, v in enumerate(self.loss.aux_weights):
+                check_number(f"loss.aux_weights[{i}]", v, low=0)
 
     # -- conversions ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -305,7 +310,7 @@ class TrainConfig:
         """The run directory: ``out``, or ``runs/<model>-<data name>``."""
         if self.out:
             return Path(self.out)
-        data_name = Path(str(self.data.name)).name or "data"
+        data_name = Path(str(self.data.name).removeprefix("builtin:")).name or "data"
         return Path("runs") / f"{self.model.name}-{data_name}"
 
 

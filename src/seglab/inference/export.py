@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from seglab.errors import InvalidTypeError, InvalidValueError, MissingFileError
+from seglab.inference._onnx_checks import check_onnx_file
 from seglab.inference.prepare import prepare
 
 __all__ = ["OnnxModel", "check_onnx", "export_onnx"]
@@ -315,6 +316,7 @@ class OnnxModel:
             raise MissingFileError(
                 f"ONNX file not found: {os.fspath(path)!r} (write one with seglab.inference.export_onnx)."
             )
+        check_onnx_file(self.path)
         self.session = ort.InferenceSession(str(self.path), providers=list(providers or _default_providers()))
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1:

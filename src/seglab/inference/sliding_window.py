@@ -230,6 +230,33 @@ def _check_overlap(overlap: float | Sequence[float]) -> tuple[float, float]:
     return float(pair[0]), float(pair[1])
 
 
+# the most times, on average, one pixel may be predicted: overlap 0.9 (100 on large images) always fits
+MAX_COVERAGE = 100
+
+
+def _axis_windows(length: int, tile: int, overlap: float) -> int:
+    """How many windows :func:`window_starts` places on an axis (without listing them)."""
+    frame = max(length, tile)
+    if frame == tile:
+        return 1
+    return math.ceil((frame - tile) / (tile * (1.0 - overlap)) - 1e-9) + 1
+
+
+def _check_window_count(hw: tuple[int, int], out_tile: tuple[int, int], overlap: tuple[float, float]) -> None:
+    """Refuse an overlap so close to 1 that the windows would predict each pixel over ``MAX_COVERAGE``
+    times (``overlap=0.999, tile=32`` on a 64x64 image: a million windows, hours of work)."""
+    counts = [_axis_windows(n, t, o) for n, t, o in zip(hw, out_tile, overlap)]
+    frames = [max(n, t) for n, t in zip(hw, out_tile)]
+    coverage = counts[0] * out_tile[0] * counts[1] * out_tile[1] / (frames[0] * frames[1])
+    if coverage > MAX_COVERAGE:
+        o = overlap[0] if overlap[0] == overlap[1] else overlap
+        raise InvalidValueError(
+            f"overlap={o} with {out_tile[0]}x{out_tile[1]} tiles on a {hw[0]}x{hw[1]} image needs "
+            f"{counts[0] * counts[1]:,} windows, predicting each pixel about {coverage:,.0f} times (at most "
+            f"{MAX_COVERAGE}); use an overlap of at most 0.9 (0.25 to 0.5 is usual)."
+        )
+
+
 def _out_tile(model: Callable[..., Any], tile: tuple[int, int]) -> tuple[int, int]:
     """The output size for a ``tile`` input, checking that the model accepts the tile."""
     check = getattr(model, "check_input_size", None)
@@ -309,6 +336,7 @@ class _SlidingWindow:
         out_tile = _out_tile(model, self.tile)
         _, _, h, w = self.image.shape
         sigma = self.options.sigma_scale
+        _check_window_count((int(h), int(w)), out_tile, self.overlap)
         self.ay = _axis(int(h), self.tile[0], out_tile[0], self.overlap[0], self.blend, sigma)
         self.ax = _axis(int(w), self.tile[1], out_tile[1], self.overlap[1], self.blend, sigma)
         self.windows = [(sy, sx) for sy in self.ay.starts for sx in self.ax.starts]
@@ -464,6 +492,8 @@ def sliding_window(
             memmap is read tile by tile).
         tile: model input size, ``int`` or ``(h, w)``; must be a size the model accepts.
         overlap: fraction of a tile shared with each neighbour, in ``[0, 1)`` (per axis if a pair).
+            An overlap whose windows would predict each pixel more than ``MAX_COVERAGE`` (100)
+            times is refused; up to 0.9 always fits.
         blend: ``"gaussian"`` (centre-weighted, sigma = tile / 8) or ``"constant"`` (plain mean).
         batch_size: tiles per forward pass.
         device: where the model runs (default: the model's device; for parameter-free callables the

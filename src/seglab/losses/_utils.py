@@ -115,6 +115,32 @@ def _check_spatial(pred: Tensor, target: Tensor, who: str) -> None:
         )
 
 
+def _check_target_range(target: Tensor, integer: bool, mode: str, ignore_index: int | None, who: str) -> None:
+    """Binary / multilabel targets lie in {0, 1} (integers) or [0, 1] (soft labels); NaN is refused.
+
+    A float target outside [0, 1] (e.g. a 0/255 mask, or intensities passed as the target) would
+    give a negative BCE or Dice loss that training then "minimises" without limit.
+    """
+    lo, hi = (v.item() for v in torch.aminmax(target))  # float copy: fewer bytes to scan
+    if lo >= 0 and hi <= 1:  # False for NaN
+        return
+    if integer:
+        hint = (
+            f" Set ignore_index={int(hi)} if that value marks pixels to ignore."
+            if hi > 1 and ignore_index is None
+            else ""
+        )
+        raise InvalidValueError(
+            f"{who}: mode={mode!r} expects target values in {{0, 1}}; got values in "
+            f"[{int(lo)}, {int(hi)}].{hint} Multi-class masks need mode='multiclass'."
+        )
+    hint = " Divide a 0/255 mask by 255." if hi == 255 and lo >= 0 else ""
+    raise InvalidValueError(
+        f"{who}: mode={mode!r} expects float targets in [0, 1] (probabilities or soft labels); got values in "
+        f"[{lo:g}, {hi:g}].{hint} Multi-class masks need mode='multiclass' with integer class ids."
+    )
+
+
 def prepare(pred: Tensor, target: Tensor, mode: str, ignore_index: int | None, who: str) -> Prepared:
     """Check and flatten a binary or multilabel ``(pred, target)`` pair.
 
@@ -133,7 +159,8 @@ def prepare(pred: Tensor, target: Tensor, mode: str, ignore_index: int | None, w
 
     Raises:
         TypeError: non-tensor or non-float prediction.
-        ValueError: shapes that do not fit the mode, or integer targets outside {0, 1}.
+        ValueError: shapes that do not fit the mode, integer targets outside {0, 1}, or float
+            targets outside [0, 1] (NaN included).
     """
     _check_pred(pred, who)
     if not isinstance(target, Tensor):
@@ -172,18 +199,8 @@ def prepare(pred: Tensor, target: Tensor, mode: str, ignore_index: int | None, w
     integer = not target.is_floating_point() and target.dtype != torch.bool
     target = target.to(pred.dtype)
     owned = target is not source  # converted or masked: a private copy
-    if integer and target.numel() and _checking():
-        lo, hi = (v.item() for v in torch.aminmax(target))  # float copy: fewer bytes to scan
-        if lo < 0 or hi > 1:
-            hint = (
-                f" Set ignore_index={int(hi)} if that value marks pixels to ignore."
-                if hi > 1 and ignore_index is None
-                else ""
-            )
-            raise InvalidValueError(
-                f"{who}: mode={mode!r} expects target values in {{0, 1}}; got values in "
-                f"[{int(lo)}, {int(hi)}].{hint} Multi-class masks need mode='multiclass'."
-            )
+    if target.dtype != torch.bool and target.numel() and _checking():
+        _check_target_range(target, integer, mode, ignore_index, who)
     spatial = tuple(pred.shape[2:])
     return Prepared(
         pred.reshape(n, c, -1),  # (N, C, L)

@@ -784,8 +784,9 @@ def _ssim_and_cs(
 
 
 def _safe_pow(v: Tensor, w: Tensor) -> Tensor:
-    """``max(v, 0) ** w`` with a zero (not NaN) gradient where ``v <= 0``."""
-    pos = v > 0
+    """``max(v, 0) ** w`` with a zero (not NaN) gradient where ``v <= 0``; NaN stays NaN (so a
+    non-finite prediction shows in the loss, and the trainer's non-finite check stops the run)."""
+    pos = ~(v <= 0)  # True for NaN
     return torch.where(pos, torch.where(pos, v, torch.ones_like(v)) ** w, torch.zeros_like(v))
 
 
