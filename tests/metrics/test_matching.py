@@ -49,7 +49,7 @@ def perturb(rng: np.random.Generator, true: np.ndarray) -> np.ndarray:
         if kind == 1:  # shifted
             m = np.roll(m, int(rng.integers(-2, 3)), axis=int(rng.integers(0, 2)))
         if kind == 2:  # split by a vertical cut
-            ys, xs = np.nonzero(m)
+            xs = np.nonzero(m)[1]
             cut = int(np.median(xs))
             pred[m & (np.arange(m.shape[1])[None] >= cut)] = nxt
             m = m & (np.arange(m.shape[1])[None] < cut)
