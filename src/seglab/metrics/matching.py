@@ -105,8 +105,16 @@ def _frames(pred: LabelInput, true: LabelInput) -> list[tuple[LabelInput, LabelI
     return list(zip(pred, true))
 
 
-def _index(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids, idx)``: the labels present (``ids[0] == 0`` always) and each pixel's position in ``ids``."""
+def index_labels(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, idx)``: the labels present (``ids[0] == 0`` always) and each pixel's position in ``ids``.
+
+    Labels below 2**24 go through a lookup table (one ``bincount``, no sort); larger ones through
+    ``np.unique``.
+
+    Example:
+        >>> index_labels(np.array([0, 7, 7, 3]))
+        (array([0, 3, 7]), array([0, 2, 2, 1]))
+    """
     top = int(flat.max()) if flat.size else 0
     if top < _LUT_LIMIT:  # a lookup table: O(pixels), no sort
         flat = flat.astype(np.intp, copy=False)
@@ -185,8 +193,8 @@ def label_overlap(pred: LabelInput, true: LabelInput) -> LabelOverlap:
     p, t = label_image(pred, "pred_labels"), label_image(true, "true_labels")
     if p.shape != t.shape:
         raise InvalidValueError(f"pred_labels {p.shape} and true_labels {t.shape} must have the same shape.")
-    t_ids, ti = _index(t.reshape(-1))
-    p_ids, pi = _index(p.reshape(-1))
+    t_ids, ti = index_labels(t.reshape(-1))
+    p_ids, pi = index_labels(p.reshape(-1))
     n_t, n_p = t_ids.size, p_ids.size
     t_area = np.bincount(ti, minlength=n_t)
     p_area = np.bincount(pi, minlength=n_p)
