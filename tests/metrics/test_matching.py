@@ -22,18 +22,9 @@ from seglab.metrics import (
 )
 from seglab.metrics.matching import THRESHOLDS
 
+from ._peers import random_labels
+
 # -- random label images ---------------------------------------------------------------------------------
-
-
-def random_labels(rng: np.random.Generator, h: int, w: int, n: int, *, max_side: int = 9) -> np.ndarray:
-    """Rectangles painted in turn (later ones occlude earlier ones), random non-consecutive labels."""
-    out = np.zeros((h, w), np.int64)
-    labels = rng.choice(np.arange(1, 10 * n + 2), n, replace=False)
-    for label in labels:
-        y, x = rng.integers(0, h - 2), rng.integers(0, w - 2)
-        dy, dx = rng.integers(2, max_side, 2)
-        out[y : y + dy, x : x + dx] = label
-    return out
 
 
 def perturb(rng: np.random.Generator, true: np.ndarray) -> np.ndarray:

@@ -35,10 +35,16 @@ from seglab.instances.boundary import BoundaryEncoding, boundary_classes
 from seglab.instances.distance import DistanceEncoding, DistanceLoss, normalized_distance
 from seglab.instances.search import DEFAULT_GRID, SearchResult, search_params
 from seglab.instances.tiled import decode_blocks
-from seglab.instances.watershed import relabel_sequential, remove_small_objects, seeded_watershed
+from seglab.instances.watershed import (
+    ELEVATION_LEVELS,
+    relabel_sequential,
+    remove_small_objects,
+    seeded_watershed,
+)
 
 __all__ = [
     "DEFAULT_GRID",
+    "ELEVATION_LEVELS",
     "ENCODINGS",
     "BoundaryEncoding",
     "DecodeParams",

@@ -99,7 +99,8 @@ class InstanceEncoding:
     ``seed > seed_threshold`` inside the foreground (at least ``min_seed_size`` pixels); a
     marker-controlled watershed (``skimage.segmentation.watershed``) floods the encoding's
     ``elevation`` from the seeds within the foreground; foreground parts that hold no seed become
-    objects of their own; objects under ``min_size`` pixels are removed; labels are 1..n.
+    objects of their own; objects under ``min_size`` pixels are removed; labels are 1..n (see
+    :func:`~seglab.instances.seeded_watershed` for how the flooding is made local).
     """
 
     name: ClassVar[str]

@@ -7,7 +7,10 @@ from scipy import ndimage
 
 from seglab.instances.base import DecodeParams, require_skimage
 
-__all__ = ["relabel_sequential", "remove_small_objects", "seeded_watershed"]
+__all__ = ["ELEVATION_LEVELS", "relabel_sequential", "remove_small_objects", "seeded_watershed"]
+
+ELEVATION_LEVELS = 255
+"""The watershed floods the elevation rounded to steps of ``1 / ELEVATION_LEVELS``."""
 
 
 def relabel_sequential(labels: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
@@ -46,6 +49,22 @@ def remove_small_objects(labels: np.ndarray, min_size: int) -> np.ndarray:
     return relabel_sequential(labels, sizes >= min_size)
 
 
+def _flood_order(elevation: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """Integer flooding priorities: rounded elevation, then seeds in raster order before other pixels.
+
+    skimage's watershed pops pixels by (value, age) and gives every seed pixel age 0, so seeds of
+    equal value would leave its heap in an arbitrary order that depends on the whole image. Here
+    each level ``L`` becomes ``L * K + r`` with ``r`` the raster index for seed pixels and ``K - 1``
+    for the others (``K`` = pixels + 1): seeds still go first within their level, as before, but
+    in raster order, which any crop of the image preserves.
+    """
+    levels = np.round(elevation * ELEVATION_LEVELS).astype(np.int64)  # (h, w)
+    levels -= levels.min(initial=0)
+    k = elevation.size + 1
+    rank = np.where(seeds, np.arange(elevation.size).reshape(elevation.shape), k - 1)
+    return levels * k + rank
+
+
 def seeded_watershed(
     foreground: np.ndarray, seeds: np.ndarray, elevation: np.ndarray, params: DecodeParams
 ) -> np.ndarray:
@@ -54,9 +73,17 @@ def seeded_watershed(
     Seeds are the 4-connected groups of ``seeds & foreground`` with at least
     ``params.min_seed_size`` pixels. A foreground component holding one seed is that object
     outright; only components holding two or more seeds are flooded with
-    ``skimage.segmentation.watershed`` (4-connectivity, as the seeds), inside their bounding
+    ``skimage.segmentation.watershed`` (4-connectivity, as the seeds), each inside its bounding
     box. Foreground components without a seed become objects of their own. Objects smaller than
     ``params.min_size`` are removed and the labels renumbered 1..n.
+
+    The flooding is local, so a crop of the maps decodes to the same objects away from its
+    edges (what :func:`~seglab.instances.decode_blocks` relies on): the elevation is rounded to
+    steps of ``1 / ELEVATION_LEVELS``, so that flat regions (a band of boundary pixels, a distance
+    plateau) are exact plateaus, flooded breadth-first from the seeds around them (each pixel
+    goes to the nearest seed) instead of in the order of float noise (1e-7 from tile blending
+    would otherwise decide, through paths that may run far away); and seeds of equal elevation
+    start in raster order rather than in an order that depends on the whole image.
 
     Args:
         foreground: ``(H, W)`` bool.
@@ -73,7 +100,7 @@ def seeded_watershed(
     Example:
         >>> fg = np.ones((1, 7), bool)
         >>> seeds = np.array([[1, 1, 0, 0, 0, 1, 1]], bool)
-        >>> elevation = np.array([[0, 0, 1, 3, 1, 0, 0]], np.float32)  # the ridge at 3 is a tie
+        >>> elevation = np.array([[0, 0, 0.5, 0.9, 0.4, 0, 0]], np.float32)
         >>> seeded_watershed(fg, seeds, elevation, DecodeParams(min_seed_size=1, min_size=1))
         array([[1, 1, 1, 2, 2, 2, 2]], dtype=uint32)
     """
@@ -96,10 +123,11 @@ def seeded_watershed(
     lonely = np.flatnonzero(per_comp == 0)[1:]  # components without seeds (0 is background)
     lut[lonely] = n_seeds + np.arange(1, lonely.size + 1)
     out = lut[comps]
-    for sl in ndimage.find_objects(np.where(per_comp > 1, np.arange(n_comps + 1), 0)[comps]):
-        if sl is None:
-            continue
-        mask = foreground[sl] & (per_comp[comps[sl]] > 1)  # (h, w): only the multi-seed components
-        flooded = watershed(elevation[sl], np.where(mask, markers[sl], 0), mask=mask)
+    boxes = ndimage.find_objects(comps)
+    for k in np.flatnonzero(per_comp > 1):
+        sl = boxes[k - 1]
+        mask = comps[sl] == k  # (h, w): this component only (another may cross its box)
+        seeds_k = np.where(mask, markers[sl], 0)
+        flooded = watershed(_flood_order(elevation[sl], seeds_k > 0), seeds_k, mask=mask)
         out[sl][mask] = flooded[mask]
     return remove_small_objects(out, params.min_size)
