@@ -10,17 +10,8 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from seglab.metrics import (
-    ctc_det,
-    ctc_seg,
-    det_counts,
-    instance_metrics,
-    label_overlap,
-    matching,
-    matching_curve,
-    object_errors,
-)
-from seglab.metrics.matching import THRESHOLDS
+from seglab.metrics import ctc_det, ctc_seg, det_counts, instance_metrics
+from seglab.metrics.matching import THRESHOLDS, label_overlap, matching, matching_curve, object_errors
 
 from ._peers import random_labels
 

@@ -15,6 +15,7 @@ one window and its temporaries.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -26,11 +27,13 @@ from seglab.instances.base import DecodeParams, InstanceEncoding
 
 __all__ = ["decode_blocks"]
 
+Box = tuple[int, int, int, int]  # (y0, y1, x0, x1)
+
 
 def _keep(
     labels: np.ndarray,
-    window: tuple[int, int, int, int],
-    core: tuple[int, int, int, int],
+    window: Box,
+    core: Box,
     shape: tuple[int, int],
 ) -> tuple[np.ndarray, int]:
     """``keep[label]``: the object's centroid lies in the core; and how many kept objects touch a cut edge."""
@@ -56,6 +59,20 @@ def _keep(
         edges.append(labels[:, -1])
     touching = np.unique(np.concatenate(edges)) if edges else np.zeros(0, np.int64)
     return keep, int(keep[touching[touching > 0]].sum())
+
+
+def _blocks(shape: tuple[int, int], block: int, halo: int) -> Iterator[tuple[Box, Box]]:
+    """``(core, window)`` boxes ``(y0, y1, x0, x1)`` covering the image, in raster order."""
+    for y0 in range(0, shape[0], block):
+        for x0 in range(0, shape[1], block):
+            y1, x1 = min(y0 + block, shape[0]), min(x0 + block, shape[1])
+            window = (
+                max(y0 - halo, 0),
+                min(y1 + halo, shape[0]),
+                max(x0 - halo, 0),
+                min(x1 + halo, shape[1]),
+            )
+            yield (y0, y1, x0, x1), window
 
 
 def decode_blocks(
@@ -117,26 +134,16 @@ def decode_blocks(
     elif out.shape != shape or out.dtype != np.uint32:
         raise InvalidValueError(f"out must be a {shape} uint32 array; got {out.shape} {out.dtype}.")
     next_label, cut = 1, 0
-    for y0 in range(0, shape[0], block):
-        for x0 in range(0, shape[1], block):
-            core = (y0, min(y0 + block, shape[0]), x0, min(x0 + block, shape[1]))
-            window = (
-                max(y0 - halo, 0),
-                min(core[1] + halo, shape[0]),
-                max(x0 - halo, 0),
-                min(core[3] + halo, shape[1]),
-            )
-            labels = encoding.decode(
-                np.asarray(probs[:, window[0] : window[1], window[2] : window[3]]), params
-            )
-            keep, n_cut = _keep(labels, window, core, shape)
-            cut += n_cut
-            lut = np.zeros(keep.size, np.uint32)
-            lut[keep] = np.arange(next_label, next_label + int(keep.sum()), dtype=np.uint32)
-            next_label += int(keep.sum())
-            new = lut[labels]
-            mask = new > 0
-            out[window[0] : window[1], window[2] : window[3]][mask] = new[mask]
+    for core, window in _blocks(shape, block, halo):
+        labels = encoding.decode(np.asarray(probs[:, window[0] : window[1], window[2] : window[3]]), params)
+        keep, n_cut = _keep(labels, window, core, shape)
+        cut += n_cut
+        lut = np.zeros(keep.size, np.uint32)
+        lut[keep] = np.arange(next_label, next_label + int(keep.sum()), dtype=np.uint32)
+        next_label += int(keep.sum())
+        new = lut[labels]
+        mask = new > 0
+        out[window[0] : window[1], window[2] : window[3]][mask] = new[mask]
     if cut:
         warnings.warn(
             f"decode_blocks: {cut} object(s) reach past the halo of {halo} px and may be cut; use a larger halo.",
