@@ -8,7 +8,11 @@
   and left out of averages unless ``empty=`` sets a value).
 * :class:`SegMeter` streams the counts over batches and DDP ranks.
 * :func:`hausdorff`, :func:`assd`: boundary distances of binary masks.
-* :func:`mask_ap` (COCO), :func:`ctc_seg` (Cell Tracking Challenge SEG), :func:`mask_iou`.
+* :func:`mask_ap` (COCO), :func:`mask_iou`: sets of instance masks.
+* Label images: :func:`matching` / :func:`matching_curve` (StarDist's matching at IoU thresholds:
+  precision, recall, F1, accuracy, panoptic quality), :func:`ctc_seg` and :func:`ctc_det` (Cell
+  Tracking Challenge SEG and DET), :func:`object_errors` (matched, merged, split, missed,
+  spurious), :func:`instance_metrics` (all of them as one dict), :func:`label_overlap`.
 
 Example:
     >>> import torch
@@ -21,7 +25,20 @@ Example:
 
 from seglab.metrics.boundary import assd, hausdorff, surface_distances
 from seglab.metrics.confusion import MODES, confusion, confusion_matrix
-from seglab.metrics.instance import ctc_seg, mask_ap, mask_iou
+from seglab.metrics.instance import mask_ap, mask_iou
+from seglab.metrics.matching import (
+    DetCounts,
+    MatchStats,
+    ObjectErrors,
+    ctc_det,
+    ctc_seg,
+    det_counts,
+    instance_metrics,
+    label_overlap,
+    matching,
+    matching_curve,
+    object_errors,
+)
 from seglab.metrics.meter import SegMeter
 from seglab.metrics.scores import (
     REDUCTIONS,
@@ -46,22 +63,32 @@ __all__ = [
     "MODES",
     "REDUCTIONS",
     "SCORES",
+    "DetCounts",
+    "MatchStats",
+    "ObjectErrors",
     "SegMeter",
     "accuracy",
     "all_scores",
     "assd",
     "confusion",
     "confusion_matrix",
+    "ctc_det",
     "ctc_seg",
+    "det_counts",
     "dice",
     "f1",
     "fnr",
     "fpr",
     "hausdorff",
     "image_scores",
+    "instance_metrics",
     "iou",
+    "label_overlap",
     "mask_ap",
     "mask_iou",
+    "matching",
+    "matching_curve",
+    "object_errors",
     "precision",
     "recall",
     "sensitivity",

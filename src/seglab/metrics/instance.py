@@ -1,13 +1,14 @@
-"""Instance segmentation metrics: COCO mask AP and the Cell Tracking Challenge SEG score.
+"""Instance metrics of mask sets: COCO mask AP and pairwise mask IoU.
 
 * :func:`mask_ap` follows pycocotools' ``COCOeval(iouType="segm")`` step by step (greedy matching
   in score order, crowd regions, 101-point interpolated precision, IoU thresholds .50:.05:.95,
   ``maxDets=100``) on torchvision-style prediction/target dicts, without RLE encoding. The tests
   compare it with pycocotools on random instance sets.
-* :func:`ctc_seg` is the CTC SEG measure: the mean Jaccard index over reference objects, where a
-  reference object is matched by the predicted object covering more than half of it.
 * :func:`mask_iou` computes all pairwise mask IoUs at once as a sparse product of the flattened
   masks, so the cost follows the number of foreground pixels, not ``K x G x H x W``.
+
+Metrics of label images (SEG, DET, matching at IoU thresholds, error analysis) live in
+:mod:`seglab.metrics.matching`; ``ctc_seg`` is re-exported here for existing imports.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import torch
 from torch import Tensor
 
 from seglab.errors import InvalidTypeError, InvalidValueError
+from seglab.metrics.matching import as_numpy as _numpy
+from seglab.metrics.matching import ctc_seg
 
 __all__ = ["COCO_IOU_THRESHOLDS", "COCO_RECALL_THRESHOLDS", "ctc_seg", "mask_ap", "mask_iou"]
 
@@ -125,40 +128,12 @@ def mask_ap(
     """
     if len(preds) != len(targets):
         raise InvalidValueError(f"preds has {len(preds)} images but targets has {len(targets)}.")
-    thresholds = (
-        COCO_IOU_THRESHOLDS if iou_thresholds is None else np.asarray(iou_thresholds, dtype=np.float64)
-    )
-    if thresholds.ndim != 1 or thresholds.size == 0 or np.any((thresholds <= 0) | (thresholds > 1)):
-        raise InvalidValueError(
-            f"iou_thresholds must be a non-empty list of values in (0, 1], got {iou_thresholds!r}."
-        )
-    if isinstance(max_dets, bool) or not isinstance(max_dets, int) or max_dets < 1:
-        raise InvalidValueError(f"max_dets must be a positive int, got {max_dets!r}.")
+    thresholds = _check_ap_options(iou_thresholds, max_dets)
     matched_thr = np.minimum(thresholds, 1 - 1e-10)  # COCOeval caps the threshold below 1
-
-    per_class: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]] = {}
+    per_class: dict[int, list[_ImageClass]] = {}
     for i, (pred, target) in enumerate(zip(preds, targets)):
-        (d_masks, d_size), d_scores, d_labels = _image_preds(pred, i, mask_threshold)
-        (g_masks, g_size), g_labels, g_crowd = _image_targets(target, i, mask_threshold)
-        if d_masks.shape[0] and g_masks.shape[0] and d_size != g_size:
-            raise InvalidValueError(
-                f"image {i}: prediction masks {d_size} and target masks {g_size} differ in size."
-            )
-        # per class: detections by decreasing score (stable, as COCOeval), cut at max_dets
-        keep: list[np.ndarray] = []
-        for c in np.unique(d_labels):
-            idx = np.flatnonzero(d_labels == c)
-            keep.append(idx[np.argsort(-d_scores[idx], kind="mergesort")][:max_dets])
-        kept = np.concatenate(keep) if keep else np.zeros(0, np.int64)
-        ious = _iou_matrix(d_masks[kept], g_masks, g_crowd)  # (D, G)
-        for c in np.union1d(d_labels, g_labels):
-            d_sel = np.flatnonzero(d_labels[kept] == c)  # rows of ``ious`` (already in score order)
-            g_idx = np.flatnonzero(g_labels == c)
-            g_idx = g_idx[np.argsort(g_crowd[g_idx], kind="mergesort")]  # non-crowd first, as COCOeval
-            dt_match, dt_ignore = _match(ious[np.ix_(d_sel, g_idx)], g_crowd[g_idx], matched_thr)
-            n_real = int((~g_crowd[g_idx]).sum())
-            per_class.setdefault(int(c), []).append((d_scores[kept[d_sel]], dt_match, dt_ignore, n_real))
-
+        for c, part in _image_parts(pred, target, i, mask_threshold, max_dets, matched_thr):
+            per_class.setdefault(c, []).append(part)
     precision = [_class_precision(parts, len(thresholds)) for _, parts in sorted(per_class.items())]
     precision = [p for p in precision if p is not None]  # classes without non-crowd targets are left out
     table = (
@@ -173,60 +148,51 @@ def mask_ap(
     return {"ap": at(None), "ap50": at(0.5), "ap75": at(0.75)}
 
 
-def ctc_seg(
-    pred_labels: Tensor | np.ndarray | Sequence[Tensor | np.ndarray],
-    true_labels: Tensor | np.ndarray | Sequence[Tensor | np.ndarray],
-) -> float:
-    """Cell Tracking Challenge SEG score: mean Jaccard index over the reference objects.
-
-    A reference object ``R`` (label > 0 in ``true_labels``) is matched by the predicted object
-    ``S`` (label > 0) with ``|R ∩ S| > 0.5 |R|`` (at most one can qualify); it scores
-    ``|R ∩ S| / |R ∪ S|``, and 0 without a match. False positives are not penalised (that is the
-    measure's definition). Background is label 0; labels need not be consecutive.
-
-    Args:
-        pred_labels: predicted label image ``(H, W)`` or ``(D, H, W)``, or a list of frames;
-            frames are pooled (mean over all reference objects of all frames, as the CTC does
-            for a sequence).
-        true_labels: reference label image(s), same shapes.
-
-    Returns:
-        The SEG score in ``[0, 1]``; NaN when there is no reference object at all.
-
-    Raises:
-        ValueError: shapes that differ, negative labels, lists of different lengths.
-        TypeError: float or non-array labels.
-
-    Shape:
-        - pred_labels, true_labels: ``(*S)`` integer label images (or sequences of them).
-
-    Example:
-        >>> t = np.zeros((6, 6), int); t[:3, :3] = 1; t[3:, 3:] = 2
-        >>> p = np.zeros((6, 6), int); p[:3, :2] = 5
-        >>> round(ctc_seg(p, t), 4)
-        0.3333
-    """
-    if isinstance(pred_labels, (list, tuple)) or isinstance(true_labels, (list, tuple)):
-        if not isinstance(pred_labels, (list, tuple)) or not isinstance(true_labels, (list, tuple)):
-            raise InvalidTypeError(
-                "pass both pred_labels and true_labels as lists of frames, or both as arrays."
-            )
-        if len(pred_labels) != len(true_labels):
-            raise InvalidValueError(
-                f"{len(pred_labels)} predicted frames but {len(true_labels)} reference frames."
-            )
-        pairs = list(zip(pred_labels, true_labels))
-    else:
-        pairs = [(pred_labels, true_labels)]
-    total, count = 0.0, 0
-    for p, t in pairs:
-        s, n = _seg_sum(_labels(p, "pred_labels"), _labels(t, "true_labels"))
-        total += s
-        count += n
-    return total / count if count else math.nan
-
-
 # -- COCO evaluation steps ----------------------------------------------------------------------------
+
+_ImageClass = tuple[np.ndarray, np.ndarray, np.ndarray, int]  # scores, dt_match, dt_ignore, non-crowd targets
+
+
+def _check_ap_options(iou_thresholds: Sequence[float] | None, max_dets: int) -> np.ndarray:
+    """The IoU thresholds as an array, after checking them and ``max_dets``."""
+    thresholds = (
+        COCO_IOU_THRESHOLDS if iou_thresholds is None else np.asarray(iou_thresholds, dtype=np.float64)
+    )
+    if thresholds.ndim != 1 or thresholds.size == 0 or np.any((thresholds <= 0) | (thresholds > 1)):
+        raise InvalidValueError(
+            f"iou_thresholds must be a non-empty list of values in (0, 1], got {iou_thresholds!r}."
+        )
+    if isinstance(max_dets, bool) or not isinstance(max_dets, int) or max_dets < 1:
+        raise InvalidValueError(f"max_dets must be a positive int, got {max_dets!r}.")
+    return thresholds
+
+
+def _image_parts(
+    pred: Mapping, target: Mapping, i: int, mask_threshold: float, max_dets: int, thresholds: np.ndarray
+) -> list[tuple[int, _ImageClass]]:
+    """COCOeval's per-image, per-class evaluation: ``[(class, (scores, dt_match, dt_ignore, n_real))]``."""
+    (d_masks, d_size), d_scores, d_labels = _image_preds(pred, i, mask_threshold)
+    (g_masks, g_size), g_labels, g_crowd = _image_targets(target, i, mask_threshold)
+    if d_masks.shape[0] and g_masks.shape[0] and d_size != g_size:
+        raise InvalidValueError(
+            f"image {i}: prediction masks {d_size} and target masks {g_size} differ in size."
+        )
+    # per class: detections by decreasing score (stable, as COCOeval), cut at max_dets
+    keep: list[np.ndarray] = []
+    for c in np.unique(d_labels):
+        idx = np.flatnonzero(d_labels == c)
+        keep.append(idx[np.argsort(-d_scores[idx], kind="mergesort")][:max_dets])
+    kept = np.concatenate(keep) if keep else np.zeros(0, np.int64)
+    ious = _iou_matrix(d_masks[kept], g_masks, g_crowd)  # (D, G)
+    parts = []
+    for c in np.union1d(d_labels, g_labels):
+        d_sel = np.flatnonzero(d_labels[kept] == c)  # rows of ``ious`` (already in score order)
+        g_idx = np.flatnonzero(g_labels == c)
+        g_idx = g_idx[np.argsort(g_crowd[g_idx], kind="mergesort")]  # non-crowd first, as COCOeval
+        dt_match, dt_ignore = _match(ious[np.ix_(d_sel, g_idx)], g_crowd[g_idx], thresholds)
+        n_real = int((~g_crowd[g_idx]).sum())
+        parts.append((int(c), (d_scores[kept[d_sel]], dt_match, dt_ignore, n_real)))
+    return parts
 
 
 def _match(ious: np.ndarray, crowd: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -259,9 +225,7 @@ def _match(ious: np.ndarray, crowd: np.ndarray, thresholds: np.ndarray) -> tuple
     return dt_match, dt_ignore
 
 
-def _class_precision(
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]], n_t: int
-) -> np.ndarray | None:
+def _class_precision(parts: list[_ImageClass], n_t: int) -> np.ndarray | None:
     """Interpolated precision ``(T, R)`` of one class over all images; None without real targets."""
     n_real = sum(p[3] for p in parts)
     if n_real == 0:
@@ -349,16 +313,6 @@ def _sparse_masks(x: object, name: str, threshold: float) -> tuple[Any, tuple[in
 # -- input handling -------------------------------------------------------------------------------------
 
 
-def _numpy(x: object, name: str) -> np.ndarray:
-    if isinstance(x, Tensor):
-        return x.detach().cpu().numpy()
-    if isinstance(x, np.ndarray):
-        return x
-    if isinstance(x, (list, tuple)):
-        return np.asarray(x)
-    raise InvalidTypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}.")
-
-
 def _vector(x: object, name: str, n: int, image: int) -> np.ndarray:
     a = _numpy(x, name).reshape(-1)
     if a.size != n:
@@ -393,39 +347,3 @@ def _image_targets(
         np.zeros(masks.shape[0], bool) if crowd is None else _vector(crowd, "iscrowd", masks.shape[0], i) != 0
     )
     return (masks, size), labels, iscrowd
-
-
-# -- CTC SEG ----------------------------------------------------------------------------------------------
-
-
-def _labels(x: object, name: str) -> np.ndarray:
-    a = _numpy(x, name)
-    if a.dtype == bool:
-        return a.astype(np.int64)
-    if not np.issubdtype(a.dtype, np.integer):
-        raise InvalidTypeError(f"{name} must be an integer label image, got dtype {a.dtype}.")
-    if a.size and a.min() < 0:
-        raise InvalidValueError(
-            f"{name} has negative labels; background is 0 and objects are positive integers."
-        )
-    return a
-
-
-def _seg_sum(pred: np.ndarray, true: np.ndarray) -> tuple[float, int]:
-    """Sum of the Jaccard indices of the reference objects of one image, and their number."""
-    if pred.shape != true.shape:
-        raise InvalidValueError(
-            f"pred_labels {pred.shape} and true_labels {true.shape} must have the same shape."
-        )
-    t_ids, t_inv = np.unique(true.reshape(-1), return_inverse=True)
-    p_ids, p_inv = np.unique(pred.reshape(-1), return_inverse=True)
-    n_ref = int((t_ids > 0).sum())
-    if n_ref == 0:
-        return 0.0, 0
-    t_size = np.bincount(t_inv, minlength=t_ids.size)
-    p_size = np.bincount(p_inv, minlength=p_ids.size)
-    pairs, inter = np.unique(t_inv.astype(np.int64) * p_ids.size + p_inv, return_counts=True)
-    ti, pi = np.divmod(pairs, p_ids.size)
-    hit = (t_ids[ti] > 0) & (p_ids[pi] > 0) & (2 * inter > t_size[ti])  # > half of the reference object
-    jaccard = inter[hit] / (t_size[ti[hit]] + p_size[pi[hit]] - inter[hit])
-    return float(jaccard.sum()), n_ref
