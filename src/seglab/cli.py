@@ -385,17 +385,8 @@ def _warnings_as_lines(command: str) -> Iterator[None]:
 def _predict_options(args: argparse.Namespace, **extra: Any) -> Any:
     from seglab.engine.predict import PredictOptions
 
-    return PredictOptions(
-        tile=args.tile,
-        overlap=args.overlap,
-        tta=args.tta,
-        crf=args.crf,
-        threshold=args.threshold,
-        device=args.device,
-        progress=not args.quiet,
-        normalize=args.normalize,
-        **extra,
-    )
+    flags = ("tile", "overlap", "tta", "crf", "threshold", "device", "normalize")
+    return PredictOptions(**{f: getattr(args, f) for f in flags}, progress=not args.quiet, **extra)
 
 
 def _cmd_eval_instance(args: argparse.Namespace) -> int:
@@ -468,22 +459,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-_EXPORT_META = (
-    "model_name",
-    "model_options",
-    "in_channels",
-    "num_classes",
-    "mode",
-    "class_names",
-    "normalization",
-    "threshold",
-)
-
-
 def _cmd_export(args: argparse.Namespace) -> int:
     from seglab._options import check_choice
     from seglab.data.normalize import Normalization
-    from seglab.engine.checkpoint import load_model
+    from seglab.engine.checkpoint import PREDICTION_KEYS, load_model
     from seglab.engine.predictor import write_onnx_metadata
     from seglab.errors import CheckpointError
     from seglab.inference import export_onnx
@@ -500,7 +479,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
     size = tuple(args.input_size) if args.input_size else tuple(model_info(meta["model_name"]).example_size)
     export_onnx(model, out, input_shape=(1, int(meta["in_channels"]), *size))
-    write_onnx_metadata(out, {k: meta[k] for k in _EXPORT_META if k in meta})
+    write_onnx_metadata(out, {k: meta[k] for k in (*PREDICTION_KEYS, "threshold") if k in meta})
     print(f"wrote {out}")
     return 0
 

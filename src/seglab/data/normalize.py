@@ -361,8 +361,8 @@ class Normalization:
         shape = (-1,) + (1,) * (x.ndim - 1)
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         off = torch.as_tensor(offset, dtype=dtype, device=x.device).reshape(shape)
-        inv = torch.as_tensor(1.0 / scale, dtype=dtype, device=x.device).reshape(shape)
-        out = (x.to(dtype) - off) * inv  # (C, *spatial)
+        div = torch.as_tensor(scale, dtype=dtype, device=x.device).reshape(shape)
+        out = (x.to(dtype) - off) / div  # (C, *spatial); as torchvision's Normalize, to the last bit
         return out.to(torch.float32)
 
     def __call__(self, image: np.ndarray | Tensor) -> Tensor:

@@ -57,6 +57,7 @@ from seglab.errors import CheckpointError, MissingFileError
 __all__ = [
     "BEST_KEYS",
     "CHECKPOINT_KEYS",
+    "PREDICTION_KEYS",
     "CheckpointError",
     "get_rng_state",
     "load_checkpoint",
@@ -65,8 +66,9 @@ __all__ = [
     "set_rng_state",
 ]
 
-BEST_KEYS = (
-    "seglab_version",
+# what prediction needs besides the weights (ONNX files from `seglab export` store these, and the
+# calibrated "threshold" when there is one)
+PREDICTION_KEYS = (
     "model_name",
     "model_options",
     "in_channels",
@@ -74,11 +76,8 @@ BEST_KEYS = (
     "mode",
     "class_names",
     "normalization",
-    "model",
-    "config",
-    "epoch",
-    "best_score",
 )
+BEST_KEYS = ("seglab_version", *PREDICTION_KEYS, "model", "config", "epoch", "best_score")
 CHECKPOINT_KEYS = (*BEST_KEYS, "optimizer", "scheduler", "scaler", "rng", "history")
 
 # keys needed to rebuild and run a model (the rest is for resuming)

@@ -139,6 +139,9 @@ class PredictOptions:
     normalize: str | None = None
 
 
+_PREDICTOR_OPTIONS = ("tile", "overlap", "tta", "batch_size", "threshold", "normalize")
+
+
 def build_predictor(
     checkpoint: str | os.PathLike[str] | None = None,
     *,
@@ -153,15 +156,8 @@ def build_predictor(
         InvalidValueError: neither source given.
     """
     opts = options or PredictOptions()
-    common = dict(
-        tile=opts.tile,
-        overlap=opts.overlap,
-        tta=opts.tta,
-        batch_size=opts.batch_size,
-        threshold=opts.threshold,
-        normalize=opts.normalize,
-        progress=opts.progress and opts.tile is not None,  # a bar over tiles
-    )
+    common: dict[str, Any] = {key: getattr(opts, key) for key in _PREDICTOR_OPTIONS}
+    common["progress"] = opts.progress and opts.tile is not None  # a bar over tiles
     if onnx is not None:
         return Predictor.from_onnx(onnx, checkpoint=checkpoint, **common)
     if checkpoint is None:

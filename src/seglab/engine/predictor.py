@@ -110,6 +110,20 @@ def _whole(runner: Runner, x: Tensor, batch_size: int) -> Tensor:
     return torch.cat(outs).float()  # (N, K, H, W)
 
 
+def _window(runner: Runner, h: int, w: int, tile: int | None) -> int | tuple[int, int] | None:
+    """The sliding-window tile for an ``h x w`` image, or ``None`` for one padded pass."""
+    if tile is not None:
+        return tile
+    if runner.input_hw is not None and tuple(runner.input_hw) != (h, w):
+        return (int(runner.input_hw[0]), int(runner.input_hw[1]))  # a fixed-size graph
+    if _shrinks(runner, h, w):
+        raise InvalidValueError(
+            "This model's output is smaller than its input (valid convolutions); pass a tile size "
+            "(e.g. tile=512, --tile 512) to predict whole images with overlapping tiles."
+        )
+    return None
+
+
 def _check_window_options(tile: int | None, tta: str | None, batch_size: int) -> None:
     if tta is not None:
         check_choice("tta", tta, TTA_CHOICES)
@@ -170,15 +184,7 @@ def predict_logits(
             f"predict_logits expects (N, C, H, W) or (C, H, W) images; got {tuple(images.shape)}."
         )
     _check_window_options(tile, tta, batch_size)
-    h, w = int(images.shape[-2]), int(images.shape[-1])
-    window: int | tuple[int, int] | None = tile
-    if window is None and runner.input_hw is not None and tuple(runner.input_hw) != (h, w):
-        window = (int(runner.input_hw[0]), int(runner.input_hw[1]))  # a fixed-size graph
-    if window is None and _shrinks(runner, h, w):
-        raise InvalidValueError(
-            f"This model's output is smaller than its input ({type(model).__name__}); pass a tile size "
-            "(e.g. tile=512, --tile 512) to predict whole images with overlapping tiles."
-        )
+    window = _window(runner, int(images.shape[-2]), int(images.shape[-1]), tile)
 
     def run_logits(x: Tensor) -> Tensor:
         if window is None:
@@ -450,16 +456,17 @@ class Predictor:
         *,
         checkpoint: str | os.PathLike[str] | None = None,
         providers: Sequence[str] | None = None,
-        tile: int | None = None,
-        overlap: float | None = None,
-        tta: str | None = None,
-        batch_size: int = 4,
-        threshold: float | None = None,
-        normalize: str | None = None,
-        progress: bool = False,
+        **options: Any,
     ) -> Predictor:
         """An ONNX file from ``seglab export``, run by onnxruntime, with the metadata it stores
         (normalisation, threshold, mode, class names; or ``checkpoint``'s when given).
+
+        Args:
+            path: the ``.onnx`` file.
+            checkpoint: take the metadata from this checkpoint instead of the file.
+            providers: onnxruntime execution providers (default: CUDA when available, then CPU).
+            **options: ``tile``, ``overlap``, ``tta``, ``batch_size``, ``threshold``,
+                ``normalize``, ``progress``, as for :meth:`from_checkpoint`.
 
         Raises:
             MissingExtraError: onnxruntime is not installed (``pip install 'seglab[onnx]'``).
@@ -480,7 +487,7 @@ class Predictor:
                 if k not in ("model", "optimizer", "scheduler", "scaler", "rng")
             }
             source = str(checkpoint)
-        options = dict(tile=tile, overlap=overlap, tta=tta, batch_size=batch_size, progress=progress)
+        threshold, normalize = options.pop("threshold", None), options.pop("normalize", None)
         return cls._from_meta(runner, meta, source, threshold, normalize, options)
 
     @classmethod
