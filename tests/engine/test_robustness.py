@@ -133,3 +133,13 @@ def test_percentile_model_is_robust_to_gain_offset_and_8_bit_on_hela(tmp_path) -
             changed = transform(image)
             assert abs(dice(predictor(changed) > 0, truth) - reference) <= 0.01, name
             assert (guard.check_range(changed) is None) == (name == "original"), name
+
+
+def test_percentile_time_share_runs(capsys) -> None:
+    from seglab.engine.robustness import percentile_time_share
+
+    cost = percentile_time_share(64, tile=32, dtype="float32")
+    assert cost["percentiles_s"] > 0 and cost["prediction_s"] > cost["percentiles_s"]
+    assert cost["share"] == pytest.approx(cost["percentiles_s"] / cost["prediction_s"])
+    assert main(["--time-share", "64", "--tile", "32"]) == 0
+    assert capsys.readouterr().out.startswith("64x64 uint16: percentiles ")

@@ -11,6 +11,9 @@ checkpoint predicted with ``--normalize percentile``)::
 
     python -m seglab.engine.robustness --checkpoint dataset=runs/demo-dataset/best.pt \\
         --checkpoint percentile=runs/demo/best.pt --matched --out robustness.md
+
+The cost side, :func:`percentile_time_share`: the share of a whole tiled prediction of a large
+image spent computing its percentiles (``python -m seglab.engine.robustness --time-share 8192``).
 """
 
 from __future__ import annotations
@@ -133,6 +136,40 @@ def robustness_markdown(rows: Sequence[Mapping[str, Any]], labels: Sequence[str]
     return head + "\n".join(lines) + "\n"
 
 
+def percentile_time_share(
+    size: int = 8192, *, dtype: str = "uint16", tile: int = 512, batch_size: int = 4, device: str = "cpu"
+) -> dict[str, float]:
+    """Time the percentiles of a ``size x size`` image against its whole tiled prediction.
+
+    The network is the demo's U-Net (base 16, depth 4; random weights, which do not change the
+    time), run by ``Predictor(..., tile=tile)`` with ``percentile`` normalisation. Integer images
+    take the exact histogram path, ``"float32"`` the subsample path.
+
+    Returns:
+        ``{"percentiles_s", "prediction_s", "share"}`` (share = percentiles / prediction).
+    """
+    import time
+
+    import torch
+
+    from seglab.data.normalize import channel_percentiles
+    from seglab.engine.predictor import Predictor
+    from seglab.models import create_model
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(30000, 40000, (1, size, size)).astype(dtype)
+    model = create_model("unet", in_channels=1, num_classes=1, base_channels=16, depth=4)
+    predictor = Predictor.from_model(
+        model, "percentile", device=torch.device(device), tile=tile, batch_size=batch_size
+    )
+    t0 = time.perf_counter()
+    channel_percentiles(image, (predictor.normalization.p_lo, predictor.normalization.p_hi))
+    t1 = time.perf_counter()
+    predictor(image)  # computes the percentiles again, as every prediction does
+    t2 = time.perf_counter()
+    return {"percentiles_s": t1 - t0, "prediction_s": t2 - t1, "share": (t1 - t0) / (t2 - t1)}
+
+
 def _predictors(specs: Sequence[str], matched: bool, device: str, tta: str | None) -> dict[str, Any]:
     from seglab.engine.predictor import Predictor
     from seglab.errors import InvalidValueError
@@ -160,7 +197,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m seglab.engine.robustness", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--checkpoint", action="append", required=True, metavar="LABEL=PATH")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="LABEL=PATH")
+    parser.add_argument(
+        "--time-share", type=int, metavar="SIZE", help="time percentiles vs prediction instead"
+    )
+    parser.add_argument(
+        "--dtype", default="uint16", help="image dtype of --time-share (uint16, float32, ...)"
+    )
+    parser.add_argument("--tile", type=int, default=512, help="tile of --time-share")
     parser.add_argument("--data", default="hela")
     parser.add_argument("--split", default="test")
     parser.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE")
@@ -171,6 +215,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    if args.time_share:
+        cost = percentile_time_share(args.time_share, dtype=args.dtype, tile=args.tile, device=args.device)
+        print(
+            f"{args.time_share}x{args.time_share} {args.dtype}: percentiles {cost['percentiles_s']:.3f} s, "
+            f"tiled prediction (tile {args.tile}) {cost['prediction_s']:.1f} s, share {100 * cost['share']:.2f} %"
+        )
+        return 0
+    if not args.checkpoint:
+        parser.error("give --checkpoint LABEL=PATH (repeatable), or --time-share SIZE")
     predictors = _predictors(args.checkpoint, args.matched, args.device, args.tta)
     options = dict(parse_assignment(item) for item in args.data_option)
     dataset = get_dataset(args.data, args.split, **options)

@@ -8,24 +8,29 @@ trainer never looks at a model's name.
 What a run does:
 
 * **data**: random crops of the training split (``data.crop``), ``data.samples_per_epoch`` of them
-  per epoch (small datasets are repeated, each pass in a new order); validation on full images
-  with :func:`~seglab.engine.predict.predict_logits` (padding to the model's size divisor, or a
-  sliding window with ``tile``), the same helper ``seglab eval`` and ``seglab predict`` use.
+  per epoch (small datasets are repeated, each pass in a new order), normalised by the run's
+  :class:`~seglab.data.normalize.Normalization` (``data.normalize``, :func:`build_normalization`)
+  on the whole image before cropping, with per-image parameters cached; validation on full images
+  with :func:`~seglab.engine.predictor.predict_logits` (padding to the model's size divisor, or a
+  sliding window with ``tile``), the same function ``seglab eval`` and ``seglab predict`` use.
 * **optimisation**: AdamW or SGD (no weight decay on norms and biases), a per-step cosine / poly /
   constant schedule with linear warm-up, gradient clipping, mixed precision on CUDA (bf16, or fp16
   with a gradient scaler).
 * **bookkeeping** (rank 0 only): ``<run>/config.yaml``, ``metrics.csv`` (one row per epoch;
-  wall-clock columns end in ``_time``), ``metrics.json``, ``last.pt`` every epoch and ``best.pt`` on
-  improvement of ``monitor`` (both written atomically).
+  wall-clock columns end in ``_time``), ``metrics.json``, ``last.pt`` (everything a resume needs)
+  every epoch and ``best.pt`` (the weights and what prediction needs) on improvement of
+  ``monitor`` (both written atomically).
 * **reproducibility**: every epoch starts from generators seeded by ``(seed, epoch, rank)``, and
   checkpoints hold the optimiser, schedule, scaler and RNG states, so ``resume`` continues exactly:
   on the CPU an interrupted run resumed from ``last.pt`` gives the same ``metrics.csv`` rows as an
   uninterrupted one.
 * **safety**: a non-finite loss stops the run (:class:`NonFiniteLossError`, naming the epoch and
   step) with the last good checkpoint kept; early stopping after ``patience`` validations without
-  improvement; ``max_time`` either ends the run before an epoch that would overrun the budget
-  (``time_policy="stop"``) or shortens the plan so the learning-rate schedule still completes
-  within it (``time_policy="fit"``, what ``seglab demo`` uses).
+  improvement; ``max_time`` is checked after every step (the run stops at the first step
+  boundary past it, validates that epoch, saves and says so), and either ends the run before an
+  epoch that would overrun the budget (``time_policy="stop"``) or shortens the plan so the
+  learning-rate schedule still completes within it (``time_policy="fit"``, what ``seglab demo``
+  uses).
 * **scale**: under ``torchrun`` the model is wrapped in ``DistributedDataParallel`` (NCCL on CUDA,
   gloo on the CPU), each rank reads its share through a ``DistributedSampler`` and the metrics are
   summed over ranks.
@@ -108,7 +113,8 @@ class TrainResult:
         best_epoch: epoch of ``best.pt``.
         history: one dict per epoch (the rows of ``metrics.csv``).
         stopped: why the run ended: ``"completed"``, ``"early_stopping"``, ``"time_limit"``
-            (``time_policy="stop"``), ``"time_budget"`` (``time_policy="fit"`` shortened the plan) or
+            (``max_time`` reached within an epoch, or ``time_policy="stop"`` before one),
+            ``"time_budget"`` (``time_policy="fit"`` shortened the plan) or
             ``"until_epoch"``.
         train_time: seconds spent in training and validation, this session and earlier ones.
     """
