@@ -215,7 +215,12 @@ def _floats(values: Sequence[float] | None, what: str) -> tuple[float, ...] | No
         return None
     if isinstance(values, (int, float)):
         values = [values]
-    out = tuple(float(v) for v in values)
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise InvalidValueError(
+            f"normalisation {what} must be numbers, one per channel; got {values!r}."
+        ) from None
     if not out or not all(math.isfinite(v) for v in out):
         raise InvalidValueError(
             f"normalisation {what} must be finite numbers, one per channel; got {values!r}."
@@ -265,8 +270,9 @@ class Normalization:
         check_choice("normalization method", self.method, NORMALIZATIONS)
         object.__setattr__(self, "mean", _floats(self.mean, "mean"))
         object.__setattr__(self, "std", _floats(self.std, "std"))
-        object.__setattr__(self, "p_lo", float(self.p_lo))
-        object.__setattr__(self, "p_hi", float(self.p_hi))
+        p_lo, p_hi = _floats((self.p_lo, self.p_hi), "percentiles") or (1.0, 99.8)
+        object.__setattr__(self, "p_lo", p_lo)
+        object.__setattr__(self, "p_hi", p_hi)
         if self.method in _WITH_STATS:
             if self.mean is None or self.std is None:
                 raise InvalidValueError(
@@ -289,10 +295,27 @@ class Normalization:
             raise InvalidValueError(
                 f"percentiles must satisfy 0 <= p_lo < p_hi <= 100; got p_lo={self.p_lo}, p_hi={self.p_hi}."
             )
+        if self.reference is not None:
+            sizes = {
+                len(f)
+                for f in (
+                    self.reference.median,
+                    self.reference.spread,
+                    self.reference.low,
+                    self.reference.high,
+                )
+            }
+            if self.method not in _WITH_STATS or sizes != {len(self.mean or ())}:
+                raise InvalidValueError(
+                    "normalisation reference (the training range) is for 'dataset'/'fixed', one entry per channel."
+                )
         if self.target is not None:
             if self.method != "percentile":
                 raise InvalidValueError("normalisation target is for method 'percentile'.")
-            pairs = tuple((float(a), float(b)) for a, b in self.target)
+            try:
+                pairs = tuple((float(a), float(b)) for a, b in self.target)
+            except (TypeError, ValueError):
+                pairs = ((math.nan, math.nan),)
             if not all(math.isfinite(a) and math.isfinite(b) and a < b for a, b in pairs):
                 raise InvalidValueError(
                     f"normalisation target must be finite (low, high) pairs; got {self.target!r}."

@@ -306,8 +306,8 @@ def _stored(meta: Mapping[str, Any], source: str) -> tuple[Normalization, float 
     """The normalisation and threshold stored with a model, checked (finite, std > 0, [0, 1])."""
     if "normalization" not in meta:
         raise CheckpointError(
-            f"{source} has no seglab metadata (normalisation); export it with `seglab export` or pass the "
-            "checkpoint too (--checkpoint PATH)."
+            f"{source} stores no normalisation: export ONNX files with `seglab export`, or pass the checkpoint "
+            "too (--checkpoint PATH)."
         )
     try:
         norm = _normalization(meta["normalization"])
