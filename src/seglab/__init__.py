@@ -8,6 +8,13 @@ trainer and tiled inference behind one small API::
     >>> model(torch.randn(1, 1, 64, 64)).shape
     torch.Size([1, 2, 64, 64])
 
+A trained run predicts raw images through :class:`Predictor`, which applies the normalisation,
+threshold and tiling stored with the model::
+
+    predictor = seglab.Predictor.from_checkpoint("runs/demo/best.pt")   # or Predictor.from_onnx(...)
+    mask = predictor(image)                   # class ids (H, W) from a raw (C, H, W) image
+    probs = predictor.predict_proba(image)    # (K, H, W)
+
 Sub-packages (``seglab.losses``, ``seglab.metrics``, ``seglab.data``, ``seglab.inference``,
 ``seglab.postprocess``, ``seglab.engine``, ``seglab.report``) are imported on first use.
 """
@@ -22,6 +29,8 @@ from seglab.models import SegmentationModel, SegOutput, create_model, list_model
 __version__ = "0.1.0"
 
 __all__ = [
+    "Normalization",
+    "Predictor",
     "SegOutput",
     "SegmentationModel",
     "Trainer",
@@ -52,7 +61,12 @@ _SUBMODULES = {
     "postprocess",
     "report",
 }
-_LAZY_ATTRS = {"Trainer": ("seglab.engine", "Trainer"), "predict": ("seglab.inference", "predict")}
+_LAZY_ATTRS = {
+    "Trainer": ("seglab.engine", "Trainer"),
+    "Predictor": ("seglab.engine.predictor", "Predictor"),
+    "Normalization": ("seglab.data.normalize", "Normalization"),
+    "predict": ("seglab.engine.predictor", "predict"),  # raw images: normalization= is required
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -62,3 +76,7 @@ def __getattr__(name: str) -> Any:
         module, attr = _LAZY_ATTRS[name]
         return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'seglab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

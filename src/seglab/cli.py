@@ -21,13 +21,15 @@ Errors a user can cause (bad flags, missing files, unknown names, a diverging ru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from seglab.errors import InvalidValueError, missing_extra
+from seglab.errors import InvalidValueError
 
 __all__ = ["build_parser", "main"]
 
@@ -100,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-time", type=float, help="training wall-clock budget in seconds")
     p.add_argument("--patience", type=int, help="early stopping patience (validations)")
     p.add_argument("--tile", type=int, help="validate with a sliding window of this tile size")
+    p.add_argument(
+        "--normalize",
+        help="intensity normalisation: percentile, zscore, minmax, dataset, fixed, none (default: the dataset's)",
+    )
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, repeatable"
     )
@@ -243,10 +249,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_inference_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", type=int, help="sliding-window tile size (default: whole images)")
-    p.add_argument("--overlap", type=float, default=0.5, help="tile overlap fraction (default 0.5)")
-    p.add_argument("--tta", help="test-time augmentation: flips or d4")
+    p.add_argument("--overlap", type=float, help="tile overlap fraction, with --tile (default 0.5)")
+    p.add_argument("--tta", help="test-time augmentation: hflip, flips or d4")
     p.add_argument("--crf", action="store_true", help="refine with a dense CRF")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
+    p.add_argument(
+        "--normalize",
+        help="percentile: rescale each image's 1st/99.8th percentiles to the training images' (for a model "
+        "trained with dataset/fixed normalisation and images from another camera); default: as stored",
+    )
 
 
 # -- commands -------------------------------------------------------------------------------------------
@@ -281,6 +292,7 @@ _TRAIN_FLAGS = {
     "max_time": "max_time",
     "patience": "patience",
     "tile": "tile",
+    "normalize": "data.normalize",
     "quiet": "quiet",
 }
 
@@ -316,9 +328,14 @@ def resolve_train_config(args: argparse.Namespace) -> Any:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from seglab.engine.trainer import train
+    from seglab.engine.trainer import cpu_model_defaults, train
 
     cfg = resolve_train_config(args)
+    if args.config is None and args.resume is None:  # flags only: a model without a size fits the device
+        cfg, applied = cpu_model_defaults(cfg)
+        if applied and not args.print_config:
+            sizes = ", ".join(f"{k}={v}" for k, v in applied.items())
+            print(f"no model size given: using {sizes} on the CPU (set it with --model-option)")
     if args.print_config:
         import yaml
 
@@ -339,9 +356,43 @@ def _checkpoint_task(path: str) -> str:
     return model_info(load_checkpoint(path)["model_name"]).task
 
 
+_SEMANTIC_ONLY_FLAGS = ("tile", "overlap", "tta", "threshold", "normalize")
+
+
+def _refuse_semantic_flags(args: argparse.Namespace) -> None:
+    """Instance models are predicted whole, without these options: refuse them rather than ignore them."""
+    given = [f"--{f}" for f in _SEMANTIC_ONLY_FLAGS if getattr(args, f) is not None]
+    given += ["--crf"] if args.crf else []
+    if given:
+        raise InvalidValueError(
+            f"{', '.join(given)} apply to semantic models; this checkpoint holds an instance model. Drop them."
+        )
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(command: str) -> Iterator[None]:
+    """Show seglab's warnings (an image far outside the training range, ...) as one line each on stderr."""
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        print(f"seglab {command}: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show
+        yield
+
+
+def _predict_options(args: argparse.Namespace, **extra: Any) -> Any:
+    from seglab.engine.predict import PredictOptions
+
+    flags = ("tile", "overlap", "tta", "crf", "threshold", "device", "normalize")
+    return PredictOptions(**{f: getattr(args, f) for f in flags}, progress=not args.quiet, **extra)
+
+
 def _cmd_eval_instance(args: argparse.Namespace) -> int:
     from seglab.engine.instance import evaluate_instance_checkpoint
 
+    _refuse_semantic_flags(args)
     result, paths = evaluate_instance_checkpoint(
         args.checkpoint,
         args.data,
@@ -362,20 +413,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if _checkpoint_task(args.checkpoint) == "instance":
         return _cmd_eval_instance(args)
-    result, paths = evaluate_checkpoint(
-        args.checkpoint,
-        args.data,
-        split=args.split,
-        out_dir=args.out,
-        tile=args.tile,
-        overlap=args.overlap,
-        tta=args.tta,
-        crf=args.crf,
-        threshold=args.threshold,
-        device=args.device,
-        data_options=_assignments(args.data_option),
-        progress=not args.quiet,
-    )
+    with _warnings_as_lines("eval"):
+        result, paths = evaluate_checkpoint(
+            args.checkpoint,
+            args.data,
+            split=args.split,
+            out_dir=args.out,
+            options=_predict_options(args),
+            data_options=_assignments(args.data_option),
+        )
     m, o = result.mean, result.overall
     print(
         f"{len(result.per_image)} images: dice={o['dice']:.4f} iou={o['iou']:.4f} precision={o['precision']:.4f} "
@@ -386,11 +432,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from seglab.engine.predict import PredictOptions, predict_files
+    from seglab.engine.predict import predict_files
 
     if args.checkpoint and not args.onnx and _checkpoint_task(args.checkpoint) == "instance":
         from seglab.engine.instance import predict_instance_files
 
+        _refuse_semantic_flags(args)
         rows = predict_instance_files(
             args.inputs,
             args.out,
@@ -401,49 +448,38 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         )
         print(f"wrote {len(rows)} instance label image(s) to {args.out}")
         return 0
-
-    options = PredictOptions(
-        tile=args.tile,
-        overlap=args.overlap,
-        tta=args.tta,
-        crf=args.crf,
-        format=args.format,
-        overlay=not args.no_overlay,
-        save_probs=args.save_probs,
-        threshold=args.threshold,
-        device=args.device,
-        progress=not args.quiet,
+    options = _predict_options(
+        args, format=args.format, overlay=not args.no_overlay, save_probs=args.save_probs
     )
-    rows = predict_files(args.inputs, args.out, checkpoint=args.checkpoint, onnx=args.onnx, options=options)
+    with _warnings_as_lines("predict"):
+        rows = predict_files(
+            args.inputs, args.out, checkpoint=args.checkpoint, onnx=args.onnx, options=options
+        )
     print(f"wrote {len(rows)} mask(s) to {args.out}")
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from seglab._options import check_choice
-    from seglab.engine.checkpoint import load_model
-    from seglab.engine.predict import write_onnx_metadata
+    from seglab.data.normalize import Normalization
+    from seglab.engine.checkpoint import PREDICTION_KEYS, load_model
+    from seglab.engine.predictor import write_onnx_metadata
+    from seglab.errors import CheckpointError
+    from seglab.inference import export_onnx
     from seglab.models import model_info
 
     check_choice("format", args.format, ("onnx",))
-    try:
-        from seglab.inference import export_onnx
-    except ImportError as err:
-        raise missing_extra(err.name or "onnx", "onnx", "Export") from err
     model, meta = load_model(args.checkpoint)
+    try:  # stored in the file's metadata in its current form (and checked: finite, std > 0)
+        meta["normalization"] = Normalization.from_dict(meta["normalization"]).to_dict()
+    except (KeyError, ValueError, TypeError) as err:
+        raise CheckpointError(
+            f"{args.checkpoint} stores no usable normalisation ({err}); retrain it."
+        ) from None
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
     size = tuple(args.input_size) if args.input_size else tuple(model_info(meta["model_name"]).example_size)
     export_onnx(model, out, input_shape=(1, int(meta["in_channels"]), *size))
-    keep = (
-        "model_name",
-        "model_options",
-        "in_channels",
-        "num_classes",
-        "mode",
-        "class_names",
-        "normalization",
-    )
-    write_onnx_metadata(out, {k: meta[k] for k in keep if k in meta})
+    write_onnx_metadata(out, {k: meta[k] for k in (*PREDICTION_KEYS, "threshold") if k in meta})
     print(f"wrote {out}")
     return 0
 

@@ -11,6 +11,7 @@ from seglab.data import get_dataset
 from seglab.engine.checkpoint import load_model
 from seglab.engine.distributed import DistInfo, all_reduce_sum, broadcast_object, dist_info, init_distributed
 from seglab.engine.evaluate import evaluate
+from seglab.engine.predictor import Predictor
 
 
 def test_single_process_fallbacks(monkeypatch):
@@ -50,6 +51,6 @@ def test_torchrun_two_processes(tmp_path):
     # they equal a single-process evaluation of the saved model on the whole split
     model, meta = load_model(out / "last.pt")
     val = get_dataset("synthetic", "val", length=5, size=32, max_shapes=3)
-    result = evaluate(model, val, normalization=meta["normalization"])
+    result = evaluate(Predictor.from_model(model, meta["normalization"], prepare=False), val)
     assert float(rows[-1]["val_dice"]) == pytest.approx(result.overall["dice"], abs=1e-9)
     assert float(rows[-1]["val_iou"]) == pytest.approx(result.overall["iou"], abs=1e-9)

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from seglab.data.normalize import Normalization
 from seglab.engine.evaluate import evaluate, write_eval
+from seglab.engine.predictor import Predictor
 
 
 class _Pairs:
@@ -33,6 +35,13 @@ class _Threshold(torch.nn.Module):
         return (x - 0.5) * 20
 
 
+def _predictor(model, mean=0.0, std=1.0, **options):
+    """A predictor running ``model`` as it is, with a fixed normalisation."""
+    return Predictor.from_model(
+        model, Normalization("fixed", mean=[mean], std=[std]), prepare=False, **options
+    )
+
+
 def _square(h=32, w=32, top=8, left=8, size=10):
     m = np.zeros((h, w), np.int64)
     m[top : top + size, left : left + size] = 1
@@ -43,7 +52,7 @@ def test_perfect_and_shifted_predictions():
     truth = _square()
     shifted = np.roll(truth, 3, axis=1)  # 70 of 100 pixels overlap
     data = _Pairs([(truth[None], truth), (shifted[None], truth)])
-    result = evaluate(_Threshold(), data, normalization={"mean": [0.0], "std": [1.0]}, keep_predictions=True)
+    result = evaluate(_predictor(_Threshold()), data, keep_predictions=True)
     perfect, moved = result.per_image
     assert (
         perfect["name"] == "img0"
@@ -63,9 +72,7 @@ def test_perfect_and_shifted_predictions():
 def test_normalisation_is_applied():
     truth = _square()
     image = truth * 100.0 + 50.0  # (x - 50) / 100 gives back the 0/1 mask
-    result = evaluate(
-        _Threshold(), _Pairs([(image[None], truth)]), normalization={"mean": [50.0], "std": [100.0]}
-    )
+    result = evaluate(_predictor(_Threshold(), 50.0, 100.0), _Pairs([(image[None], truth)]))
     assert result.per_image[0]["dice"] == 1.0
 
 
@@ -73,7 +80,7 @@ def test_empty_truth_policies_and_files(tmp_path):
     empty = np.zeros((16, 16), np.int64)
     blob = _square(16, 16, 2, 2, 4)
     data = _Pairs([(empty[None].astype(float), empty), (blob[None], empty)])
-    result = evaluate(_Threshold(), data, normalization={"mean": [0.0], "std": [1.0]})
+    result = evaluate(_predictor(_Threshold()), data)
     both_empty, missed = result.per_image
     assert math.isnan(both_empty["dice"]) and math.isnan(both_empty["hd95"])
     assert missed["dice"] == 0.0 and math.isinf(missed["hd95"])
@@ -95,7 +102,7 @@ def test_multiclass_rows_have_per_class_dice():
             return torch.nn.functional.one_hot(x[:, 0].long(), 3).permute(0, 3, 1, 2).float() * 10
 
     data = _Pairs([(truth[None].astype(float), truth)], class_names=("bg", "a", "b"))
-    result = evaluate(_OneHot(), data, normalization={"mean": [0.0], "std": [1.0]})
+    result = evaluate(_predictor(_OneHot()), data)
     row = result.per_image[0]
     assert (
         result.mode == "multiclass" and row["dice_a"] == 1.0 and row["dice_b"] == 1.0 and row["hd95"] == 0.0
@@ -107,7 +114,7 @@ def test_multiclass_rows_have_per_class_dice():
 
 def test_empty_dataset():
     with pytest.raises(ValueError, match="empty"):
-        evaluate(_Threshold(), _Pairs([]), normalization={"mean": [0.0], "std": [1.0]})
+        evaluate(_predictor(_Threshold()), _Pairs([]))
 
 
 def test_calibrate_threshold_picks_the_best_dice():
@@ -125,10 +132,8 @@ def test_calibrate_threshold_picks_the_best_dice():
             return torch.as_tensor(logit, dtype=torch.float32)[None, None].expand(x.shape[0], 1, 32, 32)
 
     data = _Pairs([(np.zeros((1, 32, 32)), truth)])
-    best, table = calibrate_threshold(
-        _Fixed(), data, normalization={"mean": [0.0], "std": [1.0]}, grid=[0.5, 0.65, 0.8]
-    )
+    best, table = calibrate_threshold(_predictor(_Fixed()), data, grid=[0.5, 0.65, 0.8])
     assert best == 0.65 and table[0.65] == 1.0
     assert table[0.5] == pytest.approx(2 * 100 / (196 + 100)) and table[0.8] == 0.0
     with pytest.raises(ValueError, match=r"thresholds in \(0, 1\)"):
-        calibrate_threshold(_Fixed(), data, normalization={"mean": [0.0], "std": [1.0]}, grid=[1.5])
+        calibrate_threshold(_predictor(_Fixed()), data, grid=[1.5])

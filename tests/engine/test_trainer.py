@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from seglab.data import SyntheticDataset
-from seglab.engine.checkpoint import load_checkpoint
+from seglab.engine.checkpoint import CheckpointError, load_checkpoint
 from seglab.engine.config import TrainConfig
 from seglab.engine.trainer import (
     NonFiniteLossError,
@@ -124,7 +124,8 @@ class _PoisonAfter(SyntheticDataset):
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     cfg = _config(tmp_path, epochs=3, **{"data.mean": [0.5], "data.std": [0.25]})
-    train = _PoisonAfter(8, length=4, size=32, max_shapes=3)
+    # 4 reads measure the training intensity range (kept for the out-of-range guard), 8 are epoch 1
+    train = _PoisonAfter(4 + 8, length=4, size=32, max_shapes=3)
     val = SyntheticDataset(length=2, size=32, split="val")
     trainer = Trainer(cfg, train_dataset=train, val_dataset=val)
     with pytest.raises(
@@ -241,6 +242,7 @@ def test_time_policy_fit_compresses_the_schedule(tmp_path):
         tmp_path, epochs=4, max_time=1e-6, time_policy="fit", val_every=3, **{"optim.warmup_epochs": 0}
     )
     trainer = Trainer(cfg)
+    trainer._out_of_time = lambda: False  # not the cap within an epoch: the plan after it is tested here
     result = trainer.fit()
     assert result.stopped == "time_budget" and len(result.history) == 1
     assert "val_dice" in result.history[0]  # the last epoch of the plan is always validated
@@ -282,3 +284,95 @@ def test_time_policy_fit_plan_follows_the_median_pace(tmp_path):
     trainer.elapsed = 101.0
     trainer._fit_plan_to_time([1.0])  # over budget: stop after this epoch whatever the count
     assert trainer.planned_epochs == 4
+
+
+def test_max_time_stops_within_an_epoch_and_saves(tmp_path, capsys):
+    """One epoch of 10 steps with a budget already spent: the run stops after the first step."""
+    cfg = _config(tmp_path, epochs=3, max_time=1e-6, **{"data.samples_per_epoch": 40})
+    trainer = Trainer(cfg)
+    assert trainer.steps_per_epoch == 10
+    result = trainer.fit()
+    assert result.stopped == "time_limit" and len(result.history) == 1
+    row = result.history[0]
+    assert row["train_steps"] == 1 and "val_dice" in row  # the cut epoch is validated
+    assert "stopped early: max_time=1e-06s reached at epoch 1, step 1/10" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
+    assert (tmp_path / "run" / "best.pt").is_file()
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["stopped"] == "time_limit"
+
+
+def test_best_pt_holds_weights_and_metadata_only(tmp_path):
+    from seglab.engine.checkpoint import BEST_KEYS, CHECKPOINT_KEYS
+
+    Trainer(_config(tmp_path, epochs=1)).fit()
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    last = load_checkpoint(tmp_path / "run" / "last.pt", require=CHECKPOINT_KEYS)
+    assert set(best) == set(BEST_KEYS)
+    assert not {"optimizer", "scheduler", "scaler", "rng", "history"} & set(best)
+    assert {"optimizer", "scheduler", "scaler", "rng", "history"} <= set(last)
+    assert all(torch.equal(best["model"][k], last["model"][k]) for k in best["model"])
+    # AdamW keeps two moments per weight: last.pt is about three times best.pt
+    size = {name: (tmp_path / "run" / name).stat().st_size for name in ("best.pt", "last.pt")}
+    assert size["last.pt"] > 2.5 * size["best.pt"]
+    with pytest.raises(CheckpointError, match=r"weights only .*resume from the run's last\.pt"):
+        Trainer(_config(tmp_path, "again", epochs=2, resume=str(tmp_path / "run" / "best.pt")))
+
+
+def test_normalisation_is_stored_and_applied_to_whole_images(tmp_path):
+    from seglab.data.normalize import Normalization
+    from seglab.data.transforms import NormalizeImage
+
+    trainer = Trainer(_config(tmp_path, epochs=1, **{"data.normalize": "percentile"}))
+    norm = trainer.normalization
+    assert norm == Normalization("percentile")
+    step = trainer.train_set._normalize
+    assert isinstance(step, NormalizeImage) and trainer.train_set.dataset.transform.transforms[0] is step
+    trainer.train_set[5]  # sample 5 is image 1 (4 images): its percentiles are cached under index 1
+    raw = SyntheticDataset(length=4, size=32, max_shapes=3)[1][0]
+    assert set(step._cache) == {1}
+    offset, _ = step._cache[1]
+    torch.testing.assert_close(torch.as_tensor(offset), torch.as_tensor(norm.affine(raw)[0]), rtol=0, atol=0)
+    trainer.fit()
+    state = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert Normalization.from_dict(state["normalization"]) == norm
+
+
+def test_build_normalization_from_the_config():
+    from seglab.data.normalize import Normalization
+    from seglab.engine.config import DataConfig
+    from seglab.engine.trainer import build_normalization
+
+    ds = SyntheticDataset(length=4, size=32, max_shapes=3)
+    hela = build_normalization(DataConfig(name="hela"), ds, 1)  # the built-in's default
+    assert hela == Normalization("percentile")
+    synthetic = build_normalization(DataConfig(name="synthetic"), ds, 1)
+    assert synthetic.method == "dataset" and synthetic.reference is not None
+    assert list(synthetic.mean) == pytest.approx(ds.stats()["mean"])
+    fixed = build_normalization(DataConfig(name="synthetic", mean=[0.5], std=[0.25]), ds, 1)
+    assert (fixed.method, fixed.mean, fixed.std) == ("fixed", (0.5,), (0.25,))
+    partial = build_normalization(DataConfig(name="synthetic", normalize="dataset", std=[2.0]), ds, 1)
+    assert partial.std == (2.0,) and partial.mean[0] == pytest.approx(ds.stats()["mean"][0])
+    tight = build_normalization(
+        DataConfig(name="x", normalize="percentile", normalize_options={"p_lo": 2, "p_hi": 98}), ds, 1
+    )
+    assert (tight.p_lo, tight.p_hi) == (2.0, 98.0)
+    with pytest.raises(ValueError, match="computes its statistics per image"):
+        build_normalization(DataConfig(name="x", normalize="zscore", mean=[1.0]), ds, 1)
+    with pytest.raises(ValueError, match="one mean and std per input channel"):
+        build_normalization(DataConfig(name="x", normalize="fixed", mean=[1.0, 2.0], std=[1.0, 1.0]), ds, 1)
+    with pytest.raises(ValueError, match="needs mean and std"):
+        build_normalization(DataConfig(name="x", normalize="fixed"), ds, 1)
+
+
+def test_cpu_model_defaults_when_no_size_is_given(tmp_path):
+    from seglab.engine.trainer import cpu_model_defaults
+
+    cfg = TrainConfig.from_dict({"model": {"name": "unet"}, "device": "cpu"})
+    small, applied = cpu_model_defaults(cfg)
+    assert applied == {"base_channels": 16} and small.model.options == {"base_channels": 16}
+    _, applied = cpu_model_defaults(
+        TrainConfig.from_dict({"model": {"name": "deeplabv3plus"}, "device": "cpu"})
+    )
+    assert applied == {"encoder": "resnet18"}
+    sized = TrainConfig.from_dict({"model": {"name": "unet", "options": {"depth": 3}}, "device": "cpu"})
+    assert cpu_model_defaults(sized) == (sized, {})

@@ -110,3 +110,36 @@ def test_errors(tmp_path) -> None:
         export_onnx(lambda x: x, tmp_path / "u.onnx", input_shape=(32, 32))
     with pytest.raises(FileNotFoundError, match="export_onnx"):
         OnnxModel(tmp_path / "missing.onnx")
+
+
+def test_onnx_predictor_pads_and_crops_like_pytorch(tmp_path) -> None:
+    """A 70x110 image (a small 700x1100 hela frame) with a 16-divisible U-Net: ONNX == PyTorch."""
+    import numpy as np
+
+    from seglab.engine.predictor import Predictor
+    from seglab.errors import CheckpointError
+    from seglab.inference.runner import Runner
+
+    model = seglab.create_model("unet", in_channels=1, num_classes=1, base_channels=4, depth=4).eval()
+    runner = OnnxModel(export_onnx(model, tmp_path / "unet.onnx", input_shape=(64, 64)))
+    assert isinstance(runner, Runner) and runner.size_divisor == 16
+    image = np.random.default_rng(0).integers(30000, 34000, (1, 70, 110)).astype(np.uint16)
+    for tta in (None, "flips"):
+        eager = Predictor.from_model(model, "percentile", tta=tta)
+        onnx = Predictor(runner, "percentile", tta=tta)
+        got, ref = onnx.logits(image), eager.logits(image)
+        assert got.shape == ref.shape == (1, 1, 70, 110)
+        # as the export sweep: 1e-4 of the logits' scale (random-init logits reach the hundreds)
+        assert float((got - ref).abs().max()) <= 1e-4 * max(1.0, float(ref.abs().max()))
+    # a fixed-size graph is tiled with its own size
+    fixed = OnnxModel(export_onnx(model, tmp_path / "fixed.onnx", input_shape=(32, 48), dynamic=False))
+    x = torch.from_numpy(image.astype(np.float32))
+    got = Predictor(fixed, "none").logits(image)[0]
+    ref = sliding_window(model, x, tile=(32, 48), activation=None)
+    assert float((got - ref).abs().max()) <= 1e-4 * max(1.0, float(ref.abs().max()))
+    # the metadata is checked at load: finite statistics, std > 0
+    from seglab.engine.predictor import write_onnx_metadata
+
+    write_onnx_metadata(runner.path, {"normalization": {"method": "dataset", "mean": [1.0], "std": [0.0]}})
+    with pytest.raises(CheckpointError, match="unusable normalisation"):
+        Predictor.from_onnx(runner.path)

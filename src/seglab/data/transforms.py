@@ -13,11 +13,15 @@ column ``x``, row ``y`` has the box ``(x, y, x + 1, y + 1)`` (torchvision's ``ma
 instances left with no pixel, so boxes always fit the masks; an empty crop gives ``boxes`` of shape
 ``(0, 4)``.
 
-Order used by :func:`train_transforms`: random scale + crop (one step, cropping first so the full
-frame is never resized) → flips → 90° rotations → intensity jitter → normalisation. Crops that
-stick out of the image are padded: images with ``fill`` (the normalisation mean by default, so the
-padding becomes 0 after normalising), semantic masks with ``mask_fill`` (0 = background, or an
-ignore index), instance masks always with 0.
+Order used by :func:`train_transforms` with a :class:`~seglab.data.normalize.Normalization` (what
+the trainer does): normalisation of the **whole image** (:class:`NormalizeImage`, so a crop sees the
+values the full image, and so tiled prediction, gives it; per-image parameters are cached per
+sample) → random scale + crop (one step, cropping first so the full frame is never resized) →
+flips → 90° rotations → intensity jitter. With ``mean``/``std`` instead, the older order: the
+geometric and intensity steps first, then ``(x - mean) / std`` (:class:`Normalize`). Crops that
+stick out of the image are padded: images with ``fill`` (0 after a whole-image normalisation; the
+mean with ``mean``/``std``, so the padding becomes 0 after normalising), semantic masks with
+``mask_fill`` (0 = background, or an ignore index), instance masks always with 0.
 
 Randomness comes from ``torch``'s global generator, so ``torch.manual_seed`` (and DataLoader worker
 seeding) makes the augmentation reproducible.
@@ -43,6 +47,7 @@ __all__ = [
     "InstanceLabels",
     "InstanceMasks",
     "Normalize",
+    "NormalizeImage",
     "RandomCrop",
     "RandomIntensity",
     "RandomRotate90",
@@ -508,6 +513,42 @@ class Normalize(v2.Normalize):
         return super().transform(inpt, params)
 
 
+class NormalizeImage(v2.Transform):
+    """Apply a :class:`~seglab.data.normalize.Normalization` to the (whole) image; masks untouched.
+
+    Put it first, before any crop. Per-image parameters (percentiles, ...) can be cached: set
+    :attr:`key` to the sample's index before each call (the trainer does) and the parameters of
+    that sample are computed once; with ``key = None`` nothing is cached.
+
+    Args:
+        normalization: the normalisation (stored with the model).
+
+    Example:
+        >>> from seglab.data.normalize import Normalization
+        >>> t = Compose([NormalizeImage(Normalization("minmax"))])
+        >>> img, _ = t(torch.tensor([[[2.0, 4.0], [6.0, 10.0]]]), torch.zeros(2, 2, dtype=torch.long))
+        >>> img.tolist()
+        [[[0.0, 0.25], [0.5, 1.0]]]
+    """
+
+    _transformed_types = (tv_tensors.Image,)
+
+    def __init__(self, normalization: Any) -> None:
+        super().__init__()
+        self.normalization = normalization
+        self.key: int | None = None
+        self._cache: dict[int, Any] = {}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        x = inpt.as_subclass(Tensor)
+        affine = self._cache.get(self.key) if self.key is not None else None
+        if affine is None:
+            affine = self.normalization.affine(x)
+            if self.key is not None:
+                self._cache[self.key] = affine
+        return tv_tensors.wrap(self.normalization.apply(x, affine), like=inpt)
+
+
 # -- the pipeline -------------------------------------------------------------------------------
 def _as_image(image: Tensor | np.ndarray) -> tv_tensors.Image:
     image = torch.as_tensor(image)
@@ -615,11 +656,26 @@ def _check_stats(mean: Sequence[float], std: Sequence[float]) -> tuple[list[floa
     return mean, std
 
 
+def _normalization_steps(
+    mean: Sequence[float] | None, std: Sequence[float] | None, normalization: Any
+) -> tuple[list[Any], list[Any], float | list[float]]:
+    """``(steps before, steps after, padding fill)`` for either a Normalization or mean/std."""
+    if normalization is not None:
+        if mean is not None or std is not None:
+            raise InvalidValueError("Give either normalization or mean/std, not both.")
+        return [NormalizeImage(normalization)], [], 0.0
+    if mean is None or std is None:
+        return [], [], 0.0
+    mean, std = _check_stats(mean, std)
+    return [], [Normalize(mean, std)], (mean if len(mean) > 1 else mean[0])
+
+
 def train_transforms(
     *,
     crop: int | Sequence[int] | None,
-    mean: Sequence[float],
-    std: Sequence[float],
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    normalization: Any = None,
     scale: Sequence[float] | None = (0.75, 1.33),
     flips: bool = True,
     rotate90: bool = True,
@@ -627,14 +683,17 @@ def train_transforms(
     foreground_prob: float = 0.0,
     mask_fill: int = 0,
 ) -> Compose:
-    """The standard training augmentation: scale + crop, flips, 90° turns, intensity jitter, normalise.
+    """The standard training augmentation: normalise, scale + crop, flips, 90° turns, intensity jitter.
 
     Args:
         crop: crop ``(height, width)`` or one int; ``None`` keeps the whole image (then ``scale``
             resizes it).
-        mean: per-channel means of the training split (``dataset.stats()["mean"]``); also the
-            image padding value, so padding ends up at 0 after normalisation.
-        std: per-channel standard deviations of the training split.
+        mean: per-channel means (``(x - mean) / std`` after the augmentation, the padding value
+            ``mean``); with ``std``, instead of ``normalization``.
+        std: per-channel standard deviations.
+        normalization: a :class:`~seglab.data.normalize.Normalization` applied to the whole image
+            first (:class:`NormalizeImage`); padding is then 0. Neither this nor ``mean``/``std``:
+            no normalisation.
         scale: zoom range, log-uniform; ``None`` for no scaling.
         flips: random horizontal and vertical flips.
         rotate90: random quarter turns (half turns only for non-square crops).
@@ -648,7 +707,8 @@ def train_transforms(
         targets alike.
 
     Raises:
-        ValueError: inconsistent mean/std, non-positive std, crop or scale.
+        ValueError: inconsistent mean/std, non-positive std, both a normalization and mean/std, crop
+            or scale.
 
     Example:
         >>> t = train_transforms(crop=64, mean=[100.0], std=[20.0])
@@ -656,9 +716,7 @@ def train_transforms(
         >>> tuple(img.shape), tuple(mask.shape)
         ((1, 64, 64), (64, 64))
     """
-    mean, std = _check_stats(mean, std)
-    steps: list[Any] = []
-    fill = mean if len(mean) > 1 else mean[0]
+    steps, after, fill = _normalization_steps(mean, std, normalization)
     if crop is not None and scale is not None:
         steps.append(
             RandomScaleCrop(
@@ -677,16 +735,18 @@ def train_transforms(
         steps.append(intensity)
     elif intensity:
         steps.append(RandomIntensity())
-    steps.append(Normalize(mean, std))
-    return Compose(steps)
+    return Compose(steps + after)
 
 
-def eval_transforms(*, mean: Sequence[float], std: Sequence[float]) -> Compose:
-    """Evaluation transform: normalisation with the training statistics only (full images).
+def eval_transforms(
+    *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None, normalization: Any = None
+) -> Compose:
+    """Evaluation transform: the normalisation only (full images).
 
     Args:
-        mean: per-channel means of the training split.
-        std: per-channel standard deviations of the training split.
+        mean: per-channel means (with ``std``).
+        std: per-channel standard deviations.
+        normalization: a :class:`~seglab.data.normalize.Normalization` instead of ``mean``/``std``.
 
     Returns:
         A :class:`Compose` for semantic masks and instance targets.
@@ -696,5 +756,5 @@ def eval_transforms(*, mean: Sequence[float], std: Sequence[float]) -> Compose:
         >>> img.unique().tolist()
         [1.0]
     """
-    mean, std = _check_stats(mean, std)
-    return Compose([Normalize(mean, std)])
+    before, after, _ = _normalization_steps(mean, std, normalization)
+    return Compose(before + after)

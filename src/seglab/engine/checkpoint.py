@@ -1,6 +1,11 @@
 """Checkpoints: written atomically, read without executing code, enough to resume exactly.
 
-A seglab checkpoint is a ``torch.save`` zip file holding one dict with these keys:
+A seglab checkpoint is a ``torch.save`` zip file holding one dict. A run writes two:
+
+* ``best.pt`` holds the weights and what prediction needs (:data:`BEST_KEYS`), about a third of
+  ``last.pt`` with AdamW (whose two moment buffers are each as large as the weights);
+* ``last.pt`` holds :data:`CHECKPOINT_KEYS`: the same plus the optimiser, schedule, scaler, RNG
+  states and history, so ``--resume runs/<name>/last.pt`` continues exactly.
 
 ==================  =========================================================================
 ``seglab_version``  the version that wrote it
@@ -11,16 +16,19 @@ A seglab checkpoint is a ``torch.save`` zip file holding one dict with these key
 ``num_classes``     output channels of the model (1 for binary segmentation)
 ``mode``            ``"binary"`` or ``"multiclass"``
 ``class_names``     names of the dataset's classes
-``normalization``   ``{"mean": [...], "std": [...]}`` applied to raw intensities before the model
+``normalization``   :meth:`Normalization.to_dict() <seglab.data.normalize.Normalization.to_dict>`:
+                    method, parameters and the training intensity range (older checkpoints:
+                    ``{"mean", "std"}``, read as ``dataset``)
 ``model``           the model's ``state_dict``
 ``config``          the resolved :class:`~seglab.engine.config.TrainConfig` as a plain dict
 ``epoch``           epochs completed
-``optimizer``       optimiser ``state_dict``
-``scheduler``       learning-rate scheduler ``state_dict``
-``scaler``          AMP gradient scaler ``state_dict`` (``{}`` without fp16)
-``rng``             Python, NumPy, torch and CUDA generator states (tensors and plain values)
 ``best_score``      best monitored validation score so far
-``history``         the metrics rows written so far (one dict per epoch)
+``threshold``       (``best.pt`` of ``seglab demo``) the probability threshold chosen on validation
+``optimizer``       (``last.pt``) optimiser ``state_dict``
+``scheduler``       (``last.pt``) learning-rate scheduler ``state_dict``
+``scaler``          (``last.pt``) AMP gradient scaler ``state_dict`` (``{}`` without fp16)
+``rng``             (``last.pt``) Python, NumPy, torch and CUDA generator states
+``history``         (``last.pt``) the metrics rows written so far (one dict per epoch)
 ==================  =========================================================================
 
 Writing goes to a temporary file in the same directory followed by ``os.replace``, so a crash
@@ -47,7 +55,9 @@ from torch import nn
 from seglab.errors import CheckpointError, InvalidTypeError, InvalidValueError, MissingFileError
 
 __all__ = [
+    "BEST_KEYS",
     "CHECKPOINT_KEYS",
+    "PREDICTION_KEYS",
     "CheckpointError",
     "get_rng_state",
     "load_checkpoint",
@@ -56,8 +66,9 @@ __all__ = [
     "set_rng_state",
 ]
 
-CHECKPOINT_KEYS = (
-    "seglab_version",
+# what prediction needs besides the weights (ONNX files from `seglab export` store these, and the
+# calibrated "threshold" when there is one)
+PREDICTION_KEYS = (
     "model_name",
     "model_options",
     "in_channels",
@@ -65,16 +76,9 @@ CHECKPOINT_KEYS = (
     "mode",
     "class_names",
     "normalization",
-    "model",
-    "config",
-    "epoch",
-    "optimizer",
-    "scheduler",
-    "scaler",
-    "rng",
-    "best_score",
-    "history",
 )
+BEST_KEYS = ("seglab_version", *PREDICTION_KEYS, "model", "config", "epoch", "best_score")
+CHECKPOINT_KEYS = (*BEST_KEYS, "optimizer", "scheduler", "scaler", "rng", "history")
 
 # keys needed to rebuild and run a model (the rest is for resuming)
 _MODEL_KEYS = ("model_name", "model_options", "in_channels", "num_classes", "model")

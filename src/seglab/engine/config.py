@@ -39,6 +39,7 @@ from seglab.errors import InvalidTypeError, InvalidValueError, MissingFileError
 __all__ = [
     "AMP_MODES",
     "MODES",
+    "NORMALIZE_CHOICES",
     "OPTIMIZERS",
     "SCHEDULERS",
     "TIME_POLICIES",
@@ -58,6 +59,7 @@ SCHEDULERS = ("cosine", "poly", "constant")
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 MODES = ("auto", "binary", "multiclass")
 TIME_POLICIES = ("stop", "fit")
+NORMALIZE_CHOICES = ("auto", "percentile", "zscore", "minmax", "dataset", "fixed", "none")
 
 
 @dataclass
@@ -94,8 +96,16 @@ class DataConfig:
             (each pass in a new random order, with new random crops). ``None``: one pass.
         val_batch_size: batch size for validation on full images.
         workers: ``DataLoader`` worker processes (0: load in the main process).
-        mean: per-channel normalisation mean; ``None``: the training split's statistics.
-        std: per-channel normalisation std; ``None``: the training split's statistics.
+        normalize: intensity normalisation, stored with the model and applied everywhere
+            (``seglab.data.normalize``): ``"percentile"`` (per image, 1st/99.8th percentiles),
+            ``"zscore"``, ``"minmax"`` (per image), ``"dataset"`` (training-split mean/std),
+            ``"fixed"`` (given mean/std), ``"none"``, or ``"auto"``: the built-in dataset's default
+            (``seglab data list``; ``percentile`` for folders), ``fixed`` when ``mean`` and ``std``
+            are both given.
+        normalize_options: the method's parameters: ``p_lo``/``p_hi`` (percentile), ``mean``/``std``
+            (fixed; dataset: override the computed ones).
+        mean: per-channel normalisation mean (``fixed``, or an override for ``dataset``).
+        std: per-channel normalisation std (``fixed``, or an override for ``dataset``).
         augment: extra options passed to ``seglab.data.transforms.train_transforms`` (flips,
             rotations, scale, intensity jitter; see its docstring).
         options: extra options passed to ``seglab.data.get_dataset``.
@@ -110,6 +120,8 @@ class DataConfig:
     samples_per_epoch: int | None = None
     val_batch_size: int = 1
     workers: int = 0
+    normalize: str = "auto"
+    normalize_options: dict[str, Any] = field(default_factory=dict)
     mean: list[float] | None = None
     std: list[float] | None = None
     augment: dict[str, Any] = field(default_factory=dict)
@@ -226,6 +238,7 @@ class TrainConfig:
         self.model.options = _plain(self.model.options)
         self.data.options = _plain(self.data.options)
         self.data.augment = _plain(self.data.augment)
+        self.data.normalize_options = _plain(self.data.normalize_options)
         self.loss.options = _plain(self.loss.options)
         self.validate()
 
@@ -240,6 +253,7 @@ class TrainConfig:
         check_choice("optim.scheduler", self.optim.scheduler, SCHEDULERS)
         check_choice("amp", self.amp, AMP_MODES)
         check_choice("data.mode", self.data.mode, MODES)
+        check_choice("data.normalize", self.data.normalize, NORMALIZE_CHOICES)
         check_choice("time_policy", self.time_policy, TIME_POLICIES)
         counts = {
             "epochs": (self.epochs, 1),

@@ -176,9 +176,7 @@ def run_demo(
     Raises:
         FetchError: hela could not be downloaded (the message has the command to retry).
     """
-    from seglab.data import fetch, get_dataset
-    from seglab.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
-    from seglab.engine.evaluate import calibrate_threshold, evaluate, write_eval
+    from seglab.data import fetch
     from seglab.engine.trainer import Trainer
 
     t_start = time.perf_counter()
@@ -194,23 +192,57 @@ def run_demo(
     finally:
         trainer.close()
     run_dir = Path(result.run_dir)
+    ev, test, calibration = _evaluate_demo(run_dir, device, tta)
+    baselines = threshold_baselines([p.image for p in ev.predictions], [p.truth for p in ev.predictions])
+    _record_demo(run_dir, test, baselines, ev)
+    report = write_demo_report(
+        run_dir,
+        result.history,
+        ev,
+        baselines,
+        cfg,
+        train_time=result.train_time,
+        stopped=result.stopped,
+        threshold=test["threshold"],
+        val_dice_by_threshold=calibration,
+        dice_at_half=test["dice_at_0.5"],
+        tta=tta,
+    )
+    if not quiet:
+        print(
+            f"demo finished in {time.perf_counter() - t_start:.0f} s (training {result.train_time:.0f} s); report: {report}"
+        )
+    return DemoResult(
+        summary=summary_line(test, baselines),
+        report=report,
+        test=test,
+        baselines=baselines,
+        train_time=result.train_time,
+        epochs=len(result.history),
+        stopped=result.stopped,
+    )
+
+
+def _evaluate_demo(
+    run_dir: Path, device: str, tta: str | None
+) -> tuple[Any, dict[str, Any], dict[float, float]]:
+    """Choose the threshold on the validation frames (stored in ``best.pt``), then score the test
+    frames at it and at 0.5: ``(evaluation, test figures, validation Dice per threshold)``."""
+    from seglab.data import get_dataset
+    from seglab.engine.checkpoint import load_checkpoint, save_checkpoint
+    from seglab.engine.evaluate import calibrate_threshold, evaluate, write_eval
+    from seglab.engine.predictor import Predictor
 
     best_path = run_dir / "best.pt"
-    model, meta = load_model(best_path)
-    dev = trainer.device
-    model = model.to(dev)
-    norm = meta["normalization"]
+    predictor = Predictor.from_checkpoint(best_path, device=device, tta=tta)
     # the probability threshold is a hyper-parameter: chosen on the validation frames, stored with the model
-    threshold, val_dice_by_threshold = calibrate_threshold(
-        model, get_dataset("hela", "val"), normalization=norm, tta=tta, device=dev
-    )
+    threshold, val_dice_by_threshold = calibrate_threshold(predictor, get_dataset("hela", "val"))
     state = load_checkpoint(best_path, require=())
     state["threshold"] = threshold
     save_checkpoint(best_path, state)
     test_set = get_dataset("hela", "test")
-    common = {"normalization": norm, "mode": meta["mode"], "tta": tta, "device": dev}
-    ev = evaluate(model, test_set, threshold=threshold, keep_predictions=True, **common)
-    ev_half = evaluate(model, test_set, threshold=0.5, **common)
+    ev = evaluate(predictor.replace(threshold=threshold), test_set, keep_predictions=True)
+    ev_half = evaluate(predictor.replace(threshold=0.5), test_set)
     extra = {
         "checkpoint": str(best_path),
         "data": "hela",
@@ -219,14 +251,20 @@ def run_demo(
         "tta": tta,
     }
     write_eval(ev, run_dir / "eval-hela-test", extra=extra)
-    baselines = threshold_baselines([p.image for p in ev.predictions], [p.truth for p in ev.predictions])
     test = {
         **ev.overall,
         "hd95": ev.mean.get("hd95", math.nan),
         "threshold": threshold,
         "tta": tta,
         "dice_at_0.5": ev_half.overall["dice"],
+        "normalization": predictor.normalization.method,
     }
+    return ev, test, val_dice_by_threshold
+
+
+def _record_demo(run_dir: Path, test: Mapping[str, Any], baselines: Mapping[str, Any], ev: Any) -> None:
+    """Add the test figures and the baselines to the run's ``metrics.json``."""
+    from seglab.engine._files import write_text_atomic
 
     metrics_path = run_dir / "metrics.json"
     run_metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
@@ -237,35 +275,7 @@ def run_demo(
         "frames": [p.name for p in ev.predictions],
     }
     run_metrics["baselines"] = baselines
-    metrics_path.write_text(json.dumps(_finite(run_metrics), indent=2))
-
-    report = write_demo_report(
-        run_dir,
-        result.history,
-        ev,
-        baselines,
-        cfg,
-        train_time=result.train_time,
-        stopped=result.stopped,
-        threshold=threshold,
-        val_dice_by_threshold=val_dice_by_threshold,
-        dice_at_half=ev_half.overall["dice"],
-        tta=tta,
-    )
-    line = summary_line(test, baselines)
-    if not quiet:
-        print(
-            f"demo finished in {time.perf_counter() - t_start:.0f} s (training {result.train_time:.0f} s); report: {report}"
-        )
-    return DemoResult(
-        summary=line,
-        report=report,
-        test=test,
-        baselines=baselines,
-        train_time=result.train_time,
-        epochs=len(result.history),
-        stopped=result.stopped,
-    )
+    write_text_atomic(metrics_path, json.dumps(_finite(run_metrics), indent=2))
 
 
 def _finite(value: Any) -> Any:
@@ -278,27 +288,7 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def write_demo_report(
-    run_dir: Path,
-    history: list[dict[str, Any]],
-    ev: Any,
-    baselines: Mapping[str, Any],
-    cfg: TrainConfig,
-    *,
-    train_time: float,
-    stopped: str,
-    threshold: float = 0.5,
-    val_dice_by_threshold: Mapping[float, float] | None = None,
-    dice_at_half: float | None = None,
-    tta: str | None = None,
-) -> Path:
-    """Write ``report.html`` with curves, the metrics table and per-frame panels; return its path."""
-    from seglab.report import HtmlReport, comparison_panel, plot_history, save_png
-
-    plot_history(history, run_dir / "curves.png", title="U-Net on hela crops: training and validation")
-    report = HtmlReport("seglab demo: U-Net on Fluo-N2DL-HeLa nuclei")
-    report.paragraph(summary_line({**ev.overall}, baselines), css_class="summary")
-    report.heading("Test frames 17–19 (full 700x1100 frames)")
+def _results_rows(ev: Any, baselines: Mapping[str, Any]) -> list[dict[str, Any]]:
     rows = [
         {
             "method": "U-Net (this run)",
@@ -322,24 +312,50 @@ def write_demo_report(
         rows.append(
             {"method": "best global threshold (knows the answer)", "dice": baselines["oracle"]["dice"]}
         )
-    report.table(rows, ["method", "dice", "iou", "precision", "recall"])
-    calibration = (
-        f"The U-Net's probability threshold, {threshold:.2f}, was chosen on the validation frames 14–16"
-        + (
-            " (pooled validation Dice per threshold: "
-            + ", ".join(f"{t:.2f}: {d:.4f}" for t, d in val_dice_by_threshold.items())
-            + ")"
-            if val_dice_by_threshold
-            else ""
-        )
-        + (f"; at 0.5 the test Dice is {dice_at_half:.4f}." if dice_at_half is not None else ".")
-        + (
-            f" Predictions average the {'four flips' if tta == 'flips' else tta} of each frame in probability space."
-            if tta
-            else ""
-        )
-    )
-    report.paragraph(calibration)
+    return rows
+
+
+def _calibration_text(
+    threshold: float,
+    val_dice_by_threshold: Mapping[float, float] | None,
+    dice_at_half: float | None,
+    tta: str | None,
+) -> str:
+    text = f"The U-Net's probability threshold, {threshold:.2f}, was chosen on the validation frames 14–16"
+    if val_dice_by_threshold:
+        pairs = ", ".join(f"{t:.2f}: {d:.4f}" for t, d in val_dice_by_threshold.items())
+        text += f" (pooled validation Dice per threshold: {pairs})"
+    text += f"; at 0.5 the test Dice is {dice_at_half:.4f}." if dice_at_half is not None else "."
+    if tta:
+        text += f" Predictions average the {'four flips' if tta == 'flips' else tta} of each frame in probability space."
+    return text
+
+
+def write_demo_report(
+    run_dir: Path,
+    history: list[dict[str, Any]],
+    ev: Any,
+    baselines: Mapping[str, Any],
+    cfg: TrainConfig,
+    *,
+    train_time: float,
+    stopped: str,
+    threshold: float = 0.5,
+    val_dice_by_threshold: Mapping[float, float] | None = None,
+    dice_at_half: float | None = None,
+    tta: str | None = None,
+) -> Path:
+    """Write ``report.html`` with curves, the metrics table and per-frame panels; return its path."""
+    import yaml
+
+    from seglab.report import HtmlReport, comparison_panel, plot_history, save_png
+
+    plot_history(history, run_dir / "curves.png", title="U-Net on hela crops: training and validation")
+    report = HtmlReport("seglab demo: U-Net on Fluo-N2DL-HeLa nuclei")
+    report.paragraph(summary_line({**ev.overall}, baselines), css_class="summary")
+    report.heading("Test frames 17–19 (full 700x1100 frames)")
+    report.table(_results_rows(ev, baselines), ["method", "dice", "iou", "precision", "recall"])
+    report.paragraph(_calibration_text(threshold, val_dice_by_threshold, dice_at_half, tta))
     report.paragraph("Dice and IoU pool the pixel counts of the three frames. Per frame (HD95 in pixels):")
     report.table(ev.per_image, ["name", "dice", "iou", "precision", "recall", "hd95"])
     report.heading("Training")
@@ -363,7 +379,5 @@ def write_demo_report(
             "false negatives blue, correct foreground grey.",
         )
     report.heading("Configuration")
-    import yaml
-
     report.preformatted(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return report.write(run_dir / "report.html")

@@ -1,8 +1,8 @@
 """Evaluation on full images: per-image and mean metrics (``seglab eval``).
 
-:func:`evaluate` predicts every image of a dataset with
-:func:`~seglab.engine.predict.predict_logits` (the helper validation and ``seglab predict`` use),
-optionally refines the probabilities with a dense CRF, and scores each image: Dice, IoU,
+:func:`evaluate` predicts every raw image of a dataset with a
+:class:`~seglab.engine.predictor.Predictor` (the one ``seglab predict`` uses: stored normalisation,
+padding, tiles, TTA, threshold), optionally refines the probabilities with a dense CRF, and scores each image: Dice, IoU,
 precision, recall (from :class:`~seglab.metrics.SegMeter` counts) and the 95th-percentile
 Hausdorff distance (:func:`seglab.metrics.hausdorff`, in pixels).
 
@@ -29,16 +29,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from seglab.engine._files import csv_text, jsonable, write_text_atomic
-from seglab.engine.predict import (
-    logits_to_mask,
-    logits_to_probs,
-    normalize_image,
-    predict_logits,
-    probs_to_logits,
-)
+from seglab.engine.predict import PredictOptions, build_predictor, predict_image
+from seglab.engine.predictor import Predictor
 from seglab.errors import InvalidValueError
 
 __all__ = [
@@ -96,38 +90,85 @@ def _hd(pred: np.ndarray, truth: np.ndarray, mode: str, num_classes: int, percen
     return float(np.mean(values)) if values else math.nan
 
 
+class _Scorer:
+    """Per-image rows and pooled counts of :func:`evaluate`."""
+
+    def __init__(self, predictor: Predictor, dataset: Any, hd_percentile: float) -> None:
+        self.predictor = predictor
+        self.class_names = list(getattr(dataset, "class_names", []) or [])
+        self.ignore_index = getattr(dataset, "ignore_index", None)
+        self.hd_percentile = hd_percentile
+        self.meter: Any = None
+        self.mode = ""
+        self.k = 0
+
+    def _start(self, k: int) -> None:
+        self.k, self.mode = k, self.predictor.mode_for(k)
+        self.meter = self._meter()
+        if not self.class_names:
+            self.class_names = ["background", "foreground"] if k == 1 else [f"class_{c}" for c in range(k)]
+
+    def _meter(self) -> Any:
+        from seglab.metrics import SegMeter
+
+        return SegMeter(
+            self.mode,
+            self.k,
+            ignore_index=self.ignore_index,
+            threshold=self.predictor.threshold,
+            sync_dist=False,
+        )
+
+    def score(
+        self, name: str, logits: torch.Tensor, truth: Any
+    ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+        """``(row, prediction (H, W), truth (H, W))`` for one image; the pooled counts are updated."""
+        if self.meter is None:
+            self._start(int(logits.shape[1]))
+        target = torch.as_tensor(np.asarray(truth)).to(torch.int64)[None].to(logits.device)  # (1, H, W)
+        one = self._meter()
+        one.update(logits, target)
+        self.meter.update(logits, target)
+        scores = one.compute()
+        pred = self.predictor.mask(logits)  # (H, W)
+        truth_np = target[0].cpu().numpy()
+        row: dict[str, Any] = {"name": name, **{s: float(scores[s]) for s in EVAL_SCORES}}
+        eval_truth = (
+            truth_np if self.ignore_index is None else np.where(truth_np == self.ignore_index, 0, truth_np)
+        )
+        hd = _hd(pred, eval_truth, self.mode, max(self.k, 2), self.hd_percentile)
+        row[f"hd{_pct(self.hd_percentile)}"] = hd
+        if self.mode == "multiclass":
+            row.update(_per_class("dice", scores["dice_per_class"], self.class_names))
+        return row, pred, truth_np
+
+    def overall(self) -> dict[str, float]:
+        scores = self.meter.compute()
+        out = {s: float(scores[s]) for s in EVAL_SCORES}
+        if self.mode == "multiclass":
+            out.update(_per_class("dice", scores["dice_per_class"], self.class_names))
+            out.update(_per_class("iou", scores["iou_per_class"], self.class_names))
+        return out
+
+
 def evaluate(
-    model: nn.Module | Any,
+    predictor: Predictor,
     dataset: Any,
     *,
-    normalization: Mapping[str, Sequence[float]],
-    mode: str | None = None,
-    tile: int | None = None,
-    overlap: float = 0.5,
-    tta: str | None = None,
     crf: bool = False,
-    threshold: float = 0.5,
     hd_percentile: float = 95.0,
-    device: str | torch.device = "cpu",
     keep_predictions: bool = False,
     progress: bool = False,
 ) -> EvalResult:
-    """Score a model on every image of a dataset (full images, never cropped).
+    """Score a predictor on every image of a dataset (full images, never cropped).
 
     Args:
-        model: a semantic model in eval mode (or a callable returning logits, e.g. an ONNX
-            runner), on ``device``.
+        predictor: a :class:`~seglab.engine.predictor.Predictor` (normalisation, tiles, TTA and
+            threshold are its own), e.g. ``Predictor.from_checkpoint("runs/demo/best.pt")``.
         dataset: raw samples ``(image (C, H, W) in file units, mask (H, W))``, e.g.
             ``seglab.data.get_dataset("hela", "test")``; ``names`` (if present) label the rows.
-        normalization: ``{"mean", "std"}`` used in training (stored in the checkpoint).
-        mode: ``"binary"`` or ``"multiclass"``; default: binary for one output channel.
-        tile: sliding-window tile size (``None``: whole padded images).
-        overlap: tile overlap.
-        tta: ``None``, ``"flips"`` or ``"d4"``.
         crf: refine probabilities with ``seglab.postprocess.dense_crf`` before scoring.
-        threshold: probability threshold of binary models.
         hd_percentile: percentile of the Hausdorff distance (95: HD95).
-        device: where to run.
         keep_predictions: keep images and masks in the result (for reports).
         progress: show a progress bar.
 
@@ -136,70 +177,39 @@ def evaluate(
 
     Raises:
         ValueError: an empty dataset, or images the model cannot take.
+        DataError: an image with NaN or infinite pixels.
     """
-    from seglab.engine.predict import _apply_crf
-    from seglab.metrics import SegMeter
-
     n = len(dataset)
     if n == 0:
         raise InvalidValueError("The evaluation dataset is empty; check the data path and split.")
-    device = torch.device(device)
     names = list(getattr(dataset, "names", [])) or [str(i) for i in range(n)]
-    class_names = list(getattr(dataset, "class_names", []) or [])
-    ignore_index = getattr(dataset, "ignore_index", None)
+    scorer = _Scorer(predictor, dataset, hd_percentile)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n, desc="evaluate", leave=False)
-    meter: Any = None
     per_image: list[dict[str, Any]] = []
     predictions: list[Prediction] = []
-    k = 0
     for i in range(n):
         image, truth = dataset[i]
         image_np = np.asarray(image)
-        x = normalize_image(image_np, normalization).to(device)  # (C, H, W)
-        logits = predict_logits(model, x[None], tile=tile, overlap=overlap, tta=tta)  # (1, K, H, W)
-        if crf:
-            logits = probs_to_logits(_apply_crf(image_np, logits_to_probs(logits)))
-        if meter is None:
-            k = int(logits.shape[1])
-            mode = mode or ("binary" if k == 1 else "multiclass")
-            meter = SegMeter(mode, k, ignore_index=ignore_index, threshold=threshold, sync_dist=False)
-            if not class_names:
-                class_names = ["background", "foreground"] if k == 1 else [f"class_{c}" for c in range(k)]
-        target = torch.as_tensor(np.asarray(truth)).to(torch.int64)[None].to(logits.device)  # (1, H, W)
-        one = SegMeter(mode, k, ignore_index=ignore_index, threshold=threshold, sync_dist=False)  # type: ignore[arg-type]
-        one.update(logits, target)
-        meter.update(logits, target)
-        scores = one.compute()
-        pred = logits_to_mask(logits, threshold)[0].cpu().numpy()  # (H, W)
-        truth_np = target[0].cpu().numpy()
-        row: dict[str, Any] = {"name": names[i] if i < len(names) else str(i)}
-        row.update({s: float(scores[s]) for s in EVAL_SCORES})
-        eval_truth = truth_np if ignore_index is None else np.where(truth_np == ignore_index, 0, truth_np)
-        row[f"hd{_pct(hd_percentile)}"] = _hd(pred, eval_truth, mode, max(k, 2), hd_percentile)  # type: ignore[arg-type]
-        if mode == "multiclass":
-            row.update(_per_class("dice", scores["dice_per_class"], class_names))
+        name = names[i] if i < len(names) else str(i)
+        _, logits = predict_image(predictor, image_np, name=name, crf=crf)  # (1, K, H, W)
+        row, pred, truth_np = scorer.score(name, logits, truth)
         per_image.append(row)
         if keep_predictions:
-            predictions.append(Prediction(row["name"], image_np, truth_np, pred))
+            predictions.append(Prediction(name, image_np, truth_np, pred))
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    overall_scores = meter.compute()
-    overall = {s: float(overall_scores[s]) for s in EVAL_SCORES}
-    if mode == "multiclass":
-        overall.update(_per_class("dice", overall_scores["dice_per_class"], class_names))
-        overall.update(_per_class("iou", overall_scores["iou_per_class"], class_names))
     return EvalResult(
         per_image=per_image,
         mean=_mean_rows(per_image),
-        overall=overall,
-        mode=str(mode),
-        class_names=class_names,
+        overall=scorer.overall(),
+        mode=scorer.mode,
+        class_names=scorer.class_names,
         predictions=predictions,
     )
 
@@ -214,14 +224,7 @@ def _per_class(score: str, values: Sequence[float], class_names: Sequence[str]) 
 
 @torch.no_grad()
 def calibrate_threshold(
-    model: nn.Module | Any,
-    dataset: Any,
-    *,
-    normalization: Mapping[str, Sequence[float]],
-    grid: Sequence[float] | None = None,
-    tile: int | None = None,
-    tta: str | None = None,
-    device: str | torch.device = "cpu",
+    predictor: Predictor, dataset: Any, *, grid: Sequence[float] | None = None
 ) -> tuple[float, dict[float, float]]:
     """The probability threshold of a binary model with the best pooled Dice on ``dataset``.
 
@@ -230,13 +233,10 @@ def calibrate_threshold(
     precision); a threshold above 0.5 corrects that.
 
     Args:
-        model: a binary model (one logit channel) in eval mode, on ``device``.
+        predictor: a binary model's :class:`~seglab.engine.predictor.Predictor` (its tiles and TTA
+            as evaluation will use them; its own threshold is ignored).
         dataset: raw ``(image, mask)`` samples.
-        normalization: ``{"mean", "std"}`` of training.
         grid: candidate thresholds (default 0.30, 0.35, ..., 0.80).
-        tile: sliding-window tile (``None``: whole images).
-        tta: test-time augmentation (``None``, ``"flips"``, ``"d4"``), as evaluation will use it.
-        device: where to run.
 
     Returns:
         ``(best threshold, {threshold: pooled Dice})``; ties go to the threshold nearest 0.5.
@@ -249,24 +249,22 @@ def calibrate_threshold(
         raise InvalidValueError(f"grid must hold thresholds in (0, 1); got {grid}.")
     if len(dataset) == 0:
         raise InvalidValueError("calibrate_threshold needs a non-empty (validation) dataset.")
-    device = torch.device(device)
     ignore_index = getattr(dataset, "ignore_index", None)
+    names = list(getattr(dataset, "names", []))
     tp = np.zeros(len(grid))
     pred_pos = np.zeros(len(grid))
     true_pos = 0.0
     for i in range(len(dataset)):
         image, truth = dataset[i]
-        x = normalize_image(np.asarray(image), normalization).to(device)  # (C, H, W)
-        logits = predict_logits(model, x[None], tile=tile, tta=tta)  # (1, K, H, W)
-        if logits.shape[1] != 1:
+        prob = predictor.predict_proba(np.asarray(image), name=names[i] if i < len(names) else str(i))
+        if prob.shape[0] != 1:
             raise InvalidValueError("calibrate_threshold is for binary models (one output channel).")
-        prob = torch.sigmoid(logits[0, 0].float()).cpu().numpy()  # (H, W)
         t = np.asarray(truth)
         valid = np.ones(t.shape, bool) if ignore_index is None else t != ignore_index
         fg = (t > 0) & valid
         true_pos += float(fg.sum())
         for j, thr in enumerate(grid):
-            p = (prob >= thr) & valid
+            p = (prob[0] >= thr) & valid
             tp[j] += float((p & fg).sum())
             pred_pos[j] += float(p.sum())
     dice = {
@@ -346,14 +344,8 @@ def evaluate_checkpoint(
     *,
     split: str = "test",
     out_dir: str | os.PathLike[str] | None = None,
-    tile: int | None = None,
-    overlap: float = 0.5,
-    tta: str | None = None,
-    crf: bool = False,
-    threshold: float | None = None,
-    device: str = "auto",
+    options: PredictOptions | None = None,
     data_options: Mapping[str, Any] | None = None,
-    progress: bool = True,
 ) -> tuple[EvalResult, dict[str, Path]]:
     """``seglab eval``: load a checkpoint, evaluate it on a dataset split, write the results.
 
@@ -362,12 +354,10 @@ def evaluate_checkpoint(
         data: a built-in dataset name or a folder.
         split: the split to score.
         out_dir: where to write; default ``<checkpoint folder>/eval-<data>-<split>``.
-        tile, overlap, tta, crf: see :func:`evaluate`.
-        threshold: probability threshold of binary models; ``None``: the checkpoint's calibrated
-            ``threshold`` if it has one (``seglab demo`` stores it), else 0.5.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        options: the prediction options (:class:`~seglab.engine.predict.PredictOptions`: ``tile``,
+            ``overlap``, ``tta``, ``crf``, ``threshold`` (default: the checkpoint's, else 0.5),
+            ``normalize``, ``device``, ``progress``; the file-output options are unused).
         data_options: options for ``seglab.data.get_dataset``.
-        progress: show a progress bar.
 
     Returns:
         ``(result, written paths)``. When ``split == "test"`` and the checkpoint sits in a run
@@ -378,23 +368,11 @@ def evaluate_checkpoint(
         FileNotFoundError, CheckpointError, ValueError: bad paths, checkpoint or data.
     """
     from seglab.data import get_dataset
-    from seglab.engine.predict import load_predictor
 
-    model, meta, dev = load_predictor(checkpoint, device=device)
+    opts = options or PredictOptions()
+    predictor = build_predictor(checkpoint, options=opts)
     dataset = get_dataset(data, split, **dict(data_options or {}))
-    result = evaluate(
-        model,
-        dataset,
-        normalization=meta["normalization"],
-        mode=meta.get("mode"),
-        tile=tile,
-        overlap=overlap,
-        tta=tta,
-        crf=crf,
-        threshold=float(meta.get("threshold", 0.5)) if threshold is None else float(threshold),
-        device=dev,
-        progress=progress,
-    )
+    result = evaluate(predictor, dataset, crf=opts.crf, progress=opts.progress)
     ckpt = Path(checkpoint)
     data_name = Path(os.fspath(data)).name or "data"
     out = Path(out_dir) if out_dir is not None else ckpt.parent / f"eval-{data_name}-{split}"
@@ -402,22 +380,31 @@ def evaluate_checkpoint(
         "checkpoint": str(ckpt),
         "data": os.fspath(data),
         "split": split,
-        "tile": tile,
-        "overlap": overlap,
-        "tta": tta,
-        "crf": crf,
-        "threshold": float(meta.get("threshold", 0.5)) if threshold is None else float(threshold),
+        "tile": opts.tile,
+        "overlap": predictor.overlap,
+        "tta": opts.tta,
+        "crf": opts.crf,
+        "threshold": predictor.threshold,
+        "normalization": predictor.normalization.method,
     }
     paths = write_eval(result, out, extra=extra)
-    run_metrics = ckpt.parent / "metrics.json"
-    if split == "test" and run_metrics.is_file():
-        try:
-            run = json.loads(run_metrics.read_text())
-        except json.JSONDecodeError:
-            run = None
-        if isinstance(run, dict):
-            run["test"] = _json_value(
-                {**result.overall, "hd95": result.mean.get("hd95"), "data": os.fspath(data), **extra}
-            )
-            run_metrics.write_text(json.dumps(run, indent=2))
+    if split == "test":
+        _record_test(ckpt.parent / "metrics.json", result, data, extra)
     return result, paths
+
+
+def _record_test(
+    run_metrics: Path, result: EvalResult, data: str | os.PathLike[str], extra: Mapping[str, Any]
+) -> None:
+    """Store the test scores in the run's ``metrics.json`` (read by ``seglab compare``), if it has one."""
+    if not run_metrics.is_file():
+        return
+    try:
+        run = json.loads(run_metrics.read_text())
+    except json.JSONDecodeError:
+        return
+    if isinstance(run, dict):
+        run["test"] = _json_value(
+            {**result.overall, "hd95": result.mean.get("hd95"), "data": os.fspath(data), **extra}
+        )
+        write_text_atomic(run_metrics, json.dumps(run, indent=2))

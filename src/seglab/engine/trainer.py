@@ -8,24 +8,29 @@ trainer never looks at a model's name.
 What a run does:
 
 * **data**: random crops of the training split (``data.crop``), ``data.samples_per_epoch`` of them
-  per epoch (small datasets are repeated, each pass in a new order); validation on full images
-  with :func:`~seglab.engine.predict.predict_logits` (padding to the model's size divisor, or a
-  sliding window with ``tile``), the same helper ``seglab eval`` and ``seglab predict`` use.
+  per epoch (small datasets are repeated, each pass in a new order), normalised by the run's
+  :class:`~seglab.data.normalize.Normalization` (``data.normalize``, :func:`build_normalization`)
+  on the whole image before cropping, with per-image parameters cached; validation on full images
+  with :func:`~seglab.engine.predictor.predict_logits` (padding to the model's size divisor, or a
+  sliding window with ``tile``), the same function ``seglab eval`` and ``seglab predict`` use.
 * **optimisation**: AdamW or SGD (no weight decay on norms and biases), a per-step cosine / poly /
   constant schedule with linear warm-up, gradient clipping, mixed precision on CUDA (bf16, or fp16
   with a gradient scaler).
 * **bookkeeping** (rank 0 only): ``<run>/config.yaml``, ``metrics.csv`` (one row per epoch;
-  wall-clock columns end in ``_time``), ``metrics.json``, ``last.pt`` every epoch and ``best.pt`` on
-  improvement of ``monitor`` (both written atomically).
+  wall-clock columns end in ``_time``), ``metrics.json``, ``last.pt`` (everything a resume needs)
+  every epoch and ``best.pt`` (the weights and what prediction needs) on improvement of
+  ``monitor`` (both written atomically).
 * **reproducibility**: every epoch starts from generators seeded by ``(seed, epoch, rank)``, and
   checkpoints hold the optimiser, schedule, scaler and RNG states, so ``resume`` continues exactly:
   on the CPU an interrupted run resumed from ``last.pt`` gives the same ``metrics.csv`` rows as an
   uninterrupted one.
 * **safety**: a non-finite loss stops the run (:class:`NonFiniteLossError`, naming the epoch and
   step) with the last good checkpoint kept; early stopping after ``patience`` validations without
-  improvement; ``max_time`` either ends the run before an epoch that would overrun the budget
-  (``time_policy="stop"``) or shortens the plan so the learning-rate schedule still completes
-  within it (``time_policy="fit"``, what ``seglab demo`` uses).
+  improvement; ``max_time`` is checked after every step (the run stops at the first step
+  boundary past it, validates that epoch, saves and says so), and either ends the run before an
+  epoch that would overrun the budget (``time_policy="stop"``) or shortens the plan so the
+  learning-rate schedule still completes within it (``time_policy="fit"``, what ``seglab demo``
+  uses).
 * **scale**: under ``torchrun`` the model is wrapped in ``DistributedDataParallel`` (NCCL on CUDA,
   gloo on the CPU), each rank reads its share through a ``DistributedSampler`` and the metrics are
   summed over ranks.
@@ -41,6 +46,7 @@ adapter (torchvision's detection contract: a losses dict in train mode, a list o
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
 import json
 import math
@@ -59,6 +65,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from seglab._options import check_choice, did_you_mean
+from seglab.data.normalize import Normalization
+from seglab.data.transforms import Compose, NormalizeImage
 from seglab.engine._files import csv_text, json_cell, jsonable, write_text_atomic
 from seglab.engine.checkpoint import (
     CHECKPOINT_KEYS,
@@ -70,7 +78,7 @@ from seglab.engine.checkpoint import (
 )
 from seglab.engine.config import TrainConfig, save_config
 from seglab.engine.distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
-from seglab.errors import InvalidTypeError, InvalidValueError, SeglabError
+from seglab.errors import ConfigError, InvalidTypeError, InvalidValueError, SeglabError
 from seglab.metrics.scores import SCORES
 
 __all__ = [
@@ -80,8 +88,10 @@ __all__ = [
     "TaskAdapter",
     "TrainResult",
     "Trainer",
+    "build_normalization",
     "build_optimizer",
     "build_scheduler",
+    "cpu_model_defaults",
     "lr_factor",
     "register_task_adapter",
     "resolve_device",
@@ -103,7 +113,8 @@ class TrainResult:
         best_epoch: epoch of ``best.pt``.
         history: one dict per epoch (the rows of ``metrics.csv``).
         stopped: why the run ended: ``"completed"``, ``"early_stopping"``, ``"time_limit"``
-            (``time_policy="stop"``), ``"time_budget"`` (``time_policy="fit"`` shortened the plan) or
+            (``max_time`` reached within an epoch, or ``time_policy="stop"`` before one),
+            ``"time_budget"`` (``time_policy="fit"`` shortened the plan) or
             ``"until_epoch"``.
         train_time: seconds spent in training and validation, this session and earlier ones.
     """
@@ -262,12 +273,19 @@ class _Transformed(Dataset):
         if self.base_len == 0:
             raise InvalidValueError("The dataset is empty; check the data path and split.")
         self.length = int(length) if length is not None else self.base_len
+        pipeline = transform if transform is not None else getattr(dataset, "transform", None)
+        steps = pipeline.transforms if isinstance(pipeline, Compose) else []
+        # the whole-image normalisation caches each image's parameters under the image's index
+        self._normalize = next((t for t in steps if isinstance(t, NormalizeImage)), None)
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> Any:
-        image, target = self.dataset[index % self.base_len]
+        base = index % self.base_len
+        if self._normalize is not None:
+            self._normalize.key = base
+        image, target = self.dataset[base]
         return self.transform(image, target) if self.transform is not None else (image, target)
 
 
@@ -302,6 +320,87 @@ def _dataset_stats(dataset: Any) -> dict[str, list[float]]:
     from seglab.data.base import channel_stats
 
     return channel_stats(np.asarray(dataset[i][0]) for i in range(len(dataset)))
+
+
+def _raw_images(dataset: Any) -> Iterator[np.ndarray]:
+    for i in range(len(dataset)):
+        yield np.asarray(dataset[i][0])
+
+
+def build_normalization(data: Any, dataset: Any, in_channels: int) -> Normalization:
+    """The :class:`~seglab.data.normalize.Normalization` a run trains with (``data.normalize``).
+
+    ``"auto"`` takes the dataset's default (:func:`seglab.data.builtin.default_normalization`:
+    ``percentile`` for hela, bacteria and folders), or ``fixed`` when ``data.mean`` and
+    ``data.std`` are both set. ``dataset`` computes the training split's mean/std (``data.mean``
+    / ``data.std`` override them); ``fixed`` takes them from ``data.normalize_options`` or
+    ``data.mean``/``data.std``. Both keep the training images' intensity range for the
+    out-of-range guard.
+
+    Args:
+        data: the run's :class:`~seglab.engine.config.DataConfig`.
+        dataset: the raw training split.
+        in_channels: image channels.
+
+    Raises:
+        ConfigError: statistics for a per-image method, missing or wrongly sized statistics.
+    """
+    from seglab.data.builtin import default_normalization
+
+    method, options = data.normalize, dict(data.normalize_options)
+    given = {k: v for k, v in (("mean", data.mean), ("std", data.std)) if v is not None}
+    if method == "auto" and given:
+        method = "fixed" if len(given) == 2 else "dataset"
+    elif method == "auto":
+        method, defaults = default_normalization(data.name)
+        options = {**defaults, **options}
+    if method in ("dataset", "fixed"):
+        options.update(given)
+        if method == "dataset":
+            stats = _dataset_stats(dataset) if len({"mean", "std"} & set(options)) < 2 else {}
+            options = {**stats, **options}
+    elif given or {"mean", "std"} & set(options):
+        raise ConfigError(
+            f"data.mean/data.std (or normalize_options mean/std) are for data.normalize 'dataset' or 'fixed'; "
+            f"{method!r} computes its statistics per image."
+        )
+    try:
+        norm = Normalization(method, **options)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"data.normalize={method!r} with options {options}: {err}") from None
+    if norm.in_channels not in (None, in_channels):
+        raise ConfigError(
+            f"Normalisation needs one mean and std per input channel ({in_channels}); got mean {list(norm.mean or [])} "
+            f"and std {list(norm.std or [])}."
+        )
+    return norm.with_reference(_raw_images(dataset)) if method in ("dataset", "fixed") else norm
+
+
+def cpu_model_defaults(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
+    """Model options that fit a CPU, for a run that names a model but not its size (``seglab train``).
+
+    On the CPU, a model built without options gets ``base_channels=16`` (U-Net family: the demo's
+    width; the 64-channel default U-Net has 31 M parameters and takes minutes per step batch) and
+    ``encoder="resnet18"`` (DeepLab, PSPNet: instead of ResNet-50), where its builder takes them.
+    On CUDA, or when options are given, nothing changes.
+
+    Returns:
+        ``(config, the options applied)``; ``{}`` when none were.
+    """
+    from seglab.models import model_info
+
+    if config.model.options or resolve_device(config.device).type != "cpu":
+        return config, {}
+    params = model_info(config.model.name).options
+    applied = {k: v for k, v in _CPU_SIZES.items() if k in params and params[k].default != v}
+    if not applied:
+        return config, {}
+    return dataclasses.replace(
+        config, model=dataclasses.replace(config.model, options=dict(applied))
+    ), applied
+
+
+_CPU_SIZES: dict[str, Any] = {"base_channels": 16, "encoder": "resnet18"}
 
 
 # -- task adapters (the extension point for instance segmentation) ---------------------------------------
@@ -454,8 +553,6 @@ class Trainer:
         train_dataset: Dataset | None = None,
         val_dataset: Dataset | None = None,
     ) -> None:
-        from seglab.models import create_model, model_info
-
         config.validate()
         self.config = config
         if config.threads is not None:
@@ -465,8 +562,26 @@ class Trainer:
         self.device = resolve_device(config.device, self.dist)
         self.run_dir = config.run_dir()
         self.is_main = self.dist.is_main
+        info = self._setup_task()
+        resume_state = self._read_resume()
+        self._setup_data(train_dataset, val_dataset, resume_state)
+        self._setup_model(info)
+        # state
+        self.epoch = 0
+        self.best_score = math.nan
+        self.best_epoch = 0
+        self.bad_epochs = 0
+        self.history: list[dict[str, Any]] = []
+        self.elapsed = 0.0
+        self._clock: tuple[float, float] | None = None  # (session start, elapsed before it) while fitting
+        if resume_state is not None:
+            self._load_state(resume_state)
 
-        info = model_info(config.model.name)
+    def _setup_task(self) -> Any:
+        """The model's registry entry, its task adapter class and the monitored metric."""
+        from seglab.models import model_info
+
+        info = model_info(self.config.model.name)
         if info.task not in TASK_ADAPTERS and info.task in _ADAPTER_MODULES:
             importlib.import_module(_ADAPTER_MODULES[info.task])
         if info.task not in TASK_ADAPTERS:
@@ -475,24 +590,43 @@ class Trainer:
                 f"(available: {', '.join(TASK_ADAPTERS)}); register one with seglab.engine.register_task_adapter."
             )
         self.task = info.task
-        adapter_cls = TASK_ADAPTERS[self.task]
-        self.monitor = adapter_cls.default_monitor if config.monitor == "auto" else config.monitor
-        if adapter_cls.monitors is not None:
-            check_choice("monitor", self.monitor, ["auto", *adapter_cls.monitors])
+        self._adapter_cls = TASK_ADAPTERS[self.task]
+        monitor = self.config.monitor
+        self.monitor = self._adapter_cls.default_monitor if monitor == "auto" else monitor
+        if self._adapter_cls.monitors is not None:
+            check_choice("monitor", self.monitor, ["auto", *self._adapter_cls.monitors])
+        return info
 
-        resume_state = None
-        if config.resume:
-            resume_state = load_checkpoint(config.resume, require=CHECKPOINT_KEYS)
-            if resume_state["model_name"] != config.model.name or dict(resume_state["model_options"]) != dict(
-                config.model.options
-            ):
-                raise InvalidValueError(
-                    f"The checkpoint {config.resume} holds model {resume_state['model_name']!r} with options "
-                    f"{resume_state['model_options']}, but the config asks for {config.model.name!r} with "
-                    f"{config.model.options}. Resume with the run's own config (seglab train --resume PATH)."
-                )
+    def _read_resume(self) -> dict[str, Any] | None:
+        """The resume checkpoint (``last.pt``), checked against the config's model."""
+        config = self.config
+        if not config.resume:
+            return None
+        state = load_checkpoint(config.resume)
+        missing = [k for k in CHECKPOINT_KEYS if k not in state]
+        if missing:
+            raise CheckpointError(
+                f"{config.resume} holds the weights only (no {', '.join(missing[:3])}, ...), as best.pt does; "
+                "resume from the run's last.pt."
+            )
+        if state["model_name"] != config.model.name or dict(state["model_options"]) != dict(
+            config.model.options
+        ):
+            raise InvalidValueError(
+                f"The checkpoint {config.resume} holds model {state['model_name']!r} with options "
+                f"{state['model_options']}, but the config asks for {config.model.name!r} with "
+                f"{config.model.options}. Resume with the run's own config (seglab train --resume PATH)."
+            )
+        return state
 
-        # data
+    def _setup_data(
+        self,
+        train_dataset: Dataset | None,
+        val_dataset: Dataset | None,
+        resume_state: Mapping[str, Any] | None,
+    ) -> None:
+        """Datasets, mode, class names and the normalisation (whole images, cached per image)."""
+        config = self.config
         raw_train = train_dataset if train_dataset is not None else self._get_dataset(config.data.train_split)
         raw_val = val_dataset
         if raw_val is None and config.data.val_split:
@@ -507,36 +641,32 @@ class Trainer:
         if mode == "multiclass" and k < 2:
             raise InvalidValueError(f"data.mode='multiclass' needs at least 2 classes; the dataset has {k}.")
         self.mode = mode
-        self.adapter = adapter_cls(self)
+        self.adapter = self._adapter_cls(self)
         self.out_channels = self.adapter.num_outputs(k, mode)
         if resume_state is not None:
-            self.normalization = dict(resume_state["normalization"])
-        elif config.data.mean is not None and config.data.std is not None:
-            self.normalization = {"mean": list(config.data.mean), "std": list(config.data.std)}
+            self.normalization = Normalization.from_dict(resume_state["normalization"])
         else:
-            stats = _dataset_stats(raw_train)
-            self.normalization = {
-                "mean": list(config.data.mean or stats["mean"]),
-                "std": list(config.data.std or stats["std"]),
-            }
-        if len(self.normalization["mean"]) != c_in or len(self.normalization["std"]) != c_in:
-            raise InvalidValueError(
-                f"Normalisation needs one mean and std per input channel ({c_in}); got mean "
-                f"{self.normalization['mean']} and std {self.normalization['std']}."
-            )
+            self.normalization = build_normalization(config.data, raw_train, c_in)
         from seglab.data.transforms import eval_transforms, train_transforms
 
-        mean, std = self.normalization["mean"], self.normalization["std"]
-        train_tf = train_transforms(crop=config.data.crop, mean=mean, std=std, **config.data.augment)
+        norm = self.normalization
+        train_tf = train_transforms(crop=config.data.crop, normalization=norm, **config.data.augment)
         self.train_set = _Transformed(raw_train, train_tf, config.data.samples_per_epoch)
         self.val_set = (
-            _Transformed(raw_val, eval_transforms(mean=mean, std=std)) if raw_val is not None else None
+            _Transformed(raw_val, eval_transforms(normalization=norm)) if raw_val is not None else None
         )
 
-        # model, loss, optimisation
+    def _setup_model(self, info: Any) -> None:
+        """Model, loss, DDP wrapper, optimiser, loaders, schedule and mixed precision."""
+        from seglab.models import create_model
+
+        config = self.config
         seed_everything(config.seed)
         self.model = create_model(
-            config.model.name, in_channels=c_in, num_classes=self.out_channels, **config.model.options
+            config.model.name,
+            in_channels=self.in_channels,
+            num_classes=self.out_channels,
+            **config.model.options,
         ).to(self.device)
         self.num_params = sum(p.numel() for p in self.model.parameters())
         loss_fn = self.adapter.build_loss(info.default_loss)
@@ -560,16 +690,6 @@ class Trainer:
         )
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-
-        # state
-        self.epoch = 0
-        self.best_score = math.nan
-        self.best_epoch = 0
-        self.bad_epochs = 0
-        self.history: list[dict[str, Any]] = []
-        self.elapsed = 0.0
-        if resume_state is not None:
-            self._load_state(resume_state)
 
     # -- construction helpers ---------------------------------------------------------------------
     def _get_dataset(self, split: str) -> Dataset:
@@ -622,8 +742,9 @@ class Trainer:
         )
 
     # -- checkpoint state ---------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """The checkpoint dict (see :mod:`seglab.engine.checkpoint` for the keys)."""
+    def model_state(self) -> dict[str, Any]:
+        """What ``best.pt`` holds: the weights and what prediction needs (no optimiser, schedule,
+        scaler or RNG states; see :data:`~seglab.engine.checkpoint.BEST_KEYS`)."""
         import seglab
 
         return {
@@ -634,18 +755,22 @@ class Trainer:
             "num_classes": self.out_channels,
             "mode": self.mode,
             "class_names": list(self.class_names),
-            "normalization": {
-                "mean": list(self.normalization["mean"]),
-                "std": list(self.normalization["std"]),
-            },
+            "normalization": self.normalization.to_dict(),
             "model": self.model.state_dict(),
             "config": self.config.to_dict(),
             "epoch": self.epoch,
+            "best_score": self.best_score,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """What ``last.pt`` holds: :meth:`model_state` plus everything an exact resume needs
+        (see :data:`~seglab.engine.checkpoint.CHECKPOINT_KEYS`)."""
+        return {
+            **self.model_state(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": get_rng_state(),
-            "best_score": self.best_score,
             "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs,
             "elapsed": self.elapsed,
@@ -689,59 +814,22 @@ class Trainer:
             NonFiniteLossError: the loss became NaN/inf (``last.pt`` of the previous epoch is kept).
         """
         cfg = self.config
-        if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.yaml")
-            self._log(
-                f"training {cfg.model.name} ({self.num_params:,} parameters) on {cfg.data.name}: {self.mode}, "
-                f"{len(self.train_set)} samples x {cfg.epochs} epochs, {self.steps_per_epoch} steps/epoch, "
-                f"device {self.device}"
-                + (f", {self.dist.world_size} processes" if self.dist.is_distributed else "")
-                + (f", resuming after epoch {self.epoch}" if self.epoch else "")
-                + f" -> {self.run_dir}"
-            )
+        self._announce()
         stopped = "completed"
         last = cfg.epochs if until_epoch is None else min(cfg.epochs, int(until_epoch))
-        session_start = time.perf_counter()
-        elapsed_before = self.elapsed
+        self._clock = (time.perf_counter(), self.elapsed)
         epoch_times: list[float] = []
         try:
             while self.epoch < min(last, self.planned_epochs):
-                if cfg.max_time is not None and epoch_times and cfg.time_policy == "stop":
-                    spent = elapsed_before + time.perf_counter() - session_start
-                    over = spent + sum(epoch_times) / len(epoch_times) > cfg.max_time
-                    if self.dist.is_distributed:  # rank 0's clock decides for all ranks
-                        from seglab.engine.distributed import broadcast_object
-
-                        over = broadcast_object(over)
-                    if over:
-                        stopped = "time_limit"
-                        self._log(
-                            f"stopping after epoch {self.epoch}: another epoch would exceed max_time={cfg.max_time:g}s"
-                        )
-                        break
-                t0 = time.perf_counter()
-                self.epoch += 1
-                row = self._run_epoch()
-                epoch_times.append(time.perf_counter() - t0)
-                self.elapsed += epoch_times[-1]
-                if cfg.max_time is not None and cfg.time_policy == "fit":
-                    self._fit_plan_to_time(epoch_times)
-                    if (
-                        self.epoch >= self.planned_epochs
-                        and "val_loss" not in row
-                        and self.val_loader is not None
-                    ):
-                        t1 = time.perf_counter()
-                        row.update(self._validate())  # the plan ends here: the final weights get scored
-                        row["val_time"] = time.perf_counter() - t1
-                stop = self._end_epoch(row)
-                if stop:
-                    stopped = "early_stopping"
+                if self._next_epoch_overruns(epoch_times):
+                    stopped = "time_limit"
                     self._log(
-                        f"early stopping: no improvement of val {self.monitor} for {self.bad_epochs} validation(s); "
-                        f"best {self.best_score:.4f} at epoch {self.best_epoch}"
+                        f"stopping after epoch {self.epoch}: another epoch would exceed max_time={cfg.max_time:g}s"
                     )
+                    break
+                reason = self._one_epoch(epoch_times)
+                if reason is not None:
+                    stopped = reason
                     break
             else:
                 if self.planned_epochs < cfg.epochs and self.epoch >= self.planned_epochs:
@@ -749,11 +837,12 @@ class Trainer:
                 elif until_epoch is not None and self.epoch < cfg.epochs:
                     stopped = "until_epoch"
         finally:
+            self._clock = None
             if self._owns_process_group:
                 barrier()
         if self.is_main:
             self._write_metrics(stopped)
-        result = TrainResult(
+        return TrainResult(
             run_dir=self.run_dir,
             best_score=self.best_score,
             best_epoch=self.best_epoch,
@@ -761,7 +850,89 @@ class Trainer:
             stopped=stopped,
             train_time=self.elapsed,
         )
-        return result
+
+    def _announce(self) -> None:
+        """Create the run folder, save the config, log what the run does (rank 0)."""
+        cfg = self.config
+        if not self.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.run_dir / "config.yaml")
+        self._log(
+            f"training {cfg.model.name} ({self.num_params:,} parameters) on {cfg.data.name}: {self.mode}, "
+            f"{self.normalization.method} normalisation, {len(self.train_set)} samples x {cfg.epochs} epochs, "
+            f"{self.steps_per_epoch} steps/epoch, device {self.device}"
+            + (f", {self.dist.world_size} processes" if self.dist.is_distributed else "")
+            + (f", resuming after epoch {self.epoch}" if self.epoch else "")
+            + f" -> {self.run_dir}"
+        )
+
+    def _spent(self) -> float:
+        """Seconds of training and validation so far, earlier sessions included."""
+        if self._clock is None:
+            return self.elapsed
+        start, before = self._clock
+        return before + time.perf_counter() - start
+
+    def _next_epoch_overruns(self, epoch_times: Sequence[float]) -> bool:
+        """time_policy="stop": whether an epoch of the average length would overrun ``max_time``."""
+        cfg = self.config
+        if cfg.max_time is None or not epoch_times or cfg.time_policy != "stop":
+            return False
+        over = self._spent() + sum(epoch_times) / len(epoch_times) > cfg.max_time
+        if self.dist.is_distributed:  # rank 0's clock decides for all ranks
+            from seglab.engine.distributed import broadcast_object
+
+            over = broadcast_object(over)
+        return bool(over)
+
+    def _out_of_time(self) -> bool:
+        """Whether ``max_time`` has passed (checked after every step; any rank's clock stops all)."""
+        if self.config.max_time is None or self._clock is None:
+            return False
+        over = torch.tensor(float(self._spent() > self.config.max_time), device=self.device)
+        if self.dist.is_distributed:
+            torch.distributed.all_reduce(over, op=torch.distributed.ReduceOp.MAX)
+        return bool(over > 0)
+
+    def _one_epoch(self, epoch_times: list[float]) -> str | None:
+        """Train (and validate) one epoch and checkpoint; the reason to stop, or ``None`` to go on.
+
+        An epoch cut short by ``max_time`` (at a step boundary) is validated, so the run always
+        ends with scored weights, and saved; the run then stops with ``"time_limit"``.
+        """
+        cfg = self.config
+        t0 = time.perf_counter()
+        self.epoch += 1
+        row = self._run_epoch()
+        epoch_times.append(time.perf_counter() - t0)
+        self.elapsed += epoch_times[-1]
+        cut = "train_steps" in row
+        if cfg.max_time is not None and cfg.time_policy == "fit" and not cut:
+            self._fit_plan_to_time(epoch_times)
+        plan_ends = (
+            cfg.max_time is not None and cfg.time_policy == "fit" and self.epoch >= self.planned_epochs
+        )
+        if (cut or plan_ends) and "val_loss" not in row and self.val_loader is not None:
+            t1 = time.perf_counter()
+            row.update(self._validate())  # the run ends here: the final weights get scored
+            row["val_time"] = time.perf_counter() - t1
+            self.elapsed += row["val_time"]
+        stop = self._end_epoch(row)
+        if cut:
+            self._log(
+                f"stopped early: max_time={cfg.max_time:g}s reached at epoch {self.epoch}, step "
+                f"{row['train_steps']}/{self.steps_per_epoch}; saved {self.run_dir / 'last.pt'} "
+                "(continue with --resume and a larger --max-time)"
+            )
+            return "time_limit"
+        if stop:
+            self._log(
+                f"early stopping: no improvement of val {self.monitor} for {self.bad_epochs} validation(s); "
+                f"best {self.best_score:.4f} at epoch {self.best_epoch}"
+            )
+            return "early_stopping"
+        return None
 
     def _fit_plan_to_time(self, epoch_times: Sequence[float]) -> None:
         """time_policy="fit": set the plan (and so the schedule) to the epochs that still fit in max_time.
@@ -824,7 +995,7 @@ class Trainer:
             row["val_time"] = time.perf_counter() - t1
         return row
 
-    def _train_one_epoch(self) -> dict[str, float]:
+    def _train_one_epoch(self) -> dict[str, Any]:
         cfg = self.config
         model = self.ddp_model
         model.train()
@@ -862,9 +1033,13 @@ class Trainer:
                 dice = meter.compute()["dice"] if seen_pred else math.nan
                 if bar is not None:
                     bar.set_postfix({"loss": f"{float(sums['loss']) / steps:.4f}", "dice": f"{dice:.4f}"})
+            if step < self.steps_per_epoch and self._out_of_time():
+                break  # max_time: stop at this step boundary
         if bar is not None:
             bar.close()
-        out: dict[str, float] = {}
+        out: dict[str, Any] = {}
+        if steps < self.steps_per_epoch:
+            out["train_steps"] = steps
         if steps:
             # loss first, then the meter's Dice on the crops, then the loss terms ("train_loss_<term>")
             keys = ["loss", *sorted(k for k in sums if k != "loss")]
@@ -969,10 +1144,9 @@ class Trainer:
             improved = True  # no validation: the latest weights are the best we know
             self.best_epoch = self.epoch
         if self.is_main:
-            state = self.state_dict()
-            save_checkpoint(self.run_dir / "last.pt", state)
+            save_checkpoint(self.run_dir / "last.pt", self.state_dict())
             if improved:
-                save_checkpoint(self.run_dir / "best.pt", state)
+                save_checkpoint(self.run_dir / "best.pt", self.model_state())
             self._write_metrics("running")
             self._log(self._summary(row, improved))
         return stop

@@ -45,9 +45,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from seglab.errors import InvalidTypeError, InvalidValueError, MissingFileError
+from seglab.errors import InvalidTypeError, InvalidValueError, MissingFileError, missing_extra
 from seglab.inference._onnx_checks import check_onnx_file
 from seglab.inference.prepare import prepare
+from seglab.inference.runner import Runner
 
 __all__ = ["OnnxModel", "check_onnx", "export_onnx"]
 
@@ -131,6 +132,64 @@ def _second_size(hw: tuple[int, int], divisor: int) -> tuple[int, int]:
     return hw[0] + d, hw[1] + 3 * d
 
 
+def _require_exporter() -> None:
+    """The ONNX exporter needs ``onnx`` and ``onnxscript`` (the ``seglab[onnx]`` extra)."""
+    import importlib.util
+
+    for package in ("onnx", "onnxscript"):
+        if importlib.util.find_spec(package) is None:
+            raise missing_extra(package, "onnx", "ONNX export")
+
+
+def _dynamic_program(
+    prepared: nn.Module,
+    shape: tuple[int, int, int, int],
+    divisor: int,
+    dynamic: bool | str,
+    opset: int | None,
+) -> tuple[Any, int, list[int] | None, list[str]]:
+    """Try dynamic exports: ``(program or None, step, smallest H/W, reasons the tries failed)``."""
+    hw = (shape[2], shape[3])
+    # the model's own size rule first; code whose shape arithmetic needs more (ceil-mode pooling
+    # chains, as FCN's) often exports for multiples of 32, when the example size is one
+    wide = math.lcm(divisor, 32)
+    steps = [divisor, wide] if hw[0] % wide == 0 and hw[1] % wide == 0 else [divisor]
+    reasons: list[str] = []
+    for step in dict.fromkeys(steps):
+        try:
+            # trace at a comfortable size (a multiple of the step, >= 128 and >= 2 steps): a
+            # symbol that reaches 1 anywhere in the network (one step, the deepest level of an
+            # encoder) gets specialised to a constant
+            size = [-(-max(s, 2 * step, 128) // step) * step for s in hw]
+            exported = _graph(prepared, torch.randn(max(2, shape[0]), shape[1], *size), step)
+            min_hw = _min_hw(exported) if step == 1 else [step, step]
+            program = _to_onnx(exported, opset)
+        except Exception as err:  # "auto" moves on and, in the end, says why
+            if dynamic is True and step == steps[-1]:
+                raise
+            reasons.append(f"dynamic export for multiples of {step} failed ({_first_line(err)})")
+            continue
+        second = _second_size(hw, step)
+        if min_hw is not None:
+            second = (max(second[0], min_hw[0]), max(second[1], min_hw[1]))
+        reason = _disagreement(prepared, program, second, shape[1]) if dynamic == "auto" else ""
+        if not reason:
+            return program, step, min_hw, reasons
+        reasons.append(reason)
+    return None, divisor, None, reasons
+
+
+def _check_export_args(model: nn.Module, dynamic: bool | str, opset: int | None) -> None:
+    if not isinstance(model, nn.Module):
+        raise InvalidTypeError(f"export_onnx expects an nn.Module, got {type(model).__name__}.")
+    if dynamic not in ("auto", True, False):
+        raise InvalidValueError(f"dynamic must be True, False or 'auto'; got {dynamic!r}.")
+    if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int) or opset < 18):
+        raise InvalidValueError(
+            f"opset must be an integer >= 18 (the torch.export-based exporter's minimum); got {opset!r}."
+        )
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
@@ -159,6 +218,7 @@ def export_onnx(
         TypeError: ``model`` is not an ``nn.Module``.
         ValueError: a bad ``input_shape`` / ``dynamic``, or ``dynamic=True`` for a model whose
             output is smaller than its input.
+        MissingExtraError: ``onnx`` or ``onnxscript`` is not installed (``pip install 'seglab[onnx]'``).
 
     Example:
         >>> import seglab, tempfile, os
@@ -167,14 +227,8 @@ def export_onnx(
         >>> OnnxModel(p).dynamic
         True
     """
-    if not isinstance(model, nn.Module):
-        raise InvalidTypeError(f"export_onnx expects an nn.Module, got {type(model).__name__}.")
-    if dynamic not in ("auto", True, False):
-        raise InvalidValueError(f"dynamic must be True, False or 'auto'; got {dynamic!r}.")
-    if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int) or opset < 18):
-        raise InvalidValueError(
-            f"opset must be an integer >= 18 (the torch.export-based exporter's minimum); got {opset!r}."
-        )
+    _check_export_args(model, dynamic, opset)
+    _require_exporter()
     shape = _input_shape(model, input_shape)
     hw = (shape[2], shape[3])
     out_hw = _output_hw(model, hw)
@@ -186,42 +240,16 @@ def export_onnx(
             "fixed size only; use dynamic=False or 'auto' and run large images through sliding_window."
         )
     prepared = prepare(model, device="cpu", channels_last=False)
-    example = torch.randn(max(2, shape[0]), *shape[1:])  # batch >= 2 keeps the batch dimension symbolic
-    program, step, reasons, min_hw = None, divisor, [], None
+    program, step, min_hw, reasons = None, divisor, None, []
     if same_size and dynamic in ("auto", True):
-        # the model's own size rule first; code whose shape arithmetic needs more (ceil-mode pooling
-        # chains, as FCN's) often exports for multiples of 32, when the example size is one
-        wide = math.lcm(divisor, 32)
-        steps = [divisor, wide] if hw[0] % wide == 0 and hw[1] % wide == 0 else [divisor]
-        for step in dict.fromkeys(steps):
-            try:
-                # trace at a comfortable size (a multiple of the step, >= 128 and >= 2 steps): a
-                # symbol that reaches 1 anywhere in the network (one step, the deepest level of
-                # an encoder) gets specialised to a constant
-                size = [-(-max(s, 2 * step, 128) // step) * step for s in hw]
-                traced = torch.randn(example.shape[0], shape[1], *size)
-                exported = _graph(prepared, traced, step)
-                min_hw = _min_hw(exported) if step == 1 else [step, step]
-                program = _to_onnx(exported, opset)
-            except Exception as err:  # "auto" moves on and, in the end, says why
-                if dynamic is True and step == steps[-1]:
-                    raise
-                reasons.append(f"dynamic export for multiples of {step} failed ({_first_line(err)})")
-                continue
-            second = _second_size(hw, step)
-            if min_hw is not None:
-                second = (max(second[0], min_hw[0]), max(second[1], min_hw[1]))
-            reason = _disagreement(prepared, program, second, shape[1]) if dynamic == "auto" else ""
-            if not reason:
-                break
-            reasons.append(reason)
-            program = None
+        program, step, min_hw, reasons = _dynamic_program(prepared, shape, divisor, dynamic, opset)
     is_dynamic = program is not None
     if program is None:
         if reasons:
             warnings.warn(
                 f"export_onnx: exported at the fixed size {hw}: {'; '.join(reasons)}.", stacklevel=2
             )
+        example = torch.randn(max(2, shape[0]), *shape[1:])  # batch >= 2 keeps the batch symbolic
         program = _to_onnx(_graph(prepared, example, None), opset)
     meta = {
         "seglab.format": "1",
@@ -282,8 +310,9 @@ def _default_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available] or available
 
 
-class OnnxModel:
-    """An exported model run by onnxruntime, callable like the PyTorch model.
+class OnnxModel(Runner):
+    """An exported model run by onnxruntime, callable like the PyTorch model: the ONNX
+    :class:`~seglab.inference.runner.Runner` behind ``Predictor.from_onnx``.
 
     Args:
         path: an ``.onnx`` file written by :func:`export_onnx` (other single-input graphs work too;
@@ -309,7 +338,10 @@ class OnnxModel:
     """
 
     def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None) -> None:
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ImportError as err:
+            raise missing_extra("onnxruntime", "onnx", "Running an ONNX model") from err
 
         self.path = Path(path)
         if not self.path.is_file():
@@ -317,7 +349,16 @@ class OnnxModel:
                 f"ONNX file not found: {os.fspath(path)!r} (write one with seglab.inference.export_onnx)."
             )
         check_onnx_file(self.path)
-        self.session = ort.InferenceSession(str(self.path), providers=list(providers or _default_providers()))
+        bad = ort.capi.onnxruntime_pybind11_state
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), providers=list(providers or _default_providers())
+            )
+        except (bad.InvalidProtobuf, bad.InvalidGraph, bad.Fail, bad.NoSuchFile) as err:
+            raise InvalidValueError(
+                f"{self.path} is not an ONNX model onnxruntime can load ({_first_line(err)}); "
+                "write one with `seglab export CHECKPOINT`."
+            ) from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1:
             raise InvalidValueError(
