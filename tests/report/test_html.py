@@ -25,7 +25,7 @@ def test_report_escapes_and_lays_out(tmp_path):
     assert "<title>&lt;demo&gt;</title>" in text and "<h2>A &amp; B</h2>" in text
     assert '<p class="summary">x &lt; y</p>' in text
     assert "<th>name</th><th>dice</th><th>iou</th>" in text
-    assert "<td>&lt;b&gt;</td><td>0.5000</td><td>—</td>" in text
+    assert '<td class="text">&lt;b&gt;</td><td>0.5000</td><td>—</td>' in text  # text left, numbers right
     assert 'src="overlays/frame 17.png"' in text and "caption &lt;i&gt;" in text
     assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
     assert [p.name for p in path.parent.iterdir()] == ["report.html"]

@@ -60,6 +60,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from seglab._options import check_choice, did_you_mean
 from seglab.engine._files import csv_text, json_cell, jsonable, write_text_atomic
+from seglab.engine.batchnorm import recalibrate_batchnorm
 from seglab.engine.checkpoint import (
     CHECKPOINT_KEYS,
     CheckpointError,
@@ -72,6 +73,7 @@ from seglab.engine.config import TrainConfig, save_config
 from seglab.engine.distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
 from seglab.errors import InvalidTypeError, InvalidValueError, SeglabError
 from seglab.metrics.scores import SCORES
+from seglab.report.run import write_run_report
 
 __all__ = [
     "TASK_ADAPTERS",
@@ -753,6 +755,10 @@ class Trainer:
                 barrier()
         if self.is_main:
             self._write_metrics(stopped)
+            if cfg.report:
+                write_run_report(
+                    self.run_dir, val_dataset=getattr(self.val_set, "dataset", None), device=self.device
+                )
         result = TrainResult(
             run_dir=self.run_dir,
             best_score=self.best_score,
@@ -902,6 +908,9 @@ class Trainer:
     def _validate(self) -> dict[str, float]:
         assert self.val_loader is not None
         model = self.model  # unwrapped: evaluation needs no gradient synchronisation
+        recalibrate_batchnorm(
+            model, self.train_loader, num_batches=self.config.bn_recalibrate, device=self.device
+        )
         if self.dist.is_distributed:
             # every rank updated its own batch-norm statistics in its last step; validate with rank 0's
             # (the ones checkpoints hold), so the reduced metrics are those of the saved model
