@@ -60,7 +60,8 @@ def recalibrate_batchnorm(
     Args:
         model: the model (its other layers run in eval mode; every module's mode is restored).
         batches: an iterable of batches ``(x, y, ...)`` or of inputs ``x`` (the training loader).
-        num_batches: how many batches to average (fewer when ``batches`` ends sooner); 0: do nothing.
+        num_batches: how many batches to average (fewer when ``batches`` ends sooner; batches with
+            non-finite inputs are skipped); 0: do nothing.
         device: move the inputs there first (``None``: leave them where they are).
 
     Returns:
@@ -97,7 +98,10 @@ def recalibrate_batchnorm(
             m.momentum = None  # cumulative average over the batches below
             m.train()
         for batch in batches:
-            model(_inputs(batch, torch.device(device) if device is not None else None))
+            x = _inputs(batch, torch.device(device) if device is not None else None)
+            if not all(bool(torch.isfinite(t).all()) for t in ([x] if isinstance(x, Tensor) else x)):
+                continue  # a NaN/inf input would poison the statistics; training reports it itself
+            model(x)
             used += 1
             if used >= num_batches:
                 break

@@ -345,7 +345,7 @@ def measure_speed(
 
     Args:
         model: a semantic model on ``device`` (``model(x, aux=True)`` -> ``SegOutput``).
-        loss: the training loss (``loss(SegOutput, target)``).
+        loss: the training loss (a per-output loss is wrapped in ``DeepSupervisionLoss``).
         batch: crops per step.
         patch: crop side.
         in_channels: image channels.
@@ -364,7 +364,11 @@ def measure_speed(
         >>> speed.step > 0, speed.params == sum(p.numel() for p in net.parameters())
         (True, True)
     """
+    from seglab.losses import DeepSupervisionLoss
+
     device = torch.device(device)
+    if not isinstance(loss, DeepSupervisionLoss):
+        loss = DeepSupervisionLoss(loss)  # auxiliary outputs count, as in training
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     py_state, np_state = random.getstate(), np.random.get_state()  # noqa: NPY002 - restored below
     devices = [device.index or 0] if device.type == "cuda" else []
