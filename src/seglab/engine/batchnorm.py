@@ -51,8 +51,8 @@ def _inputs(batch: Any, device: torch.device | None) -> Any:
 def recalibrate_batchnorm(
     model: nn.Module,
     batches: Iterable[Any],
-    *,
     num_batches: int = 16,
+    *,
     device: torch.device | str | None = None,
 ) -> int:
     """Reset the BatchNorm running statistics of ``model`` to their average over training batches.

@@ -756,9 +756,7 @@ class Trainer:
         if self.is_main:
             self._write_metrics(stopped)
             if cfg.report:
-                write_run_report(
-                    self.run_dir, val_dataset=getattr(self.val_set, "dataset", None), device=self.device
-                )
+                write_run_report(self.run_dir, getattr(self.val_set, "dataset", None), device=self.device)
         result = TrainResult(
             run_dir=self.run_dir,
             best_score=self.best_score,
@@ -908,9 +906,7 @@ class Trainer:
     def _validate(self) -> dict[str, float]:
         assert self.val_loader is not None
         model = self.model  # unwrapped: evaluation needs no gradient synchronisation
-        recalibrate_batchnorm(
-            model, self.train_loader, num_batches=self.config.bn_recalibrate, device=self.device
-        )
+        recalibrate_batchnorm(model, self.train_loader, self.config.bn_recalibrate, device=self.device)
         if self.dist.is_distributed:
             # every rank updated its own batch-norm statistics in its last step; validate with rank 0's
             # (the ones checkpoints hold), so the reduced metrics are those of the saved model

@@ -279,8 +279,8 @@ def _recipe_section(report: HtmlReport, config: Mapping[str, Any]) -> None:
 # -- the entry point -------------------------------------------------------------------------------------
 def write_run_report(
     run_dir: str | os.PathLike[str],
-    *,
     val_dataset: Any = None,
+    *,
     device: Any = "cpu",
     eval_result: Any = None,
     eval_label: str = "validation",
