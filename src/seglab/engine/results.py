@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from seglab.engine._files import jsonable, write_text_atomic
+
 __all__ = [
     "FAMILIES",
     "LEADERBOARD_BUDGET",
@@ -203,18 +205,8 @@ def run_one(
         best, spec.data, split="test", data_options=dict(spec.data_options), progress=not quiet
     )
     row = _result_row(spec, run_dir, result, threshold, time.perf_counter() - t0)
-    done.write_text(json.dumps(_finite(row), indent=2))
+    write_text_atomic(done, json.dumps(jsonable(row), indent=2))
     return row
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _result_row(

@@ -51,15 +51,8 @@ def format_hd(value: Any, unit: str = "px") -> str:
     return f"{value:.{digits}f} {unit}"
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_mapping(path: Path) -> dict[str, Any]:
+    """A JSON or YAML file's mapping (YAML reads JSON too); ``{}`` when missing or unreadable."""
     import yaml
 
     try:
@@ -310,8 +303,8 @@ def write_run_report(
     import yaml
 
     run = Path(run_dir)
-    metrics = _read_json(run / "metrics.json")
-    config = _read_yaml(run / "config.yaml")
+    metrics = _read_mapping(run / "metrics.json")
+    config = _read_mapping(run / "config.yaml")
     model = metrics.get("model") or (config.get("model") or {}).get("name", "?")
     data = metrics.get("data") or (config.get("data") or {}).get("name", "?")
     report = HtmlReport(title or f"seglab run: {model} on {data}", subtitle=_subtitle(device))
