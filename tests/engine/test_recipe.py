@@ -232,3 +232,7 @@ def test_cli_applies_the_recipe_without_a_config(tmp_path, capsys) -> None:
     assert main(["train", "--config", str(cfg), "--recipe", "auto", "--budget", "30s", "--print-config"]) == 0
     mixed = yaml.safe_load(capsys.readouterr().out)
     assert mixed["recipe"] == "auto" and mixed["epochs"] == 3 and mixed["data"]["crop"] == 32
+    saved = tmp_path / "saved.yaml"
+    saved.write_text(yaml.safe_dump(mixed))
+    assert main(["train", "--config", str(saved), "--recipe", "auto", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == mixed  # a resolved config runs as saved

@@ -677,7 +677,9 @@ def resolve_recipe(
     Returns:
         The resolved config. ``recipe="none"`` only turns a ``budget`` into ``max_time`` with
         ``time_policy="fit"`` (unless those are set); ``"auto"`` derives every unset key, with the
-        budget defaulting to :data:`DEFAULT_BUDGET`, and records ``recipe_notes``.
+        budget defaulting to :data:`DEFAULT_BUDGET`, and records ``recipe_notes``. A config whose
+        explicit keys include ``recipe_notes`` (a run's saved ``config.yaml``) is returned as it
+        is: it was resolved when that run began.
 
     Raises:
         ConfigError: an unknown recipe name, an unreadable budget, or a non-semantic model under
@@ -688,6 +690,8 @@ def resolve_recipe(
     from seglab.engine.trainer import resolve_device
 
     keys = set(explicit)
+    if any(k == "recipe_notes" or k.startswith("recipe_notes.") for k in keys) and config.recipe_notes:
+        return config  # a saved config.yaml: resolved already, reasons included
     recipe = config.recipe if "recipe" in keys else default
     try:
         check_choice("recipe", recipe, RECIPES)
