@@ -435,7 +435,8 @@ def _rule_schedule(plan: _Plan, ctx: _Context, speed: Speed, val_pixels: float) 
     * 90 % of the budget trains: ``steps = 0.9 * budget / seconds_per_step``.
     * 3 to 25 epochs of at least 20 steps: enough validation points for a curve and for
       ``time_policy="fit"`` to measure the pace, few enough that validation stays cheap.
-    * Warm-up over 3 % of the steps (at least 5): AdamW's moments settle before the peak.
+    * Warm-up over 3 % of the steps (at least 5, at most a fifth of a very short run): AdamW's
+      moments settle before the peak.
     * Peak learning rate 3e-3 below 5 M parameters, 1e-3 above (larger networks trained from
       scratch are less stable).
     * Validate as often as the remaining 10 % of the budget allows (estimated from the probe's
@@ -455,7 +456,8 @@ def _rule_schedule(plan: _Plan, ctx: _Context, speed: Speed, val_pixels: float) 
     else:
         per_epoch = max(1, steps // epochs)
         plan.set("data.samples_per_epoch", per_epoch * batch, f"{per_epoch} steps of {batch} crops per epoch")
-    warm = max(5, round(0.03 * per_epoch * epochs))
+    total = per_epoch * epochs
+    warm = max(min(5, total // 5), round(0.03 * total))
     plan.set("optim.warmup_epochs", round(min(epochs, warm / per_epoch), 3), f"{warm} warm-up steps")
     plan.set("optim.lr", 3e-3 if speed.params < 5_000_000 else 1e-3, f"{speed.params / 1e6:.2f} M parameters")
     recal = int(plan.get("bn_recalibrate") or 0) * speed.forward_pixel * batch * patch * patch

@@ -66,7 +66,11 @@ def _cell(value: Any, floatfmt: str) -> str:
 
 
 def _looks_numeric(text: str) -> bool:
-    head = text.strip().split(" ")[0].replace(",", "").rstrip("%")
+    """``"0.95"``, ``"1,234"``, ``"23.3 px"``, ``"2.0 min"``, ``"—"``: a number with at most a unit."""
+    words = text.split()
+    if not words or len(words) > 2:
+        return False
+    head = words[0].replace(",", "").rstrip("%")
     try:
         float(head)
     except ValueError:

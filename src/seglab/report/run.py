@@ -227,10 +227,12 @@ def _overlay_section(report: HtmlReport, run_dir: Path, ev: Any, label: str) -> 
         full = save_png(
             comparison_panel(pred.image, pred.truth, pred.pred, max_width=None, min_width=256),
             run_dir / "overlays" / f"{stem}_full.png",
+            optimize=False,
         )
         thumb = save_png(
             comparison_panel(pred.image, pred.truth, pred.pred, max_width=480, min_width=200),
             run_dir / "overlays" / f"{stem}.png",
+            optimize=False,
         )
         binary = int(np.max(pred.truth)) <= 1 and int(np.max(pred.pred)) <= 1
         colours = "truth green, prediction magenta" if binary else "classes in the palette's colours"
