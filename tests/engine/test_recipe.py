@@ -180,13 +180,10 @@ def test_resolve_recipe_none_auto_and_errors() -> None:
     assert auto.recipe_notes["fingerprint"]["images"] == 4 and auto.data.crop == 32
     with pytest.raises(ConfigError, match="Unknown recipe"):
         resolve_recipe(apply_overrides(cfg, {"recipe": "fast"}), explicit=["recipe"])
+    rcnn = apply_overrides(cfg, {"model.name": "mask_rcnn", "recipe": "auto"})
     with pytest.raises(ConfigError, match="semantic models"):
-        resolve_recipe(
-            apply_overrides(cfg, {"model.name": "mask_rcnn"}),
-            explicit=["model.name"],
-            default="auto",
-            probe=False,
-        )
+        resolve_recipe(rcnn, explicit=["model.name", "recipe"], default="auto", probe=False)
+    assert resolve_recipe(rcnn, explicit=["model.name"], default="auto").recipe == "none"  # default: as given
     assert explicit_keys({"data": {"crop": 96, "augment": {}}}, ["epochs"]) == [
         "data.crop",
         "data.augment",

@@ -673,7 +673,8 @@ def resolve_recipe(
         config: the :class:`~seglab.engine.config.TrainConfig` from defaults, YAML and flags.
         explicit: dotted keys the user set (YAML leaves, flags); the recipe keeps them.
         default: the recipe when ``"recipe"`` is not among ``explicit`` (``seglab train`` passes
-            ``"auto"`` without ``--config``, ``"none"`` with one).
+            ``"auto"`` without ``--config``, ``"none"`` with one); a default ``"auto"`` becomes
+            ``"none"`` for instance models (``mask_rcnn``), which the recipe does not cover.
         probe: time a few steps to turn the budget into steps (``False``: assume 0.25 s per step).
 
     Returns:
@@ -690,6 +691,7 @@ def resolve_recipe(
     from seglab.data import fingerprint
     from seglab.engine.config import apply_overrides
     from seglab.engine.trainer import resolve_device
+    from seglab.models import model_info
 
     keys = set(explicit)
     if any(k == "recipe_notes" or k.startswith("recipe_notes.") for k in keys) and config.recipe_notes:
@@ -699,6 +701,8 @@ def resolve_recipe(
         check_choice("recipe", recipe, RECIPES)
     except (ValueError, TypeError) as err:
         raise ConfigError(str(err)) from None
+    if "recipe" not in keys and model_info(config.model.name).task != "semantic":
+        recipe = "none"  # the default recipe covers semantic models; asking for it elsewhere is an error
     seconds = parse_budget(config.budget)
     plan = _Plan(config.to_dict(), frozenset(keys))
     if recipe == "none":
