@@ -126,6 +126,8 @@ def test_multiclass_loss_and_balance() -> None:
     cfg = apply_overrides(TrainConfig.from_dict({"data": SYNTH}), overrides)
     loss = build(cfg.loss.spec, mode="multiclass", **cfg.loss.options)
     assert torch.isfinite(loss(torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))))
+    mine, notes = _derive(_fp(freqs=(0.18, 0.07)), explicit={"loss.spec": "focal"})
+    assert not any(k.startswith("loss.") for k in mine) and notes["kept"] == {"loss.spec": "focal"}
 
 
 def test_normalisation_is_recorded_until_the_key_exists() -> None:

@@ -464,10 +464,13 @@ def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
 
 
 # -- text ----------------------------------------------------------------------------------------------------
-def _fmt(value: float, digits: int = 3) -> str:
+def _fmt(value: float | None, digits: int = 3) -> str:
+    """Whole numbers from 100 on (sizes, 16-bit intensities), else ``digits`` significant digits."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    return f"{value:.{digits}g}" if abs(value) < 1e5 else f"{value:.3e}"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.{digits}g}"
 
 
 def _table(fp: Fingerprint) -> str:

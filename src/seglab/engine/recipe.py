@@ -59,9 +59,8 @@ __all__ = [
 ]
 
 RECIPES: tuple[str, ...] = ("auto", "none")
-DEFAULT_BUDGET = (
-    "10m"  # a coffee break: enough for a small U-Net to converge on the built-in data on 2 CPU cores
-)
+# a coffee break: enough for a small U-Net to converge on the built-in data on 2 CPU cores
+DEFAULT_BUDGET = "10m"
 
 # What a device class affords. CPU figures are the measured anchor on 2 cores: a 4-level U-Net with
 # 16 base channels, batch 8 of 128x128 crops, reached Dice 0.949/0.970 (GM/WM) on mni-brain in 761
@@ -265,6 +264,9 @@ def _rule_loss(plan: _Plan, ctx: _Context) -> None:
     background's Dice is left out of the multi-class average: it is near 1 and easy, and would
     dilute the gradient of the rare classes. The same loss for every family keeps comparisons fair.
     """
+    if plan.given("loss.spec"):
+        plan.set("loss.spec", None, "")  # kept as given; its options are the user's too
+        return
     if ctx.mode == "binary":
         plan.set("loss.spec", "bce+dice", "binary: BCE for gradients, Dice against class imbalance")
         return
