@@ -219,7 +219,7 @@ def _rule_model(plan: _Plan, ctx: _Context) -> None:
     if "encoder" in opts and cpu:
         plan.set("model.options.encoder", "resnet18", "ResNet-50 trains too few steps on a CPU")
     if "output_stride" in opts:
-        thin = min((c.thickness for c in ctx.fp.foreground if c.objects), default=math.inf)
+        thin = min((c.thickness for c in ctx.fp.foreground if not math.isnan(c.thickness)), default=math.inf)
         stride = 8 if thin < 16 else 16
         plan.set("model.options.output_stride", stride, f"thinnest class {thin:.1f} px thick")
 
