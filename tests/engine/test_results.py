@@ -86,3 +86,19 @@ def test_command_line_list(tmp_path, capsys) -> None:
     assert "hela-15m" in out and "unet-mni-brain" in out and "to do" in out
     with pytest.raises(SystemExit):
         results.main(["nothing"])
+
+
+def test_a_diverged_run_is_a_row_not_a_crash(tmp_path, monkeypatch) -> None:
+    from seglab.engine.trainer import NonFiniteLossError
+
+    def diverge(config):
+        raise NonFiniteLossError("Non-finite loss (nan) at epoch 2, step 1/4")
+
+    monkeypatch.setattr(results, "_config", lambda *args: None)
+    monkeypatch.setattr("seglab.engine.trainer.train", diverge)
+    spec = ResultRun("fcn8s-synthetic", "fcn8s", "synthetic", "2s")
+    row = run_one(spec, tmp_path, probe=False)
+    assert "Non-finite" in row["error"] and (tmp_path / spec.name / "result.json").is_file()
+    doc = tmp_path / "r.md"
+    write_tables(tmp_path, [spec, *TARGETS[:1]], doc=doc)
+    assert "| `fcn8s` | diverged |" in doc.read_text()

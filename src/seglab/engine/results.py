@@ -187,10 +187,11 @@ def run_one(
     """Train (or resume), calibrate, evaluate on the test split and write ``result.json``; skip if done.
 
     Returns:
-        The result row (see :func:`_result_row`).
+        The result row (see :func:`_result_row`); a run whose loss diverged gives a row with its
+        ``"error"`` (and counts as done: delete its folder to try again).
     """
     from seglab.engine.evaluate import evaluate_checkpoint
-    from seglab.engine.trainer import train
+    from seglab.engine.trainer import NonFiniteLossError, train
 
     run_dir = Path(root) / spec.name
     done = run_dir / DONE
@@ -198,7 +199,12 @@ def run_one(
         return json.loads(done.read_text())
     t0 = time.perf_counter()
     if not _training_finished(run_dir):
-        train(_config(spec, run_dir, quiet, probe))
+        try:
+            train(_config(spec, run_dir, quiet, probe))
+        except NonFiniteLossError as err:  # a diverged family is a result too; the table says so
+            row = {"spec": _spec_dict(spec), "model": spec.model, "data": spec.data, "error": str(err)}
+            write_text_atomic(done, json.dumps(row, indent=2))
+            return row
     best = run_dir / "best.pt"
     threshold = store_threshold(best, spec.data, data_options=spec.data_options)
     result, _ = evaluate_checkpoint(
@@ -207,6 +213,10 @@ def run_one(
     row = _result_row(spec, run_dir, result, threshold, time.perf_counter() - t0)
     write_text_atomic(done, json.dumps(jsonable(row), indent=2))
     return row
+
+
+def _spec_dict(spec: ResultRun) -> dict[str, Any]:
+    return asdict(spec) | {"overrides": dict(spec.overrides), "data_options": dict(spec.data_options)}
 
 
 def _result_row(
@@ -224,7 +234,7 @@ def _result_row(
     batch = (config.get("data") or {}).get("batch_size") or 1
     probe = ((config.get("recipe_notes") or {}).get("probe") or {}).get("seconds_per_step")
     return {
-        "spec": asdict(spec) | {"overrides": dict(spec.overrides), "data_options": dict(spec.data_options)},
+        "spec": _spec_dict(spec),
         "model": spec.model,
         "data": spec.data,
         "params": metrics.get("params"),
@@ -268,15 +278,15 @@ def leaderboard_markdown(rows: Iterable[Mapping[str, Any]], datasets: Sequence[s
         head += [f"{d} Dice", f"{d} HD95", f"{d} steps", f"{d} time"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     best = {
-        d: max((by[m, d]["test_fg_dice"] or 0.0 for m in models if (m, d) in by), default=0.0)
+        d: max((by[m, d].get("test_fg_dice") or 0.0 for m in models if (m, d) in by), default=0.0)
         for d in datasets
     }
     for m in models:
         cells = [f"`{m}`"]
         for d in datasets:
             r = by.get((m, d))
-            if r is None:
-                cells += ["—"] * 4
+            if r is None or "error" in r:
+                cells += ["—" if r is None else "diverged", "—", "—", "—"]
                 continue
             gap = (r["test_fg_dice"] or 0.0) - best[d]
             mark = "" if gap > -0.01 else f" ({gap:+.3f})"
@@ -298,6 +308,11 @@ def targets_markdown(rows: Iterable[Mapping[str, Any]]) -> str:
     ]
     for r in rows:
         spec = r["spec"]
+        if "error" in r:
+            lines.append(
+                f"| {spec['name']} | `{r['model']}` | {spec['target']} | diverged | — | — | — | — | no |"
+            )
+            continue
         per_class = ", ".join(f"{k} {v:.4f}" for k, v in (r.get("test_dice_per_class") or {}).items()) or "—"
         minimum = spec.get("minimum")
         met = "—" if minimum is None else ("yes" if (r["test_fg_dice"] or 0.0) >= minimum else "no")
@@ -355,7 +370,9 @@ def write_tables(
     datasets = list(dict.fromkeys(s.data for s in specs if s.table == "leaderboard"))
     for data in datasets:
         dirs = [
-            root / s.name for s in specs if s.table == "leaderboard" and s.data == data and s.name in done
+            root / s.name
+            for s in specs
+            if s.table == "leaderboard" and s.data == data and s.name in done and "error" not in done[s.name]
         ]
         if dirs:
             out = root / "leaderboard" / Path(data).name
