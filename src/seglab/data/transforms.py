@@ -714,27 +714,16 @@ def train_transforms(
     mean, std = _check_stats(mean, std)
     steps: list[Any] = []
     fill = mean if len(mean) > 1 else mean[0]
+    crop_options = {
+        "foreground_prob": foreground_prob,
+        "foreground_balance": foreground_balance,
+        "fill": fill,
+        "mask_fill": mask_fill,
+    }
     if crop is not None and scale is not None:
-        steps.append(
-            RandomScaleCrop(
-                crop,
-                scale=scale,
-                foreground_prob=foreground_prob,
-                foreground_balance=foreground_balance,
-                fill=fill,
-                mask_fill=mask_fill,
-            )
-        )
+        steps.append(RandomScaleCrop(crop, scale=scale, **crop_options))
     elif crop is not None:
-        steps.append(
-            RandomCrop(
-                crop,
-                foreground_prob=foreground_prob,
-                foreground_balance=foreground_balance,
-                fill=fill,
-                mask_fill=mask_fill,
-            )
-        )
+        steps.append(RandomCrop(crop, **crop_options))
     elif scale is not None:
         steps.append(RandomScale(scale))
     if flips:
