@@ -4,6 +4,11 @@
 #   make test-slow   run the tests marked slow
 #   make lint   ruff check + format check
 #   make bench  run the benchmarks (prints ratios against peer libraries)
+#   make results          train every semantic family on hela and mni-brain (auto recipe, 5 min
+#                         each, about 1 h 45 min), evaluate on test, rewrite docs/results.md
+#   make results-targets  the named target runs (hela/mni-brain 15 and 60 min, bacteria, quokka,
+#                         u2net 60 min; about 4 h 20 min). Both resume and skip finished runs;
+#                         RESULTS_ARGS="--only hela-15m" picks entries.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -11,7 +16,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow lint format bench clean install install-dev
+.PHONY: demo test test-slow lint format bench results results-targets clean install install-dev
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +51,14 @@ format: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(PY) -m benchmarks
+
+RESULTS_ARGS ?=
+
+results: $(VENV)/.installed-dev
+	$(PY) -m seglab.engine.results leaderboard $(RESULTS_ARGS)
+
+results-targets: $(VENV)/.installed-dev
+	$(PY) -m seglab.engine.results targets $(RESULTS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info

@@ -11,7 +11,7 @@ from seglab.cli import build_parser, main
 TINY = [
     "--data", "synthetic", "--data-option", "length=4", "--data-option", "size=32", "--data-option", "max_shapes=3",
     "--model", "unet", "--model-option", "base_channels=4", "--model-option", "depth=2",
-    "--crop", "24", "--batch-size", "4", "--samples-per-epoch", "8", "--quiet",
+    "--crop", "24", "--batch-size", "4", "--samples-per-epoch", "8", "--quiet", "--recipe", "none",
 ]  # fmt: skip
 
 COMMANDS = ["train", "eval", "predict", "export", "models", "data", "compare", "demo"]

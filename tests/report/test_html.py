@@ -25,7 +25,15 @@ def test_report_escapes_and_lays_out(tmp_path):
     assert "<title>&lt;demo&gt;</title>" in text and "<h2>A &amp; B</h2>" in text
     assert '<p class="summary">x &lt; y</p>' in text
     assert "<th>name</th><th>dice</th><th>iou</th>" in text
-    assert "<td>&lt;b&gt;</td><td>0.5000</td><td>—</td>" in text
+    assert '<td class="text">&lt;b&gt;</td><td>0.5000</td><td>—</td>' in text  # text left, numbers right
     assert 'src="overlays/frame 17.png"' in text and "caption &lt;i&gt;" in text
     assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
     assert [p.name for p in path.parent.iterdir()] == ["report.html"]
+
+
+def test_numbers_right_sentences_left(tmp_path):
+    r = HtmlReport("t", subtitle="s")
+    r.table([{"a": "23.3 px", "b": "3 steps of 8 crops", "c": "1,234", "d": "—", "e": 0.5}])
+    text = r.render()
+    assert "<td>23.3 px</td>" in text and '<td class="text">3 steps of 8 crops</td>' in text
+    assert "<td>1,234</td>" in text and "<td>—</td>" in text and "<td>0.5000</td>" in text

@@ -43,7 +43,7 @@ def test_markdown_and_files(tmp_path):
     assert "1.94 M" in md and "2.0 min" in md and "0.9300" in md
     md_path, html_path = write_leaderboard(rows, tmp_path / "board")
     assert md_path.read_text() == md
-    assert "<td>unet-a</td>" in html_path.read_text()
+    assert '<td class="text">unet-a</td>' in html_path.read_text()
 
 
 def test_errors(tmp_path):

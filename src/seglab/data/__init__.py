@@ -2,7 +2,8 @@
 
 * :func:`get_dataset` — a split of a built-in dataset (``hela``, ``bacteria``, ``mni-brain``,
   ``quokka``, ``synthetic``) or of your own folder; :func:`list_datasets` describes the built-ins;
-  :func:`fetch` downloads and caches one (``seglab data fetch NAME``).
+  :func:`fetch` downloads and caches one (``seglab data fetch NAME``); :func:`fingerprint`
+  measures a split (sizes, intensities, class frequencies, object sizes) for training recipes.
 * :class:`FolderDataset`, :class:`SyntheticDataset`.
 * :mod:`seglab.data.transforms` — joint image/mask/instance transforms on torchvision v2
   (:func:`train_transforms`, :func:`eval_transforms`).
@@ -16,6 +17,7 @@ normalised by a transform with the training split's ``dataset.stats()``.
 from seglab.data.base import SPLITS, TASKS, SegDataset, channel_stats, collate_instances
 from seglab.data.builtin import BuiltinDataset, DatasetInfo, dataset_info, get_dataset, list_datasets
 from seglab.data.fetch import FetchError, cache_root, fetch, is_cached
+from seglab.data.fingerprint import ClassStats, Fingerprint, fingerprint
 from seglab.data.folder import MASK_FORMATS, FolderDataset
 from seglab.data.io import image_info, read_image, read_mask, write_mask
 from seglab.data.nifti import read_nifti
@@ -33,9 +35,11 @@ __all__ = [
     "SPLITS",
     "TASKS",
     "BuiltinDataset",
+    "ClassStats",
     "Compose",
     "DatasetInfo",
     "FetchError",
+    "Fingerprint",
     "FolderDataset",
     "SegDataset",
     "SyntheticDataset",
@@ -46,6 +50,7 @@ __all__ = [
     "dataset_info",
     "eval_transforms",
     "fetch",
+    "fingerprint",
     "get_dataset",
     "image_info",
     "instance_target",

@@ -40,9 +40,11 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from seglab._options import check_choice
 from seglab.errors import InvalidTypeError, InvalidValueError
 
 __all__ = [
+    "FOREGROUND_BALANCES",
     "Compose",
     "InstanceLabels",
     "InstanceMasks",
@@ -198,30 +200,62 @@ def _spatial_size(flat_inputs: list[Any]) -> tuple[int, int]:
     raise InvalidTypeError("The transform found no image or mask in its input.")
 
 
+FOREGROUND_BALANCES: tuple[str, ...] = ("pixels", "classes")
+
+
 def _foreground(flat_inputs: list[Any], ignore: int) -> Tensor | None:
-    """``(H, W)`` bool map of labelled pixels, from the first mask-like input."""
+    """``(H, W)`` int64 map of labelled pixels (0: background or ignored), from the first mask-like input.
+
+    Semantic masks give their class ids, instance-label images their instance ids, per-instance
+    masks ``1 + index`` of the (last) instance covering a pixel.
+    """
     for inpt in flat_inputs:
         if isinstance(inpt, InstanceMasks):
-            return inpt.bool().any(dim=0) if inpt.shape[0] else torch.zeros(inpt.shape[-2:], dtype=torch.bool)
+            if not inpt.shape[0]:
+                return torch.zeros(inpt.shape[-2:], dtype=torch.int64)
+            m = inpt.as_subclass(Tensor).bool()  # (K, H, W)
+            ids = torch.arange(1, m.shape[0] + 1).reshape(-1, 1, 1)
+            return (m * ids).amax(dim=0)
         if isinstance(inpt, tv_tensors.Mask):
-            fg = inpt.as_subclass(Tensor) > 0
+            labels = inpt.as_subclass(Tensor).to(torch.int64)
+            labels = labels.reshape(labels.shape[-2:]) if labels.ndim > 2 else labels
             if ignore != 0 and not isinstance(inpt, InstanceLabels):
-                fg &= inpt.as_subclass(Tensor) != ignore
-            return fg.reshape(fg.shape[-2:]) if fg.ndim > 2 else fg
+                labels = torch.where(labels == ignore, 0, labels)
+            return labels.clamp_min(0)
     return None
 
 
+def _foreground_point(labels: Tensor, balance: str) -> tuple[int, int] | None:
+    """A random labelled pixel: uniform over pixels, or over the labels present first (``"classes"``)."""
+    if balance == "classes":
+        present = labels[labels > 0].unique()
+        if not len(present):
+            return None
+        chosen = present[int(torch.randint(len(present), ()))]
+        points = (labels == chosen).nonzero()
+    else:
+        points = (labels > 0).nonzero()
+        if not len(points):
+            return None
+    y, x = points[int(torch.randint(len(points), ()))].tolist()
+    return y, x
+
+
 def _crop_origin(
-    size: tuple[int, int], window: tuple[int, int], fg: Tensor | None, foreground_prob: float
+    size: tuple[int, int],
+    window: tuple[int, int],
+    fg: Tensor | None,
+    foreground_prob: float,
+    balance: str = "pixels",
 ) -> tuple[int, int]:
     """Top-left corner of a ``window`` in an image of ``size``; negative or overhanging means padding."""
     (h, w), (wh, ww) = size, window
     lo_y, hi_y = min(0, h - wh), max(0, h - wh)
     lo_x, hi_x = min(0, w - ww), max(0, w - ww)
     if fg is not None and foreground_prob > 0 and float(torch.rand(())) < foreground_prob:
-        points = fg.nonzero()
-        if len(points):
-            y, x = points[int(torch.randint(len(points), ()))].tolist()
+        point = _foreground_point(fg, balance)
+        if point is not None:
+            y, x = point
             lo_y, hi_y = max(lo_y, y - wh + 1), min(hi_y, y)
             lo_x, hi_x = max(lo_x, x - ww + 1), min(hi_x, x)
     top = int(torch.randint(lo_y, hi_y + 1, ()))
@@ -293,6 +327,11 @@ class RandomCrop(v2.Transform):
             foreground pixel is drawn and the crop is placed uniformly among the windows that
             contain it (helps sparse targets such as the bacteria colony). Falls back to a uniform
             crop when the target has no foreground.
+        foreground_balance: how that pixel is drawn: ``"pixels"`` (uniformly over all labelled
+            pixels: large classes and objects dominate) or ``"classes"`` (a label present in the
+            target first, uniformly, then a pixel of it: each class of a semantic mask, or each
+            object of an instance target, is equally likely, so a rare class is seen as often as
+            a frequent one).
         fill: image padding value (one value, or one per channel).
         mask_fill: semantic-mask padding value (0 = background, or your ignore index; it is then
             also excluded from the foreground choice). Instance masks are always padded with 0.
@@ -309,6 +348,7 @@ class RandomCrop(v2.Transform):
         size: int | Sequence[int],
         *,
         foreground_prob: float = 0.0,
+        foreground_balance: str = "pixels",
         fill: float | Sequence[float] = 0.0,
         mask_fill: int = 0,
     ) -> None:
@@ -317,12 +357,15 @@ class RandomCrop(v2.Transform):
         if not 0.0 <= foreground_prob <= 1.0:
             raise InvalidValueError(f"foreground_prob must be in [0, 1]; got {foreground_prob}.")
         self.foreground_prob = float(foreground_prob)
+        self.foreground_balance = check_choice("foreground_balance", foreground_balance, FOREGROUND_BALANCES)
         self.fill = [float(f) for f in fill] if isinstance(fill, Sequence) else float(fill)
         self.mask_fill = int(mask_fill)
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         fg = _foreground(flat_inputs, self.mask_fill) if self.foreground_prob > 0 else None
-        top, left = _crop_origin(_spatial_size(flat_inputs), self.size, fg, self.foreground_prob)
+        top, left = _crop_origin(
+            _spatial_size(flat_inputs), self.size, fg, self.foreground_prob, self.foreground_balance
+        )
         return {"top": top, "left": left}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
@@ -363,7 +406,7 @@ class RandomScaleCrop(v2.Transform):
     Args:
         size: output ``(height, width)`` or one int.
         scale: ``(low, high)`` zoom factor range (``s > 1`` magnifies).
-        foreground_prob, fill, mask_fill: as in :class:`RandomCrop`.
+        foreground_prob, foreground_balance, fill, mask_fill: as in :class:`RandomCrop`.
     """
 
     def __init__(
@@ -372,11 +415,18 @@ class RandomScaleCrop(v2.Transform):
         *,
         scale: Sequence[float] = (0.75, 1.33),
         foreground_prob: float = 0.0,
+        foreground_balance: str = "pixels",
         fill: float | Sequence[float] = 0.0,
         mask_fill: int = 0,
     ) -> None:
         super().__init__()
-        self.crop = RandomCrop(size, foreground_prob=foreground_prob, fill=fill, mask_fill=mask_fill)
+        self.crop = RandomCrop(
+            size,
+            foreground_prob=foreground_prob,
+            foreground_balance=foreground_balance,
+            fill=fill,
+            mask_fill=mask_fill,
+        )
         self.size = self.crop.size
         self.scale = _range(scale, "scale", positive=True)
 
@@ -385,7 +435,9 @@ class RandomScaleCrop(v2.Transform):
         s = math.exp(lo + (hi - lo) * float(torch.rand(())))
         window = (max(1, round(self.size[0] / s)), max(1, round(self.size[1] / s)))
         fg = _foreground(flat_inputs, self.crop.mask_fill) if self.crop.foreground_prob > 0 else None
-        top, left = _crop_origin(_spatial_size(flat_inputs), window, fg, self.crop.foreground_prob)
+        top, left = _crop_origin(
+            _spatial_size(flat_inputs), window, fg, self.crop.foreground_prob, self.crop.foreground_balance
+        )
         return {"top": top, "left": left, "window": window}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
@@ -681,6 +733,7 @@ def train_transforms(
     rotate90: bool = True,
     intensity: bool | RandomIntensity = True,
     foreground_prob: float = 0.0,
+    foreground_balance: str = "pixels",
     mask_fill: int = 0,
 ) -> Compose:
     """The standard training augmentation: normalise, scale + crop, flips, 90° turns, intensity jitter.
@@ -700,6 +753,8 @@ def train_transforms(
         intensity: random gamma/gain/bias (:class:`RandomIntensity`); pass an instance to set its
             ranges.
         foreground_prob: chance of a foreground-centred crop (see :class:`RandomCrop`).
+        foreground_balance: ``"pixels"`` or ``"classes"``: how its centre is drawn (see
+            :class:`RandomCrop`).
         mask_fill: padding value of semantic masks (0, or an ignore index).
 
     Returns:
@@ -717,14 +772,16 @@ def train_transforms(
         ((1, 64, 64), (64, 64))
     """
     steps, after, fill = _normalization_steps(mean, std, normalization)
+    crop_options = {
+        "foreground_prob": foreground_prob,
+        "foreground_balance": foreground_balance,
+        "fill": fill,
+        "mask_fill": mask_fill,
+    }
     if crop is not None and scale is not None:
-        steps.append(
-            RandomScaleCrop(
-                crop, scale=scale, foreground_prob=foreground_prob, fill=fill, mask_fill=mask_fill
-            )
-        )
+        steps.append(RandomScaleCrop(crop, scale=scale, **crop_options))
     elif crop is not None:
-        steps.append(RandomCrop(crop, foreground_prob=foreground_prob, fill=fill, mask_fill=mask_fill))
+        steps.append(RandomCrop(crop, **crop_options))
     elif scale is not None:
         steps.append(RandomScale(scale))
     if flips:

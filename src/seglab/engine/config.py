@@ -211,6 +211,18 @@ class TrainConfig:
         tile: validate with a sliding window of this tile size instead of whole (padded) images.
         threads: ``torch.set_num_threads`` for the run; ``None``: leave torch's default.
         quiet: no progress bars (one line per epoch instead).
+        recipe: ``"auto"``: derive the unset keys (model width and depth, crop, batch, schedule,
+            sampling, loss, validation cadence) from the dataset's fingerprint, the device and
+            ``budget`` (:func:`seglab.engine.recipe.resolve_recipe`; ``seglab train`` applies it
+            unless a ``--config`` or ``--resume`` gives the run); ``"none"``: the config as given.
+        budget: the run's wall-clock budget for training and validation (``"10m"``, ``"90s"``,
+            ``"1.5h"`` or seconds); ``None``: 10 minutes under ``recipe="auto"``, no budget otherwise.
+            The recipe turns it into steps; ``max_time`` with ``time_policy="fit"`` holds it.
+        recipe_notes: what the recipe chose and why (filled in by the recipe; kept with the run).
+        bn_recalibrate: before every validation, re-estimate the BatchNorm running statistics over
+            this many training batches (a cumulative average with the current weights), so short
+            runs are validated and saved with statistics that match their weights; 0: off.
+        report: write ``report.html`` (curves, metrics, validation overlays, recipe) at the end.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -232,6 +244,11 @@ class TrainConfig:
     tile: int | None = None
     threads: int | None = None
     quiet: bool = False
+    recipe: str = "none"
+    budget: str | float | None = None
+    recipe_notes: dict[str, Any] = field(default_factory=dict)
+    bn_recalibrate: int = 16
+    report: bool = True
 
     def __post_init__(self) -> None:
         # option dicts hold plain YAML types (tuples become lists) so configs compare and save cleanly

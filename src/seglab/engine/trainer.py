@@ -68,6 +68,7 @@ from seglab._options import check_choice, did_you_mean
 from seglab.data.normalize import Normalization
 from seglab.data.transforms import Compose, NormalizeImage
 from seglab.engine._files import csv_text, json_cell, jsonable, write_text_atomic
+from seglab.engine.batchnorm import recalibrate_batchnorm
 from seglab.engine.checkpoint import (
     CHECKPOINT_KEYS,
     CheckpointError,
@@ -80,6 +81,7 @@ from seglab.engine.config import TrainConfig, save_config
 from seglab.engine.distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
 from seglab.errors import ConfigError, InvalidTypeError, InvalidValueError, SeglabError
 from seglab.metrics.scores import SCORES
+from seglab.report.run import write_run_report
 
 __all__ = [
     "TASK_ADAPTERS",
@@ -842,6 +844,8 @@ class Trainer:
                 barrier()
         if self.is_main:
             self._write_metrics(stopped)
+            if cfg.report:
+                write_run_report(self.run_dir, getattr(self.val_set, "dataset", None), device=self.device)
         return TrainResult(
             run_dir=self.run_dir,
             best_score=self.best_score,
@@ -1077,6 +1081,7 @@ class Trainer:
     def _validate(self) -> dict[str, float]:
         assert self.val_loader is not None
         model = self.model  # unwrapped: evaluation needs no gradient synchronisation
+        recalibrate_batchnorm(model, self.train_loader, self.config.bn_recalibrate, device=self.device)
         if self.dist.is_distributed:
             # every rank updated its own batch-norm statistics in its last step; validate with rank 0's
             # (the ones checkpoints hold), so the reduced metrics are those of the saved model

@@ -32,7 +32,7 @@ h1 { font-size: 1.6rem; margin-bottom: .2rem; } h2 { font-size: 1.25rem; margin-
 .meta { color: #666; font-size: .9rem; }
 table { border-collapse: collapse; margin: .6rem 0; font-size: .9rem; }
 th, td { border: 1px solid #ddd; padding: .25rem .6rem; text-align: right; }
-th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
+th { background: #f4f4f4; } td:first-child, th:first-child, td.text { text-align: left; }
 figure { margin: 1rem 0; } figcaption { color: #555; font-size: .9rem; }
 img { max-width: 100%; height: auto; border: 1px solid #eee; }
 pre { background: #f7f7f7; padding: .8rem; overflow-x: auto; font-size: .85rem; }
@@ -56,6 +56,26 @@ def format_value(value: Any, floatfmt: str = ".4f") -> str:
     if isinstance(value, int):
         return f"{value:,}" if abs(value) >= 10000 else str(value)
     return str(value)
+
+
+def _cell(value: Any, floatfmt: str) -> str:
+    """A ``<td>``; text that is not a number (a sentence, a name) is left-aligned."""
+    text = format_value(value, floatfmt)
+    numeric = not isinstance(value, str) or _looks_numeric(value)
+    return f"<td>{html.escape(text)}</td>" if numeric else f'<td class="text">{html.escape(text)}</td>'
+
+
+def _looks_numeric(text: str) -> bool:
+    """``"0.95"``, ``"1,234"``, ``"23.3 px"``, ``"2.0 min"``, ``"—"``: a number with at most a unit."""
+    words = text.split()
+    if not words or len(words) > 2:
+        return False
+    head = words[0].replace(",", "").rstrip("%")
+    try:
+        float(head)
+    except ValueError:
+        return head in ("—", "∞", "-∞")
+    return True
 
 
 class HtmlReport:
@@ -108,21 +128,34 @@ class HtmlReport:
         headers = dict(headers or {})
         head = "".join(f"<th>{html.escape(headers.get(c, c))}</th>" for c in columns)
         body = "".join(
-            "<tr>"
-            + "".join(f"<td>{html.escape(format_value(row.get(c), floatfmt))}</td>" for c in columns)
-            + "</tr>"
-            for row in rows
+            "<tr>" + "".join(_cell(row.get(c), floatfmt) for c in columns) + "</tr>" for row in rows
         )
         self._parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
-    def figure(self, src: str | os.PathLike[str], caption: str = "", *, alt: str | None = None) -> None:
-        """An image (a path relative to the report file, or a URL) with a caption."""
+    def figure(
+        self,
+        src: str | os.PathLike[str],
+        caption: str = "",
+        *,
+        alt: str | None = None,
+        link: str | os.PathLike[str] | None = None,
+    ) -> None:
+        """An image (a path relative to the report file, or a URL) with a caption.
+
+        Args:
+            src: the image.
+            caption: text under the image.
+            alt: alternative text (default: the caption).
+            link: make the image a link to this target (e.g. the full-resolution picture).
+        """
         src = Path(src).as_posix() if not isinstance(src, str) else src
         cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
         alt_text = html.escape(alt if alt is not None else caption or str(src))
-        self._parts.append(
-            f'<figure><img src="{html.escape(src)}" alt="{alt_text}" loading="lazy">{cap}</figure>'
-        )
+        img = f'<img src="{html.escape(src)}" alt="{alt_text}" loading="lazy">'
+        if link is not None:
+            target = Path(link).as_posix() if not isinstance(link, str) else link
+            img = f'<a href="{html.escape(target)}">{img}</a>'
+        self._parts.append(f"<figure>{img}{cap}</figure>")
 
     def render(self) -> str:
         """The page as a string."""

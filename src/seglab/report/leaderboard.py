@@ -2,8 +2,10 @@
 
 Each run directory holds the ``metrics.json`` written by the trainer; ``seglab eval`` on the test
 split and ``seglab demo`` add a ``"test"`` entry to it. A row shows the model, its size, how long it
-trained, the best validation scores and, when present, the test scores. Rows are ranked by test
-Dice when every run has one, else by validation Dice.
+trained, the best validation scores and, when present, the test scores. ``test_fg_dice`` is the
+mean test Dice of the foreground classes of a multi-class run (the background's near-perfect Dice
+left out) and the test Dice of a binary one. Rows are ranked by ``test_fg_dice`` when every run
+has one, else by validation Dice.
 
 Example:
     >>> rows = collect_runs(["runs/unet-hela", "runs/unetpp-hela"])  # doctest: +SKIP
@@ -35,6 +37,7 @@ LEADERBOARD_COLUMNS: tuple[str, ...] = (
     "val_dice",
     "val_iou",
     "test_dice",
+    "test_fg_dice",
     "test_iou",
     "test_hd95",
 )
@@ -56,6 +59,8 @@ def _run_row(run_dir: Path) -> dict[str, Any]:
         raise InvalidValueError(f"{path} is not valid JSON: {err}") from None
     best = data.get("best") or {}
     test = data.get("test") or {}
+    foreground = [_num(test.get(f"dice_{name}")) for name in (data.get("class_names") or [])[1:]]
+    fg_dice = sum(foreground) / len(foreground) if len(foreground) > 1 else _num(test.get("dice"))
     return {
         "run": run_dir.name or str(run_dir),
         "path": str(run_dir),
@@ -67,6 +72,7 @@ def _run_row(run_dir: Path) -> dict[str, Any]:
         "val_dice": _num(best.get("val_dice")),
         "val_iou": _num(best.get("val_iou")),
         "test_dice": _num(test.get("dice")),
+        "test_fg_dice": fg_dice,
         "test_iou": _num(test.get("iou")),
         "test_hd95": _num(test.get("hd95")),
     }
@@ -88,7 +94,7 @@ def collect_runs(run_dirs: Sequence[str | os.PathLike[str]]) -> list[dict[str, A
     if not run_dirs:
         raise InvalidValueError("Give at least one run directory, e.g. seglab compare runs/*/")
     rows = [_run_row(Path(d)) for d in run_dirs]
-    key = "test_dice" if all(not math.isnan(r["test_dice"]) for r in rows) else "val_dice"
+    key = "test_fg_dice" if all(not math.isnan(r["test_fg_dice"]) for r in rows) else "val_dice"
     rows.sort(key=lambda r: (math.isnan(r[key]), -r[key] if not math.isnan(r[key]) else 0.0))
     for i, row in enumerate(rows, start=1):
         row["rank"] = i
@@ -100,6 +106,10 @@ def _cell(column: str, value: Any) -> str:
         return f"{value / 60:.1f} min"
     if column == "params" and isinstance(value, int):
         return f"{value / 1e6:.2f} M"
+    if column.endswith("hd95"):
+        from seglab.report.run import format_hd
+
+        return format_hd(value)
     return format_value(value, ".4f")
 
 
@@ -126,6 +136,9 @@ def write_leaderboard(
     md.write_text(leaderboard_markdown(rows, columns))
     report = HtmlReport("seglab leaderboard")
     report.table([{c: _cell(c, row.get(c)) for c in columns} for row in rows], columns)
-    report.paragraph("Ranked by test Dice when every run has one, else by best validation Dice.")
+    report.paragraph(
+        "Ranked by test Dice (mean over the foreground classes for multi-class runs) when every run has one, "
+        "else by best validation Dice. HD95 in pixels."
+    )
     html_path = report.write(out / "leaderboard.html")
     return md, html_path

@@ -4,9 +4,14 @@ Everything works on NumPy arrays and returns ``uint8`` RGB images ``(H, W, 3)``;
 writes them. Colours:
 
 * classes: a fixed palette (:data:`CLASS_COLORS`), background left uncoloured;
+* truth and prediction of a binary mask in distinct colours (:data:`TRUTH_COLOR` green,
+  :data:`PRED_COLOR` magenta), so the two tiles of a panel are never confused;
 * errors (:func:`error_map`): true positives light grey, **false positives orange**, **false
   negatives blue** (the Okabe–Ito colour-blind-safe pair), and, for multi-class masks,
-  foreground of the wrong class purple; correct background shows the darkened image.
+  foreground of the wrong class purple; correct background shows the darkened image. When a panel
+  shrinks the error map, a pixel of the small map shows the most important case of the pixels it
+  covers (false negative, then false positive, wrong class, true positive), so a one-pixel rim of
+  missed foreground stays visible instead of being averaged into the grey of the correct pixels.
 
 Example:
     >>> import numpy as np
@@ -19,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,8 +37,11 @@ from seglab.errors import InvalidValueError
 __all__ = [
     "CLASS_COLORS",
     "ERROR_COLORS",
+    "PRED_COLOR",
+    "TRUTH_COLOR",
     "colorize",
     "comparison_panel",
+    "error_codes",
     "error_map",
     "overlay_mask",
     "save_png",
@@ -61,6 +70,14 @@ ERROR_COLORS: dict[str, tuple[int, int, int]] = {
     "fn": (0, 114, 178),  # blue
     "wrong_class": (204, 121, 167),  # reddish purple
 }
+
+
+TRUTH_COLOR: tuple[int, int, int] = (0, 200, 83)  # green: the truth of a binary mask
+PRED_COLOR: tuple[int, int, int] = (220, 40, 220)  # magenta: the prediction of a binary mask
+
+# error_codes values, in increasing importance (what a shrunken error map keeps)
+_TN, _TP, _WRONG, _FP, _FN = 0, 1, 2, 3, 4
+_CODE_COLORS = {_TP: "tp", _WRONG: "wrong_class", _FP: "fp", _FN: "fn"}
 
 
 def _class_color(c: int) -> tuple[int, int, int]:
@@ -125,7 +142,12 @@ def colorize(mask: np.ndarray) -> np.ndarray:
 
 
 def overlay_mask(
-    image: np.ndarray, mask: np.ndarray, *, alpha: float = 0.45, outline: bool = True
+    image: np.ndarray,
+    mask: np.ndarray,
+    *,
+    alpha: float = 0.45,
+    outline: bool = True,
+    colors: dict[int, tuple[int, int, int]] | None = None,
 ) -> np.ndarray:
     """The image with each foreground class tinted in its colour (and outlined).
 
@@ -134,6 +156,7 @@ def overlay_mask(
         mask: ``(H, W)`` class ids.
         alpha: opacity of the tint.
         outline: draw the class boundaries at full opacity.
+        colors: class id -> RGB for some classes (default :data:`CLASS_COLORS`).
 
     Returns:
         ``(H, W, 3)`` uint8.
@@ -147,7 +170,7 @@ def overlay_mask(
         if c <= 0:
             continue
         sel = m == c
-        color = np.array(_class_color(int(c)), dtype=np.float64)
+        color = np.array((colors or {}).get(int(c), _class_color(int(c))), dtype=np.float64)
         out[sel] = (1 - alpha) * out[sel] + alpha * color
         if outline:
             out[_boundary(sel)] = color
@@ -197,20 +220,56 @@ def error_map(
         >>> error_map(t, p)[0, 0].tolist(), error_map(t, p)[1, 0].tolist()
         ([230, 159, 0], [0, 114, 178])
     """
+    codes = error_codes(truth, pred)
+    if image is not None:
+        base = _display(image)
+        if base.shape[:2] != codes.shape:
+            raise InvalidValueError(f"image {base.shape[:2]} and masks {codes.shape} differ in size.")
+    else:
+        base = None
+    return _paint_codes(codes, base, dim)
+
+
+def error_codes(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Per pixel: 0 correct background, 1 true positive, 2 wrong class, 3 false positive, 4 false negative.
+
+    The codes grow with how much a reader needs to see the case; :func:`comparison_panel` keeps the
+    largest code of the pixels it merges when it shrinks an error map.
+
+    Raises:
+        InvalidValueError: shapes differ.
+
+    Example:
+        >>> error_codes(np.array([[0, 1, 1, 2]]), np.array([[1, 1, 0, 1]])).tolist()
+        [[3, 1, 4, 2]]
+    """
     t, p = _mask2d(truth, "truth"), _mask2d(pred, "pred")
     if t.shape != p.shape:
         raise InvalidValueError(f"truth {t.shape} and pred {p.shape} differ in size.")
-    if image is not None:
-        out = (_display(image).astype(np.float64) * dim).round().astype(np.uint8)
-        if out.shape[:2] != t.shape:
-            raise InvalidValueError(f"image {out.shape[:2]} and masks {t.shape} differ in size.")
+    codes = np.zeros(t.shape, dtype=np.uint8)
+    codes[(t > 0) & (p == t)] = _TP
+    codes[(t > 0) & (p > 0) & (p != t)] = _WRONG
+    codes[(t == 0) & (p > 0)] = _FP
+    codes[(t > 0) & (p == 0)] = _FN
+    return codes
+
+
+def _paint_codes(codes: np.ndarray, base: np.ndarray | None, dim: float) -> np.ndarray:
+    if base is not None:
+        out = (base.astype(np.float64) * dim).round().astype(np.uint8)
     else:
-        out = np.zeros((*t.shape, 3), dtype=np.uint8)
-    out[(t > 0) & (p == t)] = ERROR_COLORS["tp"]
-    out[(t == 0) & (p > 0)] = ERROR_COLORS["fp"]
-    out[(t > 0) & (p == 0)] = ERROR_COLORS["fn"]
-    out[(t > 0) & (p > 0) & (p != t)] = ERROR_COLORS["wrong_class"]
+        out = np.zeros((*codes.shape, 3), dtype=np.uint8)
+    for code, name in _CODE_COLORS.items():
+        out[codes == code] = ERROR_COLORS[name]
     return out
+
+
+def _resize_codes(codes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize error codes to ``(h, w)``: shrinking keeps the largest code of each block, growing repeats."""
+    h, w = codes.shape
+    rows = (np.arange(size[0]) * h) // size[0]
+    cols = (np.arange(size[1]) * w) // size[1]
+    return np.maximum.reduceat(np.maximum.reduceat(codes, rows, axis=0), cols, axis=1)
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -235,11 +294,21 @@ def comparison_panel(
     truth: np.ndarray | None,
     pred: np.ndarray,
     *,
-    titles: Sequence[str] = ("image", "truth", "prediction", "errors (FP orange, FN blue)"),
+    titles: Sequence[str] = (
+        "image",
+        "truth",
+        "prediction",
+        "errors (FP orange, FN blue, correct grey)",
+    ),
     max_width: int | None = 640,
+    min_width: int | None = None,
     columns: int | None = None,
 ) -> np.ndarray:
     """Image; truth; prediction; errors — as one RGB picture with a title above each tile.
+
+    Binary masks show the truth in :data:`TRUTH_COLOR` and the prediction in :data:`PRED_COLOR`;
+    multi-class masks use the class palette in both. A shrunken error tile keeps the most
+    important case per pixel (see :func:`error_codes`).
 
     Args:
         image: ``(C, H, W)`` raw image.
@@ -247,21 +316,29 @@ def comparison_panel(
         pred: ``(H, W)`` class ids.
         titles: the tile titles, in order.
         max_width: shrink each tile to at most this width (``None``: full size).
+        min_width: enlarge narrower tiles by a whole factor (pixels repeated) to at least this
+            width, so small images stay legible (``None``: never enlarge).
         columns: tiles per row (default: 2 for wide images with four tiles, else all in one row).
 
     Returns:
         ``(H', W', 3)`` uint8.
     """
-    tiles = [to_display(image)]
+    display = to_display(image)
+    binary = int(np.max(pred)) <= 1 and (truth is None or int(np.max(truth)) <= 1)
+    tiles = [display]
     if truth is not None:
-        tiles.append(overlay_mask(tiles[0], truth))
-    tiles.append(overlay_mask(tiles[0], pred))
-    if truth is not None:
-        tiles.append(error_map(truth, pred, image))
+        tiles.append(overlay_mask(display, truth, colors={1: TRUTH_COLOR} if binary else None))
+    tiles.append(overlay_mask(display, pred, colors={1: PRED_COLOR} if binary else None))
     names = list(titles) if truth is not None else [titles[0], titles[2]]
     w = tiles[0].shape[1]
     scale = min(1.0, max_width / w) if max_width else 1.0
+    if min_width and w * scale < min_width:
+        scale = float(math.ceil(min_width / w))
     tiles = [_resize(t, scale) for t in tiles]
+    if truth is not None:  # resized by importance, not averaged: thin misses stay visible
+        small = tiles[0].shape[:2]
+        codes = error_codes(truth, pred)
+        tiles.append(_paint_codes(_resize_codes(codes, small) if scale != 1 else codes, tiles[0], 0.4))
     th, tw = tiles[0].shape[:2]
     if columns is None:
         columns = 2 if len(tiles) == 4 and tw > th else len(tiles)
@@ -282,9 +359,17 @@ def comparison_panel(
     return np.asarray(canvas)
 
 
-def save_png(rgb: np.ndarray, path: str | os.PathLike[str]) -> Path:
-    """Write an ``(H, W, 3)`` uint8 array as PNG (parent folders created); returns the path."""
+def save_png(rgb: np.ndarray, path: str | os.PathLike[str], *, optimize: bool = True) -> Path:
+    """Write an ``(H, W, 3)`` uint8 array as PNG (parent folders created); returns the path.
+
+    Args:
+        rgb: the picture.
+        path: the file.
+        optimize: smallest file (about 10 % smaller, several times slower to write); ``False``
+            writes at zlib level 3, for reports with many large pictures.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(path, optimize=True)
+    options = {"optimize": True} if optimize else {"compress_level": 3}
+    Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(path, **options)
     return path

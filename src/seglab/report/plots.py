@@ -14,7 +14,9 @@ from typing import Any
 
 from seglab.errors import InvalidValueError, missing_extra
 
-__all__ = ["plot_history"]
+__all__ = ["moving_range", "plot_history"]
+
+_SETTLE = 0.2  # the first 20 % of the epochs (the initial climb) do not set a zoomed axis's bottom
 
 
 def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
@@ -27,6 +29,42 @@ def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float]
     return xs, ys
 
 
+def moving_range(series: Sequence[tuple[Sequence[float], Sequence[float]]]) -> tuple[float, float] | None:
+    """The y-range where curves move: their top, and the bottom they reach after settling.
+
+    The first 20 % of each curve's epochs (at least its first point, when it has three or more)
+    is left out of the bottom, so a Dice axis is not stretched from 0 by the first epochs and the
+    differences of the last epochs stay readable; 8 % of the span is added as a margin, and the
+    range is kept within [0, 1] when every value is.
+
+    Args:
+        series: ``(epochs, values)`` per curve.
+
+    Returns:
+        ``(bottom, top)``, or ``None`` without values.
+
+    Example:
+        >>> moving_range([([1, 2, 3, 4, 5], [0.1, 0.90, 0.94, 0.95, 0.96])])
+        (0.8952, 0.9648)
+    """
+    tops, bottoms, everything = [], [], []
+    for _xs, ys in series:
+        if not len(ys):
+            continue
+        skip = max(1, math.ceil(_SETTLE * len(ys))) if len(ys) >= 3 else 0
+        everything.extend(ys)
+        tops.append(max(ys))
+        bottoms.append(min(ys[skip:]))
+    if not tops:
+        return None
+    lo, hi = min(bottoms), max(tops)
+    margin = max(0.08 * (hi - lo), 1e-3)
+    lo, hi = lo - margin, hi + margin
+    if 0.0 <= min(everything) and max(everything) <= 1.0:
+        lo, hi = max(0.0, lo), min(1.0, hi)
+    return round(lo, 6), round(hi, 6)
+
+
 def plot_history(
     history: Sequence[Mapping[str, Any]],
     path: str | os.PathLike[str],
@@ -36,6 +74,8 @@ def plot_history(
         ("Dice", ("train_dice", "val_dice")),
     ),
     title: str | None = None,
+    zoom: Sequence[str] = ("Dice",),
+    best_epoch: int | None = None,
 ) -> Path:
     """Plot metrics per epoch, one panel per group of columns, and save a PNG.
 
@@ -46,6 +86,9 @@ def plot_history(
         panels: ``(y-label, columns)`` per panel; the default draws loss and Dice curves
             (training on crops, validation on full images).
         title: figure title.
+        zoom: labels of the panels whose y-axis covers only the range where the curves move
+            (:func:`moving_range`); the y-label then says so.
+        best_epoch: draw a dotted vertical line at this epoch (the checkpoint kept as best).
 
     Returns:
         The path written.
@@ -65,13 +108,21 @@ def plot_history(
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (label, keys) in zip(axes, panels):
+        drawn = []
         for key in keys:
             xs, ys = _series(history, key)
             if xs:
                 style = "-" if key.startswith("train") else "-o"
                 ax.plot(xs, ys, style, markersize=3, label=key.replace("_", " "))
+                drawn.append((xs, ys))
+        span = moving_range(drawn) if label in zoom else None
+        if span is not None and span[1] > span[0]:
+            ax.set_ylim(*span)
+            label = f"{label} (axis zoomed to the last epochs' range)"
+        if best_epoch:
+            ax.axvline(best_epoch, color="0.5", linestyle=":", linewidth=1)
         ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
+        ax.set_ylabel(label, fontsize=9)
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
