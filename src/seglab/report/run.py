@@ -199,8 +199,8 @@ def _evaluate_best(run_dir: Path, dataset: Any, device: Any, max_images: int) ->
     if dataset is None or not best.is_file() or len(dataset) == 0 or max_images <= 0:
         return None
     model, meta = load_model(best)
-    if model_info(meta["model_name"]).task != "semantic":
-        return None
+    if model_info(meta["model_name"]).task != "semantic" or meta.get("task") == "instance":
+        return None  # objects, not classes: `seglab eval` draws their overlays
     dev = torch.device(device)
     model = model.to(dev).eval()
     return evaluate(
