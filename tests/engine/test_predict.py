@@ -105,7 +105,6 @@ def test_find_images(tmp_path):
 
 
 def test_crf_refinement_keeps_shapes_and_probabilities():
-    pytest.importorskip("seglab.postprocess")
     from seglab.engine.predict import _apply_crf, _crf_image
 
     rng = np.random.default_rng(0)
