@@ -45,17 +45,18 @@ def _sq_distances(features: np.ndarray) -> np.ndarray:
     return out
 
 
-def _reference_mean_field(
-    image: np.ndarray,
-    probs: np.ndarray,
-    *,
-    iterations: int = 5,
-    smooth_sigma: float = 3.0,
-    smooth_weight: float = 3.0,
-    bilateral_sigma_xy: float = 80.0,
-    bilateral_sigma_intensity: float = 13.0,
-    bilateral_weight: float = 10.0,
-) -> np.ndarray:
+# dense_crf's documented defaults
+DEFAULTS = {
+    "iterations": 5,
+    "smooth_sigma": 3.0,
+    "smooth_weight": 3.0,
+    "bilateral_sigma_xy": 80.0,
+    "bilateral_sigma_intensity": 13.0,
+    "bilateral_weight": 10.0,
+}
+
+
+def _reference_mean_field(image: np.ndarray, probs: np.ndarray, **options: float) -> np.ndarray:
     """Mean-field inference in the fully-connected CRF, written from the definitions (O(N^2), float64).
 
     Krähenbühl and Koltun, NeurIPS 2011, with the conventions seglab documents for ``dense_crf``
@@ -68,6 +69,7 @@ def _reference_mean_field(
     ``Q_i(l) = exp(-E_i(l)) / sum_l' exp(-E_i(l'))`` with
     ``E_i(l) = psi_u(i, l) + sum_l' mu(l, l') sum_m w_m sum_{j != i} k_m(i, j) Q_j(l') / Z_m(i)``.
     """
+    o = {**DEFAULTS, **options}
     channels, h, w = image.shape
     k = probs.shape[0]
     yy, xx = np.mgrid[0:h, 0:w]
@@ -75,12 +77,12 @@ def _reference_mean_field(
     intensity = image.reshape(channels, -1).T.astype(np.float64)  # (N, C)
     d_position = _sq_distances(position)  # (N, N)
     kernels = [
-        (smooth_weight, np.exp(-d_position / (2.0 * smooth_sigma**2))),
+        (o["smooth_weight"], np.exp(-d_position / (2.0 * o["smooth_sigma"] ** 2))),
         (
-            bilateral_weight,
+            o["bilateral_weight"],
             np.exp(
-                -d_position / (2.0 * bilateral_sigma_xy**2)
-                - _sq_distances(intensity) / (2.0 * bilateral_sigma_intensity**2)
+                -d_position / (2.0 * o["bilateral_sigma_xy"] ** 2)
+                - _sq_distances(intensity) / (2.0 * o["bilateral_sigma_intensity"] ** 2)
             ),
         ),
     ]
@@ -93,7 +95,7 @@ def _reference_mean_field(
     p = probs.reshape(k, -1).T.astype(np.float64)  # (N, K)
     unary = -np.log(np.maximum(p, 1e-5))  # (N, K)
     q = p
-    for _ in range(iterations):
+    for _ in range(int(o["iterations"])):
         energy = unary + (pairwise @ q) @ potts  # (N, K)
         q = np.exp(-(energy - energy.min(1, keepdims=True)))
         q /= q.sum(1, keepdims=True)
