@@ -43,6 +43,14 @@ def _missing_peers(entries: list[Entry]) -> list[str]:
     return missing
 
 
+def _is_measured(path: Path) -> bool:
+    """Whether ``path`` holds results of a real (not ``--quick``) run."""
+    try:
+        return not results.read(path).get("quick", False)
+    except (OSError, ValueError):
+        return False
+
+
 def _command(argv: list[str]) -> str:
     return " ".join(["python -m benchmarks", *argv])
 
@@ -79,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
             f"missing peer libraries ({'; '.join(missing)}): pip install -e '.[peers,onnx]'", file=sys.stderr
         )
         return 2
+    if args.quick and args.json_dir:
+        measured = [e.name for e in entries if _is_measured(args.json_dir / f"{e.name}.json")]
+        if measured:
+            print(f"--quick would overwrite measured results in {args.json_dir} ({', '.join(measured)}); "
+                  "write smoke results elsewhere", file=sys.stderr)  # fmt: skip
+            return 2
     torch.set_num_threads(args.threads)
     set_quick(args.quick)
     start = results.now()

@@ -69,3 +69,11 @@ def test_losses_entry_in_its_steady_allocator_child(monkeypatch: pytest.MonkeyPa
     rows = bench_losses._in_steady_child(quick=True)
     assert len(rows) == 13 and rows[0].extra["malloc"] == "steady"
     assert all(r.seglab_s > 0 and r.peer_s is not None and r.peer_s > 0 for r in rows)
+
+
+def test_quick_never_overwrites_measured_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    measured = {"format": results.FORMAT, "quick": False, "entries": []}
+    results.write(tmp_path / "crf.json", measured)
+    assert main(["crf", "--quick", "--json-dir", str(tmp_path)]) == 2
+    assert "would overwrite measured results" in capsys.readouterr().err
+    assert results.read(tmp_path / "crf.json") == measured
