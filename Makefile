@@ -3,7 +3,9 @@
 #   make test   install the dev, onnx, peers and report extras and run the test suite
 #   make test-slow   run the tests marked slow
 #   make lint   ruff check + format check
-#   make bench  run the benchmarks (prints ratios against peer libraries)
+#   make bench  run the benchmarks (ratios against peer libraries) into benchmarks/results/*.json
+#               (BENCH="unet deeplab" for some entries)
+#   make bench-docs   regenerate docs/benchmarks.md from benchmarks/results/*.json
 #   make results          train every semantic family on hela and mni-brain (auto recipe, 5 min
 #                         each, about 1 h 45 min), evaluate on test, rewrite docs/results.md
 #   make results-targets  the named target runs (hela/mni-brain 15 and 60 min, bacteria, quokka,
@@ -15,8 +17,12 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 PYTEST_ARGS ?=
+BENCH ?=
+# the test targets require every optional peer: a missing one fails its cross-checks (named)
+# instead of skipping them; a plain `pytest` skips them and says why
+TEST_ENV := SEGLAB_REQUIRE_PEERS=1
 
-.PHONY: demo test test-slow lint format bench results results-targets clean install install-dev
+.PHONY: demo test test-slow lint format bench bench-docs results results-targets clean install install-dev
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,10 +42,10 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/seglab demo
 
 test: $(VENV)/.installed-dev
-	$(PY) -m pytest -n 2 -q $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest -n 2 -q $(PYTEST_ARGS)
 
 test-slow: $(VENV)/.installed-dev
-	$(PY) -m pytest -n 2 -q -m slow $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest -n 2 -q -m slow $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check src tests benchmarks
@@ -50,7 +56,10 @@ format: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 
 bench: $(VENV)/.installed-dev
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks $(BENCH) --json-dir benchmarks/results
+
+bench-docs:
+	$(PYTHON) -m benchmarks.render
 
 RESULTS_ARGS ?=
 

@@ -19,7 +19,8 @@ peer the same layout (weights converted, input converted inside its timed call, 
 forward does) and so isolate the architecture and implementation from the layout.
 
 Rows: inference (``torch.inference_mode``, eval) and a train step (forward + cross-entropy or BCE
-+ backward + SGD step). These networks are heavy on a CPU: few repeats.
++ backward + SGD step). These networks are heavy on a CPU: few repeats. ``--quick``: batch 2,
+3x32x32.
 """
 
 from __future__ import annotations
@@ -104,50 +105,46 @@ def _pair(
 
 
 @benchmark(
-    "deeplab", help="deeplabv3 (R50, OS 8) vs torchvision; deeplabv3plus (R34) vs smp; batch 4, 3x256x256"
+    "deeplab",
+    help="deeplabv3 (R50, OS 8) vs torchvision; deeplabv3plus (R34) vs smp; batch 4, 3x256x256",
+    peers=("torchvision", "segmentation_models_pytorch"),
 )
 def bench_deeplab(quick: bool) -> list[Result]:
     import segmentation_models_pytorch as smp
     from torchvision.models.segmentation import deeplabv3_resnet50
 
-    warmup, repeat = (1, 2) if quick else (1, 5)
+    warmup, repeat = 1, 5
+    batch, size = (2, 32) if quick else (4, 256)  # batch norm in training needs 2
     torch.manual_seed(0)
-    x = torch.randn(4, 3, 256, 256)
-    y21 = torch.randint(0, 21, (4, 256, 256))
-    y1 = (torch.rand(4, 1, 256, 256) > 0.5).float()
+    x = torch.randn(batch, 3, size, size)
+    y21 = torch.randint(0, 21, (batch, size, size))
+    y1 = (torch.rand(batch, 1, size, size) > 0.5).float()
+    kw = {"warmup": warmup, "repeat": repeat}
     rows: list[Result] = []
 
     tv = _Logits(deeplabv3_resnet50(weights=None, weights_backbone=None))
     ours = seglab.create_model("deeplabv3", num_classes=21, encoder="resnet50", output_stride=8)
-    rows += _pair("deeplabv3 R50 OS8", ours, tv, "torchvision", x, y21, warmup=warmup, repeat=repeat)
-    if not quick:
-        same = seglab.create_model(
-            "deeplabv3", num_classes=21, encoder="resnet50", output_stride=8, head_conv=True
-        )
-        rows += _pair(
-            "deeplabv3 R50 OS8 head_conv", same, tv, "torchvision", x, y21, warmup=warmup, repeat=repeat
-        )
-        rows += _pair(
-            "deeplabv3 R50 OS8 both channels_last", ours, _ChannelsLast(tv), "torchvision", x, y21,
-            warmup=warmup, repeat=repeat,
-        )  # fmt: skip
-    del tv, ours
+    rows += _pair("deeplabv3 R50 OS8", ours, tv, "torchvision", x, y21, **kw)
+    same = seglab.create_model(
+        "deeplabv3", num_classes=21, encoder="resnet50", output_stride=8, head_conv=True
+    )
+    rows += _pair("deeplabv3 R50 OS8 head_conv", same, tv, "torchvision", x, y21, **kw)
+    rows += _pair(
+        "deeplabv3 R50 OS8 both channels_last", ours, _ChannelsLast(tv), "torchvision", x, y21, **kw
+    )
+    del tv, ours, same
 
     peer = smp.DeepLabV3Plus("resnet34", encoder_weights=None)
     ours = seglab.create_model("deeplabv3plus", num_classes=1, encoder="resnet34")
-    rows += _pair("deeplabv3plus R34", ours, peer, "smp", x, y1, warmup=warmup, repeat=repeat)
+    rows += _pair("deeplabv3plus R34", ours, peer, "smp", x, y1, **kw)
     # smp's exact layer list: its decoder layout and its ASPP rates
     same = seglab.create_model(
         "deeplabv3plus", num_classes=1, encoder="resnet34", decoder_layout="light", rates=(12, 24, 36)
     )
-    rows += _pair("deeplabv3plus R34 light", same, peer, "smp", x, y1, warmup=warmup, repeat=repeat)
+    rows += _pair("deeplabv3plus R34 light", same, peer, "smp", x, y1, **kw)
     for r, m in ((rows[-4], ours), (rows[-2], same)):
         r.extra.update(gflops_seglab=_gflops(m, x[:1]), gflops_peer=_gflops(peer, x[:1]))
-    if not quick:
-        rows += _pair(
-            "deeplabv3plus R34 both channels_last", ours, _ChannelsLast(peer), "smp", x, y1,
-            warmup=warmup, repeat=repeat,
-        )  # fmt: skip
+    rows += _pair("deeplabv3plus R34 both channels_last", ours, _ChannelsLast(peer), "smp", x, y1, **kw)
     return rows
 
 

@@ -8,6 +8,8 @@ and AdamW. A ratio near 1 means the trainer costs nothing beyond the model.
 
 ``full_frame_validation``: :func:`seglab.engine.predict_logits` on a 700x1100 frame (padded to
 704x1104), what validation and ``seglab eval`` run per hela frame.
+
+``--quick``: base 8, 2 crops of 64x64 per step, a 96x128 frame.
 """
 
 from __future__ import annotations
@@ -20,17 +22,17 @@ import torch.nn.functional as F
 from benchmarks.harness import Result, benchmark, compare
 
 
-def _trainer(steps: int):
+def _trainer(steps: int, crop: int, batch: int, base: int):
     from seglab.engine import TrainConfig, Trainer
 
     cfg = TrainConfig.from_dict(
         {
-            "model": {"name": "unet", "options": {"base_channels": 16, "depth": 4}},
+            "model": {"name": "unet", "options": {"base_channels": base, "depth": 4}},
             "data": {
                 "name": "synthetic",
-                "crop": 192,
-                "batch_size": 12,
-                "samples_per_epoch": 12 * steps,
+                "crop": crop,
+                "batch_size": batch,
+                "samples_per_epoch": batch * steps,
                 "val_split": None,
                 "options": {"length": 8, "size": 256},
             },
@@ -49,7 +51,8 @@ def _trainer(steps: int):
 )
 def bench_engine(quick: bool) -> list[Result]:
     steps = 2
-    trainer = _trainer(steps)
+    crop, batch, base = (64, 2, 8) if quick else (192, 12, 16)
+    trainer = _trainer(steps, crop, batch, base)
     model = trainer.model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
@@ -72,18 +75,19 @@ def bench_engine(quick: bool) -> list[Result]:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
 
-    repeat = 2 if quick else 5
+    repeat = 5
     rows = [compare("train_epoch (2 steps)", seglab_epoch, plain_epoch, items=steps, peer_name="plain torch",
                     warmup=1, repeat=repeat)]  # fmt: skip
 
     from seglab.engine.predict import predict_logits
 
     model.eval()
-    frame = torch.randn(1, 1, 700, 1100)
+    h, w = (96, 128) if quick else (700, 1100)
+    frame = torch.randn(1, 1, h, w)
 
     def validate() -> None:
         with torch.no_grad():
             predict_logits(model, frame)
 
-    rows.append(compare("full_frame_validation (700x1100)", validate, None, items=1, warmup=1, repeat=repeat))
+    rows.append(compare(f"full_frame_validation ({h}x{w})", validate, None, items=1, warmup=1, repeat=repeat))
     return rows

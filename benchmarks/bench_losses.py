@@ -7,7 +7,7 @@ mask; a peer that needs another form (a float ``(N, 1, H, W)`` mask for MONAI, t
 pytorch-msssim, a one-hot float mask for pytorch-msssim's multiclass case) converts it inside its
 timed call, as a training loop using it would have to.
 
-Run: ``python -m benchmarks losses`` (``--quick`` for a smoke run). The environment variable
+Run: ``python -m benchmarks losses`` (``--quick`` for a smoke run: 2 images of 176x176). The environment variable
 ``SEGLAB_BENCH_DEVICE=cuda`` runs the same entries on the GPU.
 
 Allocator. A call here takes about a millisecond and touches a few freshly allocated megabytes.
@@ -22,7 +22,6 @@ every peer, which measures the arithmetic and the library overhead.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -33,10 +32,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks import results
 from benchmarks.harness import Result, benchmark, compare
 from seglab import losses as L
 
-N, H, W = 4, 256, 256
 K = 4  # classes of the multiclass case
 
 
@@ -58,38 +57,36 @@ def _grad_fn(
     return run
 
 
-def _data(device: str) -> dict[str, torch.Tensor]:
+def _data(device: str, n: int, h: int, w: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     # blobby masks, so MS-SSIM sees structure rather than noise
-    blob = F.avg_pool2d(torch.rand(N, 1, H, W, generator=g), 15, 1, 7)
+    blob = F.avg_pool2d(torch.rand(n, 1, h, w, generator=g), 15, 1, 7)
     tb = (blob[:, 0] > blob.mean()).long()  # (N, H, W) int64 {0, 1}
-    blobs = F.avg_pool2d(torch.rand(N, K, H, W, generator=g), 15, 1, 7)
+    blobs = F.avg_pool2d(torch.rand(n, K, h, w, generator=g), 15, 1, 7)
     tm = blobs.argmax(1)  # (N, H, W) int64 class ids
     data = {
-        "xb": torch.randn(N, 1, H, W, generator=g),
+        "xb": torch.randn(n, 1, h, w, generator=g),
         "tb": tb,
-        "xm": torch.randn(N, K, H, W, generator=g),
+        "xm": torch.randn(n, K, h, w, generator=g),
         "tm": tm,
     }
     return {k: v.to(device) for k, v in data.items()}
-
-
-def _reps(quick: bool) -> dict[str, int]:
-    return {"warmup": 1, "repeat": 3} if quick else {"warmup": 2, "repeat": 15}
 
 
 _STEADY_MALLOC = {"MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_MMAP_THRESHOLD_": str(1 << 29)}
 
 
 @benchmark(
-    "losses", help="Dice, focal, MS-SSIM, focal+ms_ssim+iou vs MONAI/smp/torchvision/pytorch-msssim (fwd+bwd)"
+    "losses",
+    help="Dice, focal, MS-SSIM, focal+ms_ssim+iou vs MONAI/smp/torchvision/pytorch-msssim (fwd+bwd)",
+    peers=("monai", "segmentation_models_pytorch", "pytorch_msssim", "torchvision"),
 )
 def bench_losses(quick: bool) -> list[Result]:
     mode = os.environ.get("SEGLAB_BENCH_MALLOC", "steady")
     if mode not in ("steady", "default"):
         raise ValueError(f"SEGLAB_BENCH_MALLOC must be 'steady' or 'default'; got {mode!r}.")
-    if mode == "steady" and os.environ.get("MALLOC_TRIM_THRESHOLD_") is None:
-        return _in_steady_child(quick)
+    if mode == "steady" and os.environ.get("MALLOC_TRIM_THRESHOLD_") is None and not quick:
+        return _in_steady_child(quick)  # --quick (a smoke run) stays in this process: no child start-up
     rows = _losses(quick)
     rows[0].extra["malloc"] = "steady" if os.environ.get("MALLOC_TRIM_THRESHOLD_") else "default"
     return rows
@@ -105,23 +102,8 @@ def _in_steady_child(quick: bool) -> list[Result]:
         subprocess.run(
             cmd, env={**os.environ, **_STEADY_MALLOC}, cwd=root, check=True, stdout=subprocess.DEVNULL
         )
-        rows = json.loads(out.read_text())
-    keys = {
-        "benchmark",
-        "name",
-        "seglab_s",
-        "seglab_items_per_s",
-        "peer",
-        "peer_s",
-        "peer_items_per_s",
-        "ratio",
-    }
-    results = []
-    for r in rows:
-        items = round(r["seglab_items_per_s"] * r["seglab_s"])
-        extra = {k: v for k, v in r.items() if k not in keys}
-        results.append(Result(r["name"], r["seglab_s"], r["peer_s"], items, r["peer"] or "", extra))
-    return results
+        (entry,) = results.read(out)["entries"]
+    return [Result.from_dict(row) for row in entry["rows"]]
 
 
 def _losses(quick: bool) -> list[Result]:
@@ -131,8 +113,9 @@ def _losses(quick: bool) -> list[Result]:
     from torchvision.ops import sigmoid_focal_loss
 
     device = os.environ.get("SEGLAB_BENCH_DEVICE", "cpu")
-    d = _data(device)
-    kw = _reps(quick)
+    n, h, w = (2, 176, 176) if quick else (4, 256, 256)  # pytorch-msssim needs > 160
+    d = _data(device, n, h, w)
+    kw = {"warmup": 2, "repeat": 15}
     xb, tb, xm, tm = d["xb"], d["tb"], d["xm"], d["tm"]
 
     def tb_f() -> torch.Tensor:  # the float (N, 1, H, W) mask MONAI / torchvision / pytorch-msssim take
@@ -142,7 +125,7 @@ def _losses(quick: bool) -> list[Result]:
         return F.one_hot(tm, K).permute(0, 3, 1, 2).float()
 
     tm_1 = tm.unsqueeze(1)  # (N, 1, H, W) int64: MONAI's to_onehot_y input (a view, no copy)
-    items = N
+    items = n
     rows: list[Result] = []
 
     def row(name: str, ours: Callable, peer: Callable, x: torch.Tensor, peer_name: str) -> None:
@@ -154,43 +137,43 @@ def _losses(quick: bool) -> list[Result]:
     dice_b = L.DiceLoss(smooth=1.0)
     monai_dice_b = ml.DiceLoss(sigmoid=True, batch=True, smooth_nr=1.0, smooth_dr=1.0)
     smp_dice_b = smp.losses.DiceLoss("binary", smooth=0.5)  # smp's smooth s == seglab's 2s
-    row("dice binary 4x1x256", lambda x: dice_b(x, tb), lambda x: monai_dice_b(x, tb_f()), xb, "monai")
-    row("dice binary 4x1x256", lambda x: dice_b(x, tb), lambda x: smp_dice_b(x, tb), xb, "smp")
+    row(f"dice binary {n}x1x{h}", lambda x: dice_b(x, tb), lambda x: monai_dice_b(x, tb_f()), xb, "monai")
+    row(f"dice binary {n}x1x{h}", lambda x: dice_b(x, tb), lambda x: smp_dice_b(x, tb), xb, "smp")
     dice_m = L.DiceLoss(smooth=1.0, mode="multiclass")
     monai_dice_m = ml.DiceLoss(softmax=True, to_onehot_y=True, batch=True, smooth_nr=1.0, smooth_dr=1.0)
     smp_dice_m = smp.losses.DiceLoss("multiclass", smooth=0.5)
-    row("dice multiclass 4x4x256", lambda x: dice_m(x, tm), lambda x: monai_dice_m(x, tm_1), xm, "monai")
-    row("dice multiclass 4x4x256", lambda x: dice_m(x, tm), lambda x: smp_dice_m(x, tm), xm, "smp")
+    row(f"dice multiclass {n}x{K}x{h}", lambda x: dice_m(x, tm), lambda x: monai_dice_m(x, tm_1), xm, "monai")
+    row(f"dice multiclass {n}x{K}x{h}", lambda x: dice_m(x, tm), lambda x: smp_dice_m(x, tm), xm, "smp")
 
     # -- Focal ------------------------------------------------------------------------------------
     focal_b = L.FocalLoss(alpha=0.25, gamma=2.0)
     row(
-        "focal binary 4x1x256",
+        f"focal binary {n}x1x{h}",
         lambda x: focal_b(x, tb),
         lambda x: sigmoid_focal_loss(x, tb_f(), alpha=0.25, gamma=2.0, reduction="mean"),
         xb,
         "torchvision",
     )
     smp_focal_b = smp.losses.FocalLoss("binary", alpha=0.25, gamma=2.0)
-    row("focal binary 4x1x256", lambda x: focal_b(x, tb), lambda x: smp_focal_b(x, tb), xb, "smp")
+    row(f"focal binary {n}x1x{h}", lambda x: focal_b(x, tb), lambda x: smp_focal_b(x, tb), xb, "smp")
     monai_focal_b = ml.FocalLoss(alpha=0.25, gamma=2.0, use_softmax=False)
-    row("focal binary 4x1x256", lambda x: focal_b(x, tb), lambda x: monai_focal_b(x, tb_f()), xb, "monai")
+    row(f"focal binary {n}x1x{h}", lambda x: focal_b(x, tb), lambda x: monai_focal_b(x, tb_f()), xb, "monai")
     focal_m = L.FocalLoss(alpha=None, gamma=2.0, mode="multiclass")
     monai_focal_m = ml.FocalLoss(gamma=2.0, use_softmax=True, to_onehot_y=True)
     row(
-        "focal multiclass 4x4x256",
+        f"focal multiclass {n}x{K}x{h}",
         lambda x: focal_m(x, tm),
         lambda x: monai_focal_m(x, tm_1),
         xm,
         "monai",
     )
     smp_focal_m = smp.losses.FocalLoss("multiclass", gamma=2.0)  # one-vs-all sigmoid (another definition)
-    row("focal multiclass 4x4x256", lambda x: focal_m(x, tm), lambda x: smp_focal_m(x, tm), xm, "smp")
+    row(f"focal multiclass {n}x{K}x{h}", lambda x: focal_m(x, tm), lambda x: smp_focal_m(x, tm), xm, "smp")
 
     # -- MS-SSIM ----------------------------------------------------------------------------------
     msssim_b = L.MSSSIMLoss()
     row(
-        "ms_ssim binary 4x1x256",
+        f"ms_ssim binary {n}x1x{h}",
         lambda x: msssim_b(x, tb),
         lambda x: 1 - pytorch_msssim.ms_ssim(x.sigmoid(), tb_f(), data_range=1.0),
         xb,
@@ -198,7 +181,7 @@ def _losses(quick: bool) -> list[Result]:
     )
     msssim_m = L.MSSSIMLoss(mode="multiclass")
     row(
-        "ms_ssim multiclass 4x4x256",
+        f"ms_ssim multiclass {n}x{K}x{h}",
         lambda x: msssim_m(x, tm),
         lambda x: 1 - pytorch_msssim.ms_ssim(x.softmax(1), tm_onehot(), data_range=1.0),
         xm,
@@ -213,7 +196,7 @@ def _losses(quick: bool) -> list[Result]:
         focal = sigmoid_focal_loss(x, tb_f(), alpha=0.25, gamma=2.0, reduction="mean")
         return focal + (1 - pytorch_msssim.ms_ssim(x.sigmoid(), tb_f(), data_range=1.0)) + smp_jac_b(x, tb)
 
-    row("focal+ms_ssim+iou binary 4x1x256", lambda x: hybrid_b(x, tb), peer_hybrid_b, xb, "tv+msssim+smp")
+    row(f"focal+ms_ssim+iou binary {n}x1x{h}", lambda x: hybrid_b(x, tb), peer_hybrid_b, xb, "tv+msssim+smp")
     hybrid_m = L.build("focal+ms_ssim+iou", mode="multiclass", focal={"alpha": None})
     smp_jac_m = smp.losses.JaccardLoss("multiclass", smooth=1.0)
 
@@ -223,7 +206,7 @@ def _losses(quick: bool) -> list[Result]:
         return focal + msssim + smp_jac_m(x, tm)
 
     row(
-        "focal+ms_ssim+iou multiclass 4x4x256",
+        f"focal+ms_ssim+iou multiclass {n}x{K}x{h}",
         lambda x: hybrid_m(x, tm),
         peer_hybrid_m,
         xm,

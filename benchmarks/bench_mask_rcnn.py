@@ -18,7 +18,7 @@ What remains different is the RoI op itself: seglab's RoIAlign uses ``aligned=Tr
 inference takes seconds on a CPU, so a busy machine makes those rows noisy; the ``RoI extractor``
 row times the only module that differs (seglab's ``MultiScaleRoIExtractor`` against torchvision's
 ``MultiScaleRoIAlign``: 1,000 boxes, 256 channels, the four FPN levels of a 512x512 image, 7x7
-bins) with many short repeats.
+bins) with many short repeats. ``--quick``: a 96x96 image, 150 proposals, 10 detections, 100 boxes.
 """
 
 from __future__ import annotations
@@ -33,27 +33,28 @@ from benchmarks.harness import Result, benchmark, compare
 
 _IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
 _IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
-_DETECTIONS = 100
 
 
-def _torchvision_model() -> nn.Module:
+def _torchvision_model(size: int, detections: int) -> nn.Module:
     from torchvision.models.detection import maskrcnn_resnet50_fpn
 
-    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=512, max_size=512)
+    model = maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, min_size=size, max_size=size, box_detections_per_img=detections
+    )
     model.roi_heads.score_thresh = 0.0
     return model.eval()
 
 
-def _seglab_model(peer: nn.Module, roi_op: str) -> nn.Module:
+def _seglab_model(peer: nn.Module, roi_op: str, size: int, detections: int) -> nn.Module:
     model = seglab.create_model(
         "mask_rcnn",
         in_channels=3,
         num_classes=91,
         encoder="resnet50",
         roi_op=roi_op,
-        min_size=512,
-        max_size=512,
-        detections_per_img=_DETECTIONS,
+        min_size=size,
+        max_size=size,
+        detections_per_img=detections,
         score_threshold=0.0,
     )
     model.load_state_dict(peer.state_dict())  # strict: the same modules, the same weights
@@ -76,15 +77,15 @@ def _run_peer(model: nn.Module, x: Tensor) -> Callable[[], list[dict[str, Tensor
     return run
 
 
-def _extractor_row(warmup: int, repeat: int) -> Result:
+def _extractor_row(warmup: int, repeat: int, size: int, n_boxes: int) -> Result:
     from torchvision.ops import MultiScaleRoIAlign
 
     from seglab.models.mask_rcnn import MultiScaleRoIExtractor
 
     gen = torch.Generator().manual_seed(0)
-    feats = {str(i): torch.randn(1, 256, 128 >> i, 128 >> i, generator=gen) for i in range(4)}
-    side = 8 + 248 * torch.rand(1000, 2, generator=gen)
-    start = (512 - side) * torch.rand(1000, 2, generator=gen)
+    feats = {str(i): torch.randn(1, 256, (size // 4) >> i, (size // 4) >> i, generator=gen) for i in range(4)}
+    side = 8 + (size // 2 - 8) * torch.rand(n_boxes, 2, generator=gen)
+    start = (size - side) * torch.rand(n_boxes, 2, generator=gen)
     boxes = [torch.cat([start, start + side], dim=1)]
     names = list(feats)
     ours = MultiScaleRoIExtractor(names, 7, op="align", sampling_ratio=2)
@@ -93,30 +94,38 @@ def _extractor_row(warmup: int, repeat: int) -> Result:
     def run(module: nn.Module) -> Callable[[], Tensor]:
         def call() -> Tensor:
             with torch.inference_mode():
-                return module(feats, boxes, [(512, 512)])
+                return module(feats, boxes, [(size, size)])
 
         return call
 
     return compare(
-        "RoI extractor 1000 boxes", run(ours), run(peer), items=1000, peer_name="torchvision",
+        f"RoI extractor {n_boxes} boxes", run(ours), run(peer), items=n_boxes, peer_name="torchvision",
         warmup=warmup, repeat=repeat,
     )  # fmt: skip
 
 
-@benchmark("mask_rcnn", help="mask_rcnn R50 vs torchvision maskrcnn_resnet50_fpn, same weights, 1x3x512x512")
+@benchmark(
+    "mask_rcnn",
+    help="mask_rcnn R50 vs torchvision maskrcnn_resnet50_fpn, same weights, 1x3x512x512",
+    peers=("torchvision",),
+)
 def bench_mask_rcnn(quick: bool) -> list[Result]:
-    warmup, repeat = (1, 3) if quick else (1, 7)
+    warmup, repeat = 1, 7
+    size, detections = (96, 10) if quick else (512, 100)
     torch.manual_seed(0)
-    x = torch.rand(3, 512, 512)
-    peer = _torchvision_model()
+    x = torch.rand(3, size, size)
+    peer = _torchvision_model(size, detections)
     rows: list[Result] = []
-    for roi_op in ("align",) if quick else ("align", "pool"):
-        ours = _seglab_model(peer, roi_op)
+    for roi_op in ("align", "pool"):
+        ours = _seglab_model(peer, roi_op, size, detections)
+        if quick:  # the box head on 1,000 proposals is much of the work: 150 keep it a smoke run
+            for model in (ours, peer):
+                model.rpn._post_nms_top_n = {"training": 2000, "testing": 150}
         ours_fn, peer_fn = _run_seglab(ours, x), _run_peer(peer, x)
         n_ours, n_peer = len(ours_fn()[0]["boxes"]), len(peer_fn()[0]["boxes"])
-        if n_ours != _DETECTIONS or n_peer != _DETECTIONS:
+        if n_ours != detections or n_peer != detections:
             raise RuntimeError(
-                f"unequal work: seglab {n_ours} detections, torchvision {n_peer} (expected {_DETECTIONS})"
+                f"unequal work: seglab {n_ours} detections, torchvision {n_peer} (expected {detections})"
             )
         row = compare(
             f"mask_rcnn R50 roi_op={roi_op} inference",
@@ -129,5 +138,5 @@ def bench_mask_rcnn(quick: bool) -> list[Result]:
         )
         row.extra.update(detections=f"{n_ours}/{n_peer}")
         rows.append(row)
-    rows.append(_extractor_row(warmup=3, repeat=15 if quick else 41))
+    rows.append(_extractor_row(3, 41, size, 100 if quick else 1000))
     return rows

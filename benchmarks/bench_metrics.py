@@ -11,6 +11,8 @@ would write it:
   A second row times ``multiclass_stat_scores`` alone (counting only, no scores), the cheapest
   torchmetrics path.
 * MONAI: argmax, one-hot both, ``ConfusionMatrixMetric`` with the eight matching metric names.
+
+``--quick``: 2x4x64x64; the mask AP entry a 96x128 frame with 8 objects.
 """
 
 from __future__ import annotations
@@ -22,12 +24,101 @@ import torch
 from benchmarks.harness import Result, benchmark, compare
 
 
-@benchmark("metrics", help="confusion + 8 scores, 16x4x512x512 multiclass, vs torchmetrics and MONAI")
+def _torchmetrics_rows(seglab_fn, logits: torch.Tensor, target: torch.Tensor, n: int, c: int) -> list[Result]:
+    from torchmetrics import MetricCollection
+    from torchmetrics.classification import (
+        MulticlassAccuracy,
+        MulticlassF1Score,
+        MulticlassJaccardIndex,
+        MulticlassPrecision,
+        MulticlassRecall,
+        MulticlassSpecificity,
+    )
+    from torchmetrics.functional.classification import multiclass_stat_scores
+
+    from seglab.metrics import confusion
+
+    collection = MetricCollection(
+        {
+            "iou": MulticlassJaccardIndex(c, average="macro"),
+            "dice": MulticlassF1Score(c, average="macro"),
+            "precision": MulticlassPrecision(c, average="macro"),
+            "recall": MulticlassRecall(c, average="macro"),
+            "tnr": MulticlassSpecificity(c, average="macro"),
+            "accuracy": MulticlassAccuracy(c, average="macro"),
+        }
+    )
+
+    def torchmetrics_fn() -> dict[str, torch.Tensor]:
+        collection.reset()
+        collection.update(logits, target)
+        out = collection.compute()
+        out["fpr"], out["fnr"] = 1 - out["tnr"], 1 - out["recall"]
+        return out
+
+    def torchmetrics_counts_fn() -> torch.Tensor:
+        return multiclass_stat_scores(
+            logits, target, num_classes=c, average=None, multidim_average="samplewise"
+        )
+
+    rows = [
+        compare("confusion+8 scores", seglab_fn, torchmetrics_fn, items=n, peer_name="torchmetrics", repeat=7)
+    ]
+    ours, ref = seglab_fn(), torchmetrics_fn()
+    rows[-1].extra["iou_dice_diff"] = f"{max(abs(float(ours[k] - ref[k])) for k in ('iou', 'dice')):.1e}"
+    rows.append(
+        compare(
+            "counts only (per image)",
+            lambda: confusion(logits, target, mode="multiclass"),
+            torchmetrics_counts_fn,
+            items=n,
+            peer_name="tm stat_scores",
+            repeat=7,
+        )
+    )
+    return rows
+
+
+def _monai_row(seglab_fn, logits: torch.Tensor, target: torch.Tensor, n: int, c: int) -> Result:
+    from monai.metrics import ConfusionMatrixMetric
+
+    names = [
+        "threat score",  # IoU
+        "f1 score",
+        "precision",
+        "sensitivity",
+        "fall out",  # FPR
+        "miss rate",  # FNR
+        "specificity",
+        "accuracy",
+    ]
+    monai_metric = ConfusionMatrixMetric(include_background=True, metric_name=names, reduction="mean")
+
+    def monai_fn() -> list[torch.Tensor]:
+        pred = torch.nn.functional.one_hot(logits.argmax(1), c).permute(0, 3, 1, 2)  # (N, C, H, W)
+        truth = torch.nn.functional.one_hot(target, c).permute(0, 3, 1, 2)  # (N, C, H, W)
+        monai_metric.reset()
+        monai_metric(y_pred=pred, y=truth)
+        return monai_metric.aggregate()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        row = compare("confusion+8 scores", seglab_fn, monai_fn, items=n, peer_name="monai", repeat=7)
+        ours, ref = seglab_fn(), monai_fn()
+    diff = max(abs(float(ours[k] - r.item())) for k, r in zip(("iou", "dice"), ref[:2]))
+    row.extra["iou_dice_diff"] = f"{diff:.1e}"
+    return row
+
+
+@benchmark(
+    "metrics",
+    help="confusion + 8 scores, 16x4x512x512 multiclass, vs torchmetrics and MONAI",
+    peers=("torchmetrics", "monai"),
+)
 def bench_metrics(quick: bool) -> list[Result]:
     from seglab.metrics import all_scores, confusion
 
-    n, c, size = (4, 4, 256) if quick else (16, 4, 512)
-    repeat = 3 if quick else 7
+    n, c, size = (2, 4, 64) if quick else (16, 4, 512)
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(n, c, size, size, generator=g)
     target = torch.randint(0, c, (n, size, size), generator=g)
@@ -36,103 +127,17 @@ def bench_metrics(quick: bool) -> list[Result]:
         counts = confusion(logits, target, mode="multiclass")
         return all_scores(*counts, reduction="macro")
 
-    rows: list[Result] = []
-    try:
-        from torchmetrics import MetricCollection
-        from torchmetrics.classification import (
-            MulticlassAccuracy,
-            MulticlassF1Score,
-            MulticlassJaccardIndex,
-            MulticlassPrecision,
-            MulticlassRecall,
-            MulticlassSpecificity,
-        )
-        from torchmetrics.functional.classification import multiclass_stat_scores
-
-        collection = MetricCollection(
-            {
-                "iou": MulticlassJaccardIndex(c, average="macro"),
-                "dice": MulticlassF1Score(c, average="macro"),
-                "precision": MulticlassPrecision(c, average="macro"),
-                "recall": MulticlassRecall(c, average="macro"),
-                "tnr": MulticlassSpecificity(c, average="macro"),
-                "accuracy": MulticlassAccuracy(c, average="macro"),
-            }
-        )
-
-        def torchmetrics_fn() -> dict[str, torch.Tensor]:
-            collection.reset()
-            collection.update(logits, target)
-            out = collection.compute()
-            out["fpr"], out["fnr"] = 1 - out["tnr"], 1 - out["recall"]
-            return out
-
-        def torchmetrics_counts_fn() -> torch.Tensor:
-            return multiclass_stat_scores(
-                logits, target, num_classes=c, average=None, multidim_average="samplewise"
-            )
-
-        rows.append(
-            compare(
-                "confusion+8 scores",
-                seglab_fn,
-                torchmetrics_fn,
-                items=n,
-                peer_name="torchmetrics",
-                repeat=repeat,
-            )
-        )
-        ours, ref = seglab_fn(), torchmetrics_fn()
-        rows[-1].extra["iou_dice_diff"] = f"{max(abs(float(ours[k] - ref[k])) for k in ('iou', 'dice')):.1e}"
-        rows.append(
-            compare(
-                "counts only (per image)",
-                lambda: confusion(logits, target, mode="multiclass"),
-                torchmetrics_counts_fn,
-                items=n,
-                peer_name="tm stat_scores",
-                repeat=repeat,
-            )
-        )
-    except ImportError:
-        print("torchmetrics not installed: skipping its rows")
-
-    try:
-        from monai.metrics import ConfusionMatrixMetric
-
-        names = [
-            "threat score",  # IoU
-            "f1 score",
-            "precision",
-            "sensitivity",
-            "fall out",  # FPR
-            "miss rate",  # FNR
-            "specificity",
-            "accuracy",
-        ]
-        monai_metric = ConfusionMatrixMetric(include_background=True, metric_name=names, reduction="mean")
-
-        def monai_fn() -> list[torch.Tensor]:
-            pred = torch.nn.functional.one_hot(logits.argmax(1), c).permute(0, 3, 1, 2)  # (N, C, H, W)
-            truth = torch.nn.functional.one_hot(target, c).permute(0, 3, 1, 2)  # (N, C, H, W)
-            monai_metric.reset()
-            monai_metric(y_pred=pred, y=truth)
-            return monai_metric.aggregate()
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            rows.append(
-                compare("confusion+8 scores", seglab_fn, monai_fn, items=n, peer_name="monai", repeat=repeat)
-            )
-            ours, ref = seglab_fn(), monai_fn()
-            diff = max(abs(float(ours[k] - r.item())) for k, r in zip(("iou", "dice"), ref[:2]))
-            rows[-1].extra["iou_dice_diff"] = f"{diff:.1e}"
-    except ImportError:
-        print("monai not installed: skipping its row")
-    return rows
+    return [
+        *_torchmetrics_rows(seglab_fn, logits, target, n, c),
+        _monai_row(seglab_fn, logits, target, n, c),
+    ]
 
 
-@benchmark("mask_ap", help="COCO mask AP, one 700x1100 frame, 150 nuclei, 100 detections, vs pycocotools")
+@benchmark(
+    "mask_ap",
+    help="COCO mask AP, one 700x1100 frame, 150 nuclei, 100 detections, vs pycocotools",
+    peers=("pycocotools",),
+)
 def bench_mask_ap(quick: bool) -> list[Result]:
     import contextlib
     import io
@@ -141,8 +146,8 @@ def bench_mask_ap(quick: bool) -> list[Result]:
 
     from seglab.metrics import mask_ap
 
-    h, w = (350, 550) if quick else (700, 1100)
-    n_gt, n_det = (60, 40) if quick else (150, 100)
+    h, w = (96, 128) if quick else (700, 1100)
+    n_gt, n_det = (8, 6) if quick else (150, 100)
     rng = np.random.default_rng(0)
     truth = np.zeros((n_gt, h, w), bool)
     for j in range(n_gt):  # square "nuclei" of radius 6..13
@@ -165,13 +170,9 @@ def bench_mask_ap(quick: bool) -> list[Result]:
     def seglab_fn() -> dict[str, float]:
         return mask_ap(preds, targets)
 
-    try:
-        from pycocotools import mask as mask_utils
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-    except ImportError:
-        print("pycocotools not installed: timing seglab alone")
-        return [compare("mask_ap", seglab_fn, items=1, repeat=3)]
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
 
     def pycocotools_fn() -> list[float]:
         # same starting point: the model's float masks, binarised and RLE-encoded
@@ -210,7 +211,7 @@ def bench_mask_ap(quick: bool) -> list[Result]:
         pycocotools_fn,
         items=1,
         peer_name="pycocotools",
-        repeat=3 if quick else 5,
+        repeat=5,
     )
     row.extra["max_abs_diff"] = f"{diff:.1e}"
     return [row]

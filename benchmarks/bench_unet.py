@@ -4,6 +4,7 @@ seglab ``unet(channels=(32, 32, 64, 128, 256), norm="instance", up="transposed",
 against MONAI ``BasicUNet(spatial_dims=2, features=(32, 32, 64, 128, 256, 32))`` (instance norm with
 affine, LeakyReLU, 2x2 transposed-conv up-sampling, max-pool down-sampling): batch 4, 1x256x256,
 inference (``torch.inference_mode``) and a train step (forward + BCE loss + backward + Adam step).
+``--quick``: batch 1, 1x64x64.
 Differences that remain: MONAI's convs carry a bias that the following instance norm cancels
 (seglab drops it), and its LeakyReLU slope is 0.1 (seglab's 0.01) — neither changes the work done.
 """
@@ -35,11 +36,13 @@ def _infer(model: torch.nn.Module, x: torch.Tensor):
     return run
 
 
-@benchmark("unet", help="seglab unet vs MONAI BasicUNet (same architecture), batch 4, 1x256x256")
+@benchmark(
+    "unet", help="seglab unet vs MONAI BasicUNet (same architecture), batch 4, 1x256x256", peers=("monai",)
+)
 def bench_unet(quick: bool) -> list[Result]:
     from monai.networks.nets import BasicUNet
 
-    repeat = 3 if quick else 10
+    batch, size = (1, 64) if quick else (4, 256)
     ours = seglab.create_model(
         "unet",
         in_channels=1,
@@ -50,15 +53,15 @@ def bench_unet(quick: bool) -> list[Result]:
         act="leaky_relu",
     )
     peer = BasicUNet(spatial_dims=2, in_channels=1, out_channels=1, features=(32, 32, 64, 128, 256, 32))
-    x = torch.randn(4, 1, 256, 256)
-    y = (torch.rand(4, 1, 256, 256) > 0.5).float()
+    x = torch.randn(batch, 1, size, size)
+    y = (torch.rand(batch, 1, size, size) > 0.5).float()
     n_ours = sum(p.numel() for p in ours.parameters())
     n_peer = sum(p.numel() for p in peer.parameters())
     rows = []
     ours.eval()
     peer.eval()
     rows.append(
-        compare("unet inference", _infer(ours, x), _infer(peer, x), items=4, peer_name="monai", repeat=repeat)
+        compare("unet inference", _infer(ours, x), _infer(peer, x), items=batch, peer_name="monai", repeat=10)
     )
     ours.train()
     peer.train()
@@ -69,9 +72,9 @@ def bench_unet(quick: bool) -> list[Result]:
             "unet train step",
             _train_step(ours, opt_o, x, y),
             _train_step(peer, opt_p, x, y),
-            items=4,
+            items=batch,
             peer_name="monai",
-            repeat=repeat,
+            repeat=10,
         )
     )
     rows[0].extra.update(params_seglab=n_ours, params_monai=n_peer)

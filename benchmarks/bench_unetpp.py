@@ -12,15 +12,17 @@ up-convolutions, max-pool down-sampling and four 1x1 deep-supervision heads. Two
   ``tests/models/test_unetpp.py``), so the ratio compares implementations alone.
 
 Rows: a training step (forward with all four heads, BCE summed over the heads, backward, SGD step)
-and inference (``eval()``, ``torch.inference_mode``, the single output), then seglab's pruned sub-networks
-``L1..L4`` and the full model at 1x1x256x256 with FLOPs counted by
-``torch.utils.flop_counter.FlopCounterMode``, and one channels-last ablation row.
+and inference (``eval()``, ``torch.inference_mode``, the single output), one channels-last ablation
+row, then seglab's pruned sub-networks ``L4..L1`` at 1x1x256x256, each timed alternately against
+the full model (the "peer" column; the ratio is the speed-up of pruning), with FLOPs per image
+counted by ``torch.utils.flop_counter.FlopCounterMode``. ``--quick``: 32x32 inputs.
 
 ``SEGLAB_BENCH_DEVICE=cuda`` runs the same rows on a GPU (larger batches); the default is the CPU.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.harness import Result, benchmark, compare, measure
+from benchmarks.harness import Result, benchmark, compare
 from seglab.models.unetpp import unetpp
 
 PAPER = (32, 64, 128, 256, 512)
@@ -100,13 +102,39 @@ def _infer(model: nn.Module, x: torch.Tensor):
     return run
 
 
-@benchmark("unetpp", help="U-Net++ vs MONAI BasicUNetPlusPlus (train step, inference), pruned L1..L4, FLOPs")
+def _pruning_rows(size: int, dev: torch.device, reps: dict[str, int]) -> list[Result]:
+    """Each sub-network ``L4..L1`` of the paper-width model against the full model, alternating."""
+    full, _ = _models(PAPER, dev)
+    full.eval()
+    x1 = torch.randn(1, 1, size, size, device=dev)
+    full_gflops = _gflops(full, x1)
+    rows = []
+    for level in (4, 3, 2, 1):
+        sub = copy.deepcopy(full).prune(level).eval()
+        r = compare(
+            f"inference pruned L{level} 1x{size}x{size}",
+            _infer(sub, x1),
+            _infer(full, x1),
+            items=1,
+            peer_name="full model",
+            **reps,
+        )
+        r.extra = {"gflops": round(_gflops(sub, x1), 2), "full_gflops": round(full_gflops, 2)}
+        rows.append(r)
+    return rows
+
+
+@benchmark(
+    "unetpp",
+    help="U-Net++ vs MONAI BasicUNetPlusPlus (train step, inference); pruned L1..L4 vs the full model; FLOPs",
+    peers=("monai",),
+)
 def bench_unetpp(quick: bool) -> list[Result]:
     dev = _device()
     cuda = dev.type == "cuda"
-    size = 128 if quick else 256
-    train_batch, infer_batch = (8, 8) if cuda else (2, 1)
-    reps = {"warmup": 1, "repeat": 3} if quick else ({"warmup": 5, "repeat": 30} if cuda else {})
+    size = 32 if quick else 256
+    train_batch, infer_batch = (8, 8) if cuda and not quick else (2, 1)
+    reps = {"warmup": 5, "repeat": 30} if cuda else {}
     rows: list[Result] = []
     for tag, channels in (("same", SAME), ("paper", PAPER)):
         ours, peer = _models(channels, dev)
@@ -138,8 +166,8 @@ def bench_unetpp(quick: bool) -> list[Result]:
             peer_name="monai",
             **reps,
         )
-        x1 = torch.randn(1, 1, 256, 256, device=dev)
-        r.extra = {"gflops@256": round(_gflops(ours, x1), 2), "peer_gflops@256": round(_gflops(peer, x1), 2)}
+        x1 = xi[:1]
+        r.extra = {"gflops": round(_gflops(ours, x1), 2), "peer_gflops": round(_gflops(peer, x1), 2)}
         rows.append(r)
         if tag == "paper":
             # channels-last ablation (both models): kept only as information, not a default
@@ -156,19 +184,4 @@ def bench_unetpp(quick: bool) -> list[Result]:
                     **reps,
                 )
             )
-            ours.to(memory_format=torch.contiguous_format)
-
-    # pruning: the sub-networks L1..L4 of the paper-width model, 1x1x256x256, eval
-    ours, _ = _models(PAPER, dev)
-    ours.eval()
-    x1 = torch.randn(1, 1, 256, 256, device=dev)
-    full_s = None
-    for level in (None, 4, 3, 2, 1):
-        ours.prune(level)
-        gf = _gflops(ours, x1)
-        t = measure(_infer(ours, x1), **reps)
-        full_s = full_s or t
-        name = "inference full model 1x256x256" if level is None else f"inference pruned L{level} 1x256x256"
-        rows.append(Result(name, t, extra={"gflops": round(gf, 2), "speedup_vs_full": round(full_s / t, 2)}))
-    ours.prune(None)
-    return rows
+    return rows + _pruning_rows(size, dev, reps)

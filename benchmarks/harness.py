@@ -2,10 +2,11 @@
 
 Write an entry in ``benchmarks/bench_<topic>.py``::
 
-    from benchmarks.harness import benchmark, compare
+    from benchmarks.harness import Result, benchmark, compare
 
-    @benchmark("unet", help="U-Net vs MONAI BasicUNet, batch 4, 1x256x256")
+    @benchmark("unet", help="U-Net vs MONAI BasicUNet, batch 4, 1x256x256", peers=("monai",))
     def bench_unet(quick: bool) -> list[Result]:
+        size = 64 if quick else 256  # --quick: tiny sizes, the whole entry in a few seconds
         ...
         return [compare("unet inference", seglab_fn, monai_fn, items=4, peer_name="monai")]
 
@@ -13,24 +14,48 @@ Write an entry in ``benchmarks/bench_<topic>.py``::
 each function in alternating order (seglab first on even rounds, peer first on odd ones), so slow
 drifts of the machine (thermal, other processes) hit both alike. It reports the median time per
 call, items/s, and the ratio ``seglab_throughput / peer_throughput`` (> 1: seglab is faster).
+A "peer" may also be seglab itself in another configuration (the full U-Net++ against a pruned
+one, a plain forward against a prepared one): the pair is still timed alternately.
+
+``--quick`` (a smoke run, what the test suite does) calls :func:`set_quick`: every ``compare`` and
+``measure`` then makes one timed call of each function and no warm-up, and the entry is expected
+to pick tiny sizes from its ``quick`` argument, so that a broken benchmark fails CI in seconds.
+Quick figures mean nothing and ``python -m benchmarks.render`` leaves them out of the docs.
+
+``peers`` names the modules an entry imports besides seglab (the runner checks them first, the
+smoke test requires them like any cross-check).
 """
 
 from __future__ import annotations
 
 import gc
+import importlib
+import pkgutil
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-__all__ = ["BENCHMARKS", "Result", "benchmark", "compare", "measure", "print_results"]
+__all__ = [
+    "BENCHMARKS",
+    "Entry",
+    "Result",
+    "benchmark",
+    "compare",
+    "is_quick",
+    "load_entries",
+    "measure",
+    "print_results",
+    "set_quick",
+]
 
 
 @dataclass
 class Result:
-    """One benchmark row."""
+    """One benchmark row: seconds per call of seglab (and of the peer), items per call, extras."""
 
     name: str
     seglab_s: float  # median seconds per call
@@ -53,31 +78,76 @@ class Result:
         return None if self.peer_s is None else self.peer_s / self.seglab_s
 
     def as_dict(self) -> dict[str, object]:
+        """The row as stored in the results JSON (see ``benchmarks.results``)."""
         return {
             "name": self.name,
+            "items": self.items,
             "seglab_s": self.seglab_s,
             "seglab_items_per_s": self.seglab_rate,
             "peer": self.peer_name or None,
             "peer_s": self.peer_s,
             "peer_items_per_s": self.peer_rate,
             "ratio": self.ratio,
-            **self.extra,
+            "extra": dict(self.extra),
         }
 
+    @classmethod
+    def from_dict(cls, row: dict[str, object]) -> Result:
+        """Inverse of :meth:`as_dict`."""
+        return cls(
+            str(row["name"]),
+            float(row["seglab_s"]),  # type: ignore[arg-type]
+            None if row.get("peer_s") is None else float(row["peer_s"]),  # type: ignore[arg-type]
+            int(row.get("items", 1)),  # type: ignore[arg-type]
+            str(row.get("peer") or ""),
+            dict(row.get("extra") or {}),  # type: ignore[arg-type]
+        )
 
-BENCHMARKS: dict[str, tuple[Callable[[bool], list[Result]], str]] = {}
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered benchmark: ``fn(quick) -> rows``, a one-line description, the peer modules."""
+
+    name: str
+    fn: Callable[[bool], list[Result]]
+    help: str = ""
+    peers: tuple[str, ...] = ()
 
 
-def benchmark(name: str, *, help: str = "") -> Callable:
+BENCHMARKS: dict[str, Entry] = {}
+
+_QUICK = False
+
+
+def benchmark(name: str, *, help: str = "", peers: tuple[str, ...] = ()) -> Callable:
     """Register a benchmark entry ``fn(quick: bool) -> list[Result]`` under ``name``."""
 
     def deco(fn: Callable[[bool], list[Result]]) -> Callable[[bool], list[Result]]:
         if name in BENCHMARKS:
             raise ValueError(f"benchmark {name!r} registered twice")
-        BENCHMARKS[name] = (fn, help)
+        BENCHMARKS[name] = Entry(name, fn, help, tuple(peers))
         return fn
 
     return deco
+
+
+def load_entries() -> dict[str, Entry]:
+    """Import every ``benchmarks/bench_*.py`` module (registering its entries); returns the registry."""
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if info.name.startswith("bench_"):
+            importlib.import_module(f"benchmarks.{info.name}")
+    return BENCHMARKS
+
+
+def set_quick(quick: bool) -> None:
+    """Smoke mode on or off: one timed call per function, no warm-up (see the module docstring)."""
+    global _QUICK
+    _QUICK = bool(quick)
+
+
+def is_quick() -> bool:
+    """Whether smoke mode is on."""
+    return _QUICK
 
 
 def _sync() -> None:
@@ -93,11 +163,22 @@ def _time_once(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
+def _collect() -> None:
+    """A garbage collection before timing (skipped in smoke mode: in a big process it takes seconds)."""
+    if not _QUICK:
+        gc.collect()
+
+
+def _rounds(warmup: int, repeat: int) -> tuple[int, int]:
+    return (0, 1) if _QUICK else (warmup, repeat)
+
+
 def measure(fn: Callable[[], object], *, warmup: int = 2, repeat: int = 10) -> float:
     """Median seconds per call of ``fn`` after ``warmup`` calls."""
+    warmup, repeat = _rounds(warmup, repeat)
     for _ in range(warmup):
         fn()
-    gc.collect()
+    _collect()
     return statistics.median(_time_once(fn) for _ in range(repeat))
 
 
@@ -114,10 +195,11 @@ def compare(
     """Time ``seglab_fn`` against ``peer_fn`` alternately and return a :class:`Result`."""
     if peer_fn is None:
         return Result(name, measure(seglab_fn, warmup=warmup, repeat=repeat), None, items)
+    warmup, repeat = _rounds(warmup, repeat)
     for _ in range(warmup):
         seglab_fn()
         peer_fn()
-    gc.collect()
+    _collect()
     ts: list[float] = []
     tp: list[float] = []
     for r in range(repeat):

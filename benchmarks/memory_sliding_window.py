@@ -9,12 +9,14 @@ sigmoid), tile 256, overlap 0.5, batch 4. The input is a float32 ``.npy`` memmap
 (read tile by tile, never loaded whole); the output goes to a float32 memmap (``--out memmap``), a
 preallocated tensor (``--out tensor``: 4 bytes per pixel more resident memory) or a tiled TIFF
 (``--out tiff``). The script prints its own peak RSS (``getrusage``) as well, so it also runs where
-``/usr/bin/time`` is missing.
+``/usr/bin/time`` is missing, and with ``--json PATH`` writes ``{"size", "tile", "seconds",
+"peak_rss_mib"}`` there (the ``sliding_window_memory`` benchmark entry runs it that way).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import sys
 import tempfile
@@ -37,11 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", choices=("memmap", "tensor", "tiff"), default="memmap")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--base-channels", type=int, default=32, help="the U-Net's base width (default 32)")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = seglab.create_model("unet", in_channels=1, num_classes=1, base_channels=32).eval()
+    model = seglab.create_model("unet", in_channels=1, num_classes=1, base_channels=args.base_channels).eval()
     with tempfile.TemporaryDirectory() as tmp:
         src = np.lib.format.open_memmap(
             Path(tmp) / "image.npy", mode="w+", dtype=np.float32, shape=(1, args.size, args.size)
@@ -74,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         f"out={args.out}: {elapsed:.1f} s, {summary}, peak RSS {peak_mib:.0f} MiB (getrusage)",
         flush=True,
     )
+    if args.json:
+        figures = {"size": args.size, "tile": args.tile, "seconds": elapsed, "peak_rss_mib": peak_mib}
+        args.json.write_text(json.dumps(figures))
     return 0
 
 

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from seglab.cli import build_parser, main
+from tests._optional import peer
 
 TINY = [
     "--data", "synthetic", "--data-option", "length=4", "--data-option", "size=32", "--data-option", "max_shapes=3",
@@ -181,10 +182,7 @@ def test_compare_prints_and_writes_leaderboard(trained_run, tmp_path, capsys):
 
 
 def test_export_onnx_round_trip(trained_run, tmp_path, capsys):
-    pytest.importorskip("onnxruntime")
-    inference = pytest.importorskip("seglab.inference")
-    if not hasattr(inference, "export_onnx"):
-        pytest.skip("seglab.inference.export_onnx is not available yet")
+    peer("onnxruntime")
     onnx_path = tmp_path / "model.onnx"
     assert main(["export", str(trained_run / "best.pt"), "--format", "onnx", "--out", str(onnx_path)]) == 0
     from seglab.engine.predict import read_onnx_metadata
@@ -219,7 +217,6 @@ def test_predict_missing_input_is_one_line(trained_run, tmp_path, capsys):
 
 
 def test_eval_and_predict_with_crf_tiles_and_tta(trained_run, tmp_path):
-    pytest.importorskip("seglab.postprocess")
     argv = ["eval", "--checkpoint", str(trained_run / "best.pt"), "--data", "synthetic", "--data-option", "length=2",
             "--data-option", "size=48", "--out", str(tmp_path / "ev"), "--crf", "--tile", "32", "--tta", "flips",
             "--quiet"]  # fmt: skip

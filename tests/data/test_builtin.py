@@ -23,6 +23,7 @@ from seglab.data import (
 )
 from seglab.data.builtin import _builtin_spec, rasterize_polygon
 from seglab.data.fetch import WHEELS
+from tests._optional import peer
 
 from ._data_fakes import QUOKKA_POLYGON, fake_ctc, fake_mni_volumes
 
@@ -125,7 +126,7 @@ def test_quokka_bands_are_disjoint_rows(offline_cache: Path) -> None:
 
 
 def test_rasterize_polygon_against_skimage() -> None:
-    draw = pytest.importorskip("skimage.draw")
+    draw = peer("skimage.draw")
     rng = np.random.default_rng(0)
     for _ in range(5):
         angles = np.sort(rng.uniform(0, 2 * np.pi, 9))

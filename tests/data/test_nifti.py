@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from seglab.data.nifti import read_nifti
+from tests._optional import peer
 
-nib = pytest.importorskip("nibabel")
+nib = peer("nibabel")
 
 RNG = np.random.default_rng(0)
 OBLIQUE = np.array(

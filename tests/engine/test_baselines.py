@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from seglab.engine.baselines import li_threshold, oracle_threshold, otsu_threshold, threshold_histogram
+from tests._optional import peer
 
-skimage_filters = pytest.importorskip("skimage.filters")
+skimage_filters = peer("skimage.filters")
 
 
 def _bimodal(rng, dtype, n=4000):

@@ -7,14 +7,15 @@ import warnings
 import pytest
 import torch
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxscript")
-
 import seglab
 from seglab.inference import OnnxModel, check_onnx, export_onnx, predict, sliding_window
 from seglab.models import model_info
+from tests._optional import peer
 
 from ._helpers import SEMANTIC, build
+
+peer("onnxruntime")
+peer("onnxscript")
 
 
 def _max_diff(model: torch.nn.Module, runner: OnnxModel, x: torch.Tensor) -> tuple[float, float]:

@@ -17,6 +17,7 @@ from seglab.inference import (
     sliding_window_to_tiff,
     window_starts,
 )
+from tests._optional import peer
 
 
 def _unet(k: int = 3, in_ch: int = 1) -> torch.nn.Module:
@@ -68,7 +69,7 @@ def test_gaussian_map_is_cached_and_follows_sigma() -> None:
 
 # -- cross-check with MONAI -------------------------------------------------------------------
 def test_constant_blend_matches_monai() -> None:
-    monai_inferers = pytest.importorskip("monai.inferers")
+    monai_inferers = peer("monai.inferers")
     model = _unet(k=3)
     x = torch.randn(
         1, 1, 640, 1152

@@ -21,9 +21,10 @@ from seglab.instances import (
     normalized_distance,
 )
 from seglab.metrics import matching, object_errors
+from tests._optional import peer
 from tests.metrics._peers import random_labels, touching_nuclei
 
-pytest.importorskip("skimage")
+peer("skimage")
 
 
 def onehot(target: torch.Tensor, k: int) -> torch.Tensor:

@@ -11,9 +11,10 @@ from scipy import ndimage
 
 from seglab.instances import DecodeParams, get_encoding, search_params
 from seglab.metrics import instance_metrics
+from tests._optional import peer
 from tests.metrics._peers import touching_nuclei
 
-pytest.importorskip("skimage")
+peer("skimage")
 
 
 def noisy_outputs(seed: int, n: int = 2) -> tuple[list[np.ndarray], list[np.ndarray]]:

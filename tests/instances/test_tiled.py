@@ -10,9 +10,10 @@ import pytest
 from seglab.inference import sliding_window
 from seglab.instances import DecodeParams, decode_blocks, get_encoding
 from seglab.metrics import matching, object_errors
+from tests._optional import peer
 from tests.metrics._peers import touching_nuclei
 
-pytest.importorskip("skimage")
+peer("skimage")
 
 
 def perfect_probs(enc, labels: np.ndarray) -> np.ndarray:

@@ -8,8 +8,9 @@ from scipy import ndimage
 
 from seglab.instances import DecodeParams, relabel_sequential, remove_small_objects, seeded_watershed
 from seglab.instances.watershed import _flood_order
+from tests._optional import peer
 
-skimage_seg = pytest.importorskip("skimage.segmentation")
+skimage_seg = peer("skimage.segmentation")
 
 
 def plain(fg: np.ndarray, seeds: np.ndarray, elevation: np.ndarray, p: DecodeParams) -> np.ndarray:

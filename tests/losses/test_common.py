@@ -197,4 +197,5 @@ def test_docstring_examples_run(module: str) -> None:
     flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
     extra = {"torch": torch, **{n: getattr(L, n) for n in L.__all__ if n not in vars(mod)}}
     result = doctest.testmod(mod, extraglobs=extra, optionflags=flags, verbose=False)
+    assert result.attempted > 0, f"{module} has no examples"
     assert result.failed == 0

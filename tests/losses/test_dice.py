@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from seglab.losses import DiceLoss, IoULoss, JaccardLoss, TverskyLoss, _counts
 from seglab.losses import functional as LF
+from tests._optional import peer
 
 TOL = 1e-5
 
@@ -87,7 +88,7 @@ def test_signed_dice_weighted_note_example() -> None:
 @pytest.mark.parametrize("smooth", [0.0, 1.0])
 @pytest.mark.parametrize("squared", [False, True])
 def test_dice_matches_monai_binary(smooth: float, squared: bool) -> None:
-    monai_losses = pytest.importorskip("monai.losses")
+    monai_losses = peer("monai.losses")
     x, t = _binary()
     ref = monai_losses.DiceLoss(
         sigmoid=True, batch=True, squared_pred=squared, smooth_nr=smooth, smooth_dr=smooth
@@ -97,7 +98,7 @@ def test_dice_matches_monai_binary(smooth: float, squared: bool) -> None:
 
 
 def test_dice_per_image_matches_monai_batch_false() -> None:
-    monai_losses = pytest.importorskip("monai.losses")
+    monai_losses = peer("monai.losses")
     x, t = _binary(n=3)
     ref = monai_losses.DiceLoss(sigmoid=True, batch=False, smooth_nr=0.5, smooth_dr=0.5)(
         x, t.unsqueeze(1).float()
@@ -106,7 +107,7 @@ def test_dice_per_image_matches_monai_batch_false() -> None:
 
 
 def test_dice_multiclass_and_multilabel_match_monai() -> None:
-    monai_losses = pytest.importorskip("monai.losses")
+    monai_losses = peer("monai.losses")
     x = torch.randn(2, 4, 12, 12)
     t = torch.randint(0, 4, (2, 12, 12))
     ref = monai_losses.DiceLoss(softmax=True, to_onehot_y=True, batch=True, smooth_nr=1.0, smooth_dr=1.0)
@@ -123,7 +124,7 @@ def test_dice_multiclass_and_multilabel_match_monai() -> None:
 
 
 def test_dice_matches_smp_binary() -> None:
-    smp = pytest.importorskip("segmentation_models_pytorch")
+    smp = peer("segmentation_models_pytorch")
     x, t = _binary()
     # smp >= 0.5 computes Dice through its Tversky score, where smoothing counts once in a
     # denominator of (Σp + Σg) / 2: smp's smooth s equals seglab's smooth 2s.
@@ -138,7 +139,7 @@ def test_dice_matches_smp_binary() -> None:
 
 
 def test_dice_multiclass_matches_smp_when_all_classes_present() -> None:
-    smp = pytest.importorskip("segmentation_models_pytorch")
+    smp = peer("segmentation_models_pytorch")
     x = torch.randn(2, 3, 10, 10)
     t = torch.randint(0, 3, (2, 10, 10))
     ref = smp.losses.DiceLoss("multiclass", smooth=0.0)(x, t)
@@ -146,7 +147,7 @@ def test_dice_multiclass_matches_smp_when_all_classes_present() -> None:
 
 
 def test_iou_matches_smp() -> None:
-    smp = pytest.importorskip("segmentation_models_pytorch")
+    smp = peer("segmentation_models_pytorch")
     x, t = _binary()
     for s in (0.0, 1.0):
         ref = smp.losses.JaccardLoss("binary", smooth=s)(x, t)
@@ -159,7 +160,7 @@ def test_iou_matches_smp() -> None:
 
 @pytest.mark.parametrize(("alpha", "beta"), [(0.5, 0.5), (0.3, 0.7), (0.9, 0.1)])
 def test_tversky_matches_monai(alpha: float, beta: float) -> None:
-    monai_losses = pytest.importorskip("monai.losses")
+    monai_losses = peer("monai.losses")
     x, t = _binary()
     ref = monai_losses.TverskyLoss(
         sigmoid=True, batch=True, alpha=alpha, beta=beta, smooth_nr=1.0, smooth_dr=1.0

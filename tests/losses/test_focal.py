@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from seglab.losses import FocalLoss
 from seglab.losses import functional as LF
+from tests._optional import peer
 
 TOL = 1e-5
 
@@ -16,7 +17,7 @@ TOL = 1e-5
 @pytest.mark.parametrize("gamma", [2.0, 0.5, 0.0, 3.0])
 @pytest.mark.parametrize("float_target", [False, True])
 def test_binary_matches_torchvision(alpha: float | None, gamma: float, float_target: bool) -> None:
-    ops = pytest.importorskip("torchvision.ops")
+    ops = peer("torchvision.ops")
     x = torch.randn(2, 1, 12, 10) * 3
     t = (torch.rand(2, 12, 10) < 0.3).long()
     target = t.float() if float_target else t
@@ -31,7 +32,7 @@ def test_binary_matches_torchvision(alpha: float | None, gamma: float, float_tar
 
 
 def test_multilabel_matches_torchvision_and_soft_labels() -> None:
-    ops = pytest.importorskip("torchvision.ops")
+    ops = peer("torchvision.ops")
     x = torch.randn(2, 3, 8, 8)
     soft = torch.rand(2, 3, 8, 8)  # soft labels use the general formula, as torchvision
     ref = ops.sigmoid_focal_loss(x, soft, alpha=0.25, gamma=2.0, reduction="mean")

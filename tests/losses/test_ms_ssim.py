@@ -10,9 +10,10 @@ import torch.nn.functional as F
 
 from seglab.losses import MSSSIMLoss
 from seglab.losses import functional as LF
+from tests._optional import peer
 
-pm = pytest.importorskip("pytorch_msssim")
-pm_ssim = pytest.importorskip("pytorch_msssim.ssim")
+pm = peer("pytorch_msssim")
+pm_ssim = peer("pytorch_msssim.ssim")
 
 TOL = 1e-5
 

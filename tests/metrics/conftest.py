@@ -6,8 +6,10 @@ from types import ModuleType
 
 import pytest
 
+from tests._optional import peer
+
 
 @pytest.fixture(scope="session")
 def smp_metrics() -> ModuleType:
     """``segmentation_models_pytorch.metrics`` (skips the test when smp is not installed)."""
-    return pytest.importorskip("segmentation_models_pytorch.metrics")
+    return peer("segmentation_models_pytorch.metrics")

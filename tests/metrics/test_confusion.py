@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from seglab.metrics import confusion, confusion_matrix
+from tests._optional import peer
 
 from ._peers import random_multiclass
 
@@ -107,7 +108,7 @@ def test_multiclass_singleton_target_channel_is_accepted() -> None:
 
 
 def test_confusion_matrix_matches_torchmetrics() -> None:
-    tmc = pytest.importorskip("torchmetrics.functional.classification")
+    tmc = peer("torchmetrics.functional.classification")
     logits, target = random_multiclass(3, 4, (10, 12), seed=8)
     target[0, 0] = 255
     cm = confusion_matrix(logits, target, ignore_index=255)  # (N, C, C)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from seglab.metrics import ctc_seg, mask_ap, mask_iou
+from tests._optional import peer
 
 from ._peers import blobs
 
@@ -19,7 +20,7 @@ from ._peers import blobs
 
 def _coco_stats(preds: list[dict], targets: list[dict], *, max_dets: int = 100, iou_thrs=None) -> np.ndarray:
     """AP, AP50, AP75 from pycocotools' COCOeval (segm), -1 mapped to NaN."""
-    mask_utils = pytest.importorskip("pycocotools.mask")
+    mask_utils = peer("pycocotools.mask")
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -222,7 +223,7 @@ def test_mask_iou_matches_dense_computation() -> None:
 
 
 def test_mask_iou_matches_pycocotools() -> None:
-    mask_utils = pytest.importorskip("pycocotools.mask")
+    mask_utils = peer("pycocotools.mask")
     rng = np.random.default_rng(6)
     a, b = blobs(rng, 6, 25, 35), blobs(rng, 4, 25, 35)
     crowd = [0, 0, 1, 0]

@@ -11,6 +11,7 @@ import torch
 
 from seglab import metrics as M
 from seglab.metrics import confusion
+from tests._optional import peer
 
 from ._peers import random_multiclass
 
@@ -216,7 +217,7 @@ def test_matches_smp_weighted_and_zero_division(smp_metrics: ModuleType) -> None
 
 @pytest.mark.parametrize("average", ["macro", "micro", "none"])
 def test_matches_torchmetrics(average: str) -> None:
-    tmc = pytest.importorskip("torchmetrics.classification")
+    tmc = peer("torchmetrics.classification")
     logits, target = random_multiclass(4, 5, (16, 16), seed=7)
     target[:, :2] = 255
     kw = {"average": average, "ignore_index": 255}
@@ -241,7 +242,7 @@ def test_matches_torchmetrics(average: str) -> None:
 def test_torchmetrics_recall_of_a_class_absent_from_truth_differs() -> None:
     # documented difference: torchmetrics scores recall 0/0 of a predicted-but-absent class as 0 and
     # keeps it in the macro mean; seglab calls it undefined (NaN) and leaves it out
-    tmc = pytest.importorskip("torchmetrics.classification")
+    tmc = peer("torchmetrics.classification")
     logits, target = random_multiclass(2, 3, (10, 10), seed=12)
     target[target == 2] = 1
     counts = confusion(logits, target, mode="multiclass")
@@ -251,7 +252,7 @@ def test_torchmetrics_recall_of_a_class_absent_from_truth_differs() -> None:
 
 
 def test_torchmetrics_leaves_absent_classes_out_like_seglab() -> None:
-    tmc = pytest.importorskip("torchmetrics.classification")
+    tmc = peer("torchmetrics.classification")
     logits, target = random_multiclass(2, 4, (10, 10), seed=8)
     logits[:, 3] = -10.0  # class 3 never predicted
     target[target == 3] = 0  # and never true: NaN in seglab, left out of the macro mean
@@ -262,7 +263,7 @@ def test_torchmetrics_leaves_absent_classes_out_like_seglab() -> None:
 
 
 def test_matches_monai_dice_and_iou() -> None:
-    monai_metrics = pytest.importorskip("monai.metrics")
+    monai_metrics = peer("monai.metrics")
     logits, target = random_multiclass(3, 4, (16, 16), seed=9)
     target[0][target[0] == 2] = 1  # image 0: class 2 absent from the truth
     pred = logits.argmax(1)

@@ -10,6 +10,7 @@ import seglab
 from seglab.layers.aspp import SeparableConvNormAct
 from seglab.models import SegOutput
 from seglab.models.deeplab import DeepLabV3, DeepLabV3Plus, deeplabv3, deeplabv3plus
+from tests._optional import peer
 
 
 def _n_params(m: nn.Module) -> int:
@@ -94,7 +95,7 @@ def test_v3plus_decoder_wiring() -> None:
 
 
 def test_v3plus_parameter_count_close_to_smp() -> None:
-    smp = pytest.importorskip("segmentation_models_pytorch")
+    smp = peer("segmentation_models_pytorch")
     ref = _n_params(smp.DeepLabV3Plus("resnet34", encoder_weights=None, classes=21))
     ours = _n_params(deeplabv3plus(num_classes=21, encoder="resnet34"))
     # the same layers (two separable 3x3 convs, one of them placed differently by smp)
@@ -159,7 +160,7 @@ def test_v3plus_light_decoder_layout() -> None:
 
 
 def test_v3plus_light_matches_smp_state_dict_sizes() -> None:
-    smp = pytest.importorskip("segmentation_models_pytorch")
+    smp = peer("segmentation_models_pytorch")
     ref = smp.DeepLabV3Plus("resnet34", encoder_weights=None, classes=3)
     ours = deeplabv3plus(num_classes=3, encoder="resnet34", decoder_layout="light")
     # same tensors, layer by layer (names differ): sorted shapes agree

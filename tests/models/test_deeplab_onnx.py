@@ -3,14 +3,12 @@
 The size is chosen so that PSPNet's 9x11 feature map is not a multiple of the 2, 3 and 6 bins:
 torch's ``adaptive_avg_pool2d`` cannot go through the TorchScript exporter there, seglab's
 pyramid pooling can (see ``seglab.layers.pyramid``). Both exporters are checked: the project's
-``seglab.inference.export_onnx`` when present (else ``torch.onnx.export``'s default, the
-torch.export-based exporter) and the TorchScript one (``dynamo=False``). PSPNet also exports with
+``seglab.inference.export_onnx`` and the TorchScript one (``dynamo=False``). PSPNet also exports with
 symbolic H and W (one graph for every size >= 32).
 """
 
 from __future__ import annotations
 
-import importlib
 import warnings
 from pathlib import Path
 
@@ -20,9 +18,11 @@ import torch
 from torch import Tensor, nn
 
 import seglab
+from seglab.inference import export_onnx
+from tests._optional import peer
 
-ort = pytest.importorskip("onnxruntime")
-pytest.importorskip("onnx")
+ort = peer("onnxruntime")
+peer("onnx")
 
 MODELS = ["deeplabv3", "deeplabv3plus", "pspnet"]
 SHAPE = (1, 3, 72, 88)
@@ -50,13 +50,9 @@ def _run(path: Path, x: Tensor) -> np.ndarray:
 
 
 def _export_default(model: nn.Module, path: Path) -> None:
-    export_onnx = getattr(importlib.import_module("seglab.inference"), "export_onnx", None)
-    if export_onnx is not None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a note when it falls back to the fixed size
-            export_onnx(model, path, input_shape=SHAPE)
-    else:
-        torch.onnx.export(_Logits(model), (torch.zeros(SHAPE),), str(path), input_names=["image"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a note when it falls back to the fixed size
+        export_onnx(model, path, input_shape=SHAPE)
 
 
 def _export_torchscript(model: nn.Module, path: Path) -> None:

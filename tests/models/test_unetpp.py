@@ -10,6 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import seglab
 from seglab.models import SegOutput, model_info
 from seglab.models.unetpp import UNetPlusPlus, unetpp
+from tests._optional import peer
 
 SMALL = (4, 8, 16, 32, 64)
 
@@ -85,7 +86,7 @@ def _monai_key(key: str) -> str | None:
 
 @pytest.mark.parametrize("train", [False, True])
 def test_matches_monai_basic_unetplusplus(train: bool) -> None:
-    monai_nets = pytest.importorskip("monai.networks.nets")
+    monai_nets = peer("monai.networks.nets")
     ref = monai_nets.BasicUNetPlusPlus(
         spatial_dims=2,
         in_channels=2,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from seglab.postprocess import PermutohedralLattice
+from seglab.postprocess import PermutohedralLattice, permutohedral
 from seglab.postprocess.permutohedral import _unique_codes
 
 
@@ -92,13 +92,28 @@ def test_vertex_table_paths_agree() -> None:
     np.testing.assert_array_equal(keys_a[index_a], codes)
 
 
-def test_wide_five_dimensional_cloud_uses_the_sort_path_accurately() -> None:
+def test_five_dimensional_cloud_uses_the_sort_path_accurately(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a 5-D cloud four sigmas wide: its key space is too large for the dense occupancy table, so
+    # the vertices come from the sort over distinct simplices (checked below); dense enough that
+    # the filter moves the values (a step edge is blurred), so an identity filter would fail
+    paths: list[bool] = []
+
+    def spy(codes: np.ndarray, space: int, simplex: np.ndarray | None):
+        paths.append(space > max(4 * codes.size, 1 << 20) and simplex is not None)
+        return _unique_codes(codes, space, simplex)
+
+    monkeypatch.setattr(permutohedral, "_unique_codes", spy)
     rng = np.random.default_rng(5)
-    features = rng.random((400, 5)) * 40.0  # sparse: most points have no neighbour within 2 sigma
+    features = rng.random((800, 5)) * 4.0  # (N, 5)
+    values = (features[:, :1] > 2.0).astype(np.float64)  # (N, 1) a step along the first feature
     lattice = PermutohedralLattice(features)
-    values = rng.random((400, 1))
-    approx = lattice.filter(values) / lattice.filter(np.ones((400, 1)))
-    assert np.abs(approx - _exact_normalised(features, values)).mean() < 0.02
+    assert paths == [True]
+    approx = lattice.filter(values) / lattice.filter(np.ones((800, 1)))
+    exact = _exact_normalised(features, values)
+    moved = np.abs(exact - values).mean()  # measured 0.20
+    assert moved > 0.15
+    assert np.abs(approx - exact).mean() < 0.02  # measured 0.014
+    assert np.abs(approx - values).mean() > 0.5 * moved  # the lattice moved the values too
 
 
 def test_rejects_bad_features() -> None:

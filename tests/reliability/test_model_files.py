@@ -16,6 +16,7 @@ import seglab
 from seglab.engine import checkpoint as ckpt
 from seglab.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
 from seglab.errors import CheckpointError, MissingFileError
+from tests._optional import peer
 
 from ._faults import assert_one_line_error, run_cli
 
@@ -105,8 +106,8 @@ def test_bad_model_options_name_the_checkpoint(tmp_path: Path) -> None:
 
 # -- ONNX ----------------------------------------------------------------------------------------
 def test_onnx_that_is_not_onnx(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("onnx")
-    pytest.importorskip("onnxruntime")
+    peer("onnx")
+    peer("onnxruntime")
     from seglab.inference import OnnxModel
 
     text_file = tmp_path / "notes.onnx"
@@ -129,8 +130,8 @@ def test_onnx_that_is_not_onnx(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 
 def test_onnx_external_data_outside_its_folder(tmp_path: Path) -> None:
-    onnx = pytest.importorskip("onnx")
-    pytest.importorskip("onnxruntime")
+    onnx = peer("onnx")
+    peer("onnxruntime")
     from seglab.inference import OnnxModel, export_onnx
 
     model = seglab.create_model("unet", in_channels=1, num_classes=2, base_channels=4, depth=2)

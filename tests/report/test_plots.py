@@ -6,6 +6,9 @@ import pytest
 from PIL import Image
 
 from seglab.report.plots import plot_history
+from tests._optional import peer
+
+peer("matplotlib")  # the report extra
 
 
 def test_plot_history_writes_a_png(tmp_path):

@@ -158,14 +158,15 @@ def store_threshold(
         The threshold (0.5 for multi-class checkpoints, which need none).
     """
     from seglab.data import get_dataset
-    from seglab.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
+    from seglab.engine.checkpoint import load_checkpoint, save_checkpoint
     from seglab.engine.evaluate import calibrate_threshold
+    from seglab.engine.predictor import Predictor
 
-    model, meta = load_model(checkpoint)
-    if meta.get("mode") != "binary":
+    predictor = Predictor.from_checkpoint(checkpoint, progress=False)
+    if predictor.mode != "binary":
         return 0.5
     dataset = get_dataset(data, split, **dict(data_options or {}))
-    chosen, _ = calibrate_threshold(model.eval(), dataset, normalization=meta["normalization"])
+    chosen, _ = calibrate_threshold(predictor, dataset)
     state = load_checkpoint(checkpoint, require=())
     state["threshold"] = float(chosen)
     save_checkpoint(checkpoint, state)
@@ -182,6 +183,7 @@ def run_one(
         ``"error"`` (and counts as done: delete its folder to try again).
     """
     from seglab.engine.evaluate import evaluate_checkpoint
+    from seglab.engine.predict import PredictOptions
     from seglab.engine.trainer import NonFiniteLossError, train
 
     run_dir = Path(root) / spec.name
@@ -198,8 +200,9 @@ def run_one(
             return row
     best = run_dir / "best.pt"
     threshold = store_threshold(best, spec.data, data_options=spec.data_options)
+    options = PredictOptions(progress=not quiet)
     result, _ = evaluate_checkpoint(
-        best, spec.data, split="test", data_options=dict(spec.data_options), progress=not quiet
+        best, spec.data, split="test", data_options=dict(spec.data_options), options=options
     )
     row = _result_row(spec, run_dir, result, threshold, time.perf_counter() - t0)
     write_text_atomic(done, json.dumps(jsonable(row), indent=2))

@@ -189,29 +189,20 @@ def _raw(dataset: Any) -> Any:
 
 def _evaluate_best(run_dir: Path, dataset: Any, device: Any, max_images: int) -> Any:
     """Predict up to ``max_images`` images of ``dataset`` with ``best.pt``; ``None`` if it cannot."""
-    import torch
-
-    from seglab.engine.checkpoint import load_model
+    from seglab.engine.checkpoint import load_checkpoint
     from seglab.engine.evaluate import evaluate
+    from seglab.engine.predictor import Predictor
     from seglab.models import model_info
 
     best = run_dir / "best.pt"
     if dataset is None or not best.is_file() or len(dataset) == 0 or max_images <= 0:
         return None
-    model, meta = load_model(best)
-    if model_info(meta["model_name"]).task != "semantic" or meta.get("task") == "instance":
+    if model_info(load_checkpoint(best, require=("model_name",))["model_name"]).task != "semantic":
+        return None
+    predictor = Predictor.from_checkpoint(best, device=str(device), progress=False)
+    if predictor.decoder is not None:
         return None  # objects, not classes: `seglab eval` draws their overlays
-    dev = torch.device(device)
-    model = model.to(dev).eval()
-    return evaluate(
-        model,
-        _Some(_raw(dataset), max_images),
-        normalization=meta["normalization"],
-        mode=meta.get("mode"),
-        threshold=float(meta.get("threshold", 0.5)),
-        device=dev,
-        keep_predictions=True,
-    )
+    return evaluate(predictor, _Some(_raw(dataset), max_images), keep_predictions=True)
 
 
 def _overlay_section(report: HtmlReport, run_dir: Path, ev: Any, label: str) -> None:
