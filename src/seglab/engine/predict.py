@@ -292,8 +292,8 @@ def predict_files(
 
     opts = options or PredictOptions()
     check_choice("format", opts.format, ("png", "tif"))
-    files = find_images(inputs)
     predictor = build_predictor(checkpoint, onnx=onnx, options=opts)
+    files = find_images(inputs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if predictor.decoder is not None:  # an instance model: label images
