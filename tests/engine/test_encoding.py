@@ -320,5 +320,7 @@ def test_hela_mosaic_tiled_prediction_equals_whole(name: str) -> None:
     tiled = whole.replace(tile=256, overlap=0.5, decoder=small)
     a, b = tiled.instances(image), whole.instances(image)
     assert a.dtype == b.dtype == np.uint32
-    assert_same_objects(a, b)  # matched IoU >= 0.95 for >= 99.5 % of objects, none split, merged or duplicated
+    assert_same_objects(
+        a, b
+    )  # matched IoU >= 0.95 for >= 99.5 % of objects, none split, merged or duplicated
     assert matching(b, labels).f1 > 0.98
