@@ -247,6 +247,24 @@ def test_predict_and_eval_write_instance_outputs(run, tmp_path) -> None:
     assert json.loads((run / "metrics.json").read_text())["test"]["seg"] == pytest.approx(ref["seg"])
 
 
+def test_onnx_export_keeps_the_decoding(run, tmp_path) -> None:
+    peer("onnxruntime")
+    peer("onnxscript")
+    from seglab.cli import main
+    from seglab.data import get_dataset
+    from seglab.engine.encoding import EncodingDecoder
+
+    assert (
+        main(["export", str(run / "best.pt"), "--out", str(tmp_path / "m.onnx"), "--input-size", "48", "48"])
+        == 0
+    )
+    onnx = Predictor.from_onnx(tmp_path / "m.onnx")
+    torch_path = Predictor.from_checkpoint(run / "best.pt", device="cpu")
+    assert isinstance(onnx.decoder, EncodingDecoder) and onnx.decoder == torch_path.decoder
+    image = get_dataset("synthetic", "test", task="labels", length=1, size=48, max_shapes=4)[0][0]
+    assert matching(onnx.instances(image), torch_path.instances(image), thresh=0.9).f1 == 1.0
+
+
 FLIPS = ((), (-1,), (-2,), (-2, -1))
 
 
@@ -295,23 +313,10 @@ def test_hela_mosaic_tiled_prediction_equals_whole(name: str) -> None:
     Predictor: tiled (blended maps in a memory map, decoded by blocks) vs whole-image prediction."""
     import dataclasses
 
-    from seglab.data import get_dataset, is_cached
     from seglab.engine.encoding import EncodingDecoder
-    from tests.instances.test_tiled import assert_same_objects, perfect_probs
+    from tests.instances.test_tiled import assert_same_objects, hela_mosaic, perfect_probs
 
-    if not is_cached("hela"):
-        pytest.skip("the hela dataset is not cached (seglab data fetch hela)")
-    val = get_dataset("hela", "val", task="labels", download=False)
-    frames = [val.raw(i)[1].astype(np.int64) for i in range(2)]
-    rows, offset = [], 0
-    for r in range(2):
-        row = []
-        for c in range(2):
-            f = frames[(r + c) % 2][:, ::-1] if c else frames[(r + c) % 2]
-            row.append(np.where(f > 0, f + offset, 0))
-            offset += int(f.max())
-        rows.append(np.concatenate(row, 1))
-    labels = np.concatenate(rows, 0)  # (1400, 2200)
+    labels = hela_mosaic()  # (1400, 2200)
     enc = get_encoding(name)
     image = perfect_probs(enc, labels)  # the model's input: (K, 1400, 2200)
     decoder = EncodingDecoder(enc, DecodeParams(min_size=0))

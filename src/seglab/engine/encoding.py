@@ -285,11 +285,9 @@ class EncodingAdapter(TaskAdapter):
 
     def finish(self) -> None:
         """Choose the decoding parameters on the validation split with ``best.pt``'s weights; store them."""
-        from seglab.engine.checkpoint import save_checkpoint
         from seglab.instances import search_params
 
-        t = self.trainer
-        found = best_model(t) if t.config.task.search else None
+        found = best_model(self.trainer)
         if found is None:
             return
         state, model = found
@@ -298,12 +296,9 @@ class EncodingAdapter(TaskAdapter):
         before = label_scores([self.encoding.decode(p, self.params) for p in probs], labels, metric)[metric]
         self.search = search_params(self.encoding, probs, labels, metric=metric)
         self.params = self.search.params
-        save_checkpoint(t.run_dir / "best.pt", {**state, **self.checkpoint_entries()})
-        set_run_metric(
-            t.run_dir / "metrics.json",
-            "decoding",
-            {**_search_summary(self.search, metric), "default_score": before},
-        )
+        summary = {**_search_summary(self.search, metric), "default_score": before}
+        store_choice(self.trainer, state, self.checkpoint_entries(), summary)
+        t = self.trainer
         t._log(
             f"decoding chosen on {len(probs)} validation image(s): {metric} {self.search.score:.4f} "
             f"(defaults {before:.4f}) with {self.params}; stored in {t.run_dir / 'best.pt'}"
@@ -321,17 +316,26 @@ class EncodingAdapter(TaskAdapter):
 
 
 def best_model(trainer: Any) -> tuple[dict[str, Any], nn.Module] | None:
-    """``(best.pt's state, a copy of the trainer's model with its weights, in eval mode)``, or
-    ``None`` without a validation split or a ``best.pt``."""
+    """``(best.pt's state, a copy of the trainer's model with its weights, in eval mode)`` for the
+    end-of-run choices; ``None`` with ``task.search`` off, without a validation split or ``best.pt``."""
     from seglab.engine.checkpoint import load_checkpoint
 
     best = trainer.run_dir / "best.pt"
-    if trainer.val_set is None or not best.is_file():
+    if not trainer.config.task.search or trainer.val_set is None or not best.is_file():
         return None
     state = load_checkpoint(best)
     model = copy.deepcopy(trainer.model)
     model.load_state_dict(state["model"])
     return state, model.eval()
+
+
+def store_choice(trainer: Any, state: Mapping[str, Any], entries: Mapping[str, Any], summary: Any) -> None:
+    """Rewrite ``best.pt`` with the task's chosen ``entries`` and record ``summary`` as the run's
+    ``"decoding"`` in ``metrics.json``."""
+    from seglab.engine.checkpoint import save_checkpoint
+
+    save_checkpoint(trainer.run_dir / "best.pt", {**state, **entries})
+    set_run_metric(trainer.run_dir / "metrics.json", "decoding", summary)
 
 
 def validation_batches(trainer: Any, collate_fn: Any) -> Any:
@@ -429,44 +433,60 @@ class EncodingDecoder:
             probs = tta(run, batch, transforms=predictor.tta, activation=self.encoding.activation)
         return probs[0].float().cpu().numpy()
 
-    def _decode_large(self, predictor: Any, x: Tensor) -> np.ndarray:
-        """Tiles into a float16 memory map, then :func:`~seglab.instances.decode_blocks`."""
+    def _blend_to_file(self, predictor: Any, x: Tensor, path: Path) -> None:
+        """Tiles blended into a float16 ``.npy`` file, band by band (the maps never sit in memory)."""
         from seglab.inference import sliding_window
-        from seglab.instances import decode_blocks
 
         k, (h, w) = self.encoding.out_channels, x.shape[-2:]
-        with tempfile.TemporaryDirectory(prefix="seglab-maps-") as tmp:
-            maps = np.lib.format.open_memmap(
-                Path(tmp) / "maps.npy", mode="w+", dtype=np.float16, shape=(k, h, w)
-            )
-            sliding_window(
-                predictor.runner,
-                x,
-                tile=predictor.tile,
-                overlap=0.5 if predictor.overlap is None else predictor.overlap,
-                blend=predictor.blend,
-                batch_size=predictor.batch_size,
-                device=predictor.runner.device,
-                activation=self.encoding.activation,
-                out=maps,
-                prepare=False,
-                progress=predictor.progress,
-            )  # (K, H, W) probabilities, written band by band
-            labels = decode_blocks(self.encoding, maps, self.params, block=self.block, halo=self.halo)
-            del maps
-        return labels
+        maps = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(k, h, w))
+        sliding_window(
+            predictor.runner,
+            x,
+            tile=predictor.tile,
+            overlap=0.5 if predictor.overlap is None else predictor.overlap,
+            blend=predictor.blend,
+            batch_size=predictor.batch_size,
+            device=predictor.runner.device,
+            activation=self.encoding.activation,
+            out=maps,
+            prepare=False,
+            progress=predictor.progress,
+        )  # (K, H, W) probabilities
+        maps.flush()
+        del maps  # unmapped: its pages leave this process's resident memory
 
     def labels(self, predictor: Any, image: Any, *, name: str = "image") -> np.ndarray:
         """The label image ``(H, W)`` uint32 of one raw image (see :meth:`Predictor.instances`)."""
         from seglab.engine.predictor import normalize_input
+        from seglab.instances import decode_blocks
 
         x = normalize_input(image, predictor.normalization, name=name, in_channels=predictor.in_channels)
         h, w = x.shape[-2:]
-        if predictor.tile is not None and predictor.tta is None and h * w > self.max_pixels:
-            return self._decode_large(predictor, x)
-        probs = self.probabilities(predictor, x)
-        if h * w > self.max_pixels:  # whole maps in memory, but the decoding's temporaries per block
-            from seglab.instances import decode_blocks
-
+        if h * w <= self.max_pixels:
+            return self.encoding.decode(self.probabilities(predictor, x), self.params)
+        if predictor.tile is None or predictor.tta is not None:  # whole maps in memory, decoded by blocks
+            probs = self.probabilities(predictor, x)
             return decode_blocks(self.encoding, probs, self.params, block=self.block, halo=self.halo)
-        return self.encoding.decode(probs, self.params)
+        with tempfile.TemporaryDirectory(prefix="seglab-maps-") as tmp:
+            path = Path(tmp) / "maps.npy"
+            self._blend_to_file(predictor, x, path)
+            del x
+            maps = _WindowReader(path)
+            return decode_blocks(self.encoding, maps, self.params, block=self.block, halo=self.halo)
+
+
+class _WindowReader:
+    """``(K, H, W)`` maps in a ``.npy`` file, read one window at a time through a memory map opened
+    for that read only, so the process keeps one window resident rather than the whole file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        head = np.load(path, mmap_mode="r")
+        self.shape, self.ndim = head.shape, head.ndim
+        del head
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        maps = np.load(self.path, mmap_mode="r")
+        window = np.array(maps[index], dtype=np.float32)
+        del maps
+        return window

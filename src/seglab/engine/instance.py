@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from seglab.data.base import collate_instances
-from seglab.engine.encoding import DEFAULT_METRIC, gather_objects, label_scores
+from seglab.engine.encoding import DEFAULT_METRIC, SCORE_KEYS, gather_objects, label_scores
 from seglab.engine.trainer import TaskAdapter, register_task_adapter
 from seglab.errors import InvalidValueError
 
@@ -347,7 +347,7 @@ class InstanceMeter:
         >>> t = {"masks": torch.ones(1, 4, 4, dtype=torch.uint8), "labels": torch.tensor([1])}
         >>> meter.update([{"masks": torch.ones(1, 1, 4, 4), "scores": torch.tensor([0.9]),
         ...                "labels": torch.tensor([1])}], [t])
-        >>> s = meter.compute(); s["f1@0.5+seg"], s["ap"], s["seg"], s["n_pred"]
+        >>> s = meter.compute(); s["f1@0.5+seg"], round(s["ap"], 6), s["seg"], s["n_pred"]
         (1.0, 1.0, 1.0, 1.0)
     """
 
@@ -501,11 +501,10 @@ class InstanceAdapter(TaskAdapter):
 
     def finish(self) -> None:
         """Choose the score threshold on the validation split with ``best.pt``'s weights; store it."""
-        from seglab.engine.checkpoint import save_checkpoint
-        from seglab.engine.encoding import best_model, set_run_metric, validation_batches
+        from seglab.engine.encoding import best_model, store_choice, validation_batches
 
         t = self.trainer
-        found = best_model(t) if t.config.task.search else None
+        found = best_model(t)
         if found is None:
             return
         state, model = found
@@ -522,8 +521,8 @@ class InstanceAdapter(TaskAdapter):
             scores, key=lambda thr: (np.nan_to_num(scores[thr], nan=-1.0), -abs(thr - 0.5))
         )
         self.search = {"metric": metric, "scores": {f"{k:g}": v for k, v in scores.items()}}
-        save_checkpoint(t.run_dir / "best.pt", {**state, **self.checkpoint_entries()})
-        set_run_metric(t.run_dir / "metrics.json", "decoding", self.checkpoint_entries()["detection"])
+        entries = self.checkpoint_entries()
+        store_choice(t, state, entries, entries["detection"])
         t._log(
             f"score threshold chosen on {len(truth)} validation image(s): {self.score_threshold:g} "
             f"({metric} {scores[self.score_threshold]:.4f}); stored in {t.run_dir / 'best.pt'}"
@@ -535,26 +534,12 @@ register_task_adapter("instance", InstanceAdapter)
 
 # -- evaluation of label images (seglab eval) -----------------------------------------------------------------
 EVAL_KEYS: tuple[str, ...] = (
-    "n_true",
-    "n_pred",
-    "seg",
-    "det",
-    "f1@0.5",
-    "f1@0.75",
-    "precision@0.5",
-    "recall@0.5",
-    "accuracy@0.5",
+    *SCORE_KEYS,
     "precision@0.75",
     "recall@0.75",
     "accuracy@0.75",
-    "panoptic_quality@0.5",
-    "mean_matched_iou@0.5",
-    "merges",
     "merged",
-    "split",
     "fragments",
-    "missed",
-    "spurious",
 )
 """The per-image columns of :func:`evaluate_instances` (keys of :func:`~seglab.metrics.instance_metrics`)."""
 

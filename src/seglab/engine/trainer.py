@@ -35,12 +35,13 @@ What a run does:
   gloo on the CPU), each rank reads its share through a ``DistributedSampler`` and the metrics are
   summed over ranks.
 
-Extension point (instance segmentation): the per-task work (building the model input, the loss of
-one batch, validation) lives in a :class:`TaskAdapter` chosen by the registry's
-``ModelInfo.task`` — never by a model name. :data:`TASK_ADAPTERS` holds ``"semantic"``; an instance
-adapter (torchvision's detection contract: a losses dict in train mode, a list of
-``{boxes, labels, scores, masks}`` in eval mode, ``collate_instances`` batches) is added with
-:func:`register_task_adapter` by the Mask R-CNN work.
+Extension point: the per-task work (what the datasets yield, the loss of one batch, validation,
+what ``best.pt`` adds, a last step after training) lives in a :class:`TaskAdapter` chosen by the
+registry's ``ModelInfo.task`` and ``task.kind`` — never by a model name. :data:`TASK_ADAPTERS`
+holds ``"semantic"``; ``"encoding"`` (:mod:`seglab.engine.encoding`: a semantic model trained on
+an instance encoding, ``task.kind="instance"``) and ``"instance"`` (:mod:`seglab.engine.instance`:
+``mask_rcnn``, torchvision's detection contract) are imported on first use; others are added with
+:func:`register_task_adapter`.
 """
 
 from __future__ import annotations
