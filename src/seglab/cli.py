@@ -108,7 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--task", help="semantic, or instance: one label per object (a semantic model learns --encoding)"
     )
-    p.add_argument("--encoding", help="instance encoding of a semantic model: boundary (default) or distance")
+    p.add_argument(
+        "--encoding",
+        help="instance encoding of a semantic model: boundary (default) or distance; implies --task instance",
+    )
     p.add_argument(
         "--normalize",
         help="intensity normalisation: percentile, zscore, minmax, dataset, fixed, none (default: the dataset's)",
@@ -351,6 +354,8 @@ def resolve_train_config(args: argparse.Namespace) -> Any:
         if value is not None:
             overrides[key] = value
     overrides.update(_assignments(args.set))
+    if "task.encoding" in overrides:  # naming an encoding asks for instances
+        overrides.setdefault("task.kind", "instance")
     if args.config is not None:
         cfg = load_config(args.config)
     elif args.resume:

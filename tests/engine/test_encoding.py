@@ -13,7 +13,7 @@ import torch
 from seglab.data.base import SegDataset
 from seglab.data.transforms import Compose, RandomScale
 from seglab.engine.config import TrainConfig
-from seglab.engine.encoding import EncodeTargets, EncodingAdapter, InstanceScores, label_scores
+from seglab.engine.encoding import EncodeTargets, EncodingAdapter, InstanceScores, check_metric, label_scores
 from seglab.engine.predictor import Predictor
 from seglab.engine.trainer import Trainer
 from seglab.instances import DecodeParams, boundary_classes, get_encoding, normalized_distance
@@ -187,6 +187,9 @@ def test_config_errors(tmp_path) -> None:
         Trainer(_config(tmp_path, "mask_rcnn", {}, **{"task.kind": "semantic"}))
     with pytest.raises(ValueError, match=r"'sge' is not an instance score.*Did you mean 'seg'"):
         Trainer(_config(tmp_path, monitor="f1@0.5+sge"), train_dataset=TouchingNuclei(2, 32))
+    with pytest.raises(ValueError, match=r"'f1@x' is not an instance score expression"):
+        Trainer(_config(tmp_path, monitor="f1@x"), train_dataset=TouchingNuclei(2, 32))
+    assert check_metric("f1@0.9+panoptic_quality@0.9") == "f1@0.9+panoptic_quality@0.9"
 
 
 # -- predict and eval ------------------------------------------------------------------------------------------------
@@ -247,6 +250,7 @@ def test_predict_and_eval_write_instance_outputs(run, tmp_path) -> None:
     assert json.loads((run / "metrics.json").read_text())["test"]["seg"] == pytest.approx(ref["seg"])
 
 
+@pytest.mark.slow
 def test_onnx_export_keeps_the_decoding(run, tmp_path) -> None:
     peer("onnxruntime")
     peer("onnxscript")
@@ -329,3 +333,29 @@ def test_hela_mosaic_tiled_prediction_equals_whole(name: str) -> None:
         a, b
     )  # matched IoU >= 0.95 for >= 99.5 % of objects, none split, merged or duplicated
     assert matching(b, labels).f1 > 0.98
+
+
+def test_cli_flags_and_instance_summary(run, tmp_path, capsys) -> None:
+    from seglab.cli import build_parser, main, resolve_train_config
+
+    def config(*flags: str) -> TrainConfig:
+        return resolve_train_config(
+            build_parser().parse_args(["train", "--data", "synthetic", "--recipe", "none", *flags])
+        )
+
+    assert config("--task", "instance").task.kind == "instance"
+    assert (config("--encoding", "distance").task.kind, config("--encoding", "distance").task.encoding) == (
+        "instance",
+        "distance",
+    )  # naming an encoding asks for instances
+    assert config().task.kind == "auto"
+    argv = ["eval", "--checkpoint", str(run / "best.pt"), "--data", "synthetic", "--out", str(tmp_path / "e")]
+    argv += ["--data-option", "length=2", "--data-option", "size=48", "--quiet", "--device", "cpu"]
+    assert main(argv) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    saved = json.loads((tmp_path / "e" / "metrics.json").read_text())["overall"]
+    assert (
+        line.startswith("2 images, ")
+        and f"SEG={saved['seg']:.4f}" in line
+        and f"{saved['merges']:.0f} merges" in line
+    )

@@ -164,11 +164,11 @@ class EncodeTargets:
         return images, targets, labels
 
 
-def _metric_names() -> list[str]:
+def _metric_names(thresholds: Sequence[float]) -> list[str]:
     from seglab.metrics import instance_metrics
 
     one = np.ones((1, 1), np.int64)
-    return sorted(instance_metrics(one, one, thresholds=(0.5, 0.75)))
+    return sorted(instance_metrics(one, one, thresholds=sorted({*thresholds, 0.5, 0.75})))
 
 
 def check_metric(metric: str, what: str = "metric", *, allow: Sequence[str] = ()) -> str:
@@ -182,10 +182,14 @@ def check_metric(metric: str, what: str = "metric", *, allow: Sequence[str] = ()
         'f1@0.5+seg'
     """
     from seglab._options import did_you_mean
+    from seglab.instances import metric_function
 
     if metric in allow:
         return metric
-    known = _metric_names()
+    try:
+        known = _metric_names(metric_function(metric)[1])
+    except (TypeError, ValueError) as err:  # "f1@x": not a threshold
+        raise ConfigError(f"{what}={metric!r} is not an instance score expression ({err}).") from None
     for name in str(metric).split("+"):
         if name.strip() not in known:
             raise ConfigError(

@@ -459,7 +459,12 @@ class InstanceAdapter(TaskAdapter):
     monitors = None
 
     def __init__(self, trainer: Any) -> None:
+        from seglab.engine.encoding import check_metric
+
         super().__init__(trainer)
+        check_metric(
+            getattr(trainer, "monitor", DEFAULT_METRIC), "monitor", allow=("loss", "ap", "ap50", "ap75")
+        )
         self.score_threshold = 0.5
         self.search: dict[str, Any] | None = None
         trainer.mode = "instance"
