@@ -16,8 +16,8 @@ backend           fp32    bf16                         int8
 bf16 needs a CPU with native bfloat16 (AVX-512 BF16 or AMX; :func:`cpu_supports_bf16`) or a CUDA
 GPU that supports it. int8 is post-training static quantisation calibrated on normalised training
 tiles (:func:`calibration_tiles`); OpenVINO/NNCF is the default because it is faster, closer to
-fp32 (fast bias correction) and its result is a file that reloads in a fraction of a second,
-while a PT2E model must be compiled again by Inductor in every process.
+fp32 (bias correction, first and last layers kept in fp32) and its result is a file that reloads
+in a fraction of a second, while a PT2E model must be compiled again by Inductor in every process.
 
 ``backend="auto"`` picks the backend with the lowest estimated warm-up + run time for the job
 (see :mod:`seglab.inference.backends._auto`).
