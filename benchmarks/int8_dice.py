@@ -87,9 +87,15 @@ def measure_dice_change(
         tiles = None
         if precision == "int8":
             train = get_dataset(data, "train")
-            tiles = calibration_tiles(train, calibration, tile, transform=lambda x: normalize_image(x, meta["normalization"]))
-        path = Path(f"{checkpoint}.{precision}.xml") if backend == "openvino" and precision == "int8" else None
-        runner = accelerate(model, backend, precision, calibration=tiles, path=path, example_shape=(tile, tile))
+            tiles = calibration_tiles(
+                train, calibration, tile, transform=lambda x: normalize_image(x, meta["normalization"])
+            )
+        path = (
+            Path(f"{checkpoint}.{precision}.xml") if backend == "openvino" and precision == "int8" else None
+        )
+        runner = accelerate(
+            model, backend, precision, calibration=tiles, path=path, example_shape=(tile, tile)
+        )
         got = _score(runner, dataset, meta, tta)
         row = {"data": data, "split": split, "backend": backend, "precision": precision, **got}
         row["change"] = {k: round(got[k] - base[k], 5) for k in base if k in got}
@@ -99,7 +105,9 @@ def measure_dice_change(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.int8_dice", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.int8_dice", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--checkpoint", required=True, help="a seglab checkpoint (best.pt)")
     parser.add_argument("--data", help="dataset (default: the checkpoint's training data)")
     parser.add_argument("--split", default="test")
@@ -107,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precisions", default="int8,bf16", help="comma-separated (default int8,bf16)")
     parser.add_argument("--calibration", type=int, default=300, help="int8 calibration tiles (default 300)")
     parser.add_argument("--tile", type=int, help="calibration tile size (default: the training crop)")
-    parser.add_argument("--tta", choices=["hflip", "flips", "d4"], help="test-time augmentation (default none)")
+    parser.add_argument(
+        "--tta", choices=["hflip", "flips", "d4"], help="test-time augmentation (default none)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

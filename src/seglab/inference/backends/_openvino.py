@@ -62,7 +62,9 @@ def quantize_openvino(ov_model: Any, batches: Sequence[np.ndarray]) -> Any:
         import nncf
     except ImportError as err:
         raise missing_extra("nncf", "openvino", "int8 quantisation with OpenVINO") from err
-    convs = [op.get_friendly_name() for op in ov_model.get_ordered_ops() if op.get_type_name() == "Convolution"]
+    convs = [
+        op.get_friendly_name() for op in ov_model.get_ordered_ops() if op.get_type_name() == "Convolution"
+    ]
     keep = nncf.IgnoredScope(names=[convs[0], convs[-1]] if len(convs) > 2 else [])
     level = logging.getLogger("nncf").level
     nncf.set_log_level(logging.ERROR)
