@@ -121,7 +121,7 @@ def test_openvino_int8_saved_reloaded_and_close(tmp_path) -> None:
     pytest.importorskip("nncf")
     model = _trained_unet()
     data = SyntheticDataset(length=8, size=96, num_classes=2, seed=4, split="val")
-    tiles = calibration_tiles(data, 32, 64)
+    tiles = calibration_tiles(data, 16, 64)
     path = tmp_path / "unet.int8.xml"
     runner = accelerate(model, "openvino", "int8", calibration=tiles, path=path, example_shape=(64, 64))
     assert path.is_file() and path.with_suffix(".bin").is_file() and runner.path == path
@@ -145,10 +145,13 @@ def test_openvino_int8_saved_reloaded_and_close(tmp_path) -> None:
         ref = model(x)
     assert _dice(ref > 0, got > 0) > 0.95  # the masks agree (a loose check; the real one is on hela)
     assert float((ref - got).abs().max()) > 0  # it really is another network
-    # other weights: the file is replaced, not reused
+    # a float conversion asked for at the same path replaces the int8 file, and so do other weights
+    accelerate(model, "openvino", "fp32", path=path, warm_up=False)
+    assert load_runner(path).precision == "fp32"
+    stamp = path.stat().st_mtime_ns
     with torch.no_grad():
         next(model.parameters()).mul_(1.5)
-    accelerate(model, "openvino", "int8", calibration=tiles, path=path)
+    accelerate(model, "openvino", "fp32", path=path, warm_up=False)
     assert path.stat().st_mtime_ns != stamp
 
 
@@ -284,3 +287,19 @@ def test_prepared_and_eager_runners_leave_the_model_alone() -> None:
     for backend in ("eager", "prepared"):
         accelerate(model, backend, example_shape=(32, 32))
     assert model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_torch_backends_on_cuda(monkeypatch) -> None:
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 means fp32 here too
+    model = build("unet", in_channels=1, num_classes=2)
+    x = torch.randn(2, 1, 64, 96)
+    with torch.no_grad():
+        ref = model(x)
+    for precision, tol in (("fp32", 1e-4), ("bf16", 0.05)):
+        runner = accelerate(model, "prepared", precision, device="cuda", example_shape=(64, 64))
+        got = runner(x.cuda())
+        assert got.device.type == "cuda" and got.dtype == torch.float32
+        assert float((got.cpu() - ref).abs().max()) <= tol * max(1.0, float(ref.abs().max()))
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        accelerate(model, "openvino", device="cuda")

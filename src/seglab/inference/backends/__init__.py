@@ -83,6 +83,12 @@ _NEEDS: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {
 }
 
 
+_NO_CALIBRATION = (
+    "precision='int8' needs calibration tiles (or a path= holding a model quantised from these weights): "
+    "calibration=seglab.inference.calibration_tiles(train_dataset, 300, tile, transform=normalisation)."
+)
+
+
 def _missing(backend: str, precision: str) -> tuple[str, str] | None:
     for module, extra in _NEEDS.get((backend, precision), ()):
         if importlib.util.find_spec(module) is None:
@@ -270,24 +276,16 @@ def accelerate(
     target = Path(path) if path is not None else None
     batches = as_calibration_batches(calibration, calibration_size) if calibration is not None else None
     if precision == "int8" and batches is None and (target is None or not target.is_file()):
-        raise InvalidValueError(
-            "precision='int8' needs calibration tiles (or a path= holding a model quantised from these weights): "
-            "calibration=seglab.inference.calibration_tiles(train_dataset, 300, tile, transform=normalisation)."
-        )
+        raise InvalidValueError(_NO_CALIBRATION)
     shape = example_shape_of(model, example_shape)
     dev = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
     if backend == "auto":
         pixels = float(job_pixels) if job_pixels is not None else float(shape[0] * shape[2] * shape[3])
+        calibration_pixels = calibration_size * shape[2] * shape[3] if precision == "int8" else 0.0
         backend, _ = choose_backend(
-            model,
-            precision=precision,
-            job_pixels=pixels,
-            channels=shape[1],
-            device=dev,
-            threads=threads,
-            saved=_saved_backends(target),
-            calibration_pixels=calibration_size * shape[2] * shape[3] if precision == "int8" else 0.0,
-        )
+            model, precision=precision, job_pixels=pixels, channels=shape[1], device=dev, threads=threads,
+            saved=_saved_backends(target), calibration_pixels=calibration_pixels,
+        )  # fmt: skip
     _check_supported(backend, precision, dev)
     runner = _build(model, backend, precision, shape, dev, batches, target, threads)
     if warm_up:
