@@ -42,15 +42,8 @@ def _scores(result: Any) -> dict[str, float]:
 
 
 def _score(net: Any, dataset: Any, meta: dict[str, Any], tta: str | None) -> dict[str, float]:
-    result = evaluate(
-        net,
-        dataset,
-        normalization=meta["normalization"],
-        mode=meta.get("mode"),
-        tta=tta,
-        threshold=float(meta.get("threshold", 0.5)),
-    )
-    return _scores(result)
+    options = {"mode": meta.get("mode"), "tta": tta, "threshold": float(meta.get("threshold", 0.5))}
+    return _scores(evaluate(net, dataset, normalization=meta["normalization"], **options))
 
 
 def measure_dice_change(

@@ -243,6 +243,9 @@ def test_auto_weighs_warmup_against_the_job() -> None:
     assert accelerate(demo, "auto", job_pixels=frame, warm_up=False).backend == "prepared"
     # a tiny job is not worth even prepare()'s 0.1 s
     assert accelerate(demo, "auto", example_shape=(32, 32), warm_up=False).backend == "eager"
+    # FLOPs of a model that does not take 64 x 64 are counted at its example size
+    valid = build("unet_valid", in_channels=1, num_classes=2)
+    assert accelerate(valid, "auto", example_shape=(188, 188), warm_up=False).backend in available_backends()
 
 
 def test_calibration_tiles() -> None:

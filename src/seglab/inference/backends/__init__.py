@@ -161,6 +161,7 @@ def choose_backend(
     threads: int | None = None,
     saved: Iterable[str] = (),
     calibration_pixels: float = 0.0,
+    example_hw: tuple[int, int] | None = None,
 ) -> tuple[str, dict[str, float]]:
     """The backend ``"auto"`` picks, with the estimated seconds of every candidate.
 
@@ -174,6 +175,7 @@ def choose_backend(
         threads: CPU threads (default ``torch.get_num_threads()``).
         saved: backends whose conversion of these weights is already saved (opening is cheap).
         calibration_pixels: pixels of the int8 calibration tiles.
+        example_hw: a size the model takes, for counting FLOPs when 64 x 64 is not one.
 
     Returns:
         ``(backend, {candidate: estimated seconds})``.
@@ -188,7 +190,7 @@ def choose_backend(
     in_ch = channels if channels is not None else getattr(model, "in_channels", None)
     if not isinstance(in_ch, int):
         raise InvalidValueError("choose_backend needs the input channels (channels=...) of this model.")
-    per_pixel = flops_per_pixel(model, in_ch)
+    per_pixel = flops_per_pixel(model, in_ch, example_hw)
     layers, n = count_layers(model), int(threads or torch.get_num_threads())
     saved = set(saved)
     costs = {
@@ -284,7 +286,7 @@ def accelerate(
         calibration_pixels = calibration_size * shape[2] * shape[3] if precision == "int8" else 0.0
         backend, _ = choose_backend(
             model, precision=precision, job_pixels=pixels, channels=shape[1], device=dev, threads=threads,
-            saved=_saved_backends(target), calibration_pixels=calibration_pixels,
+            saved=_saved_backends(target), calibration_pixels=calibration_pixels, example_hw=shape[2:],
         )  # fmt: skip
     _check_supported(backend, precision, dev)
     runner = _build(model, backend, precision, shape, dev, batches, target, threads)

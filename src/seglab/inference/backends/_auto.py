@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from seglab.errors import InvalidValueError
 from seglab.inference.backends._base import model_facts
 
 __all__ = ["EAGER_GFLOPS_PER_THREAD", "LOAD_S", "SPEEDUP", "WARMUP", "estimate_seconds", "flops_per_pixel"]
@@ -92,19 +93,30 @@ def count_layers(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def flops_per_pixel(model: nn.Module, channels: int) -> float:
-    """FLOPs per input pixel, counted on one small input (64 px a side or two size steps)."""
+def flops_per_pixel(model: nn.Module, channels: int, hw: tuple[int, int] | None = None) -> float:
+    """FLOPs per input pixel, counted on one small input (64 px a side or two size steps; ``hw``
+    when the model does not take that size, as valid-convolution models)."""
     d = model_facts(model).size_divisor
     side = -(-max(64, 2 * d) // d) * d
     was_training = model.training
     model.eval()
+    device = next(model.parameters(), torch.empty(0)).device
     try:
-        x = torch.zeros(1, channels, side, side, device=next(model.parameters()).device)
-        with FlopCounterMode(display=False) as counter:
-            model(x)
+        for size in ((side, side), hw):
+            if size is None:
+                raise InvalidValueError(
+                    f"cannot count FLOPs: the model does not take {side}x{side}; pass hw."
+                )
+            try:
+                with FlopCounterMode(display=False) as counter:
+                    model(torch.zeros(1, channels, *size, device=device))
+                return counter.get_total_flops() / float(size[0] * size[1])
+            except ValueError:
+                if size == hw:
+                    raise
     finally:
         model.train(was_training)
-    return counter.get_total_flops() / float(side * side)
+    raise AssertionError("unreachable")
 
 
 def estimate_seconds(
