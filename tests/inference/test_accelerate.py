@@ -9,6 +9,7 @@ encoder-decoder, the fixed-size valid U-Net); ``-m slow`` converts every registe
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -72,7 +73,9 @@ def _inputs(name: str, model: torch.nn.Module, second: bool = True) -> list[torc
 
 
 @pytest.mark.parametrize(("backend", "name"), _cases())
-def test_fp32_backend_matches_eager(backend: str, name: str, request: pytest.FixtureRequest) -> None:
+def test_fp32_backend_matches_eager(
+    backend: str, name: str, request: pytest.FixtureRequest, record_property: Callable[[str, object], None]
+) -> None:
     _need(backend)
     model = build(name, in_channels=3, num_classes=2)
     h, w = model_info(name).example_size
@@ -89,6 +92,7 @@ def test_fp32_backend_matches_eager(backend: str, name: str, request: pytest.Fix
         assert got.dtype == torch.float32 and got.shape == ref.shape
         assert runner.output_shape(tuple(x.shape[-2:])) == tuple(ref.shape[-2:])
         diff, scale = float((got - ref).abs().max()), float(ref.abs().max())
+        record_property(f"max_abs_diff_{x.shape[2]}x{x.shape[3]}", f"{diff:.1e} (|ref| {scale:.2g})")
         # 1e-4 absolute for unit-scale logits; relative for models whose random-init logits are large
         assert diff <= 1e-4 * max(1.0, scale), (
             f"{name} {backend} at {tuple(x.shape)}: {diff:.2e} (|ref| {scale:.1f})"
