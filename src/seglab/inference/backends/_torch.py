@@ -1,6 +1,8 @@
 """The PyTorch backends: ``eager`` (the model as it is), ``prepared`` (:func:`seglab.inference.prepare`:
 conv+BN folded, ``channels_last``) and ``compile`` (``torch.compile`` of the prepared copy, with
 Inductor's *freezing*: weights become constants, so convolutions use pre-packed oneDNN weights).
+``compile`` compiles once per input size (tens of seconds each): with symbolic sizes Inductor took
+over 30 minutes on U²-Net on a shared 2-core machine, so tiles of one size suit it best.
 
 ``bf16`` runs the prepared copy with bfloat16 weights and inputs (``eager`` under ``torch.autocast``);
 outputs are always float32. ``compile`` + ``int8`` is PyTorch's PT2E post-training quantisation with
@@ -44,7 +46,8 @@ class TorchRunner(Runner):
                 net = copy.deepcopy(net).to(self._dtype) if net is model else net.to(self._dtype)
             info = prepare_info(net)
             self._channels_last = bool(info and info.channels_last)
-            self.module = torch.compile(net) if backend == "compile" else net
+            # one graph per input size: with symbolic sizes Inductor compiled U²-Net for over 30 minutes
+            self.module = torch.compile(net, dynamic=False) if backend == "compile" else net
 
     @contextlib.contextmanager
     def _context(self) -> Iterator[None]:
