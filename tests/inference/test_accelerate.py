@@ -22,6 +22,7 @@ from seglab.inference import accelerate, available_backends, calibration_tiles, 
 from seglab.inference import backends as backends_mod
 from seglab.inference.backends import _base, load_runner
 from seglab.models import model_info
+from tests._optional import peer
 
 from ._helpers import SEMANTIC, build
 
@@ -38,7 +39,7 @@ _FAST["compile"] = ("unet",)
 
 def _need(backend: str) -> None:
     for module in _NEEDS.get(backend, ()):
-        pytest.importorskip(module, reason=f"the {backend} backend needs {module}")
+        peer(module)
     if backend == "compile" and "compile" not in available_backends():
         pytest.skip("torch.compile needs a C++ compiler")
 
@@ -121,8 +122,8 @@ def _dice(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_openvino_int8_saved_reloaded_and_close(tmp_path) -> None:
-    pytest.importorskip("openvino")
-    pytest.importorskip("nncf")
+    peer("openvino")
+    peer("nncf")
     model = _trained_unet()
     data = SyntheticDataset(length=8, size=96, num_classes=2, seed=4, split="val")
     tiles = calibration_tiles(data, 16, 64)
@@ -161,7 +162,7 @@ def test_openvino_int8_saved_reloaded_and_close(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_pt2e_int8_close_and_saved(tmp_path) -> None:
-    pytest.importorskip("torchao")
+    peer("torchao")
     _need("compile")
     model = _trained_unet()
     data = SyntheticDataset(length=8, size=64, num_classes=2, seed=4, split="val")
@@ -180,7 +181,7 @@ def test_pt2e_int8_close_and_saved(tmp_path) -> None:
 @pytest.mark.parametrize("backend", ["prepared", "openvino"])
 def test_bf16_close_to_fp32(backend: str) -> None:
     if backend == "openvino":
-        pytest.importorskip("openvino")
+        peer("openvino")
     if backend not in available_backends("bf16"):
         pytest.skip(f"{backend} bf16 is not available here")
     model = build("unet", in_channels=1, num_classes=2)
@@ -206,7 +207,7 @@ def test_bf16_refused_without_native_support(monkeypatch) -> None:
 
 
 def test_runner_in_sliding_window_and_shape_checks() -> None:
-    pytest.importorskip("openvino")
+    peer("openvino")
     model = build("unet", in_channels=1, num_classes=3)
     runner = accelerate(model, "openvino", example_shape=(32, 32))
     image = torch.randn(1, 1, 70, 90)
@@ -220,7 +221,7 @@ def test_runner_in_sliding_window_and_shape_checks() -> None:
 
 
 def test_fixed_size_model_gets_one_graph_per_size() -> None:
-    pytest.importorskip("openvino")
+    peer("openvino")
     model = build("unet_valid", in_channels=1, num_classes=2)
     runner = accelerate(model, "openvino", example_shape=(188, 188), warm_up=False)
     assert not runner.dynamic
