@@ -32,7 +32,7 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	@touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
-	$(PIP) install -q -e ".[dev,onnx,peers,report,nifti]"
+	$(PIP) install -q -e ".[dev,onnx,openvino,pt2e,peers,report,nifti,instance]"
 	@touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed

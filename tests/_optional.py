@@ -36,6 +36,9 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "onnxruntime": ("onnxruntime", "onnx"),
     "onnxscript": ("onnxscript", "onnx"),
     "matplotlib": ("matplotlib", "report"),
+    "openvino": ("openvino", "openvino"),
+    "nncf": ("nncf", "openvino"),
+    "torchao": ("torchao", "pt2e"),
     "torchvision": ("torchvision", "core dependency"),
 }
 

@@ -7,11 +7,23 @@ prediction and ONNX export.
 * :func:`tta`: flips / D4 test-time augmentation, averaged in probability space.
 * :func:`predict`: whole-image or tiled prediction over an image pyramid (``scales``), with TTA.
 * :func:`export_onnx`, :class:`OnnxModel`, :func:`check_onnx`: ONNX export and onnxruntime inference.
+* :func:`accelerate`: the network behind a backend (eager, prepared, compile, onnxruntime,
+  OpenVINO; fp32, bf16, int8) as a :class:`Runner`; :func:`calibration_tiles` for int8.
 
 See ``docs/inference.md``.
 """
 
 from seglab.inference._common import ACTIVATIONS
+from seglab.inference.backends import (
+    BACKENDS,
+    PRECISIONS,
+    Runner,
+    accelerate,
+    available_backends,
+    calibration_tiles,
+    choose_backend,
+    load_runner,
+)
 from seglab.inference.export import OnnxModel, check_onnx, export_onnx
 from seglab.inference.prepare import PrepareInfo, fold_batchnorm, is_prepared, prepare, prepare_info
 from seglab.inference.pyramid import predict
@@ -27,16 +39,24 @@ from seglab.inference.tta import TTA_TRANSFORMS, tta
 
 __all__ = [
     "ACTIVATIONS",
+    "BACKENDS",
     "BLENDS",
+    "PRECISIONS",
     "TTA_TRANSFORMS",
     "OnnxModel",
     "PrepareInfo",
+    "Runner",
     "WindowOptions",
+    "accelerate",
+    "available_backends",
+    "calibration_tiles",
     "check_onnx",
+    "choose_backend",
     "export_onnx",
     "fold_batchnorm",
     "gaussian_importance_map",
     "is_prepared",
+    "load_runner",
     "predict",
     "prepare",
     "prepare_info",
