@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
             "seglab train --model unet --data hela --crop 256 --batch-size 8 --epochs 20 --out runs/unet-hela",
             "seglab train --config configs/demo_hela.yaml --lr 0.001 --set optim.weight_decay=0.01",
             "seglab train --resume runs/unet-hela/last.pt --epochs 30",
+            "seglab train --data hela --task instance --encoding boundary --model unet --budget 15m",
             "torchrun --nproc-per-node 2 -m seglab train --config configs/demo_hela.yaml",
         ),
     )
@@ -105,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, help="early stopping patience (validations)")
     p.add_argument("--tile", type=int, help="validate with a sliding window of this tile size")
     p.add_argument(
+        "--task", help="semantic, or instance: one label per object (a semantic model learns --encoding)"
+    )
+    p.add_argument(
+        "--encoding",
+        help="instance encoding of a semantic model: boundary (default) or distance; implies --task instance",
+    )
+    p.add_argument(
         "--normalize",
         help="intensity normalisation: percentile, zscore, minmax, dataset, fixed, none (default: the dataset's)",
     )
@@ -126,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="score a checkpoint on a dataset split (per-image and mean metrics)",
         description="Predict every image of a split on full images and write per-image and mean Dice, IoU, "
-        "precision, recall and HD95 (metrics.json, per_image.csv, summary.csv). Instance models (mask_rcnn) "
-        "report mask AP, AP50, AP75 and the CTC SEG score instead.",
+        "precision, recall and HD95 (metrics.json, per_image.csv, summary.csv). Instance checkpoints (--task "
+        "instance, mask_rcnn) report SEG, DET, F1/precision/recall at IoU 0.5 and 0.75, panoptic quality and "
+        "merged/split/missed/spurious objects instead, with label TIFFs and error overlays in predictions/.",
         formatter_class=_FORMATTER,
         epilog=_examples(
             "seglab eval --checkpoint runs/demo/best.pt --data hela",
@@ -152,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="write masks and overlays for image files or folders",
         description="Predict image files (PNG, JPEG, TIFF, NPY) or every image in a folder; writes "
-        "<stem>_mask.png|tif (class ids) and <stem>_overlay.png.",
+        "<stem>_mask.png|tif (class ids) and <stem>_overlay.png. Instance checkpoints write <stem>_instances.tif "
+        "(uint16/uint32 labels, 0 = background) and an overlay with outlines; with --tile, the maps are blended "
+        "and decoded once, so no object is cut at a tile seam.",
         formatter_class=_FORMATTER,
         epilog=_examples(
             "seglab predict --checkpoint runs/demo/best.pt frames/ --out predictions/",
@@ -317,6 +328,8 @@ _TRAIN_FLAGS = {
     "patience": "patience",
     "tile": "tile",
     "normalize": "data.normalize",
+    "task": "task.kind",
+    "encoding": "task.encoding",
     "quiet": "quiet",
     "recipe": "recipe",
     "budget": "budget",
@@ -341,6 +354,8 @@ def resolve_train_config(args: argparse.Namespace) -> Any:
         if value is not None:
             overrides[key] = value
     overrides.update(_assignments(args.set))
+    if "task.encoding" in overrides:  # naming an encoding asks for instances
+        overrides.setdefault("task.kind", "instance")
     if args.config is not None:
         cfg = load_config(args.config)
     elif args.resume:
@@ -392,27 +407,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checkpoint_task(path: str) -> str:
-    """``"semantic"`` or ``"instance"``: the registry task of the model a checkpoint holds."""
-    from seglab.engine.checkpoint import load_checkpoint
-    from seglab.models import model_info
-
-    return model_info(load_checkpoint(path)["model_name"]).task
-
-
-_SEMANTIC_ONLY_FLAGS = ("tile", "overlap", "tta", "threshold", "normalize")
-
-
-def _refuse_semantic_flags(args: argparse.Namespace) -> None:
-    """Instance models are predicted whole, without these options: refuse them rather than ignore them."""
-    given = [f"--{f}" for f in _SEMANTIC_ONLY_FLAGS if getattr(args, f) is not None]
-    given += ["--crf"] if args.crf else []
-    if given:
-        raise InvalidValueError(
-            f"{', '.join(given)} apply to semantic models; this checkpoint holds an instance model. Drop them."
-        )
-
-
 @contextlib.contextmanager
 def _warnings_as_lines(command: str) -> Iterator[None]:
     """Show seglab's warnings (an image far outside the training range, ...) as one line each on stderr."""
@@ -433,30 +427,23 @@ def _predict_options(args: argparse.Namespace, **extra: Any) -> Any:
     return PredictOptions(**{f: getattr(args, f) for f in flags}, progress=not args.quiet, **extra)
 
 
-def _cmd_eval_instance(args: argparse.Namespace) -> int:
-    from seglab.engine.instance import evaluate_instance_checkpoint
-
-    _refuse_semantic_flags(args)
-    result, paths = evaluate_instance_checkpoint(
-        args.checkpoint,
-        args.data,
-        split=args.split,
-        out_dir=args.out,
-        device=args.device,
-        data_options=_assignments(args.data_option),
-        progress=not args.quiet,
+def _instance_summary(result: Any) -> str:
+    """One line of instance scores (pooled over the images) and object-error counts."""
+    o = result.overall
+    scores = " ".join(
+        f"{name}={o[key]:.4f}"
+        for name, key in (("SEG", "seg"), ("DET", "det"), ("F1@0.5", "f1@0.5"), ("F1@0.75", "f1@0.75"))
     )
-    scores = " ".join(f"{k}={result[k]:.4f}" for k in ("ap", "ap50", "ap75", "ctc_seg") if k in result)
-    print(f"{result.get('images', '?')} images: {scores}")
-    print(f"wrote {paths['json']}")
-    return 0
+    counts = ", ".join(f"{o[k]:.0f} {k}" for k in ("merges", "split", "missed", "spurious"))
+    return (
+        f"{len(result.per_image)} images, {o['n_true']:.0f} objects ({o['n_pred']:.0f} predicted): {scores} "
+        f"PQ={o['panoptic_quality@0.5']:.4f} | {counts}"
+    )
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from seglab.engine.evaluate import evaluate_checkpoint
 
-    if _checkpoint_task(args.checkpoint) == "instance":
-        return _cmd_eval_instance(args)
     with _warnings_as_lines("eval"):
         result, paths = evaluate_checkpoint(
             args.checkpoint,
@@ -466,6 +453,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             options=_predict_options(args),
             data_options=_assignments(args.data_option),
         )
+    if result.mode == "instance":
+        print(_instance_summary(result))
+        print(
+            f"wrote {paths['json']}, {paths['per_image_csv'].name} and {paths['json'].parent / 'predictions'}"
+        )
+        return 0
     m, o = result.mean, result.overall
     print(
         f"{len(result.per_image)} images: dice={o['dice']:.4f} iou={o['iou']:.4f} precision={o['precision']:.4f} "
@@ -478,20 +471,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from seglab.engine.predict import predict_files
 
-    if args.checkpoint and not args.onnx and _checkpoint_task(args.checkpoint) == "instance":
-        from seglab.engine.instance import predict_instance_files
-
-        _refuse_semantic_flags(args)
-        rows = predict_instance_files(
-            args.inputs,
-            args.out,
-            checkpoint=args.checkpoint,
-            overlay=not args.no_overlay,
-            device=args.device,
-            progress=not args.quiet,
-        )
-        print(f"wrote {len(rows)} instance label image(s) to {args.out}")
-        return 0
     options = _predict_options(
         args, format=args.format, overlay=not args.no_overlay, save_probs=args.save_probs
     )
@@ -499,7 +478,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         rows = predict_files(
             args.inputs, args.out, checkpoint=args.checkpoint, onnx=args.onnx, options=options
         )
-    print(f"wrote {len(rows)} mask(s) to {args.out}")
+    what = "instance label image(s)" if rows and "instances" in rows[0] else "mask(s)"
+    print(f"wrote {len(rows)} {what} to {args.out}")
     return 0
 
 
@@ -523,7 +503,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
     size = tuple(args.input_size) if args.input_size else tuple(model_info(meta["model_name"]).example_size)
     export_onnx(model, out, input_shape=(1, int(meta["in_channels"]), *size))
-    write_onnx_metadata(out, {k: meta[k] for k in (*PREDICTION_KEYS, "threshold") if k in meta})
+    stored = (*PREDICTION_KEYS, "threshold", "task", "encoding", "decode_params")  # instance decoding too
+    write_onnx_metadata(out, {k: meta[k] for k in stored if k in meta})
     print(f"wrote {out}")
     return 0
 

@@ -1,4 +1,4 @@
-"""Instance-segmentation engine: train step, label images, meter, evaluation, outputs, adapter, experiment."""
+"""Mask R-CNN on the one trainer: label images, meter, adapter, threshold search, Predictor, eval, predict, outputs."""
 
 from __future__ import annotations
 
@@ -12,9 +12,13 @@ import torch
 from torch import nn
 
 from seglab.data import SyntheticDataset, collate_instances, eval_transforms
+from seglab.data.normalize import Normalization
+from seglab.data.transforms import instance_target
 from seglab.engine import instance as inst
+from seglab.engine.predictor import Predictor
 from seglab.engine.trainer import TASK_ADAPTERS
-from seglab.metrics import ctc_seg, mask_ap
+from seglab.inference.runner import EagerRunner
+from seglab.metrics import ctc_seg, instance_metrics, mask_ap
 from seglab.models import create_model
 
 TINY = {"encoder": "resnet18", "rois_per_image": 32, "detections_per_img": 20}
@@ -91,9 +95,15 @@ def test_meter_equals_direct_metrics_on_random_sets() -> None:
     ref = mask_ap(preds, targets)
     for key in ("ap", "ap50", "ap75"):
         assert out[key] == pytest.approx(ref[key], abs=1e-12)
-    assert out["ctc_seg"] == pytest.approx(ctc_seg(pred_labels, true_labels), abs=1e-12)
-    rows = meter.per_image()
-    assert [r["objects"] for r in rows] == [t["masks"].shape[0] for t in targets]
+    labels = instance_metrics(pred_labels, true_labels, thresholds=(0.5, 0.75))
+    for key in ("seg", "det", "f1@0.5", "f1@0.75", "merges", "spurious"):
+        assert out[key] == pytest.approx(labels[key], abs=1e-12), key
+    assert out["seg"] == pytest.approx(ctc_seg(pred_labels, true_labels), abs=1e-12)
+    assert out["f1@0.5+seg"] == pytest.approx((labels["f1@0.5"] + labels["seg"]) / 2)
+    again = meter.label_images(0.3)  # the recorded masks give the same label images
+    assert all(np.array_equal(a, b) for a, b in zip(again, pred_labels))
+    fewer = meter.label_images(0.9)
+    assert all(int(f.max()) <= int(a.max()) for f, a in zip(fewer, again))
 
 
 def test_meter_perfect_and_empty() -> None:
@@ -108,7 +118,11 @@ def test_meter_perfect_and_empty() -> None:
     }
     meter = inst.InstanceMeter()
     meter.update([perfect], [tgt])
-    assert meter.compute() == {"ap": 1.0, "ap50": 1.0, "ap75": 1.0, "ctc_seg": 1.0}
+    out = meter.compute()
+    assert {k: out[k] for k in ("f1@0.5+seg", "ap", "ap50", "ap75", "seg", "det", "f1@0.5")} == dict.fromkeys(
+        ("f1@0.5+seg", "ap", "ap50", "ap75", "seg", "det", "f1@0.5"), 1.0
+    )
+    assert next(iter(out)) == "f1@0.5+seg"
     meter = inst.InstanceMeter()
     empty = {
         "masks": torch.zeros(0, 1, 8, 8),
@@ -116,17 +130,35 @@ def test_meter_perfect_and_empty() -> None:
         "labels": torch.zeros(0, dtype=torch.int64),
     }
     meter.update([empty], [tgt])
-    assert meter.compute() == {"ap": 0.0, "ap50": 0.0, "ap75": 0.0, "ctc_seg": 0.0}
-    assert all(np.isnan(v) for v in inst.InstanceMeter().compute().values())
+    out = meter.compute()
+    assert out["ap"] == out["seg"] == out["f1@0.5"] == 0.0 and out["missed"] == 2
+    assert all(
+        np.isnan(v) for k, v in inst.InstanceMeter().compute().items() if k not in ("n_true", "n_pred")
+    )
 
 
-# -- training -------------------------------------------------------------------------------------------------------
-def test_train_step_reduces_the_loss_on_a_tiny_overfit_problem() -> None:
+# -- training steps through the adapter ------------------------------------------------------------------------------
+def _steps(model: nn.Module, batch, steps: int, lr: float = 1e-4) -> list[dict[str, float]]:
+    """What the trainer does per step, with the adapter's loss."""
+    adapter = inst.InstanceAdapter(SimpleNamespace(model=model))  # type: ignore[arg-type]
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    out = []
+    for _ in range(steps):
+        model.train()
+        loss, terms, _ = adapter.train_loss(model, adapter.to_device(batch, torch.device("cpu")))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        opt.step()
+        out.append({k: float(v.detach()) for k, v in terms.items()})
+    return out
+
+
+def test_adapter_loss_goes_down_on_a_tiny_overfit_problem() -> None:
     torch.manual_seed(0)
     batch = collate_instances([_synthetic(1)[0]])
     model = create_model("mask_rcnn", in_channels=1, num_classes=2, **TINY)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    steps = [inst.instance_train_step(model, batch, opt, grad_clip=10.0) for _ in range(6)]
+    steps = _steps(model, batch, 6)
     assert set(steps[0]) == {"loss", "classifier", "box_reg", "mask", "objectness", "rpn_box_reg"}
     print("\nloss per step:", [round(s["loss"], 3) for s in steps])
     assert steps[-1]["loss"] < 0.5 * steps[0]["loss"]
@@ -140,22 +172,12 @@ def test_overfit_reaches_a_useful_mask_ap() -> None:
     ds = _synthetic(2)
     batch = collate_instances([ds[0], ds[1]])
     model = create_model("mask_rcnn", in_channels=1, num_classes=2, **TINY)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    for _ in range(30):
-        inst.instance_train_step(model, batch, opt)
-    result = inst.evaluate_instances(model, ds)
-    assert result["ap50"] > 0.5
-
-
-def test_train_step_rejects_non_finite_loss() -> None:
-    model = create_model("mask_rcnn", in_channels=1, num_classes=2, trainable_layers=0, **TINY)
-    image, target = _synthetic(1)[0]
-    image = image.clone()
-    image[0, 0, 0] = float("nan")
-    before = model.roi_heads.box_head.fc6.weight.detach().clone()
-    with pytest.raises(FloatingPointError, match="Non-finite"):
-        inst.instance_train_step(model, ([image], [target]), torch.optim.SGD(model.parameters(), lr=0.1))
-    torch.testing.assert_close(model.roi_heads.box_head.fc6.weight, before)
+    _steps(model, batch, 30)
+    meter = inst.InstanceMeter()
+    model.eval()
+    with torch.no_grad():
+        meter.update(model(list(batch[0])), batch[1])
+    assert meter.compute()["ap50"] > 0.5
 
 
 def test_instance_losses_leave_the_model_unchanged() -> None:
@@ -172,83 +194,103 @@ def test_instance_losses_leave_the_model_unchanged() -> None:
 
 # -- evaluation with an oracle ----------------------------------------------------------------------------------------
 class _Oracle(nn.Module):
-    """Returns the ground truth of the image it is given (optionally shifted), as Mask R-CNN would."""
+    """Detects the true objects of the (normalised) image it is given, optionally shifted, as Mask R-CNN would."""
 
-    def __init__(self, dataset: SyntheticDataset, shift: int = 0) -> None:
+    def __init__(self, dataset: SyntheticDataset, normalization: Normalization, shift: int = 0) -> None:
         super().__init__()
         self.anchor = nn.Parameter(torch.zeros(1))
-        self.lookup = [(img, tgt) for img, tgt in (dataset[i] for i in range(len(dataset)))]
+        self.lookup = [(normalization(img), lab) for img, lab in (dataset[i] for i in range(len(dataset)))]
         self.shift = shift
 
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         out = []
         for x in images:
-            tgt = next(t for img, t in self.lookup if torch.equal(img, x))
-            masks = torch.roll(tgt["masks"], self.shift, dims=2).float()[:, None]
-            k = masks.shape[0]
+            _, lab = min(self.lookup, key=lambda pair: float((pair[0] - x).abs().max()))
+            tgt = instance_target(torch.roll(lab, self.shift, dims=1))
+            k = tgt["masks"].shape[0]
+            scores = torch.linspace(0.9, 0.6, k)
             out.append(
                 {
                     "boxes": tgt["boxes"],
                     "labels": tgt["labels"],
-                    "scores": torch.linspace(0.9, 0.6, k),
-                    "masks": masks,
+                    "scores": scores,
+                    "masks": tgt["masks"][:, None].float(),
                 }
             )
         return out
 
 
+def _oracle_predictor(ds: SyntheticDataset, shift: int = 0) -> Predictor:
+    norm = Normalization("zscore")
+    oracle = _Oracle(ds, norm, shift).eval()
+    return Predictor(EagerRunner(oracle, prepare=False), norm, decoder=inst.DetectionDecoder(oracle))
+
+
 def test_evaluate_instances_scores_an_oracle_perfectly(tmp_path) -> None:
-    ds = _synthetic(3)
-    result = inst.evaluate_instances(_Oracle(ds), ds, out_dir=tmp_path)
-    assert result["ap"] == pytest.approx(1.0) and result["ctc_seg"] == pytest.approx(1.0)
-    assert result["images"] == 3 and result["max_dets"] == 100
-    assert [r["name"] for r in result["per_image"]] == ds.names
+    ds = SyntheticDataset(length=3, size=64, task="labels", max_shapes=3)
+    result = inst.evaluate_instances(_oracle_predictor(ds), ds, out_dir=tmp_path)
+    assert result.mode == "instance" and [r["name"] for r in result.per_image] == ds.names
+    assert result.overall["seg"] == pytest.approx(1.0) and result.overall["f1@0.75"] == 1.0
+    assert result.overall["n_true"] == sum(int(ds[i][1].unique().numel()) - 1 for i in range(3))
     for name in ds.names:
         labels = tifffile.imread(tmp_path / f"{name}_instances.tif")
         assert labels.dtype == np.uint16 and labels.shape == (64, 64)
-        assert (tmp_path / f"{name}_overlay.png").is_file()
-    shifted = inst.evaluate_instances(_Oracle(ds, shift=3), ds)
-    assert shifted["ap"] < 0.9 and shifted["ctc_seg"] < 0.95
-
-
-def test_evaluate_instances_applies_the_normalisation() -> None:
-    raw = SyntheticDataset(length=2, size=64, num_classes=2, task="instance", max_shapes=3)
-    stats = raw.stats()
-    oracle = _Oracle(_synthetic(2))  # knows the normalised images only
-    result = inst.evaluate_instances(oracle, raw, normalization=stats)
-    assert result["ap"] == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="task='instance'"):
-        inst.evaluate_instances(oracle, SyntheticDataset(length=1, size=64))
+        assert {p.name for p in tmp_path.glob(f"{name}_*.png")} == {
+            f"{name}_overlay.png",
+            f"{name}_errors.png",
+        }
+    shifted = inst.evaluate_instances(_oracle_predictor(ds, shift=3), ds)
+    assert shifted.overall["seg"] < 0.95 and shifted.mean["seg"] < 0.95
+    with pytest.raises(ValueError, match="task='labels'"):
+        inst.evaluate_instances(_oracle_predictor(ds), SyntheticDataset(length=1, size=64, task="instance"))
+    with pytest.raises(ValueError, match="tile and tta"):
+        _oracle_predictor(ds).replace(tile=32).instances(ds[0][0])
 
 
 # -- outputs ------------------------------------------------------------------------------------------------------------
-def test_write_instance_outputs_and_overlay(tmp_path) -> None:
+def test_write_instance_outputs_and_overlays(tmp_path) -> None:
+    from PIL import Image
+
+    from seglab.report.overlays import OBJECT_COLORS, to_display
+
     image = np.random.default_rng(0).random((1, 20, 30)).astype(np.float32) * 1000 + 30000
     labels = np.zeros((20, 30), np.int32)
     labels[2:8, 2:8] = 1
     labels[2:8, 8:14] = 2  # touching neighbours
     labels[12:18, 20:28] = 300
-    paths = inst.write_instance_outputs(tmp_path, "frame", image, labels)
+    truth = labels.copy()
+    truth[12:18, 2:8] = 7  # missed
+    paths = inst.write_instance_outputs(tmp_path, "frame", image, labels, truth=truth)
     np.testing.assert_array_equal(tifffile.imread(paths["instances"]), labels)
-    from PIL import Image
-
     rgb = np.asarray(Image.open(paths["overlay"]))
     assert rgb.shape == (20, 30, 3)
-    from seglab.report.overlays import to_display
-
     np.testing.assert_array_equal(rgb[labels == 0], to_display(image)[labels == 0])  # background untouched
     assert not np.array_equal(rgb[4, 4], rgb[4, 10])  # touching instances get different colours
+    errors = np.asarray(Image.open(paths["errors"]))
+    assert errors[12, 3].tolist() == list(OBJECT_COLORS["missed"])  # the missed object's outline
+    assert errors[2, 3].tolist() == list(OBJECT_COLORS["matched"])  # a matched object's outline
+    many = np.arange(70000, dtype=np.int64).reshape(200, 350)
+    assert (
+        tifffile.imread(
+            inst.write_instance_outputs(tmp_path, "many", np.zeros((1, 200, 350)), many, overlay=False)[
+                "instances"
+            ]
+        ).dtype
+        == np.uint32
+    )
     with pytest.raises(ValueError, match="differ in size"):
-        inst.instance_overlay(image, labels[:10])
+        inst.write_instance_outputs(tmp_path, "bad", image, labels[:10])
 
 
 # -- the trainer's adapter -----------------------------------------------------------------------------------------------
 def test_adapter_registered_and_runs_a_batch() -> None:
     assert TASK_ADAPTERS["instance"] is inst.InstanceAdapter
-    assert inst.InstanceAdapter.default_monitor == "ap" and "ctc_seg" in inst.InstanceAdapter.monitors
+    assert (
+        inst.InstanceAdapter.default_monitor == "f1@0.5+seg" and inst.InstanceAdapter.data_task == "instance"
+    )
     torch.manual_seed(0)
     model = create_model("mask_rcnn", in_channels=1, num_classes=2, trainable_layers=0, **TINY)
-    adapter = inst.InstanceAdapter(SimpleNamespace(model=model))  # type: ignore[arg-type]
+    adapter = inst.InstanceAdapter(SimpleNamespace(model=model, monitor="ap"))  # type: ignore[arg-type]
     ds = _synthetic(2)
     assert adapter.collate_fn is collate_instances
     batch = adapter.to_device(adapter.collate_fn([ds[0], ds[1]]), torch.device("cpu"))
@@ -257,47 +299,71 @@ def test_adapter_registered_and_runs_a_batch() -> None:
     assert pred is None and loss.requires_grad and "mask" in terms and "loss_mask" not in terms
     model.eval()
     meter = adapter.make_meter()
-    assert meter.max_dets == 100
+    assert meter.max_dets == 100 and meter.metric == "f1@0.5+seg"
     loss_sum, n = adapter.val_batch(model, batch, meter)
     assert n == 2 and np.isfinite(loss_sum)
-    assert set(meter.compute()) == {"ap", "ap50", "ap75", "ctc_seg"}
+    assert {"ap", "ap50", "ap75", "seg", "det", "f1@0.5", "merges"} <= set(meter.compute())
 
 
-# -- experiment, checkpoint, eval and predict end to end ---------------------------------------------------------------------
-def test_experiment_checkpoint_eval_and_predict(tmp_path) -> None:
-    out = tmp_path / "run"
-    code = inst.main(
-        [
-            "--data", "synthetic", "--out", str(out), "--roi-op", "pool", "--encoder", "resnet18",
-            "--steps", "2", "--batch-size", "1", "--crop", "48", "--workers", "0", "--log-every", "1",
-            "-m", "rois_per_image=16", "-m", "detections_per_img=5", "-m", "trainable_layers=0",
-            "-d", "length=2", "-d", "size=64",
-        ]
-    )  # fmt: skip
-    assert code == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["steps"] == 2 and metrics["config"]["roi_op"] == "pool"
-    assert set(metrics["test"]) >= {"ap", "ap50", "ap75", "ctc_seg", "per_image"}
-    assert (out / "train_log.csv").read_text().count("\n") == 3  # header + 2 steps
-    assert len(list((out / "predictions").glob("*_instances.tif"))) == 2
+# -- the one trainer, checkpoint, predictor, eval and predict end to end -------------------------------------------------------
+def test_mask_rcnn_on_the_trainer_then_eval_and_predict(tmp_path) -> None:
+    from seglab.engine.checkpoint import load_checkpoint
+    from seglab.engine.config import TrainConfig
+    from seglab.engine.evaluate import evaluate_checkpoint
+    from seglab.engine.predict import PredictOptions, predict_files
+    from seglab.engine.trainer import Trainer
 
-    from seglab.engine.checkpoint import load_model
+    options = {"length": 2, "size": 64, "max_shapes": 3}
+    cfg = TrainConfig.from_dict({
+        "model": {"name": "mask_rcnn", "options": {**TINY, "roi_op": "pool", "trainable_layers": 0, "detections_per_img": 5}},
+        "data": {"name": "synthetic", "crop": 48, "batch_size": 1, "samples_per_epoch": 2, "options": options},
+        "epochs": 1, "out": str(tmp_path / "run"), "quiet": True, "report": False, "bn_recalibrate": 0,
+    })  # fmt: skip
+    trainer = Trainer(cfg)
+    assert isinstance(trainer.adapter, inst.InstanceAdapter) and trainer.monitor == "f1@0.5+seg"
+    row = trainer.fit().history[0]
+    assert {"train_loss_mask", "val_loss", "val_ap", "val_seg", "val_f1@0.5+seg"} <= set(row)
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert best["task"] == "instance" and best["mode"] == "instance"
+    detection = best["detection"]
+    assert detection["score_threshold"] in inst.SCORE_THRESHOLDS and set(detection["search"]["scores"]) == {
+        f"{t:g}" for t in inst.SCORE_THRESHOLDS
+    }
+    predictor = Predictor.from_checkpoint(tmp_path / "run" / "best.pt", device="cpu")
+    assert isinstance(predictor.decoder, inst.DetectionDecoder)
+    assert predictor.decoder.score_threshold == detection["score_threshold"]
 
-    model, meta = load_model(out / "last.pt")
-    assert model.roi_op == "pool" and meta["mode"] == "instance" and "weights" not in meta["model_options"]
-
-    _, paths = inst.evaluate_instance_checkpoint(out / "last.pt", "synthetic", split="test", device="cpu",
-                                                       data_options={"length": 2, "size": 64}, progress=False)  # fmt: skip
-    assert json.loads(paths["json"].read_text())["images"] == 2
-    assert (
-        paths["per_image_csv"]
-        .read_text()
-        .startswith("name,objects,detections,instances,ap,ap50,ap75,ctc_seg")
+    raw = SyntheticDataset(length=1, size=64, num_classes=2, task="labels", split="test")
+    tifffile.imwrite(tmp_path / "frame.tif", raw[0][0].numpy())
+    opts = PredictOptions(device="cpu", progress=False)
+    rows = predict_files(
+        [tmp_path / "frame.tif"], tmp_path / "pred", checkpoint=tmp_path / "run" / "best.pt", options=opts
     )
+    np.testing.assert_array_equal(tifffile.imread(rows[0]["instances"]), predictor.instances(raw[0][0]))
+    with pytest.raises(ValueError, match="tile"):
+        predict_files(
+            [tmp_path / "frame.tif"],
+            tmp_path / "p",
+            checkpoint=tmp_path / "run" / "best.pt",
+            options=PredictOptions(tile=32),
+        )
+    result, paths = evaluate_checkpoint(
+        tmp_path / "run" / "best.pt", "synthetic", options=opts, data_options=options
+    )
+    assert result.mode == "instance" and json.loads(paths["json"].read_text())["images"] == 2
 
-    raw = SyntheticDataset(length=1, size=64, num_classes=2, task="instance", split="test")
-    tifffile.imwrite(tmp_path / "frame.tif", raw.scene(0)[0][0])
-    rows = inst.predict_instance_files([tmp_path / "frame.tif"], tmp_path / "pred", checkpoint=out / "last.pt",
-                                       score_threshold=0.0, device="cpu", progress=False)  # fmt: skip
-    assert rows[0]["count"] == tifffile.imread(rows[0]["instances"]).max()
-    assert (tmp_path / "pred" / "frame_overlay.png").is_file()
+
+def test_checkpoints_of_the_removed_loop_still_predict(tmp_path) -> None:
+    """Checkpoints written by the former ``python -m seglab.engine.instance`` loop (no ``task`` entry,
+    ``mode: instance``, ``{"mean", "std"}`` normalisation) load as detection predictors."""
+    from seglab.engine.checkpoint import save_checkpoint
+
+    model = create_model("mask_rcnn", in_channels=1, num_classes=2, **TINY)
+    save_checkpoint(tmp_path / "last.pt", {
+        "model_name": "mask_rcnn", "model_options": TINY, "in_channels": 1, "num_classes": 2, "mode": "instance",
+        "class_names": ["background", "cell"], "normalization": {"mean": [0.5], "std": [0.2]}, "model": model.state_dict(),
+    })  # fmt: skip
+    predictor = Predictor.from_checkpoint(tmp_path / "last.pt", device="cpu")
+    assert isinstance(predictor.decoder, inst.DetectionDecoder) and predictor.mode is None
+    labels = predictor.instances(np.random.default_rng(0).random((1, 48, 48)).astype(np.float32))
+    assert labels.shape == (48, 48) and labels.dtype == np.uint32

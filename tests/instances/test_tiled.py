@@ -54,25 +54,31 @@ def test_synthetic_mosaic_tiled_equals_whole(name: str) -> None:
     assert matching(whole, labels).f1 > 0.99
 
 
-@pytest.mark.data
-@pytest.mark.parametrize("name", ["boundary", "distance"])
-def test_hela_mosaic_tiled_equals_whole(name: str) -> None:
+def hela_mosaic() -> np.ndarray:
+    """A 2 x 2 mosaic of two hela validation frames' labels, 1400 x 2200 (> 4 tiles of 256 per side);
+    skips the test when hela is not cached."""
     from seglab.data import get_dataset, is_cached
 
     if not is_cached("hela"):
         pytest.skip("the hela dataset is not cached (seglab data fetch hela)")
-    val = get_dataset("hela", "val", task="instance", download=False)
+    val = get_dataset("hela", "val", task="labels", download=False)
     frames = [val.raw(i)[1].astype(np.int64) for i in range(2)]
     rows = []
     offset = 0
-    for r in range(2):  # a 2 x 2 mosaic, 1400 x 2200: > 4 tiles of 256 per side
+    for r in range(2):
         row = []
         for c in range(2):
             f = frames[(r + c) % 2][:, ::-1] if c else frames[(r + c) % 2]
             row.append(np.where(f > 0, f + offset, 0))
             offset += int(f.max())
         rows.append(np.concatenate(row, 1))
-    labels = np.concatenate(rows, 0)
+    return np.concatenate(rows, 0)
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("name", ["boundary", "distance"])
+def test_hela_mosaic_tiled_equals_whole(name: str) -> None:
+    labels = hela_mosaic()
     enc = get_encoding(name)
     tiled, whole = tiled_vs_whole(enc, labels, tile=256, block=256, halo=96, params=DecodeParams(min_size=0))
     assert_same_objects(tiled, whole)

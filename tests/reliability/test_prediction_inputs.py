@@ -187,9 +187,18 @@ def test_normalization_in_checkpoints_round_trips(dataset_run) -> None:
 
 
 def test_instance_models_refuse_semantic_only_flags() -> None:
-    from seglab.cli import _refuse_semantic_flags, build_parser
+    import torch
 
-    args = build_parser().parse_args(["predict", "x.png", "--out", "o", "--tile", "64", "--crf"])
-    with pytest.raises(ValueError, match="--tile, --crf apply to semantic models"):
-        _refuse_semantic_flags(args)
-    _refuse_semantic_flags(build_parser().parse_args(["predict", "x.png", "--out", "o"]))
+    from seglab.engine.encoding import EncodingDecoder
+    from seglab.engine.instance import DetectionDecoder
+    from seglab.engine.predict import PredictOptions
+    from seglab.instances import DecodeParams, get_encoding
+
+    detector = DetectionDecoder(torch.nn.Identity())
+    with pytest.raises(ValueError, match=r"tile, crf do not apply"):
+        detector.check_options(PredictOptions(tile=64, crf=True))
+    encoded = EncodingDecoder(get_encoding("boundary"), DecodeParams())
+    with pytest.raises(ValueError, match=r"crf, threshold are for semantic models"):
+        encoded.check_options(PredictOptions(tile=64, crf=True, threshold=0.3))
+    detector.check_options(PredictOptions())
+    encoded.check_options(PredictOptions(tile=64, tta="flips", normalize="percentile"))

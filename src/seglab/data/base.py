@@ -6,6 +6,10 @@ Samples:
   intensity units (a ``uint16`` frame gives 0..65535, never rescaled) and ``mask`` int64 ``(H, W)``.
 * ``task="instance"``: ``(image, target)`` with torchvision's detection dict ``{"boxes": (K, 4)
   float32 xyxy, "labels": (K,) int64, "masks": (K, H, W) uint8}``, ``K`` possibly 0.
+* ``task="labels"``: ``(image, labels)`` with the instance-label image itself, int64 ``(H, W)``
+  (0 background, each positive id one object), transformed like a mask: what semantic models
+  trained for instances read (:mod:`seglab.instances` turns it into their target after the
+  augmentation, so a rotated crop gets correct boundaries).
 
 Normalisation is a transform (:func:`seglab.data.transforms.train_transforms`) whose statistics
 come from :meth:`SegDataset.stats`, always computed on the *training* split of the same source.
@@ -25,9 +29,20 @@ from seglab._options import check_choice
 from seglab.data.transforms import Compose, instance_target
 from seglab.errors import InvalidValueError
 
-__all__ = ["SPLITS", "TASKS", "SegDataset", "channel_stats", "check_split", "check_task", "collate_instances"]
+__all__ = [
+    "INSTANCE_TASKS",
+    "SPLITS",
+    "TASKS",
+    "SegDataset",
+    "channel_stats",
+    "check_split",
+    "check_task",
+    "collate_instances",
+]
 
-TASKS: tuple[str, ...] = ("semantic", "instance")
+TASKS: tuple[str, ...] = ("semantic", "instance", "labels")
+INSTANCE_TASKS: tuple[str, ...] = ("instance", "labels")
+"""The tasks that read instance labels (a dataset supporting ``"instance"`` supports both)."""
 SPLITS: tuple[str, ...] = ("train", "val", "test", "all")
 _SPLIT_ALIASES = {"validation": "val", "valid": "val", "training": "train", "testing": "test"}
 
@@ -40,7 +55,7 @@ def check_split(split: str) -> str:
 
 
 def check_task(task: str) -> str:
-    """Validate a task name (``semantic`` or ``instance``)."""
+    """Validate a task name (``semantic``, ``instance`` or ``labels``)."""
     return check_choice("task", task, TASKS)
 
 
@@ -100,7 +115,7 @@ class SegDataset(Dataset):
     """Base class of seglab datasets: metadata attributes and the sample-building step.
 
     Attributes:
-        task: ``"semantic"`` or ``"instance"``.
+        task: ``"semantic"``, ``"instance"`` or ``"labels"`` (see the module docstring).
         num_classes: semantic classes, background included (for instance tasks: the number of
             classes a torchvision detector needs, background included).
         in_channels: image channels.
@@ -147,6 +162,10 @@ class SegDataset(Dataset):
         if instances is None:
             raise RuntimeError("instance labels missing")  # internal
         labels = torch.from_numpy(np.ascontiguousarray(instances, dtype=np.int64))  # (H, W)
+        if self.task == "labels":  # the label image itself, transformed like a mask
+            if isinstance(self.transform, Compose):
+                return self.transform.apply_to_labels(img, labels)
+            return self.transform(img, labels) if self.transform is not None else (img, labels)
         if isinstance(self.transform, Compose):
             img, labels = self.transform.apply_to_labels(img, labels)  # crop first, expand after
             return img, instance_target(labels, instance_classes)

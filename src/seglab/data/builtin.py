@@ -29,7 +29,7 @@ import tifffile
 from PIL import Image
 
 from seglab._options import did_you_mean
-from seglab.data.base import SegDataset, channel_stats, check_split, check_task
+from seglab.data.base import INSTANCE_TASKS, SegDataset, channel_stats, check_split, check_task
 from seglab.data.fetch import FetchError, dataset_dir, fetch, is_cached, write_json
 from seglab.data.folder import FolderDataset
 from seglab.data.nifti import read_nifti
@@ -461,7 +461,7 @@ class BuiltinDataset(SegDataset):
         self.info = spec.info
         self.split = check_split(split)
         self.task = check_task(task)
-        if self.task not in spec.info.tasks:
+        if ("instance" if self.task in INSTANCE_TASKS else self.task) not in spec.info.tasks:
             raise InvalidValueError(f"{name!r} supports task(s) {list(spec.info.tasks)}, not {task!r}.")
         if not is_cached(name, cache_dir):
             if not download:
@@ -504,7 +504,7 @@ class BuiltinDataset(SegDataset):
         image, labels = self.raw(index)
         if self._spec.labels == "classes":
             return self._make_sample(image, semantic=labels)
-        if self.task == "instance":
+        if self.task in INSTANCE_TASKS:
             return self._make_sample(image, instances=labels)
         return self._make_sample(image, semantic=labels > 0)
 
@@ -571,7 +571,8 @@ def get_dataset(
             write ``"./synthetic"`` (or pass a :class:`~pathlib.Path`) for the folder and
             ``"builtin:synthetic"`` for the built-in.
         split: ``"train"``, ``"val"``, ``"test"`` or ``"all"``.
-        task: ``"semantic"`` (``(image, mask)``) or ``"instance"`` (``(image, target dict)``).
+        task: ``"semantic"`` (``(image, mask)``), ``"instance"`` (``(image, target dict)``) or
+            ``"labels"`` (``(image, instance-label image)``; where ``"instance"`` is supported).
         transform: ``(image, target) -> (image, target)``, e.g.
             :func:`~seglab.data.transforms.train_transforms`.
         cache_dir: cache root for built-ins (default ``$SEGLAB_CACHE`` or ``~/.cache/seglab``).

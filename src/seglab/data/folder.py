@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from seglab._options import check_choice, check_number
-from seglab.data.base import SegDataset, channel_stats, check_split, check_task
+from seglab.data.base import INSTANCE_TASKS, SegDataset, channel_stats, check_split, check_task
 from seglab.data.io import DECODE_ERRORS, IMAGE_SUFFIXES, image_info, read_image, read_mask
 from seglab.errors import DataError, InvalidValueError, MissingFileError
 
@@ -289,7 +289,7 @@ class FolderDataset(SegDataset):
             at least 2; otherwise 2).
         transform: ``(image, target) -> (image, target)``.
         split: ``"train"``, ``"val"``, ``"test"`` or ``"all"`` (every pair of ``root/images``).
-        task: ``"semantic"`` or ``"instance"``; default ``"instance"`` for ``mask_format="instances"``
+        task: ``"semantic"``, ``"instance"`` or ``"labels"``; default ``"instance"`` for ``mask_format="instances"``
             and ``"semantic"`` otherwise.
         class_names: one name per class (default ``background``, ``class_1``, ... or
             ``background``, ``foreground``).
@@ -336,9 +336,9 @@ class FolderDataset(SegDataset):
         self.task = check_task(
             task if task is not None else ("instance" if mask_format == "instances" else "semantic")
         )
-        if self.task == "instance" and self.mask_format != "instances":
+        if self.task in INSTANCE_TASKS and self.mask_format != "instances":
             raise InvalidValueError(
-                f"task='instance' needs instance-label masks (mask_format='instances'); got mask_format={mask_format!r}."
+                f"task={self.task!r} needs instance-label masks (mask_format='instances'); got mask_format={mask_format!r}."
             )
         _check_options(self.mask_format, num_classes, ignore_index, val_fraction, test_fraction)
         self.root = Path(root).expanduser()
@@ -595,7 +595,7 @@ class FolderDataset(SegDataset):
         if problem:
             raise InvalidValueError(f"{msk_path}: {problem}")
         if self.mask_format == "instances":
-            if self.task == "instance":
+            if self.task in INSTANCE_TASKS:
                 return self._make_sample(image, instances=mask)
             return self._make_sample(image, semantic=(mask > 0))
         if self.mask_format == "binary255":

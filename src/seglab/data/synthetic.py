@@ -37,8 +37,8 @@ class SyntheticDataset(SegDataset):
         num_classes: classes including the background (>= 2).
         in_channels: image channels (each channel a scaled copy of the scene plus its own noise).
         seed: base seed.
-        task: ``"semantic"`` (mask of class ids) or ``"instance"`` (torchvision target dict; labels
-            are the classes 1..num_classes-1).
+        task: ``"semantic"`` (mask of class ids), ``"instance"`` (torchvision target dict; labels
+            are the classes 1..num_classes-1) or ``"labels"`` (the instance-label image).
         split: ``"train"``, ``"val"`` or ``"test"``: independent streams of scenes.
         transform: ``(image, target) -> (image, target)``.
         max_shapes: at most this many shapes per image (at least 1).

@@ -8,6 +8,9 @@
 * :mod:`seglab.engine.predict` — :func:`predict_logits` (whole images of any size, tiles, TTA),
   :func:`predict_files`.
 * :mod:`seglab.engine.evaluate` — :func:`evaluate` (per-image Dice, IoU, precision, recall, HD95).
+* :mod:`seglab.engine.encoding` — instances from any semantic model: the trainer's adapter for
+  ``task.kind="instance"`` and the predictor's decoder.
+* :mod:`seglab.engine.instance` — ``mask_rcnn`` on the trainer, label-image evaluation and files.
 * :mod:`seglab.engine.baselines` — Otsu, Li and oracle global thresholds.
 * :mod:`seglab.engine.demo` — :func:`run_demo` (``seglab demo``, ``make demo``).
 """

@@ -42,11 +42,13 @@ __all__ = [
     "NORMALIZE_CHOICES",
     "OPTIMIZERS",
     "SCHEDULERS",
+    "TASK_KINDS",
     "TIME_POLICIES",
     "DataConfig",
     "LossConfig",
     "ModelConfig",
     "OptimConfig",
+    "TaskConfig",
     "TrainConfig",
     "apply_overrides",
     "load_config",
@@ -60,6 +62,7 @@ AMP_MODES = ("auto", "none", "bf16", "fp16")
 MODES = ("auto", "binary", "multiclass")
 TIME_POLICIES = ("stop", "fit")
 NORMALIZE_CHOICES = ("auto", "percentile", "zscore", "minmax", "dataset", "fixed", "none")
+TASK_KINDS = ("auto", "semantic", "instance")
 
 
 @dataclass
@@ -178,6 +181,31 @@ class LossConfig:
 
 
 @dataclass
+class TaskConfig:
+    """What the model learns: classes per pixel, or one label per object.
+
+    Attributes:
+        kind: ``"auto"``: the model's own task (semantic segmentation; objects for ``mask_rcnn``);
+            ``"semantic"``; or ``"instance"``: a semantic model learns the target of ``encoding``,
+            computed from instance labels after the augmentation, and its output is decoded into
+            a label image by a seeded watershed (:mod:`seglab.instances`). Instance labels come
+            from ``hela``, ``bacteria``, ``synthetic`` and folders with ``mask_format: instances``.
+        encoding: ``"boundary"`` (background, interior and a boundary band: 3 classes) or
+            ``"distance"`` (foreground plus each object's normalised distance to its border).
+        options: the encoding's options (``boundary``: ``width``, the band in pixels, default 2).
+        search: at the end of training, choose the decoding parameters (thresholds, minimum
+            sizes) on the validation split with the best weights
+            (:func:`seglab.instances.search_params`, maximising the monitored instance score) and
+            store them in ``best.pt``; ``False`` keeps the defaults.
+    """
+
+    kind: str = "auto"
+    encoding: str = "boundary"
+    options: dict[str, Any] = field(default_factory=dict)
+    search: bool = True
+
+
+@dataclass
 class TrainConfig:
     """Everything a training run needs (``seglab train --config run.yaml`` or :class:`seglab.Trainer`).
 
@@ -185,7 +213,9 @@ class TrainConfig:
         model: see :class:`ModelConfig`.
         data: see :class:`DataConfig`.
         optim: see :class:`OptimConfig`.
-        loss: see :class:`LossConfig`.
+        loss: see :class:`LossConfig` (for an instance encoding: the spec of the encoding's loss,
+            ``ce+dice`` for ``boundary`` and the foreground part of ``distance``'s by default).
+        task: see :class:`TaskConfig`.
         epochs: number of epochs.
         seed: seed of every random generator (weights, crops, order, augmentation).
         out: the run directory; ``None``: ``runs/<model>-<data>``.
@@ -196,7 +226,9 @@ class TrainConfig:
             ``"fp16"`` (with a gradient scaler) or ``"none"``. Ignored on the CPU.
         monitor: validation metric that picks ``best.pt`` and drives early stopping (higher is
             better; ``"loss"`` is the exception: lower is better). ``"auto"``: the task's
-            default (``"dice"`` for semantic models).
+            default (``"dice"`` for semantic models; for instances ``"f1@0.5+seg"``, the mean of F1
+            at IoU 0.5 and the CTC SEG score of the decoded validation images, or any ``+``-joined
+            :func:`~seglab.metrics.instance_metrics` keys such as ``"seg"`` or ``"det"``).
         patience: stop after this many validations without improvement; 0: never stop early.
         min_delta: smallest change of the monitored metric that counts as an improvement.
         val_every: validate every this many epochs (and always after the last one).
@@ -229,6 +261,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
     epochs: int = 10
     seed: int = 0
     out: str | None = None
@@ -257,6 +290,7 @@ class TrainConfig:
         self.data.augment = _plain(self.data.augment)
         self.data.normalize_options = _plain(self.data.normalize_options)
         self.loss.options = _plain(self.loss.options)
+        self.task.options = _plain(self.task.options)
         self.validate()
 
     # -- checks ---------------------------------------------------------------------------------
@@ -272,6 +306,10 @@ class TrainConfig:
         check_choice("data.mode", self.data.mode, MODES)
         check_choice("data.normalize", self.data.normalize, NORMALIZE_CHOICES)
         check_choice("time_policy", self.time_policy, TIME_POLICIES)
+        check_choice("task.kind", self.task.kind, TASK_KINDS)
+        from seglab.instances.base import ENCODINGS
+
+        check_choice("task.encoding", self.task.encoding, ENCODINGS)
         counts = {
             "epochs": (self.epochs, 1),
             "data.batch_size": (self.data.batch_size, 1),

@@ -67,7 +67,8 @@ class EvalResult:
             multi-class models, ``dice_<class>`` for every class, class 0 included).
         mean: the mean of each column over images (see the module docstring).
         overall: scores of the pixel counts pooled over all images.
-        mode: ``"binary"`` or ``"multiclass"``.
+        mode: ``"binary"`` or ``"multiclass"`` (``"instance"``: label images, scored by
+            :func:`seglab.engine.instance.evaluate_instances`).
         class_names: the class names.
         predictions: the images and masks, when ``keep_predictions=True``.
     """
@@ -333,7 +334,8 @@ def write_eval(
     }
     write_text_atomic(paths["json"], json.dumps(_json_value(payload), indent=2))
     write_text_atomic(paths["per_image_csv"], _csv_text(result.per_image))
-    summary = [{"summary": "mean over images", **result.mean}, {"summary": "pooled pixels", **result.overall}]
+    pooled = "pooled objects" if result.mode == "instance" else "pooled pixels"
+    summary = [{"summary": "mean over images", **result.mean}, {"summary": pooled, **result.overall}]
     write_text_atomic(paths["summary_csv"], _csv_text(summary))
     return paths
 
@@ -359,6 +361,12 @@ def evaluate_checkpoint(
             ``normalize``, ``device``, ``progress``; the file-output options are unused).
         data_options: options for ``seglab.data.get_dataset``.
 
+    Instance checkpoints (a semantic model trained on an instance encoding, or ``mask_rcnn``) are
+    scored on label images instead (:func:`seglab.engine.instance.evaluate_instances`: SEG, DET,
+    F1 / precision / recall / accuracy at IoU 0.5 and 0.75, panoptic quality, mean matched IoU and
+    the merged / split / missed / spurious counts), and their label TIFFs, overlays and error
+    overlays are written under ``<out_dir>/predictions``.
+
     Returns:
         ``(result, written paths)``. When ``split == "test"`` and the checkpoint sits in a run
         folder with a ``metrics.json``, its ``"test"`` entry is updated too (``seglab compare``
@@ -371,11 +379,18 @@ def evaluate_checkpoint(
 
     opts = options or PredictOptions()
     predictor = build_predictor(checkpoint, options=opts)
-    dataset = get_dataset(data, split, **dict(data_options or {}))
-    result = evaluate(predictor, dataset, crf=opts.crf, progress=opts.progress)
     ckpt = Path(checkpoint)
     data_name = Path(os.fspath(data)).name or "data"
     out = Path(out_dir) if out_dir is not None else ckpt.parent / f"eval-{data_name}-{split}"
+    if predictor.decoder is not None:  # an instance model: label images against the true ones
+        from seglab.engine.instance import evaluate_instances
+
+        predictor.decoder.check_options(opts)
+        dataset = get_dataset(data, split, task="labels", **dict(data_options or {}))
+        result = evaluate_instances(predictor, dataset, out_dir=out / "predictions", progress=opts.progress)
+    else:
+        dataset = get_dataset(data, split, **dict(data_options or {}))
+        result = evaluate(predictor, dataset, crf=opts.crf, progress=opts.progress)
     extra = {
         "checkpoint": str(ckpt),
         "data": os.fspath(data),

@@ -1,41 +1,36 @@
-"""Instance segmentation: training steps, evaluation and prediction for ``task="instance"`` models.
+"""Instance segmentation: Mask R-CNN on the one trainer, label images, their evaluation and files.
 
 Models registered with ``task="instance"`` (``mask_rcnn``) keep torchvision's detection contract:
 ``model(images, targets)`` returns a dict of losses in train mode and ``model(images)`` a list of
-``{"boxes", "labels", "scores", "masks"}`` in eval mode. This module is the engine around it:
+``{"boxes", "labels", "scores", "masks"}`` in eval mode. They train through
+:class:`~seglab.engine.trainer.Trainer` like every model (``seglab train --model mask_rcnn``):
 
-* :func:`instance_train_step` — one optimiser step on a ``collate_instances`` batch;
-  :func:`instance_losses` — the same losses without gradients and with frozen normalisation
-  statistics (validation loss).
-* :func:`detections_to_labels` / :func:`predict_instances` — detections to an instance-label
-  image (higher scores win where masks overlap; ids ``1..n`` by decreasing score).
-* :class:`InstanceMeter` and :func:`evaluate_instances` — COCO mask AP, AP50, AP75
-  (:func:`seglab.metrics.mask_ap`) over all detections, and the Cell Tracking Challenge SEG score
-  (:func:`seglab.metrics.ctc_seg`) of the label images, per image and pooled.
-* :func:`write_instance_outputs` — an instance-label TIFF and a coloured overlay PNG;
-  :func:`predict_instance_files` and :func:`evaluate_instance_checkpoint` do it for files and
-  checkpoints (what ``seglab predict`` / ``seglab eval`` call for instance models).
-* :class:`InstanceAdapter` — the trainer's :class:`~seglab.engine.trainer.TaskAdapter` for
-  ``task="instance"`` (registered when this module is imported).
-* :func:`run_instance_experiment` — a self-contained training + test run with a fixed step budget
-  (``python -m seglab.engine.instance --data hela --roi-op align --steps 2000 --out runs/mrcnn-align``),
-  used to compare ``roi_op="align"`` and ``"pool"`` with the same budget.
+* :class:`InstanceAdapter` — the trainer's task adapter (registered when this module is imported):
+  ``collate_instances`` batches, the sum of the model's losses, validation on full images into an
+  :class:`InstanceMeter` (mask AP and the label-image scores of :func:`~seglab.metrics.instance_metrics`),
+  and, at the end, the detection score threshold chosen on the validation split and stored in
+  ``best.pt`` (``"detection"``).
+* :func:`detections_to_labels` — detections to an instance-label image (higher scores win where
+  masks overlap; ids ``1..n`` by decreasing score); :class:`DetectionDecoder` does it for
+  :meth:`Predictor.instances <seglab.engine.predictor.Predictor.instances>`.
 
-Images given to the model are normalised with the training split's statistics (the model itself
-normalises nothing); helpers that take raw images accept ``normalization={"mean", "std"}``.
+For every instance checkpoint (Mask R-CNN and semantic models trained on an instance encoding,
+:mod:`seglab.engine.encoding`), :func:`instance_decoder` gives the predictor its decoding step, and:
+
+* :func:`evaluate_instances` scores label images against the truth (SEG, DET, F1, precision,
+  recall and accuracy at IoU 0.5 and 0.75, panoptic quality, mean matched IoU, merged / split /
+  missed / spurious objects), per image and pooled — ``seglab eval``;
+* :func:`write_instance_outputs` writes a label TIFF (uint16, uint32 beyond 65535 objects) and a
+  coloured overlay with outlines — ``seglab predict``; evaluation adds an overlay marking each
+  object's error (:func:`seglab.report.overlays.object_error_overlay`).
 """
 
 from __future__ import annotations
 
-import argparse
-import colorsys
-import json
 import math
 import os
-import sys
-import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,25 +39,22 @@ import torch
 from torch import Tensor, nn
 
 from seglab.data.base import collate_instances
-from seglab.engine._files import csv_text, jsonable, write_text_atomic
+from seglab.engine.encoding import DEFAULT_METRIC, SCORE_KEYS, gather_objects, label_scores
 from seglab.engine.trainer import TaskAdapter, register_task_adapter
 from seglab.errors import InvalidValueError
 
 __all__ = [
+    "EVAL_KEYS",
+    "SCORE_THRESHOLDS",
+    "DetectionDecoder",
     "InstanceAdapter",
     "InstanceMeter",
-    "InstanceRunConfig",
     "detect_instances",
     "detections_to_labels",
-    "evaluate_instance_checkpoint",
     "evaluate_instances",
+    "instance_decoder",
     "instance_losses",
-    "instance_overlay",
-    "instance_train_step",
     "labels_from_masks",
-    "predict_instance_files",
-    "predict_instances",
-    "run_instance_experiment",
     "write_instance_outputs",
 ]
 
@@ -70,7 +62,7 @@ Target = dict[str, Tensor]
 Batch = tuple[Sequence[Tensor], Sequence[Mapping[str, Tensor]]]
 
 
-# -- batches and training ---------------------------------------------------------------------------------
+# -- batches and losses -------------------------------------------------------------------------------------
 def move_batch(batch: Batch, device: torch.device | str) -> tuple[list[Tensor], list[Target]]:
     """Move a ``collate_instances`` batch (lists of images and target dicts) to ``device``."""
     images, targets = batch
@@ -84,65 +76,6 @@ def _loss_terms(losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """``{"loss": total, "classifier": ..., "mask": ...}`` from torchvision's ``loss_*`` dict."""
     total = sum(losses.values(), torch.zeros((), device=next(iter(losses.values())).device))
     return {"loss": total, **{k.removeprefix("loss_"): v for k, v in losses.items()}}
-
-
-def instance_train_step(
-    model: nn.Module,
-    batch: Batch,
-    optimizer: torch.optim.Optimizer,
-    *,
-    grad_clip: float | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    amp_dtype: torch.dtype | None = None,
-) -> dict[str, float]:
-    """One optimisation step of an instance model on a batch of images and targets.
-
-    Args:
-        model: a ``task="instance"`` model (torchvision detection contract); put in train mode.
-        batch: ``(images, targets)`` as built by :func:`seglab.data.collate_instances`, already
-            normalised; moved to the model's device here.
-        optimizer: the optimiser to step.
-        grad_clip: clip the global gradient norm to this value (``None``: no clipping).
-        scaler: a gradient scaler for fp16 autocast (``None``: no scaling).
-        amp_dtype: autocast dtype on CUDA (``torch.bfloat16``/``torch.float16``), or ``None``.
-
-    Returns:
-        ``{"loss": total, "classifier", "box_reg", "mask", "objectness", "rpn_box_reg"}`` as floats
-        (the terms torchvision's Mask R-CNN returns, without their ``loss_`` prefix).
-
-    Raises:
-        FloatingPointError: the loss is NaN or infinite (the weights are left unchanged).
-
-    Example:
-        >>> step = instance_train_step(model, next(iter(loader)), opt)  # doctest: +SKIP
-        >>> sorted(step)  # doctest: +SKIP
-        ['box_reg', 'classifier', 'loss', 'mask', 'objectness', 'rpn_box_reg']
-    """
-    device = next(model.parameters()).device
-    images, targets = move_batch(batch, device)
-    model.train()
-    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        terms = _loss_terms(model(images, targets))
-    loss = terms["loss"]
-    if not bool(torch.isfinite(loss.detach())):
-        raise FloatingPointError(
-            f"Non-finite loss {float(loss.detach()):g} ({ {k: float(v.detach()) for k, v in terms.items()} }); "
-            "lower the learning rate, clip gradients or check the images for NaN/Inf."
-        )
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        if grad_clip is not None:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        loss.backward()
-        if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-    return {k: float(v.detach()) for k, v in terms.items()}
 
 
 @torch.no_grad()
@@ -179,7 +112,7 @@ def instance_losses(
     return _loss_terms({**roi_losses, **rpn_losses})
 
 
-# -- detections to label images -----------------------------------------------------------------------------
+# -- detections to label images -------------------------------------------------------------------------
 def labels_from_masks(masks: Tensor | np.ndarray) -> np.ndarray:
     """An instance-label image ``(H, W)`` from binary masks ``(K, H, W)``: mask ``k`` gets id ``k + 1``.
 
@@ -261,76 +194,93 @@ def detections_to_labels(
     return lut[canvas].numpy().astype(np.int32)
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _normalise(image: Tensor | np.ndarray, normalization: Mapping[str, Sequence[float]] | None) -> Tensor:
-    x = torch.as_tensor(np.asarray(image) if not isinstance(image, Tensor) else image).to(torch.float32)
-    if x.ndim != 3:
-        raise InvalidValueError(f"Expected a (C, H, W) image; got shape {tuple(x.shape)}.")
-    if normalization is None:
-        return x
-    from seglab.engine.predict import normalize_image
-
-    return normalize_image(x, dict(normalization))  # (C, H, W)
-
-
 @torch.no_grad()
-def detect_instances(
-    model: nn.Module,
-    image: Tensor | np.ndarray,
-    *,
-    normalization: Mapping[str, Sequence[float]] | None = None,
-) -> dict[str, Tensor]:
-    """Run an instance model on one image; the detections come back on the CPU.
-
-    Args:
-        model: a ``task="instance"`` model (put in eval mode here).
-        image: ``(C, H, W)``: raw intensities with ``normalization``, or already normalised.
-        normalization: ``{"mean", "std"}`` of the training split (from the checkpoint), or ``None``.
+def detect_instances(model: nn.Module, image: Tensor) -> dict[str, Tensor]:
+    """Run a detection model (eval mode) on one *normalised* image ``(C, H, W)``; results on the CPU.
 
     Returns:
         ``{"boxes": (D, 4), "labels": (D,), "scores": (D,), "masks": (D, 1, H, W)}``.
     """
     model.eval()
-    x = _normalise(image, normalization).to(_device_of(model))  # (C, H, W)
+    first = next(iter(model.parameters()), None)
+    x = image.to(first.device if first is not None else "cpu", torch.float32)  # (C, H, W)
     (det,) = model([x])
     return {k: v.cpu() for k, v in det.items()}
 
 
-def predict_instances(
-    model: nn.Module,
-    image: Tensor | np.ndarray,
-    *,
-    normalization: Mapping[str, Sequence[float]] | None = None,
-    score_threshold: float = 0.5,
-    mask_threshold: float = 0.5,
-    min_area: int = 1,
-) -> np.ndarray:
-    """Instance-label image of one image (see :func:`detections_to_labels` for the rules).
+@dataclass(frozen=True)
+class DetectionDecoder:
+    """How a :class:`~seglab.engine.predictor.Predictor` turns a detection model's output into labels.
 
-    Args:
-        model: a ``task="instance"`` model.
-        image: ``(C, H, W)`` raw image (with ``normalization``) or normalised image.
-        normalization: training statistics ``{"mean", "std"}``, or ``None`` if ``image`` is normalised.
-        score_threshold: lowest detection score kept.
+    Whole images only (a detector's objects are not blended over tiles): ``tile`` and ``tta`` are
+    refused.
+
+    Attributes:
+        model: the detection model (``mask_rcnn``), in eval mode.
+        score_threshold: lowest score painted (stored in the checkpoint as chosen on validation).
         mask_threshold: mask probability threshold.
-        min_area: smallest visible instance area kept (pixels).
-
-    Returns:
-        ``(H, W)`` int32: 0 background, ``1..n`` instances by decreasing score.
-
-    Example:
-        >>> labels = predict_instances(model, frame, normalization=meta["normalization"])  # doctest: +SKIP
     """
-    det = detect_instances(model, image, normalization=normalization)
-    return detections_to_labels(
-        det, score_threshold=score_threshold, mask_threshold=mask_threshold, min_area=min_area
-    )
+
+    model: nn.Module
+    score_threshold: float = 0.5
+    mask_threshold: float = 0.5
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any], runner: Any) -> DetectionDecoder:
+        """From a checkpoint's ``detection`` entry and the predictor's PyTorch runner."""
+        model = getattr(runner, "model", None)
+        if not isinstance(model, nn.Module):
+            raise InvalidValueError(
+                f"{meta.get('model_name')!r} detects objects in PyTorch only; predict it from its checkpoint."
+            )
+        stored = dict(meta.get("detection") or {})
+        return cls(model, float(stored.get("score_threshold", 0.5)), float(stored.get("mask_threshold", 0.5)))
+
+    def check_options(self, options: Any) -> None:
+        """Refuse options a detector does not take (tiles, TTA, CRF, thresholds, probabilities)."""
+        given = [f for f in ("tile", "overlap", "tta", "threshold") if getattr(options, f, None) is not None]
+        given += [f for f in ("crf", "save_probs") if getattr(options, f, False)]
+        if given:
+            raise InvalidValueError(
+                f"option(s) {', '.join(given)} do not apply to {type(self.model).__name__}: it detects on whole "
+                f"images and paints detections scoring {self.score_threshold:g} or more. Drop them."
+            )
+
+    def labels(self, predictor: Any, image: Any, *, name: str = "image") -> np.ndarray:
+        """The label image ``(H, W)`` uint32 of one raw image (see :meth:`Predictor.instances`)."""
+        from seglab.engine.predictor import normalize_input
+
+        if predictor.tile is not None or predictor.tta is not None:
+            raise InvalidValueError(
+                "tile and tta do not apply to a detection model: it detects on whole images. Drop them."
+            )
+        x = normalize_input(image, predictor.normalization, name=name, in_channels=predictor.in_channels)
+        det = detect_instances(self.model, x)
+        labels = detections_to_labels(
+            det, score_threshold=self.score_threshold, mask_threshold=self.mask_threshold
+        )
+        return labels.astype(np.uint32)
 
 
-# -- evaluation ---------------------------------------------------------------------------------------------
+def instance_decoder(meta: Mapping[str, Any], runner: Any) -> Any:
+    """The predictor's decoding step of a checkpoint (or ONNX file) from its metadata, or ``None``.
+
+    An ``encoding`` entry gives an :class:`~seglab.engine.encoding.EncodingDecoder`, a model
+    registered with ``task="instance"`` a :class:`DetectionDecoder`; semantic models get ``None``.
+    """
+    from seglab.models import list_models, model_info
+
+    if meta.get("encoding") is not None:
+        from seglab.engine.encoding import EncodingDecoder
+
+        return EncodingDecoder.from_meta(meta)
+    name = meta.get("model_name")
+    if name in list_models() and model_info(str(name)).task == "instance":
+        return DetectionDecoder.from_meta(meta, runner)
+    return None
+
+
+# -- validation ------------------------------------------------------------------------------------------
 @dataclass
 class _Record:
     """One evaluated image, compact: bit-packed masks, scores and labels on the CPU."""
@@ -377,33 +327,42 @@ class _Lazy(Sequence):
 
 
 class InstanceMeter:
-    """Accumulate detections and targets image by image; score them with mask AP and CTC SEG.
+    """Accumulate detections and targets image by image; score mask AP and the label-image scores.
 
-    Masks are kept bit-packed on the CPU (1 bit per pixel and instance) and unpacked one image at
-    a time while scoring, so a validation set of full HeLa frames fits easily. Under
-    ``torch.distributed`` :meth:`compute` gathers the records of every rank first.
+    Mask AP, AP50 and AP75 (COCO's definition, :func:`seglab.metrics.mask_ap`) use every detection
+    with its score; the label-image scores (:func:`~seglab.engine.encoding.label_scores`: the
+    ``metric``, SEG, DET, F1, ...) use the label images of the detections scoring at least
+    ``score_threshold`` (:func:`detections_to_labels`). Masks are kept bit-packed on the CPU (1 bit
+    per pixel and instance) and unpacked one image at a time, so a validation set of full HeLa
+    frames fits easily. Under ``torch.distributed`` :meth:`compute` gathers every rank's records.
 
     Args:
-        score_threshold: lowest score of the detections painted into the label images (CTC SEG).
-            AP always uses every detection (with its score).
+        score_threshold: lowest score of the detections painted into the label images.
         mask_threshold: mask probability threshold.
         max_dets: detections per image and class counted by AP (COCO: 100).
+        metric: the monitored label-image expression, reported first.
 
     Example:
         >>> meter = InstanceMeter()
         >>> t = {"masks": torch.ones(1, 4, 4, dtype=torch.uint8), "labels": torch.tensor([1])}
         >>> meter.update([{"masks": torch.ones(1, 1, 4, 4), "scores": torch.tensor([0.9]),
         ...                "labels": torch.tensor([1])}], [t])
-        >>> {k: round(v, 3) for k, v in meter.compute().items()}
-        {'ap': 1.0, 'ap50': 1.0, 'ap75': 1.0, 'ctc_seg': 1.0}
+        >>> s = meter.compute(); s["f1@0.5+seg"], round(s["ap"], 6), s["seg"], s["n_pred"]
+        (1.0, 1.0, 1.0, 1.0)
     """
 
     def __init__(
-        self, *, score_threshold: float = 0.5, mask_threshold: float = 0.5, max_dets: int = 100
+        self,
+        *,
+        score_threshold: float = 0.5,
+        mask_threshold: float = 0.5,
+        max_dets: int = 100,
+        metric: str = DEFAULT_METRIC,
     ) -> None:
         self.score_threshold = float(score_threshold)
         self.mask_threshold = float(mask_threshold)
         self.max_dets = int(max_dets)
+        self.metric = metric
         self.records: list[_Record] = []
 
     def reset(self) -> None:
@@ -447,378 +406,68 @@ class InstanceMeter:
             )
             self.records.append(record)
 
-    def _all_records(self) -> list[_Record]:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, self.records)
-            return [r for part in gathered for r in part]
-        return list(self.records)
+    def label_images(self, score_threshold: float) -> list[np.ndarray]:
+        """This rank's predicted label images with another score threshold (masks as recorded)."""
+        return [
+            detections_to_labels(
+                {
+                    "scores": torch.from_numpy(r.scores),
+                    "masks": torch.from_numpy(_unpack(r.pred_bits, r.shape)),
+                },
+                score_threshold=score_threshold,
+            )
+            for r in self.records
+        ]
 
     def compute(self) -> dict[str, float]:
-        """``{"ap", "ap50", "ap75", "ctc_seg"}`` over every image seen (NaN when there is none)."""
-        from seglab.metrics import ctc_seg, mask_ap
+        """``{metric, "ap", "ap50", "ap75", *SCORE_KEYS}`` over every image seen (NaN when there is none)."""
+        from seglab.metrics import mask_ap
 
-        records = self._all_records()
-        if not records:
-            return {"ap": math.nan, "ap50": math.nan, "ap75": math.nan, "ctc_seg": math.nan}
-        ap = mask_ap(_Lazy(records, "pred"), _Lazy(records, "true"), max_dets=self.max_dets)
-        seg = ctc_seg([r.label_image for r in records], [r.true_label_image for r in records])
-        return {**ap, "ctc_seg": float(seg)}
-
-    def per_image(self) -> list[dict[str, Any]]:
-        """One row per image (this rank's): name, objects, detections, AP, AP50, AP75, CTC SEG."""
-        from seglab.metrics import ctc_seg, mask_ap
-
-        rows = []
-        for r in self.records:
-            ap = mask_ap(_Lazy([r], "pred"), _Lazy([r], "true"), max_dets=self.max_dets)
-            rows.append(
-                {
-                    "name": r.name,
-                    "objects": int(r.true_labels.size),
-                    "detections": int(r.scores.size),
-                    "instances": int(r.label_image.max()),
-                    **ap,
-                    "ctc_seg": float(ctc_seg(r.label_image, r.true_label_image)),
-                }
-            )
-        return rows
-
-
-def evaluate_instances(
-    model: nn.Module,
-    dataset: Any,
-    *,
-    normalization: Mapping[str, Sequence[float]] | None = None,
-    score_threshold: float = 0.5,
-    mask_threshold: float = 0.5,
-    max_dets: int | None = None,
-    out_dir: str | os.PathLike[str] | None = None,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Score an instance model on every image of a dataset (full images).
-
-    Mask AP, AP50 and AP75 (COCO's definition, :func:`seglab.metrics.mask_ap`) use every
-    detection with its score; the CTC SEG score (:func:`seglab.metrics.ctc_seg`) compares the label
-    image of the detections scoring ``>= score_threshold`` (:func:`detections_to_labels`) with the
-    reference labels, pooled over the images as the CTC does for a sequence.
-
-    Args:
-        model: a ``task="instance"`` model, on its device.
-        dataset: ``task="instance"`` samples ``(image (C, H, W), target dict)``, e.g.
-            ``get_dataset("hela", "test", task="instance")``: raw images with ``normalization``,
-            or a dataset whose transform already normalises (then ``normalization=None``).
-        normalization: ``{"mean", "std"}`` of the training split, or ``None``.
-        score_threshold: lowest score painted into the label images (CTC SEG, outputs).
-        mask_threshold: mask probability threshold.
-        max_dets: detections per image counted by AP; default: the model's
-            ``roi_heads.detections_per_img`` and at least COCO's 100 (a HeLa frame has up to
-            195 nuclei, more than COCO's limit).
-        out_dir: if given, write ``<name>_instances.tif`` and ``<name>_overlay.png`` per image there.
-        progress: show a progress bar.
-
-    Returns:
-        ``{"ap", "ap50", "ap75", "ctc_seg", "images", "max_dets", "score_threshold", "per_image":
-        [rows]}``; each row holds ``name``, ``objects``, ``detections``, ``instances`` (in the label
-        image) and that image's ``ap``, ``ap50``, ``ap75``, ``ctc_seg``.
-
-    Raises:
-        ValueError: a dataset whose samples are not ``(image, target dict)``.
-
-    Example:
-        >>> test = get_dataset("hela", "test", task="instance")  # doctest: +SKIP
-        >>> evaluate_instances(model, test, normalization=test.stats())["ap"]  # doctest: +SKIP
-    """
-    if max_dets is None:
-        max_dets = max(100, int(getattr(getattr(model, "roi_heads", None), "detections_per_img", 100)))
-    meter = InstanceMeter(score_threshold=score_threshold, mask_threshold=mask_threshold, max_dets=max_dets)
-    names = list(getattr(dataset, "names", []) or [])
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(dataset), desc="evaluate", leave=False, file=sys.stderr)
-    for i in range(len(dataset)):
-        image, target = dataset[i]
-        if not isinstance(target, Mapping) or "masks" not in target:
-            raise InvalidValueError(
-                "evaluate_instances needs instance samples (image, {'boxes', 'labels', 'masks'}); build the dataset "
-                "with task='instance'."
-            )
-        det = detect_instances(model, image, normalization=normalization)
-        name = names[i] if i < len(names) else f"image_{i:04d}"
-        meter.update([det], [target], names=[name])
-        record = meter.records[-1]
-        del det
-        if out_dir is not None:
-            write_instance_outputs(out_dir, name, np.asarray(image), record.label_image)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    scores = meter.compute()
-    return {
-        **scores,
-        "images": len(meter.records),
-        "max_dets": max_dets,
-        "score_threshold": score_threshold,
-        "per_image": meter.per_image(),
-    }
-
-
-# -- outputs --------------------------------------------------------------------------------------------------
-def _instance_colors(n: int) -> np.ndarray:
-    """``(n + 1, 3)`` uint8 colours: 0 black, then hues spaced by the golden ratio (neighbours differ)."""
-    colors = np.zeros((n + 1, 3), dtype=np.uint8)
-    for i in range(1, n + 1):
-        hue = (i * 0.6180339887) % 1.0
-        sat = 0.65 + 0.35 * ((i * 7) % 3) / 2
-        colors[i] = [round(255 * c) for c in colorsys.hsv_to_rgb(hue, sat, 1.0)]
-    return colors
-
-
-def instance_overlay(image: np.ndarray, labels: np.ndarray, *, alpha: float = 0.4) -> np.ndarray:
-    """The image with every instance tinted in its own colour and outlined.
-
-    Args:
-        image: ``(C, H, W)`` raw image (any range; shown with a percentile stretch) or ``(H, W)``.
-        labels: ``(H, W)`` instance labels (0 background).
-        alpha: opacity of the tint (outlines are opaque).
-
-    Returns:
-        ``(H, W, 3)`` uint8 RGB.
-
-    Raises:
-        ValueError: sizes differ or ``labels`` is not 2-D.
-    """
-    from seglab.report.overlays import to_display
-
-    lab = np.asarray(labels)
-    if lab.ndim != 2:
-        raise InvalidValueError(f"labels must be (H, W); got shape {lab.shape}.")
-    base = to_display(np.asarray(image))
-    if base.shape[:2] != lab.shape:
-        raise InvalidValueError(f"image {base.shape[:2]} and labels {lab.shape} differ in size.")
-    lab = lab.astype(np.int64)
-    colors = _instance_colors(int(lab.max()) if lab.size else 0).astype(np.float64)[lab]  # (H, W, 3)
-    fg = lab > 0
-    out = base.astype(np.float64)
-    out[fg] = (1 - alpha) * out[fg] + alpha * colors[fg]
-    edge = np.zeros_like(fg)
-    edge[1:, :] |= lab[1:, :] != lab[:-1, :]
-    edge[:-1, :] |= lab[:-1, :] != lab[1:, :]
-    edge[:, 1:] |= lab[:, 1:] != lab[:, :-1]
-    edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
-    edge &= fg
-    out[edge] = colors[edge]
-    return out.round().astype(np.uint8)
-
-
-def write_instance_outputs(
-    out_dir: str | os.PathLike[str], name: str, image: np.ndarray, labels: np.ndarray, *, overlay: bool = True
-) -> dict[str, Path | None]:
-    """Write ``<name>_instances.tif`` (instance labels, uint16 zlib TIFF) and ``<name>_overlay.png``.
-
-    Args:
-        out_dir: output folder (created).
-        name: file stem.
-        image: ``(C, H, W)`` raw image for the overlay.
-        labels: ``(H, W)`` instance labels.
-        overlay: also write the coloured overlay.
-
-    Returns:
-        ``{"instances": path, "overlay": path or None}``.
-    """
-    import tifffile
-
-    from seglab.report.overlays import save_png
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    lab = np.asarray(labels)
-    if lab.ndim != 2 or (lab.size and lab.min() < 0):
-        raise InvalidValueError(f"labels must be an (H, W) image of non-negative ids; got shape {lab.shape}.")
-    dtype = np.uint16 if lab.max(initial=0) < 65536 else np.uint32  # uint16 like the CTC's label files
-    target = out / f"{name}_instances.tif"
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tifffile.imwrite(tmp, lab.astype(dtype), compression="zlib")
-    os.replace(tmp, target)  # atomic: a reader never sees half a file
-    paths: dict[str, Path | None] = {"instances": target, "overlay": None}
-    if overlay:
-        paths["overlay"] = save_png(instance_overlay(image, lab), out / f"{name}_overlay.png")
-    return paths
-
-
-def _load_instance_model(
-    checkpoint: str | os.PathLike[str], device: str
-) -> tuple[nn.Module, dict[str, Any], torch.device]:
-    from seglab.engine.checkpoint import load_model
-    from seglab.engine.trainer import resolve_device
-    from seglab.models import model_info
-
-    model, meta = load_model(checkpoint, map_location="cpu")
-    if model_info(str(meta["model_name"])).task != "instance":
-        raise InvalidValueError(
-            f"{checkpoint} holds {meta['model_name']!r}, a semantic model; use seglab.engine.predict / evaluate for it."
+        records = gather_objects(self.records)
+        scores = label_scores(
+            [r.label_image for r in records], [r.true_label_image for r in records], self.metric
         )
-    dev = resolve_device(device)
-    return model.to(dev).eval(), meta, dev
+        if records:
+            ap = mask_ap(_Lazy(records, "pred"), _Lazy(records, "true"), max_dets=self.max_dets)
+        else:
+            ap = dict.fromkeys(("ap", "ap50", "ap75"), math.nan)
+        return {self.metric: scores[self.metric], **{k: float(v) for k, v in ap.items()}, **scores}
 
 
-def predict_instance_files(
-    inputs: Sequence[str | os.PathLike[str]],
-    out_dir: str | os.PathLike[str],
-    *,
-    checkpoint: str | os.PathLike[str],
-    score_threshold: float = 0.5,
-    mask_threshold: float = 0.5,
-    overlay: bool = True,
-    device: str = "auto",
-    progress: bool = True,
-) -> list[dict[str, Any]]:
-    """``seglab predict`` for instance models: label TIFFs and coloured overlays for image files.
-
-    For each input ``<stem>.<ext>`` it writes ``<out_dir>/<stem>_instances.tif`` (0 background,
-    ``1..n`` by decreasing score, uint16) and ``<stem>_overlay.png``. Raw images are normalised
-    with the statistics stored in the checkpoint.
-
-    Args:
-        inputs: image files and/or folders.
-        out_dir: output folder.
-        checkpoint: a seglab checkpoint of an instance model.
-        score_threshold: lowest detection score kept.
-        mask_threshold: mask probability threshold.
-        overlay: write the overlays.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
-        progress: progress bar over files.
-
-    Returns:
-        One dict per image: ``{"input", "instances", "overlay", "count"}``.
-
-    Raises:
-        FileNotFoundError: missing inputs or checkpoint.
-        ValueError: a semantic checkpoint, or images whose channels do not fit the model.
-    """
-    from seglab.data.io import read_image
-    from seglab.engine.predict import find_images
-
-    files = find_images(inputs)
-    model, meta, _ = _load_instance_model(checkpoint, device)
-    rows = []
-    bar = None
-    if progress and len(files) > 1:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(files), desc="predict", leave=False, file=sys.stderr)
-    for path in files:
-        image = read_image(path)  # (C, H, W) file dtype
-        labels = predict_instances(
-            model,
-            image,
-            normalization=meta["normalization"],
-            score_threshold=score_threshold,
-            mask_threshold=mask_threshold,
-        )
-        paths = write_instance_outputs(out_dir, path.stem, image, labels, overlay=overlay)
-        rows.append(
-            {
-                "input": str(path),
-                "instances": str(paths["instances"]),
-                "overlay": None if paths["overlay"] is None else str(paths["overlay"]),
-                "count": int(labels.max()),
-            }
-        )
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    return rows
+# -- the trainer's adapter -------------------------------------------------------------------------------
+SCORE_THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+"""Detection score thresholds tried on the validation split at the end of training."""
 
 
-def _write_rows_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
-    return write_text_atomic(path, csv_text(rows))
-
-
-def write_instance_eval(
-    result: Mapping[str, Any], out_dir: str | os.PathLike[str], *, extra: Mapping[str, Any] | None = None
-) -> dict[str, Path]:
-    """Write an :func:`evaluate_instances` result: ``metrics.json`` and ``per_image.csv``."""
-    out = Path(out_dir)
-    payload = {**dict(extra or {}), **dict(result)}
-    return {
-        "json": write_text_atomic(out / "metrics.json", json.dumps(jsonable(payload), indent=2)),
-        "per_image_csv": _write_rows_csv(out / "per_image.csv", result["per_image"]),
-    }
-
-
-def evaluate_instance_checkpoint(
-    checkpoint: str | os.PathLike[str],
-    data: str | os.PathLike[str],
-    *,
-    split: str = "test",
-    out_dir: str | os.PathLike[str] | None = None,
-    score_threshold: float = 0.5,
-    save_predictions: bool = True,
-    device: str = "auto",
-    data_options: Mapping[str, Any] | None = None,
-    progress: bool = True,
-) -> tuple[dict[str, Any], dict[str, Path]]:
-    """``seglab eval`` for instance models: load a checkpoint, score a split, write the results.
-
-    Args:
-        checkpoint: a seglab checkpoint of an instance model.
-        data: a built-in dataset name or a folder (``mask_format="instances"``).
-        split: the split to score (``"test"``: HeLa frames 17-19).
-        out_dir: default ``<checkpoint folder>/eval-<data>-<split>``.
-        score_threshold: see :func:`evaluate_instances`.
-        save_predictions: also write label TIFFs and overlays under ``<out_dir>/predictions``.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
-        data_options: options for ``seglab.data.get_dataset``.
-        progress: progress bar.
-
-    Returns:
-        ``(result of evaluate_instances, {"json", "per_image_csv"} paths)``.
-    """
-    from seglab.data import get_dataset
-
-    model, meta, _ = _load_instance_model(checkpoint, device)
-    dataset = get_dataset(data, split, task="instance", **dict(data_options or {}))
-    ckpt = Path(checkpoint)
-    out = Path(out_dir) if out_dir is not None else ckpt.parent / f"eval-{Path(os.fspath(data)).name}-{split}"
-    result = evaluate_instances(
-        model,
-        dataset,
-        normalization=meta["normalization"],
-        score_threshold=score_threshold,
-        out_dir=out / "predictions" if save_predictions else None,
-        progress=progress,
-    )
-    extra = {
-        "checkpoint": str(ckpt),
-        "data": os.fspath(data),
-        "split": split,
-        "model_options": meta.get("model_options"),
-    }
-    return result, write_instance_eval(result, out, extra=extra)
-
-
-# -- the trainer's adapter ---------------------------------------------------------------------------------
 class InstanceAdapter(TaskAdapter):
-    """``task="instance"`` for :class:`~seglab.engine.trainer.Trainer`: torchvision's detection contract.
+    """``task="instance"`` models (``mask_rcnn``) on :class:`~seglab.engine.trainer.Trainer`.
 
     Training batches come from :func:`seglab.data.collate_instances`; the loss is the sum of the
     model's loss dict (terms logged as ``train_loss_classifier``, ``..._mask`` ...); validation
     runs the model in eval mode on full images into an :class:`InstanceMeter` (``val_ap``,
-    ``val_ap50``, ``val_ap75``, ``val_ctc_seg``) and reports :func:`instance_losses` as
-    ``val_loss``. ``monitor="auto"`` picks ``ap``. The model's ``num_classes`` is the dataset's,
-    background included, and the model computes its own losses (the base class defaults).
+    ``val_ap50``, ``val_ap75`` and the label-image scores: ``val_f1@0.5+seg``, the default
+    monitor, ``val_seg``, ``val_det``, ...) and reports :func:`instance_losses` as ``val_loss``.
+    At the end (``task.search``) the score threshold of the label images is chosen on the
+    validation split with the best weights (:data:`SCORE_THRESHOLDS`) and stored in ``best.pt``
+    (``"detection"``). The model's ``num_classes`` is the dataset's, background included, and the
+    model computes its own losses (the base class defaults); the run's ``mode`` is ``"instance"``.
     """
 
     collate_fn = staticmethod(collate_instances)
-    default_monitor = "ap"
-    monitors = ("loss", "ap", "ap50", "ap75", "ctc_seg")
+    data_task = "instance"
+    default_monitor = DEFAULT_METRIC
+    monitors = None
+
+    def __init__(self, trainer: Any) -> None:
+        from seglab.engine.encoding import check_metric
+
+        super().__init__(trainer)
+        check_metric(
+            getattr(trainer, "monitor", DEFAULT_METRIC), "monitor", allow=("loss", "ap", "ap50", "ap75")
+        )
+        self.score_threshold = 0.5
+        self.search: dict[str, Any] | None = None
+        trainer.mode = "instance"
 
     def to_device(self, batch: Any, device: torch.device) -> tuple[list[Tensor], list[Target]]:
         return move_batch(batch, device)
@@ -828,10 +477,17 @@ class InstanceAdapter(TaskAdapter):
         terms = _loss_terms(model(images, targets))
         return terms["loss"], terms, None
 
+    def metric(self) -> str:
+        """The label-image score reported first and maximised by the threshold search."""
+        monitor = getattr(self.trainer, "monitor", DEFAULT_METRIC)
+        return DEFAULT_METRIC if monitor in ("loss", "ap", "ap50", "ap75") else monitor
+
     def make_meter(self) -> InstanceMeter:
         model = getattr(self.trainer, "model", None)
         per_img = int(getattr(getattr(model, "roi_heads", None), "detections_per_img", 100))
-        return InstanceMeter(max_dets=max(100, per_img))
+        return InstanceMeter(
+            score_threshold=self.score_threshold, max_dets=max(100, per_img), metric=self.metric()
+        )
 
     def val_batch(self, model: nn.Module, batch: Any, meter: Any) -> tuple[float, int]:
         images, targets = batch
@@ -841,321 +497,175 @@ class InstanceAdapter(TaskAdapter):
             loss = instance_losses(model, images, targets)["loss"]
         return float(loss) * len(images), len(images)
 
+    def checkpoint_entries(self) -> dict[str, Any]:
+        """``task`` and ``detection`` (the score threshold, and how it was chosen)."""
+        detection: dict[str, Any] = {"score_threshold": self.score_threshold, "mask_threshold": 0.5}
+        if self.search is not None:
+            detection["search"] = self.search
+        return {"task": "instance", "detection": detection}
+
+    def finish(self) -> None:
+        """Choose the score threshold on the validation split with ``best.pt``'s weights; store it."""
+        from seglab.engine.encoding import best_model, store_choice, validation_batches
+
+        t = self.trainer
+        found = best_model(t)
+        if found is None:
+            return
+        state, model = found
+        meter = self.make_meter()
+        for images, targets in validation_batches(t, collate_instances):
+            images, targets = move_batch((images, targets), t.device)
+            with torch.no_grad():
+                meter.update(model(images), targets)
+        truth, metric = [r.true_label_image for r in meter.records], self.metric()
+        scores = {
+            thr: label_scores(meter.label_images(thr), truth, metric)[metric] for thr in SCORE_THRESHOLDS
+        }
+        self.score_threshold = max(
+            scores, key=lambda thr: (np.nan_to_num(scores[thr], nan=-1.0), -abs(thr - 0.5))
+        )
+        self.search = {"metric": metric, "scores": {f"{k:g}": v for k, v in scores.items()}}
+        entries = self.checkpoint_entries()
+        store_choice(t, state, entries, entries["detection"])
+        t._log(
+            f"score threshold chosen on {len(truth)} validation image(s): {self.score_threshold:g} "
+            f"({metric} {scores[self.score_threshold]:.4f}); stored in {t.run_dir / 'best.pt'}"
+        )
+
 
 register_task_adapter("instance", InstanceAdapter)
 
 
-# -- a self-contained experiment: fixed step budget, then the test split -------------------------------------
-@dataclass
-class InstanceRunConfig:
-    """Options of :func:`run_instance_experiment` (``python -m seglab.engine.instance``).
-
-    Attributes:
-        data: built-in dataset (``"hela"``, ``"bacteria"``, ``"synthetic"``) or an instance folder.
-        out: run folder (``last.pt``, ``train_log.csv``, ``metrics.json``, ``per_image.csv``,
-            ``predictions/``).
-        roi_op: ``"align"`` or ``"pool"``.
-        encoder: backbone (``"resnet50"``, ``"resnet34"``, ``"resnet18"``, ``"resnet101"``).
-        steps: optimiser steps (the budget; equal for both ``roi_op`` runs of a comparison).
-        batch_size: crops per step.
-        crop: side of the square training crops (boxes recomputed after cropping).
-        lr: peak AdamW learning rate (linear warm-up, then cosine decay to 1 %).
-        weight_decay: AdamW weight decay (not on norms and biases).
-        warmup: warm-up steps.
-        grad_clip: global gradient-norm clip.
-        foreground_prob: share of crops centred on an object (useful for sparse data).
-        eval_split: split scored at the end (``"test"``: HeLa frames 17-19); ``None`` skips it.
-        score_threshold: detections painted into the label images (CTC SEG, outputs).
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
-        amp: bf16 autocast on CUDA.
-        workers: DataLoader worker processes.
-        seed: seed of the weights, crops and order.
-        max_time: stop training after this many seconds (then evaluate); ``None``: no limit.
-        log_every: steps between log lines.
-        save_predictions: write label TIFFs and overlays of the evaluated images.
-        model_options: further ``mask_rcnn`` options (``weights``, ``norm``, ``anchor_sizes``,
-            ``detections_per_img``, ``rois_per_image``, ``min_size``/``max_size`` ...).
-        data_options: options for ``seglab.data.get_dataset`` (``synthetic``: ``length``, ``size``...).
-    """
-
-    data: str = "hela"
-    out: str = "runs/mask_rcnn"
-    roi_op: str = "align"
-    encoder: str = "resnet50"
-    steps: int = 2000
-    batch_size: int = 4
-    crop: int = 256
-    lr: float = 2e-4
-    weight_decay: float = 1e-4
-    warmup: int = 100
-    grad_clip: float | None = 10.0
-    foreground_prob: float = 0.0
-    eval_split: str | None = "test"
-    score_threshold: float = 0.5
-    device: str = "auto"
-    amp: bool = False
-    workers: int = 2
-    seed: int = 0
-    max_time: float | None = None
-    log_every: int = 20
-    save_predictions: bool = True
-    model_options: dict[str, Any] = field(default_factory=dict)
-    data_options: dict[str, Any] = field(default_factory=dict)
+# -- evaluation of label images (seglab eval) -----------------------------------------------------------------
+EVAL_KEYS: tuple[str, ...] = (
+    *SCORE_KEYS,
+    "precision@0.75",
+    "recall@0.75",
+    "accuracy@0.75",
+    "merged",
+    "fragments",
+)
+"""The per-image columns of :func:`evaluate_instances` (keys of :func:`~seglab.metrics.instance_metrics`)."""
 
 
-def _lr_factor(step: int, total: int, warmup: int) -> float:
-    if warmup > 0 and step < warmup:
-        return (step + 1) / (warmup + 1)
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t))
+def evaluate_instances(
+    predictor: Any,
+    dataset: Any,
+    *,
+    out_dir: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+) -> Any:
+    """Score an instance predictor on every image of a dataset of label images (full images).
 
-
-def run_instance_experiment(config: InstanceRunConfig) -> dict[str, Any]:
-    """Train an instance model for a fixed number of steps, then score it on the evaluation split.
-
-    The training split is cropped and augmented with :func:`seglab.data.train_transforms` (boxes
-    recomputed after each crop, empty crops kept as negatives) and normalised with the training
-    statistics, which are stored in the checkpoint. AdamW (no weight decay on norms and biases),
-    linear warm-up and cosine decay, gradient clipping. The final weights are scored with
-    :func:`evaluate_instances` on full images of ``eval_split``.
+    Each image is predicted with :meth:`Predictor.instances
+    <seglab.engine.predictor.Predictor.instances>` (the stored encoding and decoding parameters,
+    or the detector and its score threshold) and compared with its true label image by
+    :func:`~seglab.metrics.instance_metrics` at IoU 0.5 and 0.75.
 
     Args:
-        config: see :class:`InstanceRunConfig`.
+        predictor: a predictor of an instance checkpoint.
+        dataset: raw ``(image, label image)`` samples: ``get_dataset(name, split, task="labels")``.
+        out_dir: if given, write ``<name>_instances.tif``, ``<name>_overlay.png`` and
+            ``<name>_errors.png`` (:func:`~seglab.report.overlays.object_error_overlay`) per image.
+        progress: show a progress bar.
 
     Returns:
-        ``{"config", "steps", "train_time", "last_loss", "test": evaluation result or None}``; the
-        same is written to ``<out>/metrics.json``.
+        A :class:`~seglab.engine.evaluate.EvalResult` with ``mode="instance"``: ``per_image`` rows
+        (``name`` and :data:`EVAL_KEYS`), ``mean`` (their means) and ``overall`` (every
+        :func:`instance_metrics` key, pooled over the images as the CTC pools a sequence).
 
     Raises:
-        ValueError: bad options (unknown ``roi_op``/``encoder``, non-positive steps ...).
+        InvalidValueError: an empty dataset, samples that are not label images, a semantic predictor.
+    """
+    from seglab.engine.evaluate import EvalResult
+    from seglab.metrics import instance_metrics
+
+    n = len(dataset)
+    if n == 0:
+        raise InvalidValueError("The evaluation dataset is empty; check the data path and split.")
+    names = list(getattr(dataset, "names", [])) or [str(i) for i in range(n)]
+    preds, truths, rows = [], [], []
+    for i in _progress(range(n), progress):
+        image, truth = dataset[i]
+        image, truth = np.asarray(image), np.asarray(truth)
+        if truth.ndim != 2:
+            raise InvalidValueError(
+                "evaluate_instances needs (image, label image) samples; build the dataset with task='labels'."
+            )
+        pred = predictor.instances(image, name=names[i])
+        m = instance_metrics(pred, truth, thresholds=(0.5, 0.75))
+        rows.append({"name": names[i], **{k: float(m[k]) for k in EVAL_KEYS}})
+        if out_dir is not None:
+            write_instance_outputs(out_dir, names[i], image, pred, truth=truth)
+        preds.append(pred)
+        truths.append(truth)
+    overall = {k: float(v) for k, v in instance_metrics(preds, truths, thresholds=(0.5, 0.75)).items()}
+    mean = {k: float(np.nanmean([r[k] for r in rows])) for k in EVAL_KEYS}
+    names_of = ["background", "object"]
+    return EvalResult(per_image=rows, mean=mean, overall=overall, mode="instance", class_names=names_of)
+
+
+def _progress(items: Any, show: bool) -> Any:
+    if not show:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc="evaluate", leave=False)
+
+
+# -- files ---------------------------------------------------------------------------------------------------------
+def write_instance_outputs(
+    out_dir: str | os.PathLike[str],
+    name: str,
+    image: np.ndarray,
+    labels: np.ndarray,
+    *,
+    overlay: bool = True,
+    truth: np.ndarray | None = None,
+) -> dict[str, Path | None]:
+    """Write ``<name>_instances.tif`` (labels, 0 background) and ``<name>_overlay.png`` (+ ``<name>_errors.png``).
+
+    The label TIFF is uint16 (the Cell Tracking Challenge's label format) when the labels fit,
+    uint32 beyond 65535 objects, zlib-compressed and written atomically. The overlay tints each
+    object in its own colour and outlines it (:func:`~seglab.report.overlays.instance_overlay`);
+    with ``truth``, ``<name>_errors.png`` colours each object by its error
+    (:func:`~seglab.report.overlays.object_error_overlay`).
+
+    Args:
+        out_dir: output folder (created).
+        name: file stem.
+        image: ``(C, H, W)`` raw image for the overlays.
+        labels: ``(H, W)`` instance labels.
+        overlay: also write the overlay(s).
+        truth: the true labels, for the error overlay.
+
+    Returns:
+        ``{"instances": path, "overlay": path or None, "errors": path or None}``.
 
     Example:
-        >>> cfg = InstanceRunConfig(data="hela", roi_op="pool", steps=2000, out="runs/mrcnn-pool")
-        >>> run_instance_experiment(cfg)["test"]["ap"]  # doctest: +SKIP
+        >>> lab = np.zeros((8, 8), np.uint32); lab[2:5, 2:5] = 1
+        >>> paths = write_instance_outputs(tempfile.mkdtemp(), "x", np.zeros((1, 8, 8)), lab)  # doctest: +SKIP
     """
-    from torch.utils.data import DataLoader, RandomSampler
+    import tifffile
 
-    from seglab.data import get_dataset, train_transforms
-    from seglab.engine.checkpoint import get_rng_state, save_checkpoint
-    from seglab.engine.trainer import resolve_device, seed_everything
-    from seglab.models import create_model
+    from seglab.report.overlays import instance_overlay, object_error_overlay, save_png
 
-    cfg = config
-    for name in ("steps", "batch_size", "crop", "log_every"):
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidValueError(f"{name} must be a positive integer; got {value!r}.")
-    out = Path(cfg.out)
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
-
-    train_set = get_dataset(cfg.data, "train", task="instance", **cfg.data_options)
-    stats = train_set.stats()
-    normalization = {"mean": list(stats["mean"]), "std": list(stats["std"])}
-    # the dataset applies a seglab Compose before expanding instances: one label crop, not K masks
-    train_set.transform = train_transforms(
-        crop=cfg.crop,
-        mean=normalization["mean"],
-        std=normalization["std"],
-        foreground_prob=cfg.foreground_prob,
-    )
-    model_options = {"encoder": cfg.encoder, "roi_op": cfg.roi_op, **cfg.model_options}
-    model = create_model(
-        "mask_rcnn", in_channels=train_set.in_channels, num_classes=train_set.num_classes, **model_options
-    ).to(device)
-
-    gen = torch.Generator().manual_seed(cfg.seed)
-    sampler = RandomSampler(
-        train_set, replacement=True, num_samples=cfg.steps * cfg.batch_size, generator=gen
-    )
-    loader = DataLoader(
-        train_set,
-        batch_size=cfg.batch_size,
-        sampler=sampler,
-        num_workers=cfg.workers,
-        collate_fn=collate_instances,
-        pin_memory=device.type == "cuda",
-        generator=gen,
-        persistent_workers=False,
-    )
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, cfg.steps, cfg.warmup))
-    amp_dtype = torch.bfloat16 if (cfg.amp and device.type == "cuda") else None
-
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    history: list[dict[str, Any]] = []
-    sums: dict[str, float] = {}
-    count = 0
-    step = 0
-    t0 = time.perf_counter()
-    print(
-        f"training mask_rcnn ({cfg.encoder}, roi_op={cfg.roi_op}) on {cfg.data}: {len(train_set)} images, {cfg.steps} steps "
-        f"x {cfg.batch_size} crops of {cfg.crop}, device {device} -> {out}",
-        flush=True,
-    )
-    for batch in loader:
-        terms = instance_train_step(model, batch, optimizer, grad_clip=cfg.grad_clip, amp_dtype=amp_dtype)
-        scheduler.step()
-        step += 1
-        count += 1
-        for k, v in terms.items():
-            sums[k] = sums.get(k, 0.0) + v
-        elapsed = time.perf_counter() - t0
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            row = {
-                "step": step,
-                "lr": optimizer.param_groups[0]["lr"],
-                **{k: v / count for k, v in sums.items()},
-                "time": elapsed,
-            }
-            history.append(row)
-            print(
-                f"step {step}/{cfg.steps}  loss {row['loss']:.4f}  mask {row.get('mask', math.nan):.4f}  "
-                f"classifier {row.get('classifier', math.nan):.4f}  {elapsed:.0f}s",
-                flush=True,
-            )
-            sums, count = {}, 0
-        if cfg.max_time is not None and elapsed > cfg.max_time:
-            print(f"stopping after step {step}: max_time={cfg.max_time:g}s reached", flush=True)
-            break
-    train_time = time.perf_counter() - t0
-    _write_rows_csv(out / "train_log.csv", history)
-    import seglab
-
-    # the checkpoint holds every weight: a weights path would only be re-read (or missing) when rebuilding
-    stored_options = {k: v for k, v in model_options.items() if k != "weights"}
-    save_checkpoint(
-        out / "last.pt",
-        {
-            "seglab_version": seglab.__version__,
-            "model_name": "mask_rcnn",
-            "model_options": stored_options,
-            "in_channels": train_set.in_channels,
-            "num_classes": train_set.num_classes,
-            "mode": "instance",
-            "class_names": list(train_set.class_names),
-            "normalization": normalization,
-            "model": model.state_dict(),
-            "config": asdict(cfg),
-            "epoch": 0,
-            "steps": step,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": {},
-            "rng": get_rng_state(),
-            "best_score": math.nan,
-            "history": history,
-        },
-    )
-    test = None
-    if cfg.eval_split is not None:
-        eval_set = get_dataset(cfg.data, cfg.eval_split, task="instance", **cfg.data_options)
-        test = evaluate_instances(
-            model,
-            eval_set,
-            normalization=normalization,
-            score_threshold=cfg.score_threshold,
-            out_dir=out / "predictions" if cfg.save_predictions else None,
-        )
-        _write_rows_csv(out / "per_image.csv", test["per_image"])
-        print(
-            f"{cfg.eval_split} ({test['images']} images, roi_op={cfg.roi_op}, {step} steps): mask AP {test['ap']:.4f}  "
-            f"AP50 {test['ap50']:.4f}  AP75 {test['ap75']:.4f}  CTC SEG {test['ctc_seg']:.4f}",
-            flush=True,
-        )
-    result = {
-        "config": asdict(cfg),
-        "steps": step,
-        "train_time": train_time,
-        "last_loss": history[-1]["loss"] if history else math.nan,
-        "normalization": normalization,
-        "test": test,
-    }
-    write_text_atomic(out / "metrics.json", json.dumps(jsonable(result), indent=2))
-    return result
-
-
-def _parse_value(text: str) -> Any:
-    import yaml
-
-    return yaml.safe_load(text)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m seglab.engine.instance``: train with a step budget, then score the test split."""
-    d = InstanceRunConfig()
-    p = argparse.ArgumentParser(
-        prog="python -m seglab.engine.instance",
-        description="Train seglab's mask_rcnn for a fixed number of steps and report mask AP/AP50/AP75 and "
-        "CTC SEG on the evaluation split (HeLa test frames 17-19).",
-    )
-    p.add_argument("--data", default=d.data, help="built-in dataset or instance folder (default hela)")
-    p.add_argument("--out", default=d.out, help="run folder")
-    p.add_argument("--roi-op", default=d.roi_op, choices=["align", "pool"])
-    p.add_argument("--encoder", default=d.encoder, choices=["resnet18", "resnet34", "resnet50", "resnet101"])
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--crop", type=int, default=d.crop)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--warmup", type=int, default=d.warmup)
-    p.add_argument("--foreground-prob", type=float, default=d.foreground_prob)
-    p.add_argument("--eval-split", default=d.eval_split, help="split scored at the end; 'none' to skip")
-    p.add_argument("--score-threshold", type=float, default=d.score_threshold)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
-    p.add_argument("--workers", type=int, default=d.workers)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--max-time", type=float, default=None, help="training time limit in seconds")
-    p.add_argument("--log-every", type=int, default=d.log_every)
-    p.add_argument("--no-predictions", action="store_true", help="do not write label TIFFs and overlays")
-    p.add_argument(
-        "--model-option", "-m", action="append", default=[], metavar="KEY=VALUE", help="mask_rcnn option"
-    )
-    p.add_argument(
-        "--data-option", "-d", action="append", default=[], metavar="KEY=VALUE", help="get_dataset option"
-    )
-    args = p.parse_args(argv)
-
-    def assignments(items: Sequence[str], what: str) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for item in items:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                p.error(f"{what} must look like KEY=VALUE; got {item!r}")
-            out[key.strip()] = _parse_value(value)
-        return out
-
-    cfg = InstanceRunConfig(
-        data=args.data,
-        out=args.out,
-        roi_op=args.roi_op,
-        encoder=args.encoder,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        crop=args.crop,
-        lr=args.lr,
-        warmup=args.warmup,
-        foreground_prob=args.foreground_prob,
-        eval_split=None if str(args.eval_split).lower() == "none" else args.eval_split,
-        score_threshold=args.score_threshold,
-        device=args.device,
-        amp=args.amp,
-        workers=args.workers,
-        seed=args.seed,
-        max_time=args.max_time,
-        log_every=args.log_every,
-        save_predictions=not args.no_predictions,
-        model_options=assignments(args.model_option, "--model-option"),
-        data_options=assignments(args.data_option, "--data-option"),
-    )
-    run_instance_experiment(cfg)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    lab = np.asarray(labels)
+    if lab.ndim != 2 or (lab.size and lab.min() < 0):
+        raise InvalidValueError(f"labels must be an (H, W) image of non-negative ids; got shape {lab.shape}.")
+    dtype = np.uint16 if lab.max(initial=0) < 65536 else np.uint32
+    target = out / f"{name}_instances.tif"
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tifffile.imwrite(tmp, lab.astype(dtype, copy=False), compression="zlib")
+    os.replace(tmp, target)  # atomic: a reader never sees half a file
+    paths: dict[str, Path | None] = {"instances": target, "overlay": None, "errors": None}
+    small = lab.size <= 1 << 22  # larger pictures are written faster, a little bigger
+    if overlay:
+        paths["overlay"] = save_png(instance_overlay(image, lab), out / f"{name}_overlay.png", optimize=small)
+        if truth is not None:
+            errors = object_error_overlay(image, lab, truth)
+            paths["errors"] = save_png(errors, out / f"{name}_errors.png", optimize=small)
+    return paths

@@ -259,7 +259,11 @@ def predict_files(
 
     For each input ``<stem>.<ext>`` it writes ``<out_dir>/<stem>_mask.png`` (0/255 for binary
     models, class ids for multi-class ones) or ``<stem>_mask.tif`` (class ids), ``<stem>_overlay.png``
-    and, with ``save_probs``, ``<stem>_probs.tif``.
+    and, with ``save_probs``, ``<stem>_probs.tif``. Instance checkpoints (a semantic model trained
+    on an instance encoding, or ``mask_rcnn``) write ``<stem>_instances.tif`` instead: the label
+    image of :meth:`Predictor.instances <seglab.engine.predictor.Predictor.instances>` (uint16,
+    uint32 beyond 65535 objects; 0 = background), and ``<stem>_overlay.png`` with each object in
+    its own colour and outlined; ``crf``, ``threshold`` and ``save_probs`` do not apply to them.
 
     Args:
         inputs: image files and/or folders (every image inside, not recursive).
@@ -269,7 +273,8 @@ def predict_files(
         options: see :class:`PredictOptions`.
 
     Returns:
-        One dict per image: ``{"input", "mask", "overlay", "probs", "foreground_fraction"}``.
+        One dict per image: ``{"input", "mask", "overlay", "probs", "foreground_fraction"}``
+        (instance checkpoints: ``{"input", "instances", "overlay", "count"}``).
 
     Raises:
         FileNotFoundError: missing inputs or checkpoint.
@@ -287,10 +292,13 @@ def predict_files(
 
     opts = options or PredictOptions()
     check_choice("format", opts.format, ("png", "tif"))
-    files = find_images(inputs)
     predictor = build_predictor(checkpoint, onnx=onnx, options=opts)
+    files = find_images(inputs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if predictor.decoder is not None:  # an instance model: label images
+        predictor.decoder.check_options(opts)
+        return _predict_instance_files(predictor, files, out, opts)
     results = []
     bar = None
     if opts.progress and len(files) > 1:
@@ -307,3 +315,34 @@ def predict_files(
     if bar is not None:
         bar.close()
     return results
+
+
+def _predict_instance_files(
+    predictor: Predictor, files: Sequence[Path], out: Path, opts: PredictOptions
+) -> list[dict[str, Any]]:
+    """The instance branch of :func:`predict_files`: a label TIFF and an overlay per image."""
+    from seglab.data.io import read_image
+    from seglab.engine.instance import write_instance_outputs
+
+    rows = []
+    for path in _progress(files, opts.progress):
+        image = read_image(path)  # (C, H, W) file dtype
+        labels = predictor.instances(image, name=str(path))  # (H, W) uint32
+        paths = write_instance_outputs(out, path.stem, image, labels, overlay=opts.overlay)
+        rows.append(
+            {
+                "input": str(path),
+                "instances": str(paths["instances"]),
+                "overlay": None if paths["overlay"] is None else str(paths["overlay"]),
+                "count": int(labels.max(initial=0)),  # labels are 1..n
+            }
+        )
+    return rows
+
+
+def _progress(files: Sequence[Path], show: bool) -> Any:
+    if not show or len(files) < 2:
+        return files
+    from tqdm.auto import tqdm
+
+    return tqdm(files, desc="predict", leave=False)

@@ -343,6 +343,10 @@ class Predictor:
         blend: ``"gaussian"`` or ``"constant"`` tile weighting.
         progress: progress bar over tiles.
         meta: what the checkpoint or ONNX file stored (model name, options, ...).
+        decoder: for instance models, how outputs become label images (:meth:`instances`): an
+            :class:`~seglab.engine.encoding.EncodingDecoder` (a semantic model trained on an
+            instance encoding) or a :class:`~seglab.engine.instance.DetectionDecoder`
+            (``mask_rcnn``), built from the stored metadata; ``None`` for semantic models.
 
     Raises:
         InvalidValueError: an option out of range (threshold outside [0, 1], ``overlap`` without
@@ -370,6 +374,7 @@ class Predictor:
     blend: str = "gaussian"
     progress: bool = False
     meta: dict[str, Any] = field(default_factory=dict, repr=False)
+    decoder: Any = None
 
     def __post_init__(self) -> None:
         self.runner = as_runner(self.runner)
@@ -500,15 +505,19 @@ class Predictor:
         normalize: str | None,
         options: dict[str, Any],
     ) -> Predictor:
+        from seglab.engine.instance import instance_decoder
+
         norm, stored_threshold = _stored(meta, source)
         if normalize is not None:
             check_choice("normalize", normalize, ("percentile",))
             norm = norm if norm.method == "percentile" else norm.matched()
         in_ch = meta.get("in_channels")
+        decoder = instance_decoder(meta, runner)
         return cls(
             runner,
             norm,
-            mode=meta.get("mode"),
+            mode=meta.get("mode") if decoder is None else None,
+            decoder=decoder,
             threshold=threshold
             if threshold is not None
             else (stored_threshold if stored_threshold is not None else 0.5),
@@ -557,6 +566,25 @@ class Predictor:
     def __call__(self, image: np.ndarray | Tensor, *, name: str = "image") -> np.ndarray:
         """Class ids ``(H, W)`` int64 of one raw image ``(C, H, W)`` (or ``(H, W)``)."""
         return self.mask(self.logits(image, name=name))
+
+    def instances(self, image: np.ndarray | Tensor, *, name: str = "image") -> np.ndarray:
+        """The instance label image ``(H, W)`` uint32 (0 background, objects ``1..n``) of one raw image.
+
+        Instance-encoding models: the probabilities are blended over tiles (``tile``, ``overlap``,
+        ``tta``) and decoded once with the stored decoding parameters, so no object is cut or
+        duplicated at a tile seam; large tiled images are decoded block by block from a memory
+        map. ``mask_rcnn``: detections scoring at least the stored threshold, painted by score.
+
+        Raises:
+            InvalidValueError: a semantic model (no decoder), or options the decoder does not take.
+            DataError: NaN or infinite pixels.
+        """
+        if self.decoder is None:
+            raise InvalidValueError(
+                "This model predicts classes, not objects: train it with task.kind='instance' "
+                "(seglab train --task instance --encoding boundary) to get label images."
+            )
+        return self.decoder.labels(self, image, name=name)
 
     def mode_for(self, channels: int) -> str:
         """The stored mode, else binary for one output channel and multi-class otherwise."""

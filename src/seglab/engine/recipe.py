@@ -267,6 +267,8 @@ def _rule_loss(plan: _Plan, ctx: _Context) -> None:
     if plan.given("loss.spec"):
         plan.set("loss.spec", None, "")  # kept as given; its options are the user's too
         return
+    if plan.get("task.kind") == "instance":  # the encoding brings its own loss (seglab.instances)
+        return
     if ctx.mode == "binary":
         plan.set("loss.spec", "bce+dice", "binary: BCE for gradients, Dice against class imbalance")
         return

@@ -35,12 +35,13 @@ What a run does:
   gloo on the CPU), each rank reads its share through a ``DistributedSampler`` and the metrics are
   summed over ranks.
 
-Extension point (instance segmentation): the per-task work (building the model input, the loss of
-one batch, validation) lives in a :class:`TaskAdapter` chosen by the registry's
-``ModelInfo.task`` — never by a model name. :data:`TASK_ADAPTERS` holds ``"semantic"``; an instance
-adapter (torchvision's detection contract: a losses dict in train mode, a list of
-``{boxes, labels, scores, masks}`` in eval mode, ``collate_instances`` batches) is added with
-:func:`register_task_adapter` by the Mask R-CNN work.
+Extension point: the per-task work (what the datasets yield, the loss of one batch, validation,
+what ``best.pt`` adds, a last step after training) lives in a :class:`TaskAdapter` chosen by the
+registry's ``ModelInfo.task`` and ``task.kind`` — never by a model name. :data:`TASK_ADAPTERS`
+holds ``"semantic"``; ``"encoding"`` (:mod:`seglab.engine.encoding`: a semantic model trained on
+an instance encoding, ``task.kind="instance"``) and ``"instance"`` (:mod:`seglab.engine.instance`:
+``mask_rcnn``, torchvision's detection contract) are imported on first use; others are added with
+:func:`register_task_adapter`.
 """
 
 from __future__ import annotations
@@ -423,9 +424,17 @@ class TaskAdapter:
     collate_fn: Callable[..., Any] | None = None
     default_monitor: str = "loss"
     monitors: tuple[str, ...] | None = None
+    data_task: str = "semantic"  # what the datasets yield: seglab.data.get_dataset(..., task=data_task)
 
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
+
+    def checkpoint_entries(self) -> dict[str, Any]:
+        """Entries the task adds to ``best.pt`` and ``last.pt`` (what its prediction needs); default none."""
+        return {}
+
+    def finish(self) -> None:
+        """Called once on rank 0 after training (``best.pt`` written): e.g. choose decoding parameters."""
 
     def num_outputs(self, num_classes: int, mode: str) -> int:
         """The model's ``num_classes`` for a dataset of ``num_classes`` classes (background included).
@@ -511,7 +520,24 @@ class SemanticAdapter(TaskAdapter):
 
 TASK_ADAPTERS: dict[str, type[TaskAdapter]] = {"semantic": SemanticAdapter}
 # adapters living in their own modules, imported (and so registered) on first use
-_ADAPTER_MODULES: dict[str, str] = {"instance": "seglab.engine.instance"}
+_ADAPTER_MODULES: dict[str, str] = {
+    "instance": "seglab.engine.instance",
+    "encoding": "seglab.engine.encoding",
+}
+
+
+def _task_key(config: TrainConfig, info: Any) -> str:
+    """The adapter a run uses: the model's registry task, or ``"encoding"`` for a semantic model
+    trained for instances (``task.kind="instance"``); never the model's name."""
+    kind = config.task.kind
+    if info.task == "semantic":
+        return "encoding" if kind == "instance" else "semantic"
+    if kind == "semantic":
+        raise ConfigError(
+            f"task.kind='semantic' but {info.name!r} is a {info.task} model; use task.kind 'auto' or "
+            f"{info.task!r}, or a semantic model (seglab models --task semantic)."
+        )
+    return info.task
 
 
 def register_task_adapter(task: str, adapter: type[TaskAdapter]) -> None:
@@ -584,14 +610,15 @@ class Trainer:
         from seglab.models import model_info
 
         info = model_info(self.config.model.name)
-        if info.task not in TASK_ADAPTERS and info.task in _ADAPTER_MODULES:
-            importlib.import_module(_ADAPTER_MODULES[info.task])
-        if info.task not in TASK_ADAPTERS:
+        task = _task_key(self.config, info)
+        if task not in TASK_ADAPTERS and task in _ADAPTER_MODULES:
+            importlib.import_module(_ADAPTER_MODULES[task])
+        if task not in TASK_ADAPTERS:
             raise InvalidValueError(
                 f"Model {info.name!r} is a {info.task!r} model and no training adapter is registered for that task "
                 f"(available: {', '.join(TASK_ADAPTERS)}); register one with seglab.engine.register_task_adapter."
             )
-        self.task = info.task
+        self.task = task
         self._adapter_cls = TASK_ADAPTERS[self.task]
         monitor = self.config.monitor
         self.monitor = self._adapter_cls.default_monitor if monitor == "auto" else monitor
@@ -697,7 +724,8 @@ class Trainer:
     def _get_dataset(self, split: str) -> Dataset:
         from seglab.data import get_dataset
 
-        return get_dataset(self.config.data.name, split, task=self.task, **self.config.data.options)
+        task = self._adapter_cls.data_task
+        return get_dataset(self.config.data.name, split, task=task, **self.config.data.options)
 
     def _amp_dtype(self) -> torch.dtype | None:
         amp = self.config.amp
@@ -762,6 +790,7 @@ class Trainer:
             "config": self.config.to_dict(),
             "epoch": self.epoch,
             "best_score": self.best_score,
+            **self.adapter.checkpoint_entries(),
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -844,6 +873,7 @@ class Trainer:
                 barrier()
         if self.is_main:
             self._write_metrics(stopped)
+            self.adapter.finish()
             if cfg.report:
                 write_run_report(self.run_dir, getattr(self.val_set, "dataset", None), device=self.device)
         return TrainResult(
@@ -1182,8 +1212,8 @@ class Trainer:
             parts.append(f"dice {row['train_dice']:.4f}")
         if "val_loss" in row:
             parts.append(f"| val loss {row['val_loss']:.4f}")
-            for name in ("dice", "iou"):
-                if f"val_{name}" in row:
+            for name in dict.fromkeys(("dice", "iou", self.monitor)):
+                if name != "loss" and f"val_{name}" in row:
                     parts.append(f"{name} {row[f'val_{name}']:.4f}")
         parts.append(f"| {row.get('epoch_time', 0.0) + row.get('val_time', 0.0):.1f}s")
         if improved and "val_loss" in row:

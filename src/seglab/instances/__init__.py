@@ -33,7 +33,7 @@ Example:
 from seglab.instances.base import ENCODINGS, DecodeParams, InstanceEncoding, encoding_from_dict, get_encoding
 from seglab.instances.boundary import BoundaryEncoding, boundary_classes
 from seglab.instances.distance import DistanceEncoding, DistanceLoss, normalized_distance
-from seglab.instances.search import DEFAULT_GRID, SearchResult, search_params
+from seglab.instances.search import DEFAULT_GRID, SearchResult, metric_function, search_params
 from seglab.instances.tiled import decode_blocks
 from seglab.instances.watershed import (
     ELEVATION_LEVELS,
@@ -56,6 +56,7 @@ __all__ = [
     "decode_blocks",
     "encoding_from_dict",
     "get_encoding",
+    "metric_function",
     "normalized_distance",
     "relabel_sequential",
     "remove_small_objects",

@@ -15,7 +15,7 @@ from seglab.instances.base import DecodeParams, InstanceEncoding
 from seglab.instances.watershed import remove_small_objects
 from seglab.metrics.matching import instance_metrics
 
-__all__ = ["DEFAULT_GRID", "SearchResult", "search_params"]
+__all__ = ["DEFAULT_GRID", "SearchResult", "metric_function", "search_params"]
 
 DEFAULT_GRID: dict[str, tuple[float, ...]] = {
     "fg_threshold": (0.3, 0.4, 0.5, 0.6, 0.7),
@@ -45,8 +45,25 @@ class SearchResult:
     trials: int
 
 
-def _metric_fn(metric: Metric) -> tuple[Callable[[dict[str, float]], float], tuple[float, ...]]:
-    """The scoring function and the IoU thresholds :func:`instance_metrics` must compute for it."""
+def metric_function(metric: Metric) -> tuple[Callable[[dict[str, float]], float], tuple[float, ...]]:
+    """The scoring function of a metric name and the IoU thresholds :func:`instance_metrics` needs for it.
+
+    Args:
+        metric: ``"+"``-joined :func:`~seglab.metrics.instance_metrics` keys (their mean), or a
+            callable taking that dict.
+
+    Returns:
+        ``(score(metrics dict) -> float, thresholds)``; the thresholds always include 0.5 (and
+        0.75 for a callable).
+
+    Raises:
+        TypeError: a metric that is neither a non-empty string nor a callable.
+
+    Example:
+        >>> score, taus = metric_function("f1@0.75+seg")
+        >>> taus, score({"f1@0.75": 0.5, "seg": 1.0})
+        ((0.5, 0.75), 0.75)
+    """
     if callable(metric):
         return metric, (0.5, 0.75)
     if not isinstance(metric, str) or not metric.strip():
@@ -71,7 +88,7 @@ class _Scorer:
         self, encoding: InstanceEncoding, outputs: list[Any], labels: list[Any], metric: Metric
     ) -> None:
         self.encoding, self.outputs, self.labels = encoding, outputs, labels
-        self.score_fn, self.thresholds = _metric_fn(metric)
+        self.score_fn, self.thresholds = metric_function(metric)
         self.cache: dict[DecodeParams, tuple[float, dict[str, float]]] = {}
         self._last: tuple[DecodeParams, list[np.ndarray]] | None = None
 

@@ -200,6 +200,8 @@ def _evaluate_best(run_dir: Path, dataset: Any, device: Any, max_images: int) ->
     if model_info(load_checkpoint(best, require=("model_name",))["model_name"]).task != "semantic":
         return None
     predictor = Predictor.from_checkpoint(best, device=str(device), progress=False)
+    if predictor.decoder is not None:
+        return None  # objects, not classes: `seglab eval` draws their overlays
     return evaluate(predictor, _Some(_raw(dataset), max_images), keep_predictions=True)
 
 
