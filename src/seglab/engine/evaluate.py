@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from seglab.engine._files import csv_text, jsonable, write_text_atomic
-from seglab.engine.predict import PredictOptions, build_predictor, predict_image
+from seglab.engine.predict import PredictOptions, build_predictor, plan_backend, predict_image
 from seglab.engine.predictor import Predictor
 from seglab.errors import InvalidValueError
 
@@ -376,6 +376,7 @@ def evaluate_checkpoint(
         FileNotFoundError, CheckpointError, ValueError: bad paths, checkpoint or data.
     """
     from seglab.data import get_dataset
+    from seglab.engine._acceleration import describe_runner
 
     opts = options or PredictOptions()
     predictor = build_predictor(checkpoint, options=opts)
@@ -387,9 +388,11 @@ def evaluate_checkpoint(
 
         predictor.decoder.check_options(opts)
         dataset = get_dataset(data, split, task="labels", **dict(data_options or {}))
+        _plan(predictor, dataset, opts)
         result = evaluate_instances(predictor, dataset, out_dir=out / "predictions", progress=opts.progress)
     else:
         dataset = get_dataset(data, split, **dict(data_options or {}))
+        _plan(predictor, dataset, opts)
         result = evaluate(predictor, dataset, crf=opts.crf, progress=opts.progress)
     extra = {
         "checkpoint": str(ckpt),
@@ -401,11 +404,19 @@ def evaluate_checkpoint(
         "crf": opts.crf,
         "threshold": predictor.threshold,
         "normalization": predictor.normalization.method,
+        "backend": describe_runner(predictor.runner),
     }
     paths = write_eval(result, out, extra=extra)
     if split == "test":
         _record_test(ckpt.parent / "metrics.json", result, data, extra)
     return result, paths
+
+
+def _plan(predictor: Predictor, dataset: Any, opts: PredictOptions) -> None:
+    """Choose the backend for the whole split (images taken to be the size of the first one)."""
+    if len(dataset):
+        hw = tuple(int(s) for s in np.asarray(dataset[0][0]).shape[-2:])
+        plan_backend(predictor, [hw] * len(dataset), opts)  # type: ignore[list-item]
 
 
 def _record_test(
