@@ -92,8 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--optimizer", help="adamw or sgd")
     p.add_argument("--scheduler", help="cosine, poly or constant")
-    p.add_argument("--out", help="run directory (default runs/<model>-<data>)")
+    p.add_argument(
+        "--out",
+        help="run directory (default runs/<model>-<data>; 'auto': the first free runs/<model>-<data>-N); "
+        "a folder holding another run is refused",
+    )
     p.add_argument("--resume", help="continue from a last.pt (its config is the base)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=None,
+        help="replace the run in --out (kept aside until the new run's first checkpoint)",
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--amp", help="auto, none, bf16 or fp16 (CUDA only)")
@@ -284,6 +294,7 @@ _TRAIN_FLAGS = {
     "scheduler": "optim.scheduler",
     "out": "out",
     "resume": "resume",
+    "overwrite": "overwrite",
     "seed": "seed",
     "device": "device",
     "amp": "amp",
@@ -299,8 +310,8 @@ _TRAIN_FLAGS = {
 
 def resolve_train_config(args: argparse.Namespace) -> Any:
     """The :class:`TrainConfig` for ``seglab train``: defaults < checkpoint (resume) < YAML < flags."""
-    from seglab.engine.checkpoint import CHECKPOINT_KEYS, load_checkpoint
     from seglab.engine.config import TrainConfig, apply_overrides, load_config
+    from seglab.engine.trainer import load_resume_checkpoint
 
     overrides: dict[str, Any] = {}
     overrides.update(_assignments(args.model_option, "model.options."))
@@ -313,7 +324,7 @@ def resolve_train_config(args: argparse.Namespace) -> Any:
     if args.config is not None:
         cfg = load_config(args.config)
     elif args.resume:
-        state = load_checkpoint(args.resume, require=CHECKPOINT_KEYS)
+        state = load_resume_checkpoint(args.resume)
         cfg = TrainConfig.from_dict(state["config"])
         if "out" not in overrides:
             overrides["out"] = str(Path(args.resume).parent)
@@ -455,7 +466,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         rows = predict_files(
             args.inputs, args.out, checkpoint=args.checkpoint, onnx=args.onnx, options=options
         )
-    print(f"wrote {len(rows)} mask(s) to {args.out}")
+    print(f"wrote {len({row['mask'] for row in rows})} mask(s) to {args.out}")
     return 0
 
 
@@ -605,6 +616,17 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (SeglabError, OSError)
 
 
+def _error_line(err: BaseException) -> str:
+    """The message of a user error; an ``OSError`` as one line with its path, reason and fix."""
+    from seglab.errors import SeglabError
+
+    if isinstance(err, OSError) and not isinstance(err, SeglabError):
+        from seglab.engine._files import os_error_message
+
+        return " ".join(os_error_message(err).split())
+    return str(err).strip() or type(err).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``seglab`` command line; returns the exit status.
 
@@ -634,8 +656,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _user_errors() as err:
         if debug:
             raise
-        message = str(err).strip() or type(err).__name__
-        print(f"seglab {args.command}: error: {message}", file=sys.stderr)
+        print(f"seglab {args.command}: error: {_error_line(err)}", file=sys.stderr)
         return 1
 
 

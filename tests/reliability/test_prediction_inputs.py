@@ -193,3 +193,27 @@ def test_instance_models_refuse_semantic_only_flags() -> None:
     with pytest.raises(ValueError, match="--tile, --crf apply to semantic models"):
         _refuse_semantic_flags(args)
     _refuse_semantic_flags(build_parser().parse_args(["predict", "x.png", "--out", "o"]))
+
+
+@pytest.mark.parametrize("bad", [{"std": [0.0]}, {"mean": [float("nan")]}, {"threshold": 7.0}])
+def test_unusable_statistics_in_onnx_metadata_are_refused_at_load(dataset_run, tmp_path, capsys, bad) -> None:
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from seglab.engine.predictor import read_onnx_metadata, write_onnx_metadata
+
+    onnx_path = tmp_path / "model.onnx"
+    assert main(["export", str(dataset_run / "best.pt"), "--out", str(onnx_path)]) == 0
+    meta = read_onnx_metadata(onnx_path)
+    assert meta["normalization"]["std"][0] > 0  # a usable file first
+    if "threshold" in bad:
+        meta["threshold"] = bad["threshold"]
+    else:
+        meta["normalization"] = {**meta["normalization"], **bad}
+    write_onnx_metadata(onnx_path, meta)
+    np.save(tmp_path / "a.npy", _frame()[0])
+    capsys.readouterr()
+    argv = ["predict", "--onnx", str(onnx_path), str(tmp_path / "a.npy"), "--out", str(tmp_path / "o")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model.onnx stores an unusable normalisation or threshold" in err, err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
