@@ -193,8 +193,9 @@ def check_writable(folder: str | os.PathLike[str], what: str = "output folder") 
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        reason = os_error_message(OSError(err.errno, err.strerror, str(target)))
-        raise RunFolderError(f"Cannot write the {what} {folder}: {reason}") from None
+        reason = os_error_message(OSError(err.errno, err.strerror))
+        where = f"{folder}" if target == folder else f"{folder} (in {target})"
+        raise RunFolderError(f"Cannot write the {what} {where}: {reason}") from None
 
 
 # errno -> what to do about it
