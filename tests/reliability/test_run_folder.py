@@ -14,6 +14,7 @@ import pytest
 
 from seglab.cli import main
 from seglab.engine import TrainConfig, Trainer
+from seglab.engine._run_folder import RUN_FILES
 from seglab.engine.checkpoint import load_checkpoint
 from seglab.errors import DataError
 
@@ -21,18 +22,13 @@ from ._faults import TRAIN, assert_one_line_error, binary_masks, run_cli, write_
 
 OPTS = ["--data-option", "length=4", "--data-option", "size=32"]
 RUN = [*TRAIN, "--data", "synthetic", "--samples-per-epoch", "4", *OPTS]
-CONFIG = {
-    "model": {"name": "unet", "options": {"base_channels": 4, "depth": 2}},
-    "data": {
-        "name": "synthetic",
-        "crop": 32,
-        "batch_size": 2,
-        "samples_per_epoch": 4,
-        "options": {"length": 4, "size": 32},
-    },
-    "quiet": True,
-    "device": "cpu",
-}
+
+
+def _config(*flags: str) -> TrainConfig:
+    """The config ``seglab train RUN FLAGS`` would run."""
+    from seglab.cli import build_parser, resolve_train_config
+
+    return resolve_train_config(build_parser().parse_args([*RUN, *flags]))
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -48,7 +44,7 @@ def _digest(folder: Path) -> dict[str, str]:
 def run3(tmp_path_factory) -> Path:
     """A folder with a 3-epoch run (``run``) and that run's ``last.pt`` as it was after epoch 1 (``epoch1.pt``)."""
     root = tmp_path_factory.mktemp("run3")
-    Trainer(TrainConfig.from_dict({**CONFIG, "epochs": 3, "out": str(root / "run")})).fit(until_epoch=1)
+    Trainer(_config("--epochs", "3", "--out", str(root / "run"))).fit(until_epoch=1)
     shutil.copy(root / "run" / "last.pt", root / "epoch1.pt")
     assert main(["train", "--resume", str(root / "run" / "last.pt"), "--quiet"]) == 0
     return root
@@ -99,13 +95,7 @@ def test_overwrite_replaces_the_run_and_its_old_test_score(run: Path, tmp_path: 
     assert "--overwrite: moved the old run" in capsys.readouterr().out
     new = json.loads((run / "metrics.json").read_text())
     assert new["epochs"] == 2 and "test" not in new  # the old model's score did not carry over
-    assert sorted(p.name for p in run.iterdir()) == [
-        "best.pt",
-        "config.yaml",
-        "last.pt",
-        "metrics.csv",
-        "metrics.json",
-    ]
+    assert {p.name for p in run.iterdir()} == set(RUN_FILES)  # nothing of the old run is left
     assert not list(run.parent.glob(".run.replaced-*"))  # the old run was deleted after the first checkpoint
     assert load_checkpoint(run / "last.pt", require=())["config"]["overwrite"] is False
     (row,) = collect_runs([run])
@@ -126,7 +116,7 @@ class _Broken:
 
 def test_a_replacing_run_that_fails_before_its_first_checkpoint_puts_the_old_run_back(run: Path) -> None:
     before = _digest(run)
-    config = TrainConfig.from_dict({**CONFIG, "epochs": 1, "out": str(run), "overwrite": True})
+    config = _config("--out", str(run), "--overwrite")
     from seglab.data import get_dataset
 
     trainer = Trainer(

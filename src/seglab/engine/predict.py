@@ -305,10 +305,7 @@ def _write_outputs(
     opts: PredictOptions,
     binary: bool,
 ) -> dict[str, Any]:
-    """Write the mask (0/255 PNG for binary models, ids otherwise) and overlay of one image.
-
-    ``mask`` may be changed in place (a streamed image's class ids become 0/255).
-    """
+    """Write the mask (0/255 PNG for binary models, ids otherwise) and overlay of one image."""
     from seglab.data.io import write_mask
 
     row: dict[str, Any] = {
@@ -319,17 +316,26 @@ def _write_outputs(
         "foreground_fraction": float(np.count_nonzero(mask) / max(1, mask.size)),
     }
     if opts.overlay:
-        from seglab.report.overlays import overlay_mask, save_png
-
-        step = max(1, -(-max(mask.shape) // OVERLAY_SIDE)) if mask.size > STREAM_PIXELS else 1
-        small = overlay_mask(np.asarray(image[:, ::step, ::step]), mask[::step, ::step])
-        row["overlay"] = str(save_png(small, out / f"{name}_overlay.png"))
+        step = _overlay_step(*mask.shape) if mask.size > STREAM_PIXELS else 1
+        row["overlay"] = _write_overlay(out / f"{name}_overlay.png", image, mask[::step, ::step], step)
     if binary and opts.format == "png":
-        stored = np.multiply(mask, 255, out=mask) if mask.dtype == np.uint8 else (mask * 255).astype(np.uint8)
+        stored = (mask * 255).astype(np.uint8)
     else:
         stored = mask.astype(np.uint8 if mask.max(initial=0) < 256 else np.uint16, copy=False)
     row["mask"] = str(write_mask(out / f"{name}_mask.{opts.format}", stored))
     return row
+
+
+def _overlay_step(height: int, width: int) -> int:
+    """The subsampling that brings the long side to at most :data:`OVERLAY_SIDE` pixels."""
+    return max(1, -(-max(height, width) // OVERLAY_SIDE))
+
+
+def _write_overlay(path: Path, image: np.ndarray, ids: np.ndarray, step: int) -> str:
+    """The overlay of class ids (already subsampled by ``step``) on every ``step``-th pixel of ``image``."""
+    from seglab.report.overlays import overlay_mask, save_png
+
+    return str(save_png(overlay_mask(np.asarray(image[:, ::step, ::step]), ids), path))
 
 
 def _write_probs(path: Path, probs: Tensor) -> Path:
@@ -347,7 +353,7 @@ def _predict_one(
     predictor: Predictor, path: Path, out: Path, name: str, opts: PredictOptions
 ) -> dict[str, Any]:
     """Predict one file and write its outputs: in memory, or streamed for a large tiled image."""
-    from seglab.data.io import atomic_path, image_info, read_image
+    from seglab.data.io import image_info, read_image
 
     info = image_info(path)
     large = info.height * info.width > STREAM_PIXELS
@@ -372,12 +378,31 @@ def _predict_one(
             "predicted tile by tile; drop --crf."
         )
     image = read_image(path, mmap=True)  # a memory map where the file allows it
+    return _predict_streamed(predictor, path, image, out, name, opts)
+
+
+def _predict_streamed(
+    predictor: Predictor, path: Path, image: np.ndarray, out: Path, name: str, opts: PredictOptions
+) -> dict[str, Any]:
+    """A large image, tile by tile: the mask written as its rows come, probabilities to a tiled TIFF."""
+    from seglab.data.io import atomic_path
+    from seglab.engine._mask_stream import MaskStream
+
+    h, w = int(image.shape[-2]), int(image.shape[-1])
     probs_path = out / f"{name}_probs.tif"
-    with contextlib.ExitStack() as stack:
-        tmp = stack.enter_context(atomic_path(probs_path)) if opts.save_probs else None
-        ids, k = predictor.stream(image, name=str(path), probs_path=tmp)
-    row = _write_outputs(out, path, name, image, ids, opts, predictor.mode_for(k) == "binary")
+    mask = MaskStream(out / f"{name}_mask.{opts.format}", h, w, step=_overlay_step(h, w))
+    try:
+        with contextlib.ExitStack() as stack:
+            tmp = stack.enter_context(atomic_path(probs_path)) if opts.save_probs else None
+            predictor.stream(image, name=str(path), probs_path=tmp, on_ids=mask)
+        row: dict[str, Any] = {"input": str(path), "mask": str(mask.close()), "overlay": None}
+    except BaseException:
+        mask.abort()
+        raise
     row["probs"] = str(probs_path) if opts.save_probs else None
+    row["foreground_fraction"] = mask.foreground / max(1, h * w)
+    if opts.overlay:
+        row["overlay"] = _write_overlay(out / f"{name}_overlay.png", image, mask.preview, mask.step)
     return row
 
 

@@ -638,14 +638,15 @@ class Predictor:
         *,
         name: str = "image",
         probs_path: str | os.PathLike[str] | None = None,
-    ) -> tuple[np.ndarray, int]:
+        on_ids: Callable[[int, int, np.ndarray, int], None] | None = None,
+    ) -> tuple[np.ndarray | None, int]:
         """Class ids of one raw image of any size with bounded memory (needs ``tile``): a slide.
 
         The image (a NumPy memmap is read tile by tile) is checked as :meth:`logits` checks it,
         its normalisation parameters are measured without a float copy of it, and each tile is
-        normalised as it is read; finished row bands of the blended logits become class ids (one
-        byte per pixel) and, with ``probs_path``, probabilities written to a tiled TIFF as they
-        come. Without TTA the class ids equal ``self(image)``'s; with TTA each tile is augmented
+        normalised as it is read; finished row bands of the blended logits become class ids
+        (collected one byte per pixel, or handed to ``on_ids`` as they come) and, with
+        ``probs_path``, probabilities written to a tiled TIFF as they come. Without TTA the class ids equal ``self(image)``'s; with TTA each tile is augmented
         (the whole-image path augments the whole image), so they may differ slightly.
 
         Args:
@@ -653,17 +654,20 @@ class Predictor:
             name: how messages name the image.
             probs_path: also write probabilities to this tiled TIFF (float32, ``(H, W)`` for one
                 channel, else ``(H, W, K)``).
+            on_ids: called with ``(y0, y1, class ids (y1 - y0, W), K)`` for every finished band
+                of rows, in order; the class ids are then not collected.
 
         Returns:
-            ``(class ids (H, W) uint8, or uint16 above 256 classes; K, the logit channels)``.
+            ``(class ids (H, W) uint8, or uint16 above 256 classes, or None with on_ids; K, the
+            logit channels)``.
 
         Raises:
             InvalidValueError: no ``tile``; see :meth:`logits`.
             DataError: NaN or infinite pixels.
 
         Memory:
-            The class ids, a band about two tiles high and the image's width of ``K`` float32
-            maps, and the tile batch; the image itself is only read.
+            The class ids (unless ``on_ids`` takes them), a band about two tiles high and the
+            image's width of ``K`` float32 maps, and the tile batch; the image itself is only read.
         """
         from seglab.inference.sliding_window import sliding_window_bands, write_bands_tiff
 
@@ -692,10 +696,14 @@ class Predictor:
 
         def labelled() -> Any:
             for n, y0, y1, rows in bands:  # rows: (K, r, W) blended logits
-                if "ids" not in state:
-                    state["k"] = k = int(rows.shape[0])
-                    state["ids"] = np.empty((h, w), np.uint8 if k <= 256 else np.uint16)
-                state["ids"][y0:y1] = logits_to_mask(rows[None], self.threshold)[0].cpu().numpy()
+                state["k"] = k = int(rows.shape[0])
+                ids = logits_to_mask(rows[None], self.threshold)[0].cpu().numpy()  # (r, W)
+                if on_ids is not None:
+                    on_ids(y0, y1, ids, k)
+                else:
+                    if "ids" not in state:
+                        state["ids"] = np.empty((h, w), np.uint8 if k <= 256 else np.uint16)
+                    state["ids"][y0:y1] = ids
                 yield n, y0, y1, rows
 
         if probs_path is None:
@@ -704,7 +712,7 @@ class Predictor:
         else:
             probs = ((n, y0, y1, logits_to_probs(r[None])[0]) for n, y0, y1, r in labelled())
             write_bands_tiff(probs_path, probs, images=1, height=h, width=w, dtype="float32")
-        return state["ids"], state["k"]
+        return state.get("ids"), state["k"]
 
 
 # -- a bare model, explicit normalisation -----------------------------------------------------------

@@ -586,6 +586,7 @@ def sliding_window_bands(
     image: Tensor | np.ndarray,
     *,
     tile: int | Sequence[int],
+    transform: Callable[[Tensor], Tensor] | None = None,
     overlap: float | Sequence[float] = 0.5,
     blend: str = "gaussian",
     batch_size: int = 4,
@@ -594,7 +595,6 @@ def sliding_window_bands(
     progress: bool = False,
     prepare: bool = True,
     options: WindowOptions | None = None,
-    transform: Callable[[Tensor], Tensor] | None = None,
 ) -> Iterator[tuple[int, int, int, Tensor]]:
     """The sliding window as a stream of finished row bands, for outputs of any size.
 
@@ -615,21 +615,8 @@ def sliding_window_bands(
         >>> sum(y1 - y0 for _, y0, y1, _ in bands)
         100
     """
-    sw = _SlidingWindow(
-        model,
-        image,
-        tile=tile,
-        overlap=overlap,
-        blend=blend,
-        batch_size=batch_size,
-        device=device,
-        activation=activation,
-        progress=progress,
-        prepare=prepare,
-        options=options,
-        transform=transform,
-    )
-    return sw.rows()
+    settings = {k: v for k, v in locals().items() if k not in ("model", "image")}  # the arguments above
+    return _SlidingWindow(model, image, **settings).rows()
 
 
 # -- TIFF output -------------------------------------------------------------------------------
@@ -725,7 +712,7 @@ def sliding_window_to_tiff(
         raise InvalidValueError(
             f"dtype must be a float type for probabilities/logits; got {np_dtype}. Use labels=True for class indices."
         )
-    sw = _SlidingWindow(
+    bands = sliding_window_bands(
         model,
         image,
         tile=tile,
@@ -738,10 +725,11 @@ def sliding_window_to_tiff(
         prepare=prepare,
         options=options,
     )
-    n, _, h, w = sw.image.shape
+    n, _, h, w = _check_image(image)[0].shape
+    activation = check_activation(activation)
     return write_bands_tiff(
         path,
-        sw.rows(),
+        bands,
         images=n,
         height=h,
         width=w,
@@ -749,7 +737,7 @@ def sliding_window_to_tiff(
         dtype=np_dtype,
         compression=compression,
         tiff_tile=tiff_tile,
-        check=lambda k: _check_label_channels(labels, k, sw.activation),
+        check=lambda k: _check_label_channels(labels, k, activation),
     )
 
 
