@@ -250,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_examples("seglab demo", "seglab demo --out runs/demo2 --max-time 240 --quiet"),
     )
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in --out")
     p.add_argument("--max-time", type=float, help="training wall-clock cap in seconds (default 480)")
     p.add_argument("--device", default="cpu", help="cpu (default), auto or cuda")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change the recipe")
@@ -586,12 +587,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from seglab.engine.demo import run_demo
 
+    overrides = _assignments(args.set)
+    if args.overwrite:
+        overrides["overwrite"] = True
     result = run_demo(
         out=args.out,
         max_time=args.max_time,
         device=args.device,
         quiet=args.quiet,
-        overrides=_assignments(args.set),
+        overrides=overrides,
     )
     print(result.summary)
     return 0
