@@ -188,10 +188,40 @@ def test_streamed_prediction_memory_does_not_grow_with_the_image(checkpoint, tmp
     with tifffile.TiffWriter(tmp_path / "large.tif") as tif:
         tif.write(rows, shape=(large, large), dtype=np.uint8, rowsperstrip=1000)
     tifffile.imwrite(tmp_path / "small.tif", _image(0, (small, small)))
-    argv = ["predict", "--checkpoint", str(checkpoint), "--tile", "512", "--quiet", "--device", "cpu"]
+    # without overlays: an overlay costs the same for every large image (at most OVERLAY_SIDE pixels a side)
+    argv = [
+        "predict",
+        "--checkpoint",
+        str(checkpoint),
+        "--tile",
+        "512",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--no-overlay",
+    ]
     base = _peak_rss_mib([*argv, str(tmp_path / "small.tif"), "--out", str(tmp_path / "s")])
     peak = _peak_rss_mib([*argv, str(tmp_path / "large.tif"), "--out", str(tmp_path / "l")])
     per_pixel = (peak - base) * 2**20 / (large * large - small * small)
     assert per_pixel < 8, (
         f"{peak:.0f} MiB for {large}^2 against {base:.0f} MiB for {small}^2: {per_pixel:.1f} B/pixel"
     )
+
+
+@pytest.mark.parametrize("method", ["zscore", "percentile", "minmax"])
+def test_the_streamed_normalisation_matches_the_whole_image_one(method) -> None:
+    from seglab.engine.predictor import _streaming_affine
+
+    image = np.random.default_rng(1).normal(300, 40, (2, 2500, 70)).astype(np.float32)  # 3 row bands
+    norm = Normalization(method)
+    for got, want in zip(_streaming_affine(norm, image), norm.affine(image)):
+        np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+def test_streaming_with_tta_augments_each_tile(checkpoint) -> None:
+    image = _image(4, (90, 70))
+    plain = Predictor.from_checkpoint(checkpoint, device="cpu", tile=32, tta="flips")
+    ids, k = plain.stream(image)
+    assert k == 1 and ids.shape == (90, 70) and ids.dtype == np.uint8
+    probs = plain.predict_proba(image)[0]  # whole-image TTA: close, not identical, near the threshold
+    assert (ids == (probs >= plain.threshold)).mean() > 0.95

@@ -70,7 +70,7 @@ class MaskStream:
         if self.binary is None:
             self._start(k)
         self.foreground += int(np.count_nonzero(ids))
-        self._rows.append(ids[(-y0) % self.step :: self.step, :: self.step])
+        self._rows.append(ids[(-y0) % self.step :: self.step, :: self.step].copy())  # not a view of the band
         stored = ids.astype(self.dtype, copy=False)
         if self.png:
             if self.binary:

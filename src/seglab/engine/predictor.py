@@ -334,6 +334,29 @@ def _tile_transform(norm: Normalization, affine: tuple[np.ndarray, np.ndarray]) 
     return transform
 
 
+def _class_ids(
+    bands: Any,
+    threshold: float,
+    hw: tuple[int, int],
+    on_ids: Callable[[int, int, np.ndarray, int], None] | None,
+    state: dict[str, Any],
+) -> Any:
+    """Pass blended logit bands ``(n, y0, y1, (K, r, W))`` on, turning each into class ids: handed
+    to ``on_ids``, or collected in ``state["ids"]`` (``state["k"]``: the channels)."""
+    for n, y0, y1, rows in bands:
+        state["k"] = k = int(rows.shape[0])
+        ids = (
+            logits_to_mask(rows[None], threshold)[0].cpu().numpy().astype(np.uint8 if k <= 256 else np.uint16)
+        )
+        if on_ids is not None:
+            on_ids(y0, y1, ids, k)
+        else:
+            if "ids" not in state:
+                state["ids"] = np.empty(hw, np.uint8 if k <= 256 else np.uint16)
+            state["ids"][y0:y1] = ids
+        yield n, y0, y1, rows
+
+
 class _TileTTA(Runner):
     """A runner that applies test-time augmentation to each batch of tiles (streamed prediction):
     the logits of the mean probabilities over the transforms."""
@@ -693,24 +716,12 @@ class Predictor:
         )
         h, w = int(x.shape[-2]), int(x.shape[-1])
         state: dict[str, Any] = {}
-
-        def labelled() -> Any:
-            for n, y0, y1, rows in bands:  # rows: (K, r, W) blended logits
-                state["k"] = k = int(rows.shape[0])
-                ids = logits_to_mask(rows[None], self.threshold)[0].cpu().numpy()  # (r, W)
-                if on_ids is not None:
-                    on_ids(y0, y1, ids, k)
-                else:
-                    if "ids" not in state:
-                        state["ids"] = np.empty((h, w), np.uint8 if k <= 256 else np.uint16)
-                    state["ids"][y0:y1] = ids
-                yield n, y0, y1, rows
-
+        labelled = _class_ids(bands, self.threshold, (h, w), on_ids, state)
         if probs_path is None:
-            for _ in labelled():
+            for _ in labelled:
                 pass
         else:
-            probs = ((n, y0, y1, logits_to_probs(r[None])[0]) for n, y0, y1, r in labelled())
+            probs = ((n, y0, y1, logits_to_probs(r[None])[0]) for n, y0, y1, r in labelled)
             write_bands_tiff(probs_path, probs, images=1, height=h, width=w, dtype="float32")
         return state.get("ids"), state["k"]
 
