@@ -225,3 +225,25 @@ def test_streaming_with_tta_augments_each_tile(checkpoint) -> None:
     assert k == 1 and ids.shape == (90, 70) and ids.dtype == np.uint8
     probs = plain.predict_proba(image)[0]  # whole-image TTA: close, not identical, near the threshold
     assert (ids == (probs >= plain.threshold)).mean() > 0.95
+
+
+@pytest.mark.parametrize("kind", ["npy", "tif", "tif-rgb", "tif-zlib"])
+def test_slides_are_memory_mapped_not_read(tmp_path, kind) -> None:
+    from seglab.data.io import read_image
+
+    rng = np.random.default_rng(0)
+    if kind == "npy":
+        path, data = tmp_path / "a.npy", rng.integers(0, 60000, (2, 40, 30), dtype=np.uint16)
+        np.save(path, data)
+    else:
+        rgb = kind == "tif-rgb"
+        data = rng.integers(0, 255, (40, 30, 3) if rgb else (40, 30), dtype=np.uint8)
+        path = tmp_path / "a.tif"
+        tifffile.imwrite(path, data, compression="zlib" if kind == "tif-zlib" else None)
+    mapped = read_image(path, mmap=True)
+    chain = [mapped]
+    while chain[-1].base is not None and isinstance(chain[-1].base, np.ndarray):
+        chain.append(chain[-1].base)
+    assert any(isinstance(a, np.memmap) for a in chain)  # pixels stay in the file (or a temporary one)
+    assert not mapped.flags.writeable or kind == "tif-zlib"  # the file itself is never written to
+    assert np.array_equal(mapped, read_image(path))

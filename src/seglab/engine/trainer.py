@@ -19,7 +19,11 @@ What a run does:
 * **bookkeeping** (rank 0 only): ``<run>/config.yaml``, ``metrics.csv`` (one row per epoch;
   wall-clock columns end in ``_time``), ``metrics.json``, ``last.pt`` (everything a resume needs)
   every epoch and ``best.pt`` (the weights and what prediction needs) on improvement of
-  ``monitor`` (both written atomically).
+  ``monitor``, every file written atomically (temporary file, ``fsync``, rename, ``fsync`` of the
+  folder). The folder is checked before any work (a folder holding another run is refused unless
+  ``resume`` continues it or ``overwrite`` replaces it; a later ``last.pt`` is never overwritten
+  by an older one; it must be writable) and written from the first successful step on
+  (:mod:`seglab.engine._run_folder`).
 * **reproducibility**: every epoch starts from generators seeded by ``(seed, epoch, rank)``, and
   checkpoints hold the optimiser, schedule, scaler and RNG states, so ``resume`` continues exactly:
   on the CPU an interrupted run resumed from ``last.pt`` gives the same ``metrics.csv`` rows as an
@@ -92,6 +96,7 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "cpu_model_defaults",
+    "load_resume_checkpoint",
     "lr_factor",
     "register_task_adapter",
     "resolve_device",
@@ -550,6 +555,8 @@ class Trainer:
         ValueError: bad configuration (unknown model, loss, monitor, ...), or a resume checkpoint
             that does not match the config's model.
         CheckpointError: an unreadable resume checkpoint.
+        RunFolderError: the run folder holds another run (or a later state of this one), or
+            cannot be written.
 
     Example:
         >>> from seglab.engine import Trainer, TrainConfig
