@@ -92,6 +92,7 @@ def test_resume_into_a_read_only_run_folder_fails_before_an_epoch(tmp_path: Path
     assert hashlib.sha256((run / "last.pt").read_bytes()).hexdigest() == digest
 
 
+@pytest.mark.slow  # a variant of the resume case above (a child process: about 10 s)
 def test_a_new_run_under_a_read_only_parent_fails_at_once(tmp_path: Path, readonly) -> None:
     prefix = _unprivileged()
     parent = readonly(tmp_path / "parent")  # noqa: F841 - kept read-only until the test ends
@@ -102,11 +103,12 @@ def test_a_new_run_under_a_read_only_parent_fails_at_once(tmp_path: Path, readon
     assert "epoch 1/1" not in done.stdout
 
 
+@pytest.mark.slow  # a variant of the resume case above (a child process: about 10 s)
 def test_predict_into_a_read_only_folder_is_one_line(tmp_path: Path, readonly) -> None:
-    from seglab.cli import main
+    from .test_prediction_outputs import _checkpoint
 
     prefix = _unprivileged()
-    assert main([*RUN, "--out", str(tmp_path / "run")]) == 0
+    _checkpoint(tmp_path / "run" / "best.pt")
     np.save(tmp_path / "a.npy", np.random.default_rng(0).random((1, 32, 32), dtype=np.float32))
     out = readonly(tmp_path / "out")
     checkpoint = str(tmp_path / "run" / "best.pt")
