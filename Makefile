@@ -39,7 +39,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/seglab demo
+	$(VENV)/bin/seglab demo --overwrite
 
 test: $(VENV)/.installed-dev
 	$(TEST_ENV) $(PY) -m pytest -n 2 -q $(PYTEST_ARGS)

@@ -95,8 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--optimizer", help="adamw or sgd")
     p.add_argument("--scheduler", help="cosine, poly or constant")
-    p.add_argument("--out", help="run directory (default runs/<model>-<data>)")
+    p.add_argument(
+        "--out",
+        help="run directory (default runs/<model>-<data>; 'auto': the first free runs/<model>-<data>-N); "
+        "a folder holding another run is refused",
+    )
     p.add_argument("--resume", help="continue from a last.pt (its config is the base)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=None,
+        help="replace the run in --out (kept aside until the new run's first checkpoint)",
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--amp", help="auto, none, bf16 or fp16 (CUDA only)")
@@ -275,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_examples("seglab demo", "seglab demo --out runs/demo2 --max-time 240 --quiet"),
     )
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in --out")
     p.add_argument("--max-time", type=float, help="training wall-clock cap in seconds (default 480)")
     p.add_argument("--device", default="cpu", help="cpu (default), auto or cuda")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change the recipe")
@@ -319,6 +330,7 @@ _TRAIN_FLAGS = {
     "scheduler": "optim.scheduler",
     "out": "out",
     "resume": "resume",
+    "overwrite": "overwrite",
     "seed": "seed",
     "device": "device",
     "amp": "amp",
@@ -342,9 +354,9 @@ def resolve_train_config(args: argparse.Namespace) -> Any:
     The recipe (``--recipe auto``, the default without ``--config``) fills the keys neither the
     YAML nor the flags set; a resumed run keeps its checkpoint's config.
     """
-    from seglab.engine.checkpoint import CHECKPOINT_KEYS, load_checkpoint
     from seglab.engine.config import TrainConfig, apply_overrides, load_config
     from seglab.engine.recipe import explicit_keys, resolve_recipe
+    from seglab.engine.trainer import load_resume_checkpoint
 
     overrides: dict[str, Any] = {}
     overrides.update(_assignments(args.model_option, "model.options."))
@@ -359,7 +371,7 @@ def resolve_train_config(args: argparse.Namespace) -> Any:
     if args.config is not None:
         cfg = load_config(args.config)
     elif args.resume:
-        state = load_checkpoint(args.resume, require=CHECKPOINT_KEYS)
+        state = load_resume_checkpoint(args.resume)
         cfg = TrainConfig.from_dict(state["config"])
         if "out" not in overrides:
             overrides["out"] = str(Path(args.resume).parent)
@@ -479,7 +491,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             args.inputs, args.out, checkpoint=args.checkpoint, onnx=args.onnx, options=options
         )
     what = "instance label image(s)" if rows and "instances" in rows[0] else "mask(s)"
-    print(f"wrote {len(rows)} {what} to {args.out}")
+    written = {row.get("instances") or row["mask"] for row in rows}
+    print(f"wrote {len(written)} {what} to {args.out}")
     return 0
 
 
@@ -610,12 +623,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from seglab.engine.demo import run_demo
 
+    overrides = _assignments(args.set)
+    if args.overwrite:
+        overrides["overwrite"] = True
     result = run_demo(
         out=args.out,
         max_time=args.max_time,
         device=args.device,
         quiet=args.quiet,
-        overrides=_assignments(args.set),
+        overrides=overrides,
     )
     print(result.summary)
     return 0
@@ -638,6 +654,17 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from seglab.errors import SeglabError
 
     return (SeglabError, OSError)
+
+
+def _error_line(err: BaseException) -> str:
+    """The message of a user error; an ``OSError`` as one line with its path, reason and fix."""
+    from seglab.errors import SeglabError
+
+    if isinstance(err, OSError) and not isinstance(err, SeglabError):
+        from seglab.engine._files import os_error_message
+
+        return " ".join(os_error_message(err).split())
+    return str(err).strip() or type(err).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -669,8 +696,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _user_errors() as err:
         if debug:
             raise
-        message = str(err).strip() or type(err).__name__
-        print(f"seglab {args.command}: error: {message}", file=sys.stderr)
+        print(f"seglab {args.command}: error: {_error_line(err)}", file=sys.stderr)
         return 1
 
 

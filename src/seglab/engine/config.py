@@ -218,9 +218,17 @@ class TrainConfig:
         task: see :class:`TaskConfig`.
         epochs: number of epochs.
         seed: seed of every random generator (weights, crops, order, augmentation).
-        out: the run directory; ``None``: ``runs/<model>-<data>``.
+        out: the run directory; ``None``: ``runs/<model>-<data>``; ``"auto"``: the first free name
+            among ``runs/<model>-<data>``, ``runs/<model>-<data>-2``, ... A folder that holds
+            anything (another run) is refused unless ``resume`` continues that run or
+            ``overwrite`` is set; nothing is written there before the first training step succeeds.
         resume: a ``last.pt`` to continue from (exactly: weights, optimiser, schedule, RNG,
-            history).
+            history). Refused when the run folder holds a later ``last.pt`` (or one of another
+            run): resuming would overwrite it.
+        overwrite: replace the run folder's old contents (moved aside at the first training step,
+            deleted once the new run has written its first checkpoint, put back if it fails before
+            that). Only folders that hold a seglab run are replaced. Never stored: a saved
+            config has ``overwrite: false``.
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
         amp: mixed precision on CUDA: ``"auto"`` (bf16 where supported, else fp16), ``"bf16"``,
             ``"fp16"`` (with a gradient scaler) or ``"none"``. Ignored on the CPU.
@@ -266,6 +274,7 @@ class TrainConfig:
     seed: int = 0
     out: str | None = None
     resume: str | None = None
+    overwrite: bool = False
     device: str = "auto"
     amp: str = "auto"
     monitor: str = "auto"
@@ -511,11 +520,12 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
 
 
 def save_config(config: TrainConfig, path: str | Path) -> Path:
-    """Write the config as YAML (sections in declaration order) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False))
-    return path
+    """Write the config as YAML (sections in declaration order; atomically) and return the path."""
+    from seglab.engine._files import write_text_atomic
+
+    return write_text_atomic(
+        path, yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
+    )
 
 
 def apply_overrides(config: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:

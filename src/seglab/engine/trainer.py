@@ -19,7 +19,11 @@ What a run does:
 * **bookkeeping** (rank 0 only): ``<run>/config.yaml``, ``metrics.csv`` (one row per epoch;
   wall-clock columns end in ``_time``), ``metrics.json``, ``last.pt`` (everything a resume needs)
   every epoch and ``best.pt`` (the weights and what prediction needs) on improvement of
-  ``monitor`` (both written atomically).
+  ``monitor``, every file written atomically (temporary file, ``fsync``, rename, ``fsync`` of the
+  folder). The folder is checked before any work (a folder holding another run is refused unless
+  ``resume`` continues it or ``overwrite`` replaces it; a later ``last.pt`` is never overwritten
+  by an older one; it must be writable) and written from the first successful step on
+  (:mod:`seglab.engine._run_folder`).
 * **reproducibility**: every epoch starts from generators seeded by ``(seed, epoch, rank)``, and
   checkpoints hold the optimiser, schedule, scaler and RNG states, so ``resume`` continues exactly:
   on the CPU an interrupted run resumed from ``last.pt`` gives the same ``metrics.csv`` rows as an
@@ -95,6 +99,7 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "cpu_model_defaults",
+    "load_resume_checkpoint",
     "lr_factor",
     "register_task_adapter",
     "resolve_device",
@@ -545,6 +550,22 @@ def register_task_adapter(task: str, adapter: type[TaskAdapter]) -> None:
     TASK_ADAPTERS[task] = adapter
 
 
+def load_resume_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint to resume from: a ``last.pt`` (``best.pt`` holds the weights only).
+
+    Raises:
+        CheckpointError: not a checkpoint, or one without the optimiser/schedule/RNG states.
+    """
+    state = load_checkpoint(path, require=())
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path} holds the weights only (no {', '.join(missing[:3])}, ...), as best.pt does; "
+            "resume from the run's last.pt."
+        )
+    return state
+
+
 # -- the trainer ---------------------------------------------------------------------------------------
 class Trainer:
     """Train a registered model on a dataset, as described by a :class:`~seglab.engine.config.TrainConfig`.
@@ -562,6 +583,8 @@ class Trainer:
         ValueError: bad configuration (unknown model, loss, monitor, ...), or a resume checkpoint
             that does not match the config's model.
         CheckpointError: an unreadable resume checkpoint.
+        RunFolderError: the run folder holds another run (or a later state of this one), or
+            cannot be written.
 
     Example:
         >>> from seglab.engine import Trainer, TrainConfig
@@ -588,10 +611,10 @@ class Trainer:
         self.dist = init_distributed(config.device)
         self._owns_process_group = self.dist.is_distributed
         self.device = resolve_device(config.device, self.dist)
-        self.run_dir = config.run_dir()
         self.is_main = self.dist.is_main
         info = self._setup_task()
         resume_state = self._read_resume()
+        self._check_run_folder(resume_state)
         self._setup_data(train_dataset, val_dataset, resume_state)
         self._setup_model(info)
         # state
@@ -604,6 +627,7 @@ class Trainer:
         self._clock: tuple[float, float] | None = None  # (session start, elapsed before it) while fitting
         if resume_state is not None:
             self._load_state(resume_state)
+        self._start_best_epoch = self.best_epoch
 
     def _setup_task(self) -> Any:
         """The model's registry entry, its task adapter class and the monitored metric."""
@@ -631,13 +655,7 @@ class Trainer:
         config = self.config
         if not config.resume:
             return None
-        state = load_checkpoint(config.resume)
-        missing = [k for k in CHECKPOINT_KEYS if k not in state]
-        if missing:
-            raise CheckpointError(
-                f"{config.resume} holds the weights only (no {', '.join(missing[:3])}, ...), as best.pt does; "
-                "resume from the run's last.pt."
-            )
+        state = load_resume_checkpoint(config.resume)
         if state["model_name"] != config.model.name or dict(state["model_options"]) != dict(
             config.model.options
         ):
@@ -647,6 +665,32 @@ class Trainer:
                 f"{config.model.options}. Resume with the run's own config (seglab train --resume PATH)."
             )
         return state
+
+    def _check_run_folder(self, resume_state: Mapping[str, Any] | None) -> None:
+        """Choose the run folder (``out="auto"``: a fresh name) and check that it may be used, and
+        written, before any work (:mod:`seglab.engine._run_folder`; nothing is written here)."""
+        from seglab.engine._run_folder import RunFolder, auto_run_dir
+
+        config = self.config
+        auto = config.out == "auto"
+        path = auto_run_dir(dataclasses.replace(config, out=None).run_dir()) if auto else config.run_dir()
+        if auto and self.dist.is_distributed:
+            from seglab.engine.distributed import broadcast_object
+
+            path = Path(broadcast_object(str(path)))
+        self._folder = RunFolder(
+            path, resume=config.resume, resume_state=resume_state, overwrite=config.overwrite, log=self._log
+        )
+        self.run_dir = path
+        self._folder_open = False
+        # the saved config names the folder chosen, and never asks a later resume to overwrite
+        self.config = dataclasses.replace(config, out=str(path) if auto else config.out, overwrite=False)
+
+    def _open_run_folder(self) -> None:
+        """After the first successful step: create the folder (moving a replaced run aside), save the config."""
+        self._folder_open = True
+        if self.is_main:
+            self._folder.open(lambda path: save_config(self.config, path))
 
     def _setup_data(
         self,
@@ -867,11 +911,15 @@ class Trainer:
                     stopped = "time_budget"
                 elif until_epoch is not None and self.epoch < cfg.epochs:
                     stopped = "until_epoch"
+        except BaseException:
+            if self.is_main:
+                self._folder.abort()  # a replaced run comes back if this one never saved a checkpoint
+            raise
         finally:
             self._clock = None
             if self._owns_process_group:
                 barrier()
-        if self.is_main:
+        if self.is_main and self._folder.opened:
             self._write_metrics(stopped)
             self.adapter.finish()
             if cfg.report:
@@ -886,12 +934,13 @@ class Trainer:
         )
 
     def _announce(self) -> None:
-        """Create the run folder, save the config, log what the run does (rank 0)."""
+        """Log what the run does (rank 0); the folder is written from the first step on (:meth:`_open_run_folder`)."""
         cfg = self.config
         if not self.is_main:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.run_dir / "config.yaml")
+        removed = self._folder.prepare()
+        if removed:
+            self._log(f"removed {len(removed)} temporary file(s) an interrupted run left in {self.run_dir}")
         self._log(
             f"training {cfg.model.name} ({self.num_params:,} parameters) on {cfg.data.name}: {self.mode}, "
             f"{self.normalization.method} normalisation, {len(self.train_set)} samples x {cfg.epochs} epochs, "
@@ -1055,6 +1104,8 @@ class Trainer:
             self.scaler.update()
             self.scheduler.step()
             steps += 1
+            if not self._folder_open:
+                self._open_run_folder()
             for key, value in terms.items():
                 sums[key] = sums.get(key, torch.zeros((), device=self.device)) + value.detach().float()
             if pred is not None:
@@ -1180,6 +1231,7 @@ class Trainer:
             self.best_epoch = self.epoch
         if self.is_main:
             save_checkpoint(self.run_dir / "last.pt", self.state_dict())
+            self._folder.committed()
             if improved:
                 save_checkpoint(self.run_dir / "best.pt", self.model_state())
             self._write_metrics("running")
@@ -1241,19 +1293,21 @@ class Trainer:
             "train_time": self.elapsed,
             "history": self.history,
         }
-        previous = _read_json(self.run_dir / "metrics.json")
-        for key in ("test",):  # results added by evaluation are kept
-            if key in previous:
-                payload[key] = previous[key]
+        test = _read_json(self.run_dir / "metrics.json").get("test")
+        # a test score added by `seglab eval` is kept while it scores this run's best.pt (its epoch);
+        # an entry without one is taken to score the best.pt this session started from
+        if isinstance(test, dict) and test.get("epoch", self._start_best_epoch) == self.best_epoch:
+            payload["test"] = test
         write_text_atomic(self.run_dir / "metrics.json", json.dumps(jsonable(payload), indent=2))
 
 
 # -- files ------------------------------------------------------------------------------------------------
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def write_history_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
