@@ -83,7 +83,7 @@ def test_print_config_merges_yaml_flags_and_set(tmp_path, capsys):
         (["train", "--epochs", "2"], "Say what to train on: --data"),
         (["train", "--config", "nope.yaml"], "Config file not found"),
         (["eval", "--checkpoint", "missing.pt", "--data", "synthetic"], "Checkpoint not found"),
-        (["predict", "--checkpoint", "missing.pt", "x.png", "--out", "o"], "Checkpoint not found"),
+        (["predict", "--checkpoint", "missing.pt", "x.png", "--out", "o"], "x.png: no such file or folder"),
         (["compare", "."], "no metrics.json"),
         (["data", "fetch", "hella"], "Did you mean 'hela'"),
         (["models", "--task", "panoptic"], "Unknown task"),

@@ -661,7 +661,7 @@ def _error_line(err: BaseException) -> str:
     from seglab.errors import SeglabError
 
     if isinstance(err, OSError) and not isinstance(err, SeglabError):
-        from seglab.engine._files import os_error_message
+        from seglab._files import os_error_message
 
         return " ".join(os_error_message(err).split())
     return str(err).strip() or type(err).__name__

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 import seglab
+from seglab._files import atomic_write, clean_temp_files, write_text_atomic
 from seglab.cli import main
-from seglab.engine._files import atomic_write, clean_temp_files, write_text_atomic
 from seglab.engine.checkpoint import load_checkpoint
 
 from .test_run_folder import OPTS, RUN

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seglab.engine._files import os_error_message
+from seglab._files import os_error_message
 
 from ._faults import assert_one_line_error
 from .test_atomic_writes import _child_env

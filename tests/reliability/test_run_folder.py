@@ -95,7 +95,10 @@ def test_overwrite_replaces_the_run_and_its_old_test_score(run: Path, tmp_path: 
     assert "--overwrite: moved the old run" in capsys.readouterr().out
     new = json.loads((run / "metrics.json").read_text())
     assert new["epochs"] == 2 and "test" not in new  # the old model's score did not carry over
-    assert {p.name for p in run.iterdir()} == set(RUN_FILES)  # nothing of the old run is left
+    fresh = tmp_path / "fresh"
+    assert main([*RUN, "--epochs", "2", "--seed", "5", "--out", str(fresh)]) == 0
+    names = {p.name for p in run.iterdir()}
+    assert set(RUN_FILES) <= names == {p.name for p in fresh.iterdir()}  # nothing of the old run is left
     assert not list(run.parent.glob(".run.replaced-*"))  # the old run was deleted after the first checkpoint
     assert load_checkpoint(run / "last.pt", require=())["config"]["overwrite"] is False
     (row,) = collect_runs([run])

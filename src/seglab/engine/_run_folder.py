@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from seglab.engine._files import check_writable, clean_temp_files, fsync_dir, is_temp_file
+from seglab._files import check_writable, clean_temp_files, fsync_dir, is_temp_file
 from seglab.errors import RunFolderError
 
 # files that make a folder a seglab run (what --overwrite may replace)

@@ -105,7 +105,7 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
         >>> load_checkpoint(p, require=())["epoch"]
         1
     """
-    from seglab.engine._files import atomic_write
+    from seglab._files import atomic_write
 
     path = Path(path)
     with atomic_write(path, "wb") as f:

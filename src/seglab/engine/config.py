@@ -521,7 +521,7 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
 
 def save_config(config: TrainConfig, path: str | Path) -> Path:
     """Write the config as YAML (sections in declaration order; atomically) and return the path."""
-    from seglab.engine._files import write_text_atomic
+    from seglab._files import write_text_atomic
 
     return write_text_atomic(
         path, yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)

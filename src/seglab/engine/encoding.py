@@ -361,7 +361,7 @@ def _search_summary(result: SearchResult, metric: str) -> dict[str, Any]:
 
 def set_run_metric(path: Path, key: str, value: Any) -> None:
     """Set ``key`` in a run's ``metrics.json`` (left alone if it cannot be read)."""
-    from seglab.engine._files import jsonable, write_text_atomic
+    from seglab._files import jsonable, write_text_atomic
 
     try:
         data = json.loads(path.read_text())

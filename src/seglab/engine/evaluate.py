@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from seglab.engine._files import check_writable, csv_text, jsonable, write_text_atomic
+from seglab._files import check_writable, csv_text, jsonable, write_text_atomic
 from seglab.engine.predict import PredictOptions, build_predictor, predict_image
 from seglab.engine.predictor import Predictor
 from seglab.errors import InvalidValueError

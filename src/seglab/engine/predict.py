@@ -49,8 +49,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from seglab._files import check_writable
 from seglab.data.normalize import Normalization
-from seglab.engine._files import check_writable
 from seglab.engine.predictor import (
     ONNX_METADATA_KEY,
     STREAM_PIXELS,

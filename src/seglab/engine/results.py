@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seglab.engine._files import jsonable, write_text_atomic
+from seglab._files import jsonable, write_text_atomic
 
 __all__ = [
     "FAMILIES",

@@ -69,10 +69,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from seglab._files import csv_text, json_cell, jsonable, write_text_atomic
 from seglab._options import check_choice, did_you_mean
 from seglab.data.normalize import Normalization
 from seglab.data.transforms import Compose, NormalizeImage
-from seglab.engine._files import csv_text, json_cell, jsonable, write_text_atomic
 from seglab.engine.batchnorm import recalibrate_batchnorm
 from seglab.engine.checkpoint import (
     CHECKPOINT_KEYS,
