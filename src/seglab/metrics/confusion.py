@@ -25,12 +25,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from seglab._options import check_choice
+from seglab._options import MODES, check_choice
 from seglab.errors import InvalidTypeError, InvalidValueError
 
 __all__ = ["MODES", "confusion", "confusion_matrix"]
-
-MODES = ("binary", "multiclass", "multilabel")
 
 
 def confusion(

@@ -30,12 +30,13 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from seglab._options import check_choice
+from seglab._options import SCORE_REDUCTIONS, check_choice
 from seglab.errors import InvalidTypeError, InvalidValueError
 
 __all__ = [
     "REDUCTIONS",
     "SCORES",
+    "SCORE_REDUCTIONS",
     "accuracy",
     "all_scores",
     "dice",
@@ -52,7 +53,7 @@ __all__ = [
     "tpr",
 ]
 
-REDUCTIONS = ("micro", "macro", "per_image", "micro_per_image", "none")
+REDUCTIONS = SCORE_REDUCTIONS  # the public name since the first release
 
 Terms = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -234,7 +235,7 @@ def _score(
     include_background: bool,
     empty: float,
 ) -> Tensor:
-    reduction = check_choice("reduction", reduction, REDUCTIONS)
+    reduction = check_choice("reduction", reduction, SCORE_REDUCTIONS)
     counts, w, empty = _prepare(
         tp,
         fp,
@@ -667,7 +668,7 @@ def all_scores(
         {'iou': 0.333, 'dice': 0.5}
     """
     names = list(SCORES) if names is None else [check_choice("score", n, SCORES) for n in names]
-    reduction = check_choice("reduction", reduction, REDUCTIONS)
+    reduction = check_choice("reduction", reduction, SCORE_REDUCTIONS)
     counts, w, empty = _prepare(  # validated once for all the scores
         tp,
         fp,
