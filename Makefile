@@ -1,6 +1,6 @@
 # seglab developer commands. Each target creates .venv on first use and installs what it needs.
 #   make demo   train a U-Net on real cell images (HeLa) and write runs/demo/report.html
-#   make test   install the dev, onnx, peers and report extras and run the test suite
+#   make test   install the dev, onnx, peers, report, nifti and timm extras and run the tests and doctests
 #   make test-slow   run the tests marked slow
 #   make lint   ruff check + format check
 #   make bench  run the benchmarks (prints ratios against peer libraries)
@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	@touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
-	$(PIP) install -q -e ".[dev,onnx,peers,report,nifti]"
+	$(PIP) install -q -e ".[dev,onnx,peers,report,nifti,timm]"
 	@touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed

@@ -48,3 +48,21 @@ def test_builder_must_be_keyword_only() -> None:
             return nn.Identity()
 
     assert "_positional_test" not in list_models()
+
+
+def test_variant_fixes_its_options_and_class_validates_like_create_model() -> None:
+    from seglab.models.unet import UNet
+
+    info = seglab.model_info("unet_valid")
+    assert info.cls is UNet and info.fixed == {"valid": True, "encoder": "unet"}
+    assert "valid" not in info.options and "depth" in info.options
+    with pytest.raises(TypeError, match="fixed by the variant"):
+        create_model("unet_valid", valid=False)
+    for bad in ({"depth": 7}, {"up": "bilinar"}, {"base_channels": 0}):
+        with pytest.raises(ValueError) as direct:
+            UNet(3, 1, **bad)
+        with pytest.raises(ValueError) as registry:
+            create_model("unet", **bad)
+        assert str(direct.value) == str(registry.value)
+    with pytest.raises(ValueError, match="num_classes"):
+        UNet(3, 0)

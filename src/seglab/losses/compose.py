@@ -81,6 +81,7 @@ class CompositeLoss(nn.Module):
         The weighted sum of the terms' empty-target values (see each loss); never NaN.
 
     Example:
+        >>> import torch
         >>> loss = CompositeLoss({"bce": BCELoss(), "dice": DiceLoss()}, weights={"bce": 0.5})
         >>> sorted(loss.terms(torch.randn(2, 1, 8, 8), torch.randint(0, 2, (2, 8, 8))))
         ['bce', 'dice', 'loss']
@@ -242,6 +243,7 @@ def build(spec: str, *, mode: str = "binary", **options: Any) -> CompositeLoss:
             per-term option the term does not accept.
 
     Example:
+        >>> import torch
         >>> loss = build("0.5*bce+dice", ignore_index=255, dice={"smooth": 0.0})
         >>> loss.spec
         '0.5*bce+dice'
@@ -361,6 +363,7 @@ class DeepSupervisionLoss(nn.Module):
         is "absent", so ``cls`` logits are pushed down. Never NaN.
 
     Example:
+        >>> import torch
         >>> from seglab.models import SegOutput
         >>> ds = DeepSupervisionLoss(build("bce+dice"), weights="halving", cls_loss="bce")
         >>> out = SegOutput(torch.randn(2, 1, 32, 32), [torch.randn(2, 1, 16, 16)], torch.randn(2, 1))

@@ -115,6 +115,7 @@ class DiceLoss(_RegionLoss):
         use ``signed=True`` for a smoothing-free loss that handles empty masks. Never NaN.
 
     Example:
+        >>> import torch
         >>> loss = DiceLoss(mode="multiclass")
         >>> loss(torch.randn(2, 3, 16, 16), torch.randint(0, 3, (2, 16, 16))).shape
         torch.Size([])
@@ -195,6 +196,7 @@ class IoULoss(_RegionLoss):
         positives about 1; with ``smooth=0`` an empty target always costs 1. Never NaN.
 
     Example:
+        >>> import torch
         >>> IoULoss()(torch.full((1, 1, 8, 8), 20.0), torch.ones(1, 8, 8)).item() < 1e-6
         True
     """
@@ -267,6 +269,7 @@ class TverskyLoss(_RegionLoss):
         target always costs 1. Never NaN.
 
     Example:
+        >>> import torch
         >>> loss = TverskyLoss(alpha=0.3, beta=0.7, mode="multilabel")
         >>> loss(torch.randn(2, 3, 16, 16), torch.randint(0, 2, (2, 3, 16, 16))).shape
         torch.Size([])

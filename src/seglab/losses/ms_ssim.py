@@ -69,6 +69,7 @@ class MSSSIMLoss(SegLoss):
         — pair MS-SSIM with a pixel or region loss (as U-Net 3+ does). Never NaN.
 
     Example:
+        >>> import torch
         >>> loss = MSSSIMLoss()
         >>> loss(torch.randn(2, 1, 192, 192), torch.randint(0, 2, (2, 192, 192))).shape
         torch.Size([])

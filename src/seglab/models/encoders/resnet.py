@@ -130,6 +130,7 @@ class ResNetEncoder(Encoder):
         ceil(W / s_i))`` (``s_i = strides[i]``, sizes rounded up at each stride-2 step).
 
     Example:
+        >>> import torch
         >>> enc = ResNetEncoder("resnet18", output_stride=8)
         >>> [tuple(f.shape[1:]) for f in enc(torch.randn(1, 3, 64, 64))]
         [(64, 32, 32), (64, 16, 16), (128, 8, 8), (256, 8, 8), (512, 8, 8)]
