@@ -222,7 +222,7 @@ def test_unet_with_resnet34_loads_local_weights_and_adapts_the_first_conv(tmp_pa
 
 
 def test_plain_encoder_options_are_refused_with_another_encoder() -> None:
-    with pytest.raises(ValueError, match="'down'.*encoder='unet'"):
+    with pytest.raises(ValueError, match=r"'down'.*encoder='unet'"):
         seglab.create_model("unet", encoder="resnet18", down="strided")
     with pytest.raises(ValueError, match="valid=True"):
         seglab.create_model("unet", encoder="resnet18", valid=True)
