@@ -55,6 +55,7 @@ from seglab.inference._common import (
     model_device,
     model_dtype,
     pad_indices,
+    size_rule,
 )
 from seglab.inference.prepare import prepare as prepare_model
 from seglab.inference.prepare import prepare_info
@@ -232,14 +233,15 @@ def _check_overlap(overlap: float | Sequence[float]) -> tuple[float, float]:
 
 def _out_tile(model: Callable[..., Any], tile: tuple[int, int]) -> tuple[int, int]:
     """The output size for a ``tile`` input, checking that the model accepts the tile."""
-    check = getattr(model, "check_input_size", None)
-    if callable(check):
-        try:
-            check(*tile)
-        except ValueError as err:
-            raise InvalidValueError(f"tile={tile} is not an input size this model accepts: {err}") from err
-    shape_fn = getattr(model, "output_shape", None)
-    out = tuple(int(s) for s in shape_fn(tile)) if callable(shape_fn) else tile
+    rule = size_rule(model)
+    d = rule.size_divisor
+    try:
+        if d > 1 and (tile[0] % d or tile[1] % d):
+            up = (-(-tile[0] // d) * d, -(-tile[1] // d) * d)
+            raise InvalidValueError(f"it needs H and W divisible by {d}; use e.g. tile={up}.")
+        out = tuple(int(s) for s in rule.output_shape(tile))
+    except ValueError as err:
+        raise InvalidValueError(f"tile={tile} is not an input size this model accepts: {err}") from err
     if any(o > t for o, t in zip(out, tile)) or any((t - o) % 2 for o, t in zip(out, tile)):
         raise InvalidValueError(
             f"model.output_shape({tile}) = {out}: sliding-window inference needs an output no larger than "
