@@ -15,7 +15,7 @@ Models registered with ``task="instance"`` (``mask_rcnn``) keep torchvision's de
 * :func:`write_instance_outputs` — an instance-label TIFF and a coloured overlay PNG;
   :func:`predict_instance_files` and :func:`evaluate_instance_checkpoint` do it for files and
   checkpoints (what ``seglab predict`` / ``seglab eval`` call for instance models).
-* :class:`InstanceAdapter` — the trainer's :class:`~seglab.engine.trainer.TaskAdapter` for
+* :class:`InstanceAdapter` — the trainer's :class:`~seglab.engine.tasks.TaskAdapter` for
   ``task="instance"`` (registered when this module is imported).
 * :func:`run_instance_experiment` — a self-contained training + test run with a fixed step budget
   (``python -m seglab.engine.instance --data hela --roi-op align --steps 2000 --out runs/mrcnn-align``),
@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from seglab.data.base import collate_instances
 from seglab.engine._files import csv_text, jsonable, write_text_atomic
-from seglab.engine.trainer import TaskAdapter, register_task_adapter
+from seglab.engine.tasks import TaskAdapter, register_task_adapter
 from seglab.errors import InvalidValueError
 
 __all__ = [
@@ -655,7 +655,7 @@ def _load_instance_model(
     checkpoint: str | os.PathLike[str], device: str
 ) -> tuple[nn.Module, dict[str, Any], torch.device]:
     from seglab.engine.checkpoint import load_model
-    from seglab.engine.trainer import resolve_device
+    from seglab.engine.distributed import resolve_device
     from seglab.models import model_info
 
     model, meta = load_model(checkpoint, map_location="cpu")
@@ -937,7 +937,8 @@ def run_instance_experiment(config: InstanceRunConfig) -> dict[str, Any]:
 
     from seglab.data import get_dataset, train_transforms
     from seglab.engine.checkpoint import get_rng_state, save_checkpoint
-    from seglab.engine.trainer import resolve_device, seed_everything
+    from seglab.engine.distributed import resolve_device
+    from seglab.engine.trainer import seed_everything
     from seglab.models import create_model
 
     cfg = config

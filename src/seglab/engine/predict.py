@@ -299,7 +299,7 @@ def load_predictor(
         ValueError: neither source given, or an ONNX file without seglab metadata and no checkpoint.
     """
     from seglab.engine.checkpoint import load_model
-    from seglab.engine.trainer import resolve_device
+    from seglab.engine.distributed import resolve_device
 
     if checkpoint is None and onnx is None:
         raise InvalidValueError("Pass a checkpoint (--checkpoint PATH) or an ONNX model (--onnx PATH).")
