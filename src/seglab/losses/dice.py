@@ -77,7 +77,7 @@ class DiceLoss(_RegionLoss):
 
     Signed Dice (``signed=True``): probabilities and labels are mapped to [-1, 1]
     (``x -> 2x - 1``) and the score becomes ``(2·Σ w·p'·g' + smooth) / (Σ w·|p'|ᵏ + Σ w·|g'|ᵏ +
-    smooth)`` with ``k = 2`` when ``squared`` (the study note's form) and ``k = 1`` otherwise.
+    smooth)`` with ``k = 2`` when ``squared`` and ``k = 1`` otherwise.
     Background pixels then count as agreement, so an empty mask predicted empty scores 1 (loss 0)
     even with ``smooth=0``. The score lies in [-1, 1] and the loss in [0, 2]: predicting the exact
     opposite of the mask costs 2.

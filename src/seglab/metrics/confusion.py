@@ -1,7 +1,7 @@
 """Per-image, per-class confusion counts: the one place where pixels are counted.
 
 Every score in :mod:`seglab.metrics.scores` is a formula over the four counts returned here
-(STYLE.md item 9, "count, then reduce"). The counting is one vectorised pass: each valid pixel is
+("count, then reduce"). The counting is one vectorised pass: each valid pixel is
 turned into a bin index ``(group, true class, predicted class)`` and a single ``bincount`` builds
 all the per-image confusion matrices at once, with no Python loop over classes or images.
 

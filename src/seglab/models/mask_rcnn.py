@@ -4,7 +4,7 @@ Mask R-CNN (He, Gkioxari, Dollár and Girshick, "Mask R-CNN", ICCV 2017) is Fast
 third head that predicts a binary mask per detected object. Its RoIAlign replaced Faster R-CNN's
 RoIPool, whose two roundings (the box to the feature grid, the bins to whole cells) shift the
 pooled features by up to half a feature cell: tolerable for classification, harmful for
-pixel-accurate masks (study note 1.6.17-1.6.18). :func:`ramp_roi_error` measures that shift.
+pixel-accurate masks. :func:`ramp_roi_error` measures that shift.
 
 Everything is torchvision's detection machinery (``torchvision.models.detection.MaskRCNN``: the
 RPN, the RoI heads, the mask head, the losses and post-processing; ``_resnet_fpn_extractor`` for
