@@ -17,12 +17,14 @@ Each scale is predicted
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seglab._options import check_positive_int
 from seglab._shapes import pad_to_multiple
 from seglab.errors import InvalidTypeError, InvalidValueError
 from seglab.inference._common import SizeRule, activate, check_activation, model_device, size_rule
@@ -170,33 +172,27 @@ def predict(
     activation = check_activation(activation)
     if tta is not None:
         tta_transforms(tta)  # validate early
-    if isinstance(image, np.ndarray):
-        image = torch.from_numpy(image)
-    if not isinstance(image, Tensor) or not image.is_floating_point():
-        raise InvalidTypeError(
-            "image must be a floating-point tensor or NumPy array; got "
-            f"{type(image).__name__}{f' of {image.dtype}' if isinstance(image, Tensor) else ''}. "
-            "Convert with .float() (and scale intensities, e.g. to [0, 1])."
-        )
-    if image.ndim not in (3, 4):
-        raise InvalidValueError(f"image must be (C, H, W) or (N, C, H, W); got shape {tuple(image.shape)}.")
-    x = image[None] if image.ndim == 3 else image
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
-    if device is None:
-        dev = model_device(model) or x.device
-    else:
-        dev = torch.device(device)
-    if isinstance(model, nn.Module):
-        if prepare:
-            model = prepare_model(model, device=dev)
-        elif model.training:
-            raise InvalidValueError("the model is in training mode; call model.eval() or leave prepare=True.")
-    in_ch = getattr(model, "in_channels", None)
-    if isinstance(in_ch, int) and x.shape[1] != in_ch:
-        raise InvalidValueError(
-            f"the model takes {in_ch} input channel(s) but the image has {x.shape[1]} (shape {tuple(x.shape)})."
-        )
+    x = _as_batch(image)
+    check_positive_int("batch_size", batch_size)
+    dev = (model_device(model) or x.device) if device is None else torch.device(device)
+    model = _ready(model, prepare, dev, x)
+
+    run = _runner(model, dev, activation, batch_size, tile, overlap, blend, progress)
+    out = _pyramid(run, x, scales, tta)
+    return out[0] if image.ndim == 3 else out
+
+
+def _runner(
+    model: Any,
+    dev: torch.device,
+    activation: str | None,
+    batch_size: int,
+    tile: int | Sequence[int] | None,
+    overlap: float,
+    blend: str,
+    progress: bool,
+) -> Callable[[Tensor], Tensor]:
+    """One scale's prediction: a whole-image pass, or a sliding window with ``tile``."""
 
     def run(xs: Tensor) -> Tensor:
         if tile is None:
@@ -215,6 +211,43 @@ def predict(
             prepare=False,
         )
 
+    return run
+
+
+def _as_batch(image: Tensor | np.ndarray) -> Tensor:
+    """A floating ``(N, C, H, W)`` tensor from a ``(C, H, W)``/``(N, C, H, W)`` tensor or array."""
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(image)
+    if not isinstance(image, Tensor) or not image.is_floating_point():
+        raise InvalidTypeError(
+            "image must be a floating-point tensor or NumPy array; got "
+            f"{type(image).__name__}{f' of {image.dtype}' if isinstance(image, Tensor) else ''}. "
+            "Convert with .float() (and scale intensities, e.g. to [0, 1])."
+        )
+    if image.ndim not in (3, 4):
+        raise InvalidValueError(f"image must be (C, H, W) or (N, C, H, W); got shape {tuple(image.shape)}.")
+    return image[None] if image.ndim == 3 else image
+
+
+def _ready(model: Callable[[Tensor], Tensor], prepare: bool, dev: torch.device, x: Tensor) -> Any:
+    """The model prepared for inference on ``dev`` (an ``nn.Module``), its channels checked."""
+    if isinstance(model, nn.Module):
+        if prepare:
+            model = prepare_model(model, device=dev)
+        elif model.training:
+            raise InvalidValueError("the model is in training mode; call model.eval() or leave prepare=True.")
+    in_ch = getattr(model, "in_channels", None)
+    if isinstance(in_ch, int) and x.shape[1] != in_ch:
+        raise InvalidValueError(
+            f"the model takes {in_ch} input channel(s) but the image has {x.shape[1]} (shape {tuple(x.shape)})."
+        )
+    return model
+
+
+def _pyramid(
+    run: Callable[[Tensor], Tensor], x: Tensor, scales: tuple[float, ...], tta: str | None
+) -> Tensor:
+    """The mean over ``scales`` of ``run`` (with TTA) on the resized image, resized back."""
     h, w = x.shape[-2:]
     total = torch.zeros(0)
     with torch.inference_mode():
@@ -229,5 +262,4 @@ def predict(
             if probs.shape[-2:] != (h, w):
                 probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
             total = probs.float().clone() if total.numel() == 0 else total.add_(probs)
-    out = total / len(scales)  # outside inference mode: a normal tensor
-    return out[0] if image.ndim == 3 else out
+    return total / len(scales)  # outside inference mode: a normal tensor

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from seglab._options import check_choice
+from seglab._options import check_choice, check_positive_int
 from seglab.errors import InvalidTypeError, InvalidValueError
 from seglab.inference._common import (
     PAD_MODES,
@@ -257,7 +257,6 @@ class _SlidingWindow:
         self,
         model: Callable[..., Any],
         image: Any,
-        *,
         tile: int | Sequence[int],
         overlap: float | Sequence[float],
         blend: str,
@@ -276,9 +275,7 @@ class _SlidingWindow:
         self.tile = as_pair(tile, "tile")
         self.overlap = _check_overlap(overlap)
         self.blend = check_choice("blend", blend, BLENDS)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise InvalidValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
-        self.batch_size = batch_size
+        self.batch_size = check_positive_int("batch_size", batch_size)
         self.activation = check_activation(activation)
         self.options = options if options is not None else WindowOptions()
         if not isinstance(self.options, WindowOptions):
@@ -509,18 +506,18 @@ def sliding_window(
             ".argmax(dim=-3) of the result, or use sliding_window_to_tiff(..., labels=True)."
         )
     sw = _SlidingWindow(
-        model,
-        image,
-        tile=tile,
-        overlap=overlap,
-        blend=blend,
-        batch_size=batch_size,
-        device=device,
-        activation=activation,
-        progress=progress,
-        prepare=prepare,
-        options=options,
+        model, image, tile, overlap, blend, batch_size, device, activation, progress, prepare, options
     )
+    return _write_rows(sw, out, out_dtype, out_device)
+
+
+def _write_rows(
+    sw: _SlidingWindow,
+    out: Tensor | np.ndarray | None,
+    out_dtype: torch.dtype,
+    out_device: str | torch.device,
+) -> Tensor | np.ndarray:
+    """Write the finished row bands of a run into ``out`` (allocated on the first band if ``None``)."""
     n, _, h, w = sw.image.shape
     target = out
     if out is not None and sw.num_classes is not None:
@@ -622,36 +619,10 @@ def sliding_window_to_tiff(
         >>> tifffile.imread(p).shape
         (100, 150)
     """
-    import tifffile
-
-    if isinstance(tiff_tile, bool) or not isinstance(tiff_tile, int) or tiff_tile < 16 or tiff_tile % 16:
-        raise InvalidValueError(
-            f"tiff_tile must be a positive multiple of 16 (TIFF requires it); got {tiff_tile!r}."
-        )
-    np_dtype = np.dtype("uint8" if labels and str(dtype) == "float32" else dtype)
-    if labels and np_dtype.kind != "u":
-        raise InvalidValueError(
-            f"labels=True stores class indices: dtype must be unsigned (e.g. 'uint8'); got {np_dtype}."
-        )
-    if not labels and np_dtype.kind != "f":
-        raise InvalidValueError(
-            f"dtype must be a float type for probabilities/logits; got {np_dtype}. Use labels=True for class indices."
-        )
+    np_dtype = _tiff_dtype(labels, dtype, tiff_tile)
     sw = _SlidingWindow(
-        model,
-        image,
-        tile=tile,
-        overlap=overlap,
-        blend=blend,
-        batch_size=batch_size,
-        device=device,
-        activation=activation,
-        progress=progress,
-        prepare=prepare,
-        options=options,
+        model, image, tile, overlap, blend, batch_size, device, activation, progress, prepare, options
     )
-    n, _, h, w = sw.image.shape
-    path = Path(path)
     rows = sw.rows()
     first = next(rows)
     k = first[3].shape[0]
@@ -666,7 +637,41 @@ def sliding_window_to_tiff(
         yield first
         yield from rows
 
-    stream = chain()
+    return _write_tiff(Path(path), chain(), sw.image.shape, k, labels, np_dtype, compression, tiff_tile)
+
+
+def _tiff_dtype(labels: bool, dtype: str | np.dtype, tiff_tile: int) -> np.dtype:
+    """The stored dtype (uint8 labels by default), checked with the TIFF tile size."""
+    if isinstance(tiff_tile, bool) or not isinstance(tiff_tile, int) or tiff_tile < 16 or tiff_tile % 16:
+        raise InvalidValueError(
+            f"tiff_tile must be a positive multiple of 16 (TIFF requires it); got {tiff_tile!r}."
+        )
+    np_dtype = np.dtype("uint8" if labels and str(dtype) == "float32" else dtype)
+    if labels and np_dtype.kind != "u":
+        raise InvalidValueError(
+            f"labels=True stores class indices: dtype must be unsigned (e.g. 'uint8'); got {np_dtype}."
+        )
+    if not labels and np_dtype.kind != "f":
+        raise InvalidValueError(
+            f"dtype must be a float type for probabilities/logits; got {np_dtype}. Use labels=True for class indices."
+        )
+    return np_dtype
+
+
+def _write_tiff(
+    path: Path,
+    stream: Iterator[tuple[int, int, int, Tensor]],
+    shape: Sequence[int],
+    k: int,
+    labels: bool,
+    np_dtype: np.dtype,
+    compression: str | None,
+    tiff_tile: int,
+) -> Path:
+    """Write the row bands of ``shape[0]`` images as tiled TIFF pages (one per image)."""
+    import tifffile
+
+    n, _, h, w = shape
     page_shape: tuple[int, ...] = (h, w) if labels or k == 1 else (h, w, k)
     size = n * h * w * (1 if labels else k) * np_dtype.itemsize
     with tifffile.TiffWriter(path, bigtiff=size > 2**31) as tif:
