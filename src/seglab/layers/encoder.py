@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from seglab._options import ACTS, NORMS, check_choice, check_number, check_positive_int, check_positive_ints
 from seglab.errors import InvalidValueError, MissingFileError
-from seglab.layers.conv import DoubleConv
+from seglab.layers.conv import DoubleConv, init_weights
 from seglab.layers.sampling import DOWN_KINDS, Downsample
 
 __all__ = ["Encoder", "UNetEncoder", "adapt_first_conv_weight", "key_mismatch_details", "level_widths"]
@@ -117,6 +117,10 @@ class Encoder(nn.Module):
         """The ``count`` shallowest maps. Encoders that can stop early override this, so a pruned
         decoder (U-Net++ ``prune``) skips the deeper stages."""
         return self(x)[:count]
+
+    def initialise(self) -> None:
+        """Initialise the weights, for an encoder built without (the models call it once, in the
+        order of their modules). Encoders that come initialised (ResNet, timm) do nothing."""
 
     def ignored_key(self, key: str) -> bool:
         """Whether a key of a weights file that this encoder lacks is dropped (a classifier, say)."""
@@ -213,6 +217,9 @@ class UNetEncoder(Encoder):
         valid: unpadded convolutions (each double conv trims 4 pixels), the 2015 geometry.
         weights: a local state dict of this encoder, or ``None``.
 
+    Built with PyTorch's default initialisation; :meth:`initialise` gives He initialisation (the
+    models call it).
+
     Shape:
         ``(N, in_channels, H, W) ->`` ``depth + 1`` maps ``(N, channels[i], H / 2^i, W / 2^i)``
         (smaller with ``valid=True``).
@@ -273,6 +280,11 @@ class UNetEncoder(Encoder):
     def forward(self, x: Tensor) -> list[Tensor]:
         """The ``depth + 1`` feature maps, full resolution first."""
         return self.first_maps(x, self.depth + 1)
+
+    def initialise(self) -> None:
+        """He initialisation (:func:`seglab.layers.init_weights`); the models call it after building
+        their other modules, so a seed gives the same weights as before encoders were shared."""
+        init_weights(self)
 
     def first_maps(self, x: Tensor, count: int) -> list[Tensor]:
         """The ``count`` shallowest maps; the deeper stages do not run."""

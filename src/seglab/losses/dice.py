@@ -35,17 +35,9 @@ class _RegionLoss(SegLoss):
     """Shared arguments of the region losses."""
 
     def __init__(
-        self,
-        *,
-        smooth: float,
-        eps: float,
-        per_image: bool,
-        classes: Sequence[int] | None,
-        mode: str,
-        from_logits: bool,
-        reduction: str,
-        ignore_index: int | None,
-    ) -> None:
+        self, smooth: float, eps: float, per_image: bool, classes: Sequence[int] | None, mode: str,
+        from_logits: bool, reduction: str, ignore_index: int | None,
+    ) -> None:  # fmt: skip
         super().__init__(mode=mode, from_logits=from_logits, reduction=reduction, ignore_index=ignore_index)
         self.smooth = check_nonneg("smooth", smooth)
         self.eps = check_nonneg("eps", eps)
@@ -124,24 +116,12 @@ class DiceLoss(_RegionLoss):
     name: ClassVar[str] = "dice"
 
     def __init__(
-        self,
-        smooth: float = 1.0,
-        eps: float = 1e-7,
-        squared: bool = False,
-        per_image: bool = False,
-        weight: Tensor | tuple[float, float] | None = None,
-        signed: bool = False,
-        *,
-        classes: Sequence[int] | None = None,
-        mode: str = "binary",
-        from_logits: bool = True,
-        reduction: str = "mean",
-        ignore_index: int | None = None,
-    ) -> None:
-        super().__init__(
-            smooth=smooth, eps=eps, per_image=per_image, classes=classes, mode=mode, from_logits=from_logits,
-            reduction=reduction, ignore_index=ignore_index,
-        )  # fmt: skip
+        self, smooth: float = 1.0, eps: float = 1e-7, squared: bool = False, per_image: bool = False,
+        weight: Tensor | tuple[float, float] | None = None, signed: bool = False, *,
+        classes: Sequence[int] | None = None, mode: str = "binary", from_logits: bool = True,
+        reduction: str = "mean", ignore_index: int | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(smooth, eps, per_image, classes, mode, from_logits, reduction, ignore_index)
         self.squared = bool(squared)
         self.signed = bool(signed)
         self.pair_weight: tuple[float, float] | None = None
@@ -204,21 +184,11 @@ class IoULoss(_RegionLoss):
     name: ClassVar[str] = "iou"
 
     def __init__(
-        self,
-        smooth: float = 1.0,
-        eps: float = 1e-7,
-        per_image: bool = False,
-        *,
-        classes: Sequence[int] | None = None,
-        mode: str = "binary",
-        from_logits: bool = True,
-        reduction: str = "mean",
-        ignore_index: int | None = None,
-    ) -> None:
-        super().__init__(
-            smooth=smooth, eps=eps, per_image=per_image, classes=classes, mode=mode, from_logits=from_logits,
-            reduction=reduction, ignore_index=ignore_index,
-        )  # fmt: skip
+        self, smooth: float = 1.0, eps: float = 1e-7, per_image: bool = False, *,
+        classes: Sequence[int] | None = None, mode: str = "binary", from_logits: bool = True,
+        reduction: str = "mean", ignore_index: int | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(smooth, eps, per_image, classes, mode, from_logits, reduction, ignore_index)
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         """The loss of ``pred`` against ``target`` (see the class docstring)."""
@@ -250,11 +220,7 @@ class TverskyLoss(_RegionLoss):
         eps: lower bound of the denominator.
         per_image: one score per image instead of one per batch.
         gamma: exponent of ``(1 - TI)`` (>= 0; 1 is the plain Tversky loss).
-        classes: channels to average over; all by default. Not for ``mode="binary"``.
-        mode: ``"binary"``, ``"multiclass"`` or ``"multilabel"``.
-        from_logits: ``pred`` holds logits.
-        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-        ignore_index: target value of pixels left out of every sum.
+        classes, mode, from_logits, reduction, ignore_index: as for :class:`IoULoss`.
 
     Raises:
         ValueError: negative ``alpha``/``beta``/``smooth``/``gamma`` or mismatched shapes.
@@ -278,24 +244,12 @@ class TverskyLoss(_RegionLoss):
     name: ClassVar[str] = "tversky"
 
     def __init__(
-        self,
-        alpha: float = 0.5,
-        beta: float = 0.5,
-        smooth: float = 1.0,
-        eps: float = 1e-7,
-        per_image: bool = False,
-        gamma: float = 1.0,
-        *,
-        classes: Sequence[int] | None = None,
-        mode: str = "binary",
-        from_logits: bool = True,
-        reduction: str = "mean",
+        self, alpha: float = 0.5, beta: float = 0.5, smooth: float = 1.0, eps: float = 1e-7,
+        per_image: bool = False, gamma: float = 1.0, *, classes: Sequence[int] | None = None,
+        mode: str = "binary", from_logits: bool = True, reduction: str = "mean",
         ignore_index: int | None = None,
-    ) -> None:
-        super().__init__(
-            smooth=smooth, eps=eps, per_image=per_image, classes=classes, mode=mode, from_logits=from_logits,
-            reduction=reduction, ignore_index=ignore_index,
-        )  # fmt: skip
+    ) -> None:  # fmt: skip
+        super().__init__(smooth, eps, per_image, classes, mode, from_logits, reduction, ignore_index)
         self.alpha = check_nonneg("alpha", alpha)
         self.beta = check_nonneg("beta", beta)
         self.gamma = check_gamma(gamma)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -575,34 +575,39 @@ def _finish(loss: Tensor, classes: list[int] | None, reduction: str) -> Tensor:
     return reduce(loss, reduction)
 
 
-def dice_loss(
-    pred: Tensor,
-    target: Tensor,
-    *,
-    mode: str = "binary",
-    from_logits: bool = True,
-    smooth: float = 1.0,
-    eps: float = 1e-7,
-    squared: bool = False,
-    per_image: bool = False,
-    weight: PixelWeight = None,
-    signed: bool = False,
-    classes: Sequence[int] | None = None,
-    reduction: str = "mean",
-    ignore_index: int | None = None,
-) -> Tensor:
-    """Soft Dice loss ``1 - (2·Σ p·g + smooth) / max(Σ p + Σ g + smooth, eps)`` per class.
-
-    See :class:`~seglab.losses.DiceLoss` for the arguments (weighted and signed forms included).
-
+_REGION_DOC = """
     Returns:
         A scalar; with ``reduction="none"`` ``(C,)`` (``(N, C)`` with ``per_image=True``).
 
     Raises:
-        ValueError: see :class:`~seglab.losses.DiceLoss`.
+        ValueError: see :class:`~seglab.losses.{cls}`.
 
     Shape:
         ``pred (N, C, H, W)``; ``target`` ``(N, H, W)`` (binary, multiclass) or ``(N, C, H, W)``.
+"""
+
+
+def _region_doc(cls: str) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    """Insert the Returns/Raises/Shape sections shared by the region losses before the Example."""
+
+    def document(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        head, sep, example = (fn.__doc__ or "").partition("    Example:")
+        fn.__doc__ = head.rstrip() + "\n" + _REGION_DOC.format(cls=cls) + "\n" + sep + example
+        return fn
+
+    return document
+
+
+@_region_doc("DiceLoss")
+def dice_loss(
+    pred: Tensor, target: Tensor, *, mode: str = "binary", from_logits: bool = True, smooth: float = 1.0,
+    eps: float = 1e-7, squared: bool = False, per_image: bool = False, weight: PixelWeight = None,
+    signed: bool = False, classes: Sequence[int] | None = None, reduction: str = "mean",
+    ignore_index: int | None = None,
+) -> Tensor:  # fmt: skip
+    """Soft Dice loss ``1 - (2·Σ p·g + smooth) / max(Σ p + Σ g + smooth, eps)`` per class.
+
+    See :class:`~seglab.losses.DiceLoss` for the arguments (weighted and signed forms included).
 
     Example:
         >>> x, t = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
@@ -618,31 +623,15 @@ def dice_loss(
     return _finish(loss, cls, reduction)  # from (C,) or (N, C)
 
 
+@_region_doc("IoULoss")
 def iou_loss(
-    pred: Tensor,
-    target: Tensor,
-    *,
-    mode: str = "binary",
-    from_logits: bool = True,
-    smooth: float = 1.0,
-    eps: float = 1e-7,
-    per_image: bool = False,
-    classes: Sequence[int] | None = None,
-    reduction: str = "mean",
-    ignore_index: int | None = None,
-) -> Tensor:
+    pred: Tensor, target: Tensor, *, mode: str = "binary", from_logits: bool = True, smooth: float = 1.0,
+    eps: float = 1e-7, per_image: bool = False, classes: Sequence[int] | None = None,
+    reduction: str = "mean", ignore_index: int | None = None,
+) -> Tensor:  # fmt: skip
     """Soft IoU (Jaccard) loss ``1 - (Σ p·g + smooth) / max(Σ p + Σ g - Σ p·g + smooth, eps)``.
 
     See :class:`~seglab.losses.IoULoss` for the arguments.
-
-    Returns:
-        A scalar; with ``reduction="none"`` ``(C,)`` (``(N, C)`` with ``per_image=True``).
-
-    Raises:
-        ValueError: see :class:`~seglab.losses.IoULoss`.
-
-    Shape:
-        ``pred (N, C, H, W)``; ``target`` ``(N, H, W)`` (binary, multiclass) or ``(N, C, H, W)``.
 
     Example:
         >>> round(iou_loss(torch.full((1, 1, 4, 4), 20.0), torch.ones(1, 4, 4), smooth=0.0).item(), 6)
@@ -659,34 +648,15 @@ def iou_loss(
 jaccard_loss = iou_loss
 
 
+@_region_doc("TverskyLoss")
 def tversky_loss(
-    pred: Tensor,
-    target: Tensor,
-    *,
-    mode: str = "binary",
-    from_logits: bool = True,
-    alpha: float = 0.5,
-    beta: float = 0.5,
-    gamma: float = 1.0,
-    smooth: float = 1.0,
-    eps: float = 1e-7,
-    per_image: bool = False,
-    classes: Sequence[int] | None = None,
-    reduction: str = "mean",
-    ignore_index: int | None = None,
-) -> Tensor:
+    pred: Tensor, target: Tensor, *, mode: str = "binary", from_logits: bool = True, alpha: float = 0.5,
+    beta: float = 0.5, gamma: float = 1.0, smooth: float = 1.0, eps: float = 1e-7, per_image: bool = False,
+    classes: Sequence[int] | None = None, reduction: str = "mean", ignore_index: int | None = None,
+) -> Tensor:  # fmt: skip
     """Tversky loss ``(1 - (TP + smooth) / max(TP + alpha·FP + beta·FN + smooth, eps))^gamma``.
 
     See :class:`~seglab.losses.TverskyLoss` for the arguments.
-
-    Returns:
-        A scalar; with ``reduction="none"`` ``(C,)`` (``(N, C)`` with ``per_image=True``).
-
-    Raises:
-        ValueError: see :class:`~seglab.losses.TverskyLoss`.
-
-    Shape:
-        ``pred (N, C, H, W)``; ``target`` ``(N, H, W)`` (binary, multiclass) or ``(N, C, H, W)``.
 
     Example:
         >>> x, t = torch.randn(2, 1, 8, 8), torch.randint(0, 2, (2, 8, 8))

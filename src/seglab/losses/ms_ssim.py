@@ -78,17 +78,10 @@ class MSSSIMLoss(SegLoss):
     name: ClassVar[str] = "ms_ssim"
 
     def __init__(
-        self,
-        data_range: float = 1.0,
-        win_size: int = 11,
-        win_sigma: float = 1.5,
-        weights: Sequence[float] = LF.MS_SSIM_WEIGHTS,
-        *,
-        mode: str = "binary",
-        from_logits: bool = True,
-        reduction: str = "mean",
-        ignore_index: int | None = None,
-    ) -> None:
+        self, data_range: float = 1.0, win_size: int = 11, win_sigma: float = 1.5,
+        weights: Sequence[float] = LF.MS_SSIM_WEIGHTS, *, mode: str = "binary", from_logits: bool = True,
+        reduction: str = "mean", ignore_index: int | None = None,
+    ) -> None:  # fmt: skip
         super().__init__(mode=mode, from_logits=from_logits, reduction=reduction, ignore_index=ignore_index)
         if isinstance(win_size, bool) or not isinstance(win_size, int) or win_size < 1 or win_size % 2 != 1:
             raise InvalidValueError(f"win_size must be a positive odd integer, got {win_size!r}.")

@@ -16,12 +16,15 @@ The contract:
   padding, :func:`seglab._shapes.pad_to_multiple`). Inference and export ask these; they never
   guess.
 
-Subclasses implement :meth:`SegmentationModel.forward_seg`. :class:`EncoderHeadModel` is the base
-of the encoder + head (+ auxiliary head) models (DeepLab v3/v3+, PSPNet, FCN).
+Subclasses implement :meth:`SegmentationModel.forward_seg`. Two bases compose a model from a
+registered encoder: :class:`EncoderDecoderModel` (a decoder over the encoder's maps: the U-Net
+family, FPN) and :class:`EncoderHeadModel` (encoder, head, resize, auxiliary head: DeepLab v3/v3+,
+PSPNet, FCN).
 """
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
@@ -30,11 +33,18 @@ from torch import Tensor, nn
 from seglab._options import check_positive_int
 from seglab._shapes import pad_to_multiple
 from seglab.errors import InvalidTypeError, InvalidValueError
-from seglab.layers.conv import ConvNormAct
+from seglab.layers.conv import ConvNormAct, init_weights
 from seglab.layers.encoder import Encoder
 from seglab.layers.sampling import resize_to
 
-__all__ = ["EncoderHeadModel", "FCNHead", "SegOutput", "SegmentationModel", "nearest_multiples"]
+__all__ = [
+    "EncoderDecoderModel",
+    "EncoderHeadModel",
+    "FCNHead",
+    "SegOutput",
+    "SegmentationModel",
+    "nearest_multiples",
+]
 
 
 class SegOutput(NamedTuple):
@@ -232,6 +242,57 @@ def _rename_old_keys(module: SegmentationModel, state_dict: dict, prefix: str, *
                 break
 
 
+class EncoderDecoderModel(SegmentationModel):
+    """A decoder over the feature maps of a registered encoder: U-Net, U-Net++, U-Net 3+, FPN.
+
+    The subclass builds its encoder (``create_encoder``, without weights), calls this
+    ``__init__``, builds its decoder and calls :meth:`finish`, which initialises the encoder and
+    the decoder in that order and then loads the encoder's local weights.
+
+    Args:
+        in_channels: input channels.
+        num_classes: output channels.
+        encoder: the encoder.
+        size_divisor: the input size rule (default: the encoder's deepest stride).
+        pad: pad inputs to the divisor (centred) and crop back.
+
+    Attributes:
+        depth: the encoder's number of maps minus one.
+    """
+
+    renamed_keys = (
+        ("stem.", "encoder.stem."),
+        ("downs.", "encoder.downs."),
+        ("encoders.", "encoder.encoders."),
+    )
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        encoder: Encoder,
+        size_divisor: int | None = None,
+        pad: bool,
+    ) -> None:
+        divisor = encoder.strides[-1] if size_divisor is None else size_divisor
+        super().__init__(in_channels, num_classes, size_divisor=divisor, pad=pad)
+        self.encoder = encoder
+        self.depth = len(encoder.strides) - 1
+
+    def finish(self, weights: str | os.PathLike | None, *decoder: nn.Module) -> None:
+        """Initialise the encoder (when built without) and the ``decoder`` modules (He, in that
+        order), then load the encoder's local ``weights`` (``None``: none)."""
+        self.encoder.initialise()
+        init_weights(*decoder)
+        if weights is not None:
+            self.encoder.load_weights(weights)
+
+    def to_input_size(self, logits: Tensor, size: torch.Size) -> Tensor:
+        """Logits at the finest map's stride, resized (bilinear) to the input when that is coarser."""
+        return resize_to(logits, size) if self.encoder.strides[0] > 1 else logits
+
+
 class FCNHead(nn.Sequential):
     """Auxiliary segmentation head (torchvision's ``FCNHead``): 3x3 conv to ``in_ch // 4``, norm, act,
     dropout, 1x1 classifier.
@@ -287,12 +348,29 @@ class EncoderHeadModel(SegmentationModel):
             in_channels, num_classes, size_divisor=1 if encoder is None else encoder.size_divisor
         )
         if encoder is not None:
+            encoder.initialise()
             self.encoder = encoder
         self.aux_head: nn.Module | None = None
 
-    def add_aux_head(self, norm: str, dropout: float = 0.1) -> None:
-        """torchvision's auxiliary ``FCNHead`` on the encoder's second-deepest map."""
-        self.aux_head = FCNHead(self.encoder.out_channels[-2], self.num_classes, norm=norm, dropout=dropout)
+    def finish(
+        self,
+        weights: str | os.PathLike | None,
+        *,
+        aux: bool,
+        norm: str,
+        channels_last: bool,
+        aux_dropout: float = 0.1,
+    ) -> None:
+        """The auxiliary head (``aux``: torchvision's ``FCNHead``, 3x3 conv to ``C / 4``, norm,
+        ReLU, dropout, 1x1 classifier, on the encoder's second-deepest map), the encoder's local
+        ``weights``, and the ``channels_last`` layout."""
+        if aux:
+            mid = self.encoder.out_channels[-2]
+            self.aux_head = FCNHead(mid, self.num_classes, norm=norm, dropout=aux_dropout)
+        if weights is not None:
+            self.encoder.load_weights(weights)
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def features(self, x: Tensor) -> list[Tensor]:
         """The feature maps, shallow to deep."""

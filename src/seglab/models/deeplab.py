@@ -145,24 +145,13 @@ class DeepLabV3(EncoderHeadModel):
     """
 
     def __init__(
-        self,
-        in_channels: int = 3,
-        num_classes: int = 1,
-        *,
-        encoder: str = "resnet50",
-        output_stride: int = 16,
-        aux: bool = False,
-        weights: str | os.PathLike | None = None,
-        rates: Sequence[int] | None = None,
-        aspp_channels: int = 256,
-        separable: bool = False,
-        head_conv: bool = False,
-        norm: str = "batch",
-        dropout: float = 0.5,
-        channels_last: bool = True,
-    ) -> None:
+        self, in_channels: int = 3, num_classes: int = 1, *,
+        encoder: str = "resnet50", output_stride: int = 16, aux: bool = False, weights: str | os.PathLike | None = None,
+        rates: Sequence[int] | None = None, aspp_channels: int = 256, separable: bool = False,  # ASPP
+        head_conv: bool = False, norm: str = "batch", dropout: float = 0.5, channels_last: bool = True,
+    ) -> None:  # fmt: skip
         check_choice("norm", norm, NORMS)
-        enc = create_encoder(encoder, in_channels=in_channels, output_stride=output_stride, weights=weights)
+        enc = create_encoder(encoder, in_channels=in_channels, output_stride=output_stride)
         super().__init__(in_channels, num_classes, encoder=enc)
         rates = aspp_rates(output_stride) if rates is None else rates
         self.aspp = ASPP(
@@ -173,10 +162,7 @@ class DeepLabV3(EncoderHeadModel):
             head.append(ConvNormAct(aspp_channels, aspp_channels, 3, norm=norm))
         head.append(nn.Conv2d(aspp_channels, num_classes, 1))
         self.head = nn.Sequential(*head)
-        if aux:
-            self.add_aux_head(norm)
-        if channels_last:
-            self.to(memory_format=torch.channels_last)
+        self.finish(weights, aux=aux, norm=norm, channels_last=channels_last)
 
     def decode(self, feats: list[Tensor], size: torch.Size) -> Tensor:
         return self.head(self.aspp(feats[-1]))  # (N, C4, H/OS, W/OS) -> (N, K, H/OS, W/OS)
@@ -233,27 +219,15 @@ class DeepLabV3Plus(EncoderHeadModel):
     """
 
     def __init__(
-        self,
-        in_channels: int = 3,
-        num_classes: int = 1,
-        *,
-        encoder: str = "resnet50",
-        output_stride: int = 16,
-        aux: bool = False,
-        weights: str | os.PathLike | None = None,
-        rates: Sequence[int] | None = None,
-        aspp_channels: int = 256,
-        low_level_channels: int = 48,
-        decoder_channels: int = 256,
-        separable: bool = True,
-        norm: str = "batch",
-        dropout: float = 0.5,
-        decoder_layout: str = "reference",
-        channels_last: bool = True,
-    ) -> None:
+        self, in_channels: int = 3, num_classes: int = 1, *,
+        encoder: str = "resnet50", output_stride: int = 16, aux: bool = False, weights: str | os.PathLike | None = None,
+        rates: Sequence[int] | None = None, aspp_channels: int = 256,  # ASPP
+        low_level_channels: int = 48, decoder_channels: int = 256, decoder_layout: str = "reference",  # the decoder
+        separable: bool = True, norm: str = "batch", dropout: float = 0.5, channels_last: bool = True,
+    ) -> None:  # fmt: skip
         check_choice("norm", norm, NORMS)
         check_choice("decoder_layout", decoder_layout, DECODER_LAYOUTS)
-        enc = create_encoder(encoder, in_channels=in_channels, output_stride=output_stride, weights=weights)
+        enc = create_encoder(encoder, in_channels=in_channels, output_stride=output_stride)
         super().__init__(in_channels, num_classes, encoder=enc)
         rates = aspp_rates(output_stride) if rates is None else rates
         c = enc.out_channels
@@ -270,10 +244,7 @@ class DeepLabV3Plus(EncoderHeadModel):
             layout=decoder_layout,
         )
         self.head = nn.Conv2d(decoder_channels, num_classes, 1)
-        if aux:
-            self.add_aux_head(norm)
-        if channels_last:
-            self.to(memory_format=torch.channels_last)
+        self.finish(weights, aux=aux, norm=norm, channels_last=channels_last)
 
     def decode(self, feats: list[Tensor], size: torch.Size) -> Tensor:
         high = self.aspp(feats[-1])  # (N, 256, H/OS, W/OS)

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seglab._options import NORMS, check_choice, check_number, check_positive_int
-from seglab.layers import ConvNormAct, init_weights, resize_to
-from seglab.models.base import SegmentationModel, SegOutput
+from seglab.layers import ConvNormAct, resize_to
+from seglab.models.base import EncoderDecoderModel, SegOutput
 from seglab.models.encoders import create_encoder
 from seglab.models.registry import register_model
 
@@ -46,7 +46,7 @@ class _SegmentationBranch(nn.Sequential):
     example_size=(64, 64),
     test_options={"encoder": "resnet18", "pyramid_channels": 32, "segmentation_channels": 16},
 )
-class FPN(SegmentationModel):
+class FPN(EncoderDecoderModel):
     """FPN: lateral 1x1 convs, a top-down pathway, and Panoptic FPN's segmentation branch.
 
     Args:
@@ -75,27 +75,17 @@ class FPN(SegmentationModel):
     """
 
     def __init__(
-        self,
-        in_channels: int = 3,
-        num_classes: int = 1,
-        *,
-        encoder: str = "resnet34",
-        weights: str | os.PathLike | None = None,
-        depth: int | None = None,
-        levels: int = 4,
-        pyramid_channels: int = 256,
-        segmentation_channels: int = 128,
-        norm: str = "group",
-        dropout: float = 0.2,
-        pad: bool = False,
-    ) -> None:
+        self, in_channels: int = 3, num_classes: int = 1, *,
+        encoder: str = "resnet34", weights: str | os.PathLike | None = None, depth: int | None = None,
+        levels: int = 4, pyramid_channels: int = 256, segmentation_channels: int = 128,  # the pyramid
+        norm: str = "group", dropout: float = 0.2, pad: bool = False,
+    ) -> None:  # fmt: skip
         check_choice("norm", norm, NORMS)
         check_number("dropout", dropout, low=0, high=1, high_open=True)
         for name, value in (("levels", levels), ("pyramid_channels", pyramid_channels)):
             check_positive_int(name, value)
         enc = create_encoder(encoder, in_channels=in_channels, depth=depth)
-        super().__init__(in_channels, num_classes, size_divisor=enc.strides[-1], pad=pad)
-        self.encoder = enc
+        super().__init__(in_channels, num_classes, encoder=enc, pad=pad)
         self.levels = min(levels, len(enc.strides))
         chosen = range(len(enc.strides) - self.levels, len(enc.strides))  # the deepest maps
         self.lateral = nn.ModuleList(nn.Conv2d(enc.out_channels[i], pyramid_channels, 1) for i in chosen)
@@ -108,9 +98,7 @@ class FPN(SegmentationModel):
         )
         self.dropout = nn.Dropout2d(dropout)
         self.head = nn.Conv2d(segmentation_channels, num_classes, 1)
-        init_weights(self.lateral, self.branches, self.head)
-        if weights is not None:
-            enc.load_weights(weights)
+        self.finish(weights, self.lateral, self.branches, self.head)
 
     def forward_seg(self, x: Tensor, aux: bool) -> SegOutput:
         feats = self.encoder(x)[-self.levels :]  # the pyramid's maps, fine to coarse

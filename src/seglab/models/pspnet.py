@@ -80,23 +80,14 @@ class PSPNet(EncoderHeadModel):
     align_corners = True
 
     def __init__(
-        self,
-        in_channels: int = 3,
-        num_classes: int = 1,
-        *,
-        encoder: str = "resnet50",
-        output_stride: int = 8,
-        bins: Sequence[int] = (1, 2, 3, 6),
-        aux: bool = False,
-        weights: str | os.PathLike | None = None,
-        head_channels: int = 512,
-        norm: str = "batch",
-        dropout: float = 0.1,
-        channels_last: bool = True,
-    ) -> None:
+        self, in_channels: int = 3, num_classes: int = 1, *,
+        encoder: str = "resnet50", output_stride: int = 8, weights: str | os.PathLike | None = None,
+        bins: Sequence[int] = (1, 2, 3, 6), head_channels: int = 512,  # the pyramid pooling head
+        aux: bool = False, norm: str = "batch", dropout: float = 0.1, channels_last: bool = True,
+    ) -> None:  # fmt: skip
         check_choice("norm", norm, NORMS)
         check_number("dropout", dropout, low=0, high=1, high_open=True)
-        enc = create_encoder(encoder, in_channels=in_channels, output_stride=output_stride, weights=weights)
+        enc = create_encoder(encoder, in_channels=in_channels, output_stride=output_stride)
         super().__init__(in_channels, num_classes, encoder=enc)
         self.ppm = PyramidPooling(enc.out_channels[-1], bins, norm=norm)
         self.head = nn.Sequential(
@@ -104,10 +95,7 @@ class PSPNet(EncoderHeadModel):
             nn.Dropout(dropout),
             nn.Conv2d(head_channels, num_classes, 1),
         )
-        if aux:
-            self.add_aux_head(norm, dropout)
-        if channels_last:
-            self.to(memory_format=torch.channels_last)
+        self.finish(weights, aux=aux, norm=norm, channels_last=channels_last, aux_dropout=dropout)
 
     def decode(self, feats: list[Tensor], size: torch.Size) -> Tensor:
         return self.head(self.ppm(feats[-1]))  # (N, 2 * C4, h, w) -> (N, K, H/OS, W/OS)

@@ -27,8 +27,8 @@ from torch import Tensor, nn
 
 from seglab._options import check_choice
 from seglab.errors import InvalidValueError
-from seglab.layers import UP_KINDS, DoubleConv, Upsample, init_weights, resize_to
-from seglab.models.base import SegmentationModel, SegOutput
+from seglab.layers import UP_KINDS, DoubleConv, Upsample
+from seglab.models.base import EncoderDecoderModel, SegOutput
 from seglab.models.encoders import decoder_widths, unet_family_encoder
 from seglab.models.registry import register_model
 
@@ -128,7 +128,7 @@ class UNetDecoder(nn.Module):
     example_size=(32, 32),
     test_options={"base_channels": 8},
 )
-class UNet(SegmentationModel):
+class UNet(EncoderDecoderModel):
     """U-Net with any registered encoder, configurable depth, widths, sampling kinds, norm and padding.
 
     Args:
@@ -178,32 +178,18 @@ class UNet(SegmentationModel):
     """
 
     renamed_keys = (
-        ("stem.", "encoder.stem."),
-        ("downs.", "encoder.downs."),
-        ("encoders.", "encoder.encoders."),
+        *EncoderDecoderModel.renamed_keys,
         ("ups.", "decoder.ups."),
         ("decoders.", "decoder.decoders."),
     )
 
     def __init__(
-        self,
-        in_channels: int = 3,
-        num_classes: int = 1,
-        *,
-        encoder: str = "unet",
-        weights: str | os.PathLike | None = None,
-        depth: int | None = None,
-        base_channels: int = 64,
-        channels: Sequence[int] | None = None,
-        decoder_channels: Sequence[int] | None = None,
-        down: str = "maxpool",
-        up: str = "transposed",
-        norm: str = "batch",
-        act: str = "relu",
-        dropout: float = 0.0,
-        valid: bool = False,
-        pad: bool = False,
-    ) -> None:
+        self, in_channels: int = 3, num_classes: int = 1, *,
+        encoder: str = "unet", weights: str | os.PathLike | None = None, depth: int | None = None,
+        base_channels: int = 64, channels: Sequence[int] | None = None, down: str = "maxpool",  # encoder="unet"
+        decoder_channels: Sequence[int] | None = None, up: str = "transposed",  # the decoder
+        norm: str = "batch", act: str = "relu", dropout: float = 0.0, valid: bool = False, pad: bool = False,
+    ) -> None:  # fmt: skip
         if valid and (pad or encoder != "unet"):
             raise InvalidValueError(
                 "valid=True is the 2015 geometry of the plain U-Net encoder without padding; predict large "
@@ -224,21 +210,15 @@ class UNet(SegmentationModel):
             },
             model=type(self),
         )
-        super().__init__(
-            in_channels, num_classes, size_divisor=enc.size_divisor if valid else enc.strides[-1], pad=pad
-        )
-        self.encoder = enc
-        self.depth = len(enc.strides) - 1
+        super().__init__(in_channels, num_classes, encoder=enc, size_divisor=1 if valid else None, pad=pad)
         self.valid = bool(valid)
         widths = decoder_widths(enc, decoder_channels)
         self.decoder = UNetDecoder(enc.out_channels, widths, up=up, norm=norm, act=act, valid=valid)
         self.head = nn.Conv2d(widths[0], num_classes, 1)
-        init_weights(*([enc] if encoder == "unet" else []), self.decoder, self.head)
+        self.finish(weights, self.decoder, self.head)
         # He fan-out init on a 1x1 head with one output channel gives logits with a spread of ~10-50
         # (saturated sigmoids at step 0); PyTorch's default (fan-in based) keeps them near unit scale.
         self.head.reset_parameters()
-        if weights is not None:
-            enc.load_weights(weights)
 
     def output_shape(self, input_shape: tuple[int, int]) -> tuple[int, int]:
         """Output size for an input of ``(H, W)``; raises ``ValueError`` for sizes ``unet_valid`` can't take."""
@@ -270,9 +250,7 @@ class UNet(SegmentationModel):
 
     def forward_seg(self, x: Tensor, aux: bool) -> SegOutput:
         y = self.head(self.decoder(self.encoder(x)))  # (N, K, H / s_0, W / s_0)
-        if self.encoder.strides[0] > 1:
-            y = resize_to(y, x.shape[-2:])  # (N, K, H, W)
-        return SegOutput(y, [], None)
+        return SegOutput(self.to_input_size(y, x.shape[-2:]), [], None)  # (N, K, H, W)
 
 
 register_model(

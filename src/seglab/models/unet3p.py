@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seglab._options import check_choice, check_number, check_positive_int
-from seglab.layers import ConvNormAct, init_weights
-from seglab.models.base import SegmentationModel, SegOutput
+from seglab.layers import ConvNormAct
+from seglab.models.base import EncoderDecoderModel, SegOutput
 from seglab.models.encoders import unet_family_encoder
 from seglab.models.registry import register_model
 
@@ -119,7 +119,7 @@ class _FullScaleStage(nn.Module):
     default_loss="focal+ms_ssim+iou",
     test_options={"channels": (8, 16, 32, 64, 128), "cat_channels": 8, "cgm": True},
 )
-class UNet3Plus(SegmentationModel):
+class UNet3Plus(EncoderDecoderModel):
     """U-Net 3+: full-scale skips, full-scale deep supervision, classification-guided module.
 
     Args:
@@ -178,33 +178,14 @@ class UNet3Plus(SegmentationModel):
         (torch.Size([2, 1, 64, 64]), 4, torch.Size([2, 1]))
     """
 
-    renamed_keys = (
-        ("stem.", "encoder.stem."),
-        ("downs.", "encoder.downs."),
-        ("encoders.", "encoder.encoders."),
-    )
-
     def __init__(
-        self,
-        in_channels: int = 3,
-        num_classes: int = 1,
-        *,
-        encoder: str = "unet",
-        weights: str | os.PathLike | None = None,
-        depth: int | None = None,
-        base_channels: int = 64,
-        channels: Sequence[int] | None = None,
-        cat_channels: int = 64,
-        down: str = "maxpool",
-        up: str = "bilinear",
-        norm: str = "batch",
-        act: str = "relu",
-        deep_supervision: bool = True,
-        cgm: bool = False,
-        cgm_gate: bool = True,
-        cgm_threshold: float = 0.5,
+        self, in_channels: int = 3, num_classes: int = 1, *,
+        encoder: str = "unet", weights: str | os.PathLike | None = None, depth: int | None = None,
+        base_channels: int = 64, channels: Sequence[int] | None = None, down: str = "maxpool",  # encoder="unet"
+        cat_channels: int = 64, up: str = "bilinear", norm: str = "batch", act: str = "relu",  # the decoder
+        deep_supervision: bool = True, cgm: bool = False, cgm_gate: bool = True, cgm_threshold: float = 0.5,
         pad: bool = False,
-    ) -> None:
+    ) -> None:  # fmt: skip
         check_positive_int("cat_channels", cat_channels)
         check_number(
             "cgm_threshold (a probability)", cgm_threshold, low=0, high=1, low_open=True, high_open=True
@@ -218,9 +199,8 @@ class UNet3Plus(SegmentationModel):
             plain={"base_channels": base_channels, "channels": channels, "down": down},
             model=type(self),
         )
-        super().__init__(in_channels, num_classes, size_divisor=enc.strides[-1], pad=pad)
-        self.encoder = enc
-        self.depth = d = len(enc.strides) - 1
+        super().__init__(in_channels, num_classes, encoder=enc, pad=pad)
+        d = self.depth
         self.channels = ch = tuple(enc.out_channels)
         self.up = up
         self.deep_supervision = bool(deep_supervision)
@@ -238,11 +218,7 @@ class UNet3Plus(SegmentationModel):
         head_in = [width] * d + [ch[d]] if self.deep_supervision else [width]
         self.heads = nn.ModuleList(nn.Conv2d(c, num_classes, 3, padding=1) for c in head_in)
         self.cgm = _cgm(ch[d], num_classes) if cgm else None
-        init_weights(
-            *([enc] if encoder == "unet" else []), self.decoders, self.heads, *([self.cgm] if cgm else [])
-        )
-        if weights is not None:
-            enc.load_weights(weights)
+        self.finish(weights, self.decoders, self.heads, *([self.cgm] if cgm else []))
 
     def _gate(self, t: Tensor, present: Tensor) -> Tensor:
         return t.masked_fill(~present[:, :, None, None], EMPTY_LOGIT)  # (N, K, H, W)
@@ -266,8 +242,8 @@ class UNet3Plus(SegmentationModel):
         enc = self.encoder(x)  # depth + 1 maps, shallow to deep
         dec = self._decode(enc)
         out = self.heads[0](dec[0])  # (N, K, H / s_0, W / s_0)
-        if self.encoder.strides[0] > 1:
-            out = _resize(out, size, self.up)  # an encoder whose finest map is coarser than the input
+        if self.encoder.strides[0] > 1:  # an encoder whose finest map is coarser than the input
+            out = _resize(out, size, self.up)
         side: list[Tensor] = []
         if aux and self.deep_supervision:
             heads = zip(self.heads[1:], dec[1:])

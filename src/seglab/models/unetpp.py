@@ -34,8 +34,8 @@ from torch import Tensor, nn
 
 from seglab._options import check_choice, check_number
 from seglab.errors import InvalidValueError
-from seglab.layers import UP_KINDS, DoubleConv, Upsample, init_weights, resize_to
-from seglab.models.base import SegmentationModel, SegOutput
+from seglab.layers import UP_KINDS, DoubleConv, Upsample
+from seglab.models.base import EncoderDecoderModel, SegOutput
 from seglab.models.encoders import decoder_widths, unet_family_encoder
 from seglab.models.registry import register_model
 
@@ -118,7 +118,7 @@ class NestedDecoder(nn.Module):
     default_loss="0.5*bce+dice",
     test_options={"channels": (8, 16, 32, 64, 128)},
 )
-class UNetPlusPlus(SegmentationModel):
+class UNetPlusPlus(EncoderDecoderModel):
     """U-Net++: nested dense skip pathways, deep supervision and inference-time pruning.
 
     Args:
@@ -182,35 +182,16 @@ class UNetPlusPlus(SegmentationModel):
         (torch.Size([2, 2, 64, 64]), 3)
     """
 
-    renamed_keys = (
-        ("stem.", "encoder.stem."),
-        ("downs.", "encoder.downs."),
-        ("encoders.", "encoder.encoders."),
-        ("ups.", "decoder.ups."),
-        ("nodes.", "decoder.nodes."),
-    )
+    renamed_keys = (*EncoderDecoderModel.renamed_keys, ("ups.", "decoder.ups."), ("nodes.", "decoder.nodes."))
 
     def __init__(
-        self,
-        in_channels: int = 3,
-        num_classes: int = 1,
-        *,
-        encoder: str = "unet",
-        weights: str | os.PathLike | None = None,
-        depth: int | None = None,
-        base_channels: int = 32,
-        channels: Sequence[int] | None = None,
-        decoder_channels: Sequence[int] | None = None,
-        down: str = "maxpool",
-        up: str = "transposed",
-        norm: str = "batch",
-        act: str = "relu",
-        dropout: float = 0.0,
-        deep_supervision: bool = True,
-        ds_output: str = "final",
-        prune: int | None = None,
-        pad: bool = False,
-    ) -> None:
+        self, in_channels: int = 3, num_classes: int = 1, *,
+        encoder: str = "unet", weights: str | os.PathLike | None = None, depth: int | None = None,
+        base_channels: int = 32, channels: Sequence[int] | None = None, down: str = "maxpool",  # encoder="unet"
+        decoder_channels: Sequence[int] | None = None, up: str = "transposed",  # the nested nodes
+        norm: str = "batch", act: str = "relu", dropout: float = 0.0,
+        deep_supervision: bool = True, ds_output: str = "final", prune: int | None = None, pad: bool = False,
+    ) -> None:  # fmt: skip
         check_choice("up", up, UP_KINDS)
         check_number("dropout", dropout, low=0, high=1, high_open=True)
         enc = unet_family_encoder(
@@ -221,18 +202,14 @@ class UNetPlusPlus(SegmentationModel):
             plain={"base_channels": base_channels, "channels": channels, "down": down},
             model=type(self),
         )
-        super().__init__(in_channels, num_classes, size_divisor=enc.strides[-1], pad=pad)
-        self.encoder = enc
-        self.depth = len(enc.strides) - 1
+        super().__init__(in_channels, num_classes, encoder=enc, pad=pad)
         self.channels = tuple(enc.out_channels)
         self.deep_supervision = bool(deep_supervision)
         widths = decoder_widths(enc, decoder_channels)
         self.decoder = NestedDecoder(enc.out_channels, widths, up=up, norm=norm, act=act, dropout=dropout)
         n_heads = self.depth if self.deep_supervision else 1
         self.heads = nn.ModuleList(nn.Conv2d(widths[0], num_classes, 1) for _ in range(n_heads))
-        init_weights(*([enc] if encoder == "unet" else []), self.decoder, self.heads)
-        if weights is not None:
-            enc.load_weights(weights)
+        self.finish(weights, self.decoder, self.heads)
 
         self._ds_output = "final"
         self.ds_output = ds_output
@@ -299,8 +276,7 @@ class UNetPlusPlus(SegmentationModel):
     # -- computation -------------------------------------------------------------------------------
     def _head(self, j: int, x: Tensor, size: torch.Size) -> Tensor:
         head = self.heads[j - 1] if self.deep_supervision else self.heads[0]
-        y = head(x)  # (N, K, H / s_0, W / s_0)
-        return resize_to(y, size) if self.encoder.strides[0] > 1 else y  # (N, K, H, W)
+        return self.to_input_size(head(x), size)  # (N, K, H, W)
 
     def _top_nodes(self, x: Tensor, level: int) -> list[Tensor]:
         """``[X^{0,1}, ..., X^{0,level}]``, computing only the nodes with ``i + j <= level``."""
