@@ -436,22 +436,12 @@ def _check_out(out: Any, shape: tuple[int, ...]) -> None:
 
 
 def sliding_window(
-    model: Callable[[Tensor], Tensor],
-    image: Tensor | np.ndarray,
-    *,
-    tile: int | Sequence[int],
-    overlap: float | Sequence[float] = 0.5,
-    blend: str = "gaussian",
-    batch_size: int = 4,
-    device: str | torch.device | None = None,
-    out_device: str | torch.device = "cpu",
-    out_dtype: torch.dtype = torch.float32,
-    progress: bool = False,
-    activation: str | None = "auto",
-    out: Tensor | np.ndarray | None = None,
-    prepare: bool = True,
-    options: WindowOptions | None = None,
-) -> Tensor | np.ndarray:
+    model: Callable[[Tensor], Tensor], image: Tensor | np.ndarray, *, tile: int | Sequence[int],
+    overlap: float | Sequence[float] = 0.5, blend: str = "gaussian", batch_size: int = 4,
+    device: str | torch.device | None = None, out_device: str | torch.device = "cpu",
+    out_dtype: torch.dtype = torch.float32, progress: bool = False, activation: str | None = "auto",
+    out: Tensor | np.ndarray | None = None, prepare: bool = True, options: WindowOptions | None = None,
+) -> Tensor | np.ndarray:  # fmt: skip
     """Predict an image of any size tile by tile, blending overlapping tiles.
 
     Args:
@@ -569,24 +559,13 @@ def _tiff_tiles(
 
 
 def sliding_window_to_tiff(
-    model: Callable[[Tensor], Tensor],
-    image: Tensor | np.ndarray,
-    path: str | os.PathLike,
-    *,
-    tile: int | Sequence[int],
-    overlap: float | Sequence[float] = 0.5,
-    blend: str = "gaussian",
-    batch_size: int = 4,
-    device: str | torch.device | None = None,
-    activation: str | None = "auto",
-    labels: bool = False,
-    dtype: str | np.dtype = "float32",
-    compression: str | None = "zlib",
-    tiff_tile: int = 256,
-    progress: bool = False,
-    prepare: bool = True,
+    model: Callable[[Tensor], Tensor], image: Tensor | np.ndarray, path: str | os.PathLike, *,
+    tile: int | Sequence[int], overlap: float | Sequence[float] = 0.5, blend: str = "gaussian",
+    batch_size: int = 4, device: str | torch.device | None = None, activation: str | None = "auto",
+    labels: bool = False, dtype: str | np.dtype = "float32", compression: str | None = "zlib",
+    tiff_tile: int = 256, progress: bool = False, prepare: bool = True,
     options: WindowOptions | None = None,
-) -> Path:
+) -> Path:  # fmt: skip
     """Sliding-window inference written straight to a tiled TIFF, never holding the whole output.
 
     Each finished band of rows is cut into ``tiff_tile`` x ``tiff_tile`` tiles and written (and

@@ -48,8 +48,12 @@ from seglab.models.registry import register_model
 __all__ = ["DECODER_LAYOUTS", "DeepLabV3", "DeepLabV3Plus"]
 
 DECODER_LAYOUTS = ("reference", "light")
-_INPUT_RULE = "any size (logits up-sampled bilinearly to the input size)"
-_TEST_OPTIONS = {"encoder": "resnet18", "aux": True}
+# what the registry knows of both DeepLabs besides the paper
+_REGISTRY_INFO = {
+    "input_rule": "any size (logits up-sampled bilinearly to the input size)",
+    "example_size": (64, 64),
+    "test_options": {"encoder": "resnet18", "aux": True},
+}
 
 
 # -- blocks --------------------------------------------------------------------------------------
@@ -99,13 +103,7 @@ def _low_level_index(strides: Sequence[int]) -> int:
 
 
 # -- models --------------------------------------------------------------------------------------
-@register_model(
-    "deeplabv3",
-    paper="Chen et al., DeepLab v3, arXiv:1706.05587 (2017)",
-    input_rule=_INPUT_RULE,
-    example_size=(64, 64),
-    test_options=_TEST_OPTIONS,
-)
+@register_model("deeplabv3", paper="Chen et al., DeepLab v3, arXiv:1706.05587 (2017)", **_REGISTRY_INFO)
 class DeepLabV3(EncoderHeadModel):
     """DeepLab v3: dilated encoder, ASPP, 1x1 classifier, bilinear up-sampling.
 
@@ -168,13 +166,7 @@ class DeepLabV3(EncoderHeadModel):
         return self.head(self.aspp(feats[-1]))  # (N, C4, H/OS, W/OS) -> (N, K, H/OS, W/OS)
 
 
-@register_model(
-    "deeplabv3plus",
-    paper="Chen et al., DeepLab v3+, ECCV 2018",
-    input_rule=_INPUT_RULE,
-    example_size=(64, 64),
-    test_options=_TEST_OPTIONS,
-)
+@register_model("deeplabv3plus", paper="Chen et al., DeepLab v3+, ECCV 2018", **_REGISTRY_INFO)
 class DeepLabV3Plus(EncoderHeadModel):
     """DeepLab v3+: DeepLab v3's encoder and ASPP, plus a decoder on the stride-4 features.
 

@@ -181,16 +181,9 @@ class MultiScaleRoIExtractor(nn.Module):
 
 
 def ramp_roi_error(
-    op: str,
-    *,
-    aligned: bool = True,
-    num_boxes: int = 2000,
-    output_size: int = 7,
-    map_size: int = 64,
-    spatial_scale: float = 1.0,
-    sampling_ratio: int = 2,
-    seed: int = 0,
-) -> float:
+    op: str, *, aligned: bool = True, num_boxes: int = 2000, output_size: int = 7, map_size: int = 64,
+    spatial_scale: float = 1.0, sampling_ratio: int = 2, seed: int = 0,
+) -> float:  # fmt: skip
     """Mean localisation error of RoI pooling, measured on a map that encodes its own coordinates.
 
     The feature map has four channels, ``x``, ``-x``, ``y`` and ``-y``, where ``(x, y)`` is the image

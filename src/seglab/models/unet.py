@@ -88,15 +88,9 @@ class UNetDecoder(nn.Module):
     """
 
     def __init__(
-        self,
-        skip_channels: Sequence[int],
-        widths: Sequence[int],
-        *,
-        up: str,
-        norm: str,
-        act: str,
+        self, skip_channels: Sequence[int], widths: Sequence[int], *, up: str, norm: str, act: str,
         valid: bool = False,
-    ) -> None:
+    ) -> None:  # fmt: skip
         super().__init__()
         self.valid = valid
         self.ups = nn.ModuleList()

@@ -74,15 +74,9 @@ class NestedDecoder(nn.Module):
     """
 
     def __init__(
-        self,
-        skip_channels: Sequence[int],
-        widths: Sequence[int],
-        *,
-        up: str,
-        norm: str,
-        act: str,
+        self, skip_channels: Sequence[int], widths: Sequence[int], *, up: str, norm: str, act: str,
         dropout: float,
-    ) -> None:
+    ) -> None:  # fmt: skip
         super().__init__()
         depth = len(skip_channels) - 1
         self.ups = nn.ModuleDict()

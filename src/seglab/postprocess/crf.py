@@ -56,16 +56,10 @@ _EXACT_MAX_PIXELS = 4096  # dense_crf_exact builds two N x N float64 kernels
 
 
 def dense_crf(
-    image: np.ndarray | torch.Tensor,
-    probs: ArrayT,
-    *,
-    iterations: int = 5,
-    smooth_sigma: float = 3.0,
-    smooth_weight: float = 3.0,
-    bilateral_sigma_xy: float = 80.0,
-    bilateral_sigma_intensity: float = 13.0,
+    image: np.ndarray | torch.Tensor, probs: ArrayT, *, iterations: int = 5, smooth_sigma: float = 3.0,
+    smooth_weight: float = 3.0, bilateral_sigma_xy: float = 80.0, bilateral_sigma_intensity: float = 13.0,
     bilateral_weight: float = 10.0,
-) -> ArrayT:
+) -> ArrayT:  # fmt: skip
     """Refine class probabilities with a fully-connected CRF (mean-field inference).
 
     The image's intensities are used as they are, in the units that ``bilateral_sigma_intensity``
@@ -150,16 +144,10 @@ def _lattice_kernels(img: np.ndarray, opts: dict[str, Any]) -> list[_Kernel]:
 
 
 def dense_crf_exact(
-    image: np.ndarray | torch.Tensor,
-    probs: ArrayT,
-    *,
-    iterations: int = 5,
-    smooth_sigma: float = 3.0,
-    smooth_weight: float = 3.0,
-    bilateral_sigma_xy: float = 80.0,
-    bilateral_sigma_intensity: float = 13.0,
+    image: np.ndarray | torch.Tensor, probs: ArrayT, *, iterations: int = 5, smooth_sigma: float = 3.0,
+    smooth_weight: float = 3.0, bilateral_sigma_xy: float = 80.0, bilateral_sigma_intensity: float = 13.0,
     bilateral_weight: float = 10.0,
-) -> ArrayT:
+) -> ArrayT:  # fmt: skip
     """The same CRF as :func:`dense_crf` with exact, dense ``N x N`` kernels (a reference).
 
     Builds both Gaussian kernels as dense float64 matrices (no truncation, no lattice) and runs

@@ -79,14 +79,9 @@ def _factory(name: str) -> Callable[..., Encoder]:
 
 
 def create_encoder(
-    name: str,
-    *,
-    in_channels: int = 3,
-    depth: int | None = None,
-    output_stride: int | None = None,
-    weights: str | os.PathLike | None = None,
-    **options: Any,
-) -> Encoder:
+    name: str, *, in_channels: int = 3, depth: int | None = None, output_stride: int | None = None,
+    weights: str | os.PathLike | None = None, **options: Any,
+) -> Encoder:  # fmt: skip
     """Build a registered encoder.
 
     Args:

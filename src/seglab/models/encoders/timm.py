@@ -44,14 +44,9 @@ class TimmEncoder(Encoder):
     weights_prefix = "model."
 
     def __init__(
-        self,
-        model: str,
-        *,
-        in_channels: int = 3,
-        depth: int | None = None,
-        output_stride: int | None = None,
-        weights: str | os.PathLike | None = None,
-    ) -> None:
+        self, model: str, *, in_channels: int = 3, depth: int | None = None,
+        output_stride: int | None = None, weights: str | os.PathLike | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
         try:
             import timm
