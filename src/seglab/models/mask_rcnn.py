@@ -122,11 +122,8 @@ class MultiScaleRoIExtractor(nn.Module):
         if not featmap_names:
             raise InvalidValueError("featmap_names must name at least one feature map.")
         self.featmap_names = [str(n) for n in featmap_names]
-        size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
-        if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size):
-            raise InvalidValueError(
-                f"output_size must be a positive int or (height, width); got {output_size!r}."
-            )
+        pair = (output_size, output_size) if isinstance(output_size, int) else output_size
+        size = check_positive_ints("output_size (an int or (height, width))", pair, length=2)
         self.output_size: tuple[int, int] = (int(size[0]), int(size[1]))
         self.sampling_ratio = int(sampling_ratio)
         self.aligned = bool(aligned)

@@ -190,20 +190,14 @@ class UNet(EncoderDecoderModel):
                 "images with unet_valid through seglab.inference.sliding_window (overlap-tile)."
             )
         check_choice("up", up, UP_KINDS)
-        enc = unet_family_encoder(
-            encoder,
-            in_channels=in_channels,
-            depth=depth,
-            shared={"norm": norm, "act": act},
-            plain={
-                "base_channels": base_channels,
-                "channels": channels,
-                "down": down,
-                "dropout": dropout,
-                "valid": valid,
-            },
-            model=type(self),
-        )
+        plain = {
+            "base_channels": base_channels,
+            "channels": channels,
+            "down": down,
+            "dropout": dropout,
+            "valid": valid,
+        }  # the U-Net encoder's own options
+        enc = unet_family_encoder(encoder, type(self), in_channels, depth, {"norm": norm, "act": act}, plain)
         super().__init__(in_channels, num_classes, encoder=enc, size_divisor=1 if valid else None, pad=pad)
         self.valid = bool(valid)
         widths = decoder_widths(enc, decoder_channels)

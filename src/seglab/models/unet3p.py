@@ -191,14 +191,12 @@ class UNet3Plus(EncoderDecoderModel):
             "cgm_threshold (a probability)", cgm_threshold, low=0, high=1, low_open=True, high_open=True
         )
         check_choice("up", up, _UP_MODES)
-        enc = unet_family_encoder(
-            encoder,
-            in_channels=in_channels,
-            depth=depth,
-            shared={"norm": norm, "act": act},
-            plain={"base_channels": base_channels, "channels": channels, "down": down},
-            model=type(self),
-        )
+        plain = {
+            "base_channels": base_channels,
+            "channels": channels,
+            "down": down,
+        }  # the U-Net encoder's own options
+        enc = unet_family_encoder(encoder, type(self), in_channels, depth, {"norm": norm, "act": act}, plain)
         super().__init__(in_channels, num_classes, encoder=enc, pad=pad)
         d = self.depth
         self.channels = ch = tuple(enc.out_channels)

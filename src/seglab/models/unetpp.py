@@ -188,13 +188,18 @@ class UNetPlusPlus(EncoderDecoderModel):
     ) -> None:  # fmt: skip
         check_choice("up", up, UP_KINDS)
         check_number("dropout", dropout, low=0, high=1, high_open=True)
+        plain = {
+            "base_channels": base_channels,
+            "channels": channels,
+            "down": down,
+        }  # the U-Net encoder's own options
         enc = unet_family_encoder(
             encoder,
-            in_channels=in_channels,
-            depth=depth,
-            shared={"norm": norm, "act": act, "dropout": dropout, "dropout_at": "all"},
-            plain={"base_channels": base_channels, "channels": channels, "down": down},
-            model=type(self),
+            type(self),
+            in_channels,
+            depth,
+            {"norm": norm, "act": act, "dropout": dropout, "dropout_at": "all"},
+            plain,
         )
         super().__init__(in_channels, num_classes, encoder=enc, pad=pad)
         self.channels = tuple(enc.out_channels)

@@ -133,12 +133,11 @@ def _own_options(name: str) -> set[str]:
 
 def unet_family_encoder(
     name: str,
-    *,
+    model: type,
     in_channels: int,
     depth: int | None,
     shared: Mapping[str, Any],
     plain: Mapping[str, Any],
-    model: type,
 ) -> Encoder:
     """The encoder of a U-Net-family model, built without weights (the model loads them last).
 
