@@ -60,7 +60,9 @@ def test_lengths_are_measured() -> None:
 
 def test_no_function_longer_than_80_lines() -> None:
     long = {k: n for k, n in function_lengths().items() if n > MAX_LINES and k not in PENDING}
-    assert not long, "split these functions (lines): " + ", ".join(f"{f} {name} ({n})" for (f, name), n in long.items())
+    assert not long, "split these functions (lines): " + ", ".join(
+        f"{f} {name} ({n})" for (f, name), n in long.items()
+    )
 
 
 def test_pending_entries_exist() -> None:
