@@ -1,6 +1,6 @@
 # seglab developer commands. Each target creates .venv on first use and installs what it needs.
 #   make demo   train a U-Net on real cell images (HeLa) and write runs/demo/report.html
-#   make test   install the dev, onnx, peers and report extras and run the test suite
+#   make test   install the dev extras (onnx, openvino, pt2e, peers, report, nifti, instance, timm) and run the tests and doctests
 #   make test-slow   run the tests marked slow
 #   make lint   ruff check + format check
 #   make bench  run the benchmarks (ratios against peer libraries) into benchmarks/results/*.json
@@ -32,7 +32,7 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	@touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
-	$(PIP) install -q -e ".[dev,onnx,openvino,pt2e,peers,report,nifti,instance]"
+	$(PIP) install -q -e ".[dev,onnx,openvino,pt2e,peers,report,nifti,instance,timm]"
 	@touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from seglab.engine.trainer import TaskAdapter, register_task_adapter
+from seglab.engine.tasks import TaskAdapter, register_task_adapter
 from seglab.errors import ConfigError, InvalidValueError
 from seglab.instances import DecodeParams, InstanceEncoding, SearchResult, get_encoding
 

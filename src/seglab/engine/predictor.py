@@ -540,7 +540,7 @@ class Predictor:
             >>> mask = predictor(seglab.data.read_image("frame.tif"))  # doctest: +SKIP
         """
         from seglab.engine.checkpoint import load_model
-        from seglab.engine.trainer import resolve_device
+        from seglab.engine.distributed import resolve_device
 
         dev = resolve_device(device)
         model, meta = load_model(path, map_location="cpu")

@@ -694,7 +694,7 @@ def resolve_recipe(
     """
     from seglab.data import fingerprint
     from seglab.engine.config import apply_overrides
-    from seglab.engine.trainer import resolve_device
+    from seglab.engine.distributed import resolve_device
     from seglab.models import model_info
 
     keys = set(explicit)

@@ -40,12 +40,9 @@ What a run does:
   summed over ranks.
 
 Extension point: the per-task work (what the datasets yield, the loss of one batch, validation,
-what ``best.pt`` adds, a last step after training) lives in a :class:`TaskAdapter` chosen by the
-registry's ``ModelInfo.task`` and ``task.kind`` — never by a model name. :data:`TASK_ADAPTERS`
-holds ``"semantic"``; ``"encoding"`` (:mod:`seglab.engine.encoding`: a semantic model trained on
-an instance encoding, ``task.kind="instance"``) and ``"instance"`` (:mod:`seglab.engine.instance`:
-``mask_rcnn``, torchvision's detection contract) are imported on first use; others are added with
-:func:`register_task_adapter`.
+what ``best.pt`` adds, a last step after training) lives in a :class:`~seglab.engine.tasks.TaskAdapter`
+chosen by the registry's ``ModelInfo.task`` and ``task.kind`` — never by a model name (see
+:mod:`seglab.engine.tasks`).
 """
 
 from __future__ import annotations
@@ -83,9 +80,21 @@ from seglab.engine.checkpoint import (
     set_rng_state,
 )
 from seglab.engine.config import TrainConfig, save_config
-from seglab.engine.distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
+from seglab.engine.distributed import (
+    all_reduce_sum,
+    barrier,
+    cleanup_distributed,
+    init_distributed,
+    resolve_device,
+)
+from seglab.engine.tasks import (
+    _ADAPTER_MODULES,
+    TASK_ADAPTERS,
+    SemanticAdapter,
+    TaskAdapter,
+    register_task_adapter,
+)
 from seglab.errors import ConfigError, InvalidTypeError, InvalidValueError, SeglabError
-from seglab.metrics.scores import SCORES
 from seglab.report.run import write_run_report
 
 __all__ = [
@@ -136,33 +145,6 @@ class TrainResult:
 
 
 # -- devices, optimiser, schedule ----------------------------------------------------------------------
-def resolve_device(device: str, dist: DistInfo | None = None) -> torch.device:
-    """Turn ``"auto"``/``"cpu"``/``"cuda"``/``"cuda:N"`` into a device (the local rank's GPU under DDP).
-
-    Raises:
-        ValueError: CUDA asked for but not available, or an unparseable device string.
-    """
-    dist = dist or DistInfo()
-    text = str(device).strip().lower()
-    if text == "auto":
-        text = "cuda" if torch.cuda.is_available() else "cpu"
-    if text.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise InvalidValueError(
-                f"device={device!r} but CUDA is not available here; use device='cpu' or 'auto'."
-            )
-        if text == "cuda":
-            return torch.device(
-                "cuda", dist.local_rank if dist.is_distributed else torch.cuda.current_device()
-            )
-    try:
-        return torch.device(text)
-    except RuntimeError:
-        raise InvalidValueError(
-            f"Cannot parse device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'."
-        ) from None
-
-
 def build_optimizer(model: nn.Module, optim: Any) -> torch.optim.Optimizer:
     """AdamW or SGD (Nesterov momentum), without weight decay on biases and normalisation weights.
 
@@ -411,126 +393,6 @@ def cpu_model_defaults(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]
 _CPU_SIZES: dict[str, Any] = {"base_channels": 16, "encoder": "resnet18"}
 
 
-# -- task adapters (the extension point for instance segmentation) ---------------------------------------
-class TaskAdapter:
-    """The task-specific part of training, chosen by ``model_info(name).task``.
-
-    Subclasses implement how a batch becomes a loss, which meter scores validation, and how one
-    validation batch is scored. The trainer owns everything else (loop, optimiser, AMP, DDP,
-    checkpoints, logging).
-
-    Attributes:
-        collate_fn: the ``DataLoader`` collate function (``None``: PyTorch's default).
-        default_monitor: the validation metric ``monitor="auto"`` picks.
-        monitors: the metrics ``monitor`` may name (checked before training), or ``None`` to
-            check them against the first validation row.
-    """
-
-    collate_fn: Callable[..., Any] | None = None
-    default_monitor: str = "loss"
-    monitors: tuple[str, ...] | None = None
-    data_task: str = "semantic"  # what the datasets yield: seglab.data.get_dataset(..., task=data_task)
-
-    def __init__(self, trainer: Trainer) -> None:
-        self.trainer = trainer
-
-    def checkpoint_entries(self) -> dict[str, Any]:
-        """Entries the task adds to ``best.pt`` and ``last.pt`` (what its prediction needs); default none."""
-        return {}
-
-    def finish(self) -> None:
-        """Called once on rank 0 after training (``best.pt`` written): e.g. choose decoding parameters."""
-
-    def num_outputs(self, num_classes: int, mode: str) -> int:
-        """The model's ``num_classes`` for a dataset of ``num_classes`` classes (background included).
-
-        Default: all of them, background included (torchvision's detection convention).
-        """
-        return num_classes
-
-    def build_loss(self, default_loss: str | None) -> nn.Module | None:
-        """The trainer's ``loss_fn``; default ``None`` (the model computes its own losses, as detectors do)."""
-        return None
-
-    def to_device(self, batch: Any, device: torch.device) -> Any:
-        """Move a batch to the device."""
-        raise NotImplementedError
-
-    def train_loss(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
-        """``(loss, loss terms for logging, main prediction for the training meter or None)``."""
-        raise NotImplementedError
-
-    def make_meter(self) -> Any:
-        """A fresh meter with ``update(pred, target)`` and ``compute() -> dict`` (reduced over ranks)."""
-        raise NotImplementedError
-
-    def val_batch(self, model: nn.Module, batch: Any, meter: Any) -> tuple[float, int]:
-        """Score one validation batch into ``meter``; return ``(sum of per-image losses, images)``."""
-        raise NotImplementedError
-
-
-class SemanticAdapter(TaskAdapter):
-    """Semantic segmentation: ``model(x, aux=True)`` -> ``DeepSupervisionLoss``; ``SegMeter`` validation."""
-
-    default_monitor = "dice"
-    monitors = ("loss", *SCORES)
-
-    def num_outputs(self, num_classes: int, mode: str) -> int:
-        """One logit channel for binary data (sigmoid), one per class otherwise (softmax)."""
-        return 1 if mode == "binary" else num_classes
-
-    def build_loss(self, default_loss: str | None) -> nn.Module:
-        """``DeepSupervisionLoss(build(spec))``; spec: config, else the model's default, else bce/ce + dice."""
-        from seglab.losses import DeepSupervisionLoss, build
-
-        t = self.trainer
-        cfg = t.config.loss
-        spec = cfg.spec or default_loss or ("bce+dice" if t.mode == "binary" else "ce+dice")
-        options = dict(cfg.options)
-        if t.ignore_index is not None:
-            options.setdefault("ignore_index", t.ignore_index)
-        base = build(spec, mode=t.mode, **options)
-        return DeepSupervisionLoss(
-            base, weights=cfg.aux_weights, cls_loss=cfg.cls_loss, cls_weight=cfg.cls_weight
-        )
-
-    def to_device(self, batch: Any, device: torch.device) -> tuple[Tensor, Tensor]:
-        x, y = batch
-        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-
-    def train_loss(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
-        x, y = batch  # (N, C, h, w), (N, h, w)
-        output = model(x, aux=True)  # SegOutput(out (N, K, h, w), aux [...], cls (N, K) | None)
-        terms = self.trainer.loss_fn.terms(output, y)
-        return terms["loss"], terms, output.out
-
-    def make_meter(self) -> Any:
-        from seglab.metrics import SegMeter
-
-        t = self.trainer
-        return SegMeter(t.mode, t.out_channels, ignore_index=t.ignore_index)
-
-    def val_batch(self, model: nn.Module, batch: Any, meter: Any) -> tuple[float, int]:
-        from seglab.engine.predict import predict_logits
-
-        x, y = batch  # (N, C, H, W) full images, (N, H, W)
-        t = self.trainer
-        logits = predict_logits(
-            model, x, tile=t.config.tile, batch_size=t.config.data.val_batch_size
-        )  # (N, K, H, W)
-        meter.update(logits, y)
-        loss = t.loss_fn(logits.float(), y)
-        return float(loss) * x.shape[0], int(x.shape[0])
-
-
-TASK_ADAPTERS: dict[str, type[TaskAdapter]] = {"semantic": SemanticAdapter}
-# adapters living in their own modules, imported (and so registered) on first use
-_ADAPTER_MODULES: dict[str, str] = {
-    "instance": "seglab.engine.instance",
-    "encoding": "seglab.engine.encoding",
-}
-
-
 def _task_key(config: TrainConfig, info: Any) -> str:
     """The adapter a run uses: the model's registry task, or ``"encoding"`` for a semantic model
     trained for instances (``task.kind="instance"``); never the model's name."""
@@ -543,11 +405,6 @@ def _task_key(config: TrainConfig, info: Any) -> str:
             f"{info.task!r}, or a semantic model (seglab models --task semantic)."
         )
     return info.task
-
-
-def register_task_adapter(task: str, adapter: type[TaskAdapter]) -> None:
-    """Register the :class:`TaskAdapter` used for models whose ``ModelInfo.task`` is ``task``."""
-    TASK_ADAPTERS[task] = adapter
 
 
 def load_resume_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from seglab._options import check_choice
+from seglab._options import check_choice, check_positive_int
 from seglab.errors import InvalidTypeError, InvalidValueError
 from seglab.inference._common import (
     PAD_MODES,
@@ -57,6 +57,7 @@ from seglab.inference._common import (
     model_device,
     model_dtype,
     pad_indices,
+    size_rule,
 )
 from seglab.inference.prepare import prepare as prepare_model
 from seglab.inference.prepare import prepare_info
@@ -266,14 +267,15 @@ def _check_window_count(hw: tuple[int, int], out_tile: tuple[int, int], overlap:
 
 def _out_tile(model: Callable[..., Any], tile: tuple[int, int]) -> tuple[int, int]:
     """The output size for a ``tile`` input, checking that the model accepts the tile."""
-    check = getattr(model, "check_input_size", None)
-    if callable(check):
-        try:
-            check(*tile)
-        except ValueError as err:
-            raise InvalidValueError(f"tile={tile} is not an input size this model accepts: {err}") from err
-    shape_fn = getattr(model, "output_shape", None)
-    out = tuple(int(s) for s in shape_fn(tile)) if callable(shape_fn) else tile
+    rule = size_rule(model)
+    d = rule.size_divisor
+    try:
+        if d > 1 and (tile[0] % d or tile[1] % d):
+            up = (-(-tile[0] // d) * d, -(-tile[1] // d) * d)
+            raise InvalidValueError(f"it needs H and W divisible by {d}; use e.g. tile={up}.")
+        out = tuple(int(s) for s in rule.output_shape(tile))
+    except ValueError as err:
+        raise InvalidValueError(f"tile={tile} is not an input size this model accepts: {err}") from err
     if any(o > t for o, t in zip(out, tile)) or any((t - o) % 2 for o, t in zip(out, tile)):
         raise InvalidValueError(
             f"model.output_shape({tile}) = {out}: sliding-window inference needs an output no larger than "
@@ -312,9 +314,7 @@ class _SlidingWindow:
         self.tile = as_pair(tile, "tile")
         self.overlap = _check_overlap(overlap)
         self.blend = check_choice("blend", blend, BLENDS)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise InvalidValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
-        self.batch_size = batch_size
+        self.batch_size = check_positive_int("batch_size", batch_size)
         self.activation = check_activation(activation)
         self.options = options if options is not None else WindowOptions()
         if not isinstance(self.options, WindowOptions):
@@ -479,22 +479,12 @@ def _check_out(out: Any, shape: tuple[int, ...]) -> None:
 
 
 def sliding_window(
-    model: Callable[[Tensor], Tensor],
-    image: Tensor | np.ndarray,
-    *,
-    tile: int | Sequence[int],
-    overlap: float | Sequence[float] = 0.5,
-    blend: str = "gaussian",
-    batch_size: int = 4,
-    device: str | torch.device | None = None,
-    out_device: str | torch.device = "cpu",
-    out_dtype: torch.dtype = torch.float32,
-    progress: bool = False,
-    activation: str | None = "auto",
-    out: Tensor | np.ndarray | None = None,
-    prepare: bool = True,
-    options: WindowOptions | None = None,
-) -> Tensor | np.ndarray:
+    model: Callable[[Tensor], Tensor], image: Tensor | np.ndarray, *, tile: int | Sequence[int],
+    overlap: float | Sequence[float] = 0.5, blend: str = "gaussian", batch_size: int = 4,
+    device: str | torch.device | None = None, out_device: str | torch.device = "cpu",
+    out_dtype: torch.dtype = torch.float32, progress: bool = False, activation: str | None = "auto",
+    out: Tensor | np.ndarray | None = None, prepare: bool = True, options: WindowOptions | None = None,
+) -> Tensor | np.ndarray:  # fmt: skip
     """Predict an image of any size tile by tile, blending overlapping tiles.
 
     Args:
@@ -551,18 +541,19 @@ def sliding_window(
             ".argmax(dim=-3) of the result, or use sliding_window_to_tiff(..., labels=True)."
         )
     sw = _SlidingWindow(
-        model,
-        image,
-        tile=tile,
-        overlap=overlap,
-        blend=blend,
-        batch_size=batch_size,
-        device=device,
-        activation=activation,
-        progress=progress,
-        prepare=prepare,
-        options=options,
-    )
+        model, image, tile=tile, overlap=overlap, blend=blend, batch_size=batch_size, device=device,
+        activation=activation, progress=progress, prepare=prepare, options=options,
+    )  # fmt: skip
+    return _write_rows(sw, out, out_dtype, out_device)
+
+
+def _write_rows(
+    sw: _SlidingWindow,
+    out: Tensor | np.ndarray | None,
+    out_dtype: torch.dtype,
+    out_device: str | torch.device,
+) -> Tensor | np.ndarray:
+    """Write the finished row bands of a run into ``out`` (allocated on the first band if ``None``)."""
     n, _, h, w = sw.image.shape
     target = out
     if out is not None and sw.num_classes is not None:
@@ -652,24 +643,12 @@ def _tiff_tiles(
 
 
 def sliding_window_to_tiff(
-    model: Callable[[Tensor], Tensor],
-    image: Tensor | np.ndarray,
-    path: str | os.PathLike,
-    *,
-    tile: int | Sequence[int],
-    overlap: float | Sequence[float] = 0.5,
-    blend: str = "gaussian",
-    batch_size: int = 4,
-    device: str | torch.device | None = None,
-    activation: str | None = "auto",
-    labels: bool = False,
-    dtype: str | np.dtype = "float32",
-    compression: str | None = "zlib",
-    tiff_tile: int = 256,
-    progress: bool = False,
-    prepare: bool = True,
-    options: WindowOptions | None = None,
-) -> Path:
+    model: Callable[[Tensor], Tensor], image: Tensor | np.ndarray, path: str | os.PathLike, *,
+    tile: int | Sequence[int], overlap: float | Sequence[float] = 0.5, blend: str = "gaussian",
+    batch_size: int = 4, device: str | torch.device | None = None, activation: str | None = "auto",
+    labels: bool = False, dtype: str | np.dtype = "float32", compression: str | None = "zlib",
+    tiff_tile: int = 256, progress: bool = False, prepare: bool = True, options: WindowOptions | None = None,
+) -> Path:  # fmt: skip
     """Sliding-window inference written straight to a tiled TIFF, never holding the whole output.
 
     Each finished band of rows is cut into ``tiff_tile`` x ``tiff_tile`` tiles and written (and
