@@ -1,13 +1,13 @@
 # seglab developer commands. Each target creates .venv on first use and installs what it needs.
 #   make demo   train a U-Net on real cell images (HeLa) and write runs/demo/report.html
-#   make test   install the dev, onnx, peers and report extras and run the test suite
+#   make test   install the dev extras (onnx, openvino, pt2e, peers, report, nifti, instance, timm) and run the tests and doctests
 #   make test-slow   run the tests marked slow
 #   make lint   ruff check + format check
 #   make bench  run the benchmarks (ratios against peer libraries) into benchmarks/results/*.json
 #               (BENCH="unet deeplab" for some entries)
 #   make bench-docs   regenerate docs/benchmarks.md from benchmarks/results/*.json
 #   make results          train every semantic family on hela and mni-brain (auto recipe, 5 min
-#                         each, about 1 h 45 min), evaluate on test, rewrite docs/results.md
+#                         each, about 1 h 55 min), evaluate on test, rewrite docs/results.md
 #   make results-targets  the named target runs (hela/mni-brain 15 and 60 min, bacteria, quokka,
 #                         u2net 60 min; about 4 h 20 min). Both resume and skip finished runs;
 #                         RESULTS_ARGS="--only hela-15m" picks entries.
@@ -32,14 +32,14 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	@touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
-	$(PIP) install -q -e ".[dev,onnx,openvino,pt2e,peers,report,nifti,instance]"
+	$(PIP) install -q -e ".[dev,onnx,openvino,pt2e,peers,report,nifti,instance,timm]"
 	@touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/seglab demo
+	$(VENV)/bin/seglab demo --overwrite
 
 test: $(VENV)/.installed-dev
 	$(TEST_ENV) $(PY) -m pytest -n 2 -q $(PYTEST_ARGS)

@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.harness import Result, benchmark, compare
-from seglab.models.unetpp import unetpp
+from seglab.models.unetpp import UNetPlusPlus
 
 PAPER = (32, 64, 128, 256, 512)
 SAME = (32, 32, 64, 128, 256)
@@ -49,7 +49,7 @@ def _models(channels: tuple[int, ...], dev: torch.device) -> tuple[nn.Module, nn
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from monai.networks.nets import BasicUNetPlusPlus
-    ours = unetpp(in_channels=1, num_classes=1, channels=channels)
+    ours = UNetPlusPlus(in_channels=1, num_classes=1, channels=channels)
     peer = BasicUNetPlusPlus(
         spatial_dims=2,
         in_channels=1,

@@ -39,6 +39,7 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "openvino": ("openvino", "openvino"),
     "nncf": ("nncf", "openvino"),
     "torchao": ("torchao", "pt2e"),
+    "timm": ("timm", "timm"),
     "torchvision": ("torchvision", "core dependency"),
 }
 

@@ -83,7 +83,7 @@ def test_print_config_merges_yaml_flags_and_set(tmp_path, capsys):
         (["train", "--epochs", "2"], "Say what to train on: --data"),
         (["train", "--config", "nope.yaml"], "Config file not found"),
         (["eval", "--checkpoint", "missing.pt", "--data", "synthetic"], "Checkpoint not found"),
-        (["predict", "--checkpoint", "missing.pt", "x.png", "--out", "o"], "Checkpoint not found"),
+        (["predict", "--checkpoint", "missing.pt", "x.png", "--out", "o"], "x.png: no such file or folder"),
         (["compare", "."], "no metrics.json"),
         (["data", "fetch", "hella"], "Did you mean 'hela'"),
         (["models", "--task", "panoptic"], "Unknown task"),
@@ -228,3 +228,48 @@ def test_eval_and_predict_with_crf_tiles_and_tta(trained_run, tmp_path):
     assert main(["predict", "--checkpoint", str(trained_run / "best.pt"), str(src), "--out", str(tmp_path / "p"),
                  "--crf", "--tile", "32", "--quiet"]) == 0  # fmt: skip
     assert (tmp_path / "p" / "img_mask.png").is_file()
+
+
+# every train flag of the hand-written parser before the flags were generated from TrainConfig
+_OLD_TRAIN_FLAGS = {
+    "model": "model.name", "data": "data.name", "loss": "loss.spec", "epochs": "epochs",
+    "batch-size": "data.batch_size", "crop": "data.crop", "samples-per-epoch": "data.samples_per_epoch",
+    "lr": "optim.lr", "optimizer": "optim.optimizer", "scheduler": "optim.scheduler", "out": "out",
+    "resume": "resume", "seed": "seed", "device": "device", "amp": "amp", "workers": "data.workers",
+    "threads": "threads", "max-time": "max_time", "patience": "patience", "tile": "tile", "quiet": "quiet",
+}  # fmt: skip
+# flags added with their config keys since
+_NEW_TRAIN_FLAGS = {
+    "normalize": "data.normalize", "task": "task.kind", "encoding": "task.encoding", "overwrite": "overwrite",
+    "recipe": "recipe", "budget": "budget",
+}  # fmt: skip
+
+
+def test_train_flags_come_from_the_config_fields():
+    from seglab.engine.config import cli_flags
+
+    flags = {f.name: f.key for f in cli_flags()}
+    assert flags == {**_OLD_TRAIN_FLAGS, **_NEW_TRAIN_FLAGS}
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    options = {s for a in train._actions for s in a.option_strings}
+    assert {f"--{n}" for n in flags} <= options
+    helps = {a.option_strings[0]: a.help for a in train._actions if a.option_strings}
+    assert helps["--samples-per-epoch"] == "crops per epoch (small datasets repeat)"
+
+
+def test_every_old_train_flag_sets_its_config_key(capsys):
+    values = {
+        "model": "unet", "data": "synthetic", "loss": "dice", "epochs": "3", "batch-size": "2", "crop": "16",
+        "samples-per-epoch": "4", "lr": "0.25", "optimizer": "sgd", "scheduler": "poly", "out": "runs/x",
+        "seed": "5", "device": "cpu", "amp": "none", "workers": "1", "threads": "2", "max-time": "9.5",
+        "patience": "2", "tile": "64",
+    }  # fmt: skip
+    argv = ["train", *(a for k, v in values.items() for a in (f"--{k}", v)), "--quiet", "--print-config"]
+    assert main(argv) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    for name, value in values.items():
+        node = resolved
+        for part in _OLD_TRAIN_FLAGS[name].split("."):
+            node = node[part]
+        assert str(node) == value, name
+    assert resolved["quiet"] is True

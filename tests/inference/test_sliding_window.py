@@ -34,6 +34,8 @@ class _Identity:
 class _CropIdentity:
     """A 'valid convolution' callable: returns the centre of its input, ``margin`` pixels in."""
 
+    size_divisor = 1  # the size rule a runner declares, with output_shape
+
     def __init__(self, margin: int) -> None:
         self.margin = margin
 

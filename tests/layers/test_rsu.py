@@ -155,10 +155,10 @@ def test_norm_and_act_options() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        ({"height": 1}, ValueError, "height must be >= 2"),
-        ({"height": 4.0}, TypeError, "height must be an int"),
-        ({"mid_ch": 0}, ValueError, "mid_ch must be >= 1"),
-        ({"in_ch": True}, TypeError, "in_ch must be an int"),
+        ({"height": 1}, ValueError, "height must be an integer >= 2"),
+        ({"height": 4.0}, TypeError, "height must be an integer"),
+        ({"mid_ch": 0}, ValueError, "mid_ch must be an integer >= 1"),
+        ({"in_ch": True}, TypeError, "in_ch must be an integer"),
         ({"dilated": 1}, TypeError, "dilated must be a bool"),
     ],
 )

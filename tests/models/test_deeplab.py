@@ -9,7 +9,7 @@ from torchvision.models.segmentation import deeplabv3_resnet50
 import seglab
 from seglab.layers.aspp import SeparableConvNormAct
 from seglab.models import SegOutput
-from seglab.models.deeplab import DeepLabV3, DeepLabV3Plus, deeplabv3, deeplabv3plus
+from seglab.models.deeplab import DeepLabV3, DeepLabV3Plus
 from tests._optional import peer
 
 
@@ -27,10 +27,10 @@ def _randomise_bn(module: nn.Module) -> None:
 
 def test_parameter_count_within_two_percent_of_torchvision() -> None:
     ref = _n_params(deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=False))
-    ours = _n_params(deeplabv3(num_classes=21))
+    ours = _n_params(DeepLabV3(num_classes=21))
     assert ours == 39_048_533  # the paper's head: no 3x3 conv after ASPP
     assert abs(ours - ref) / ref < 0.02
-    assert _n_params(deeplabv3(num_classes=21, head_conv=True)) == ref
+    assert _n_params(DeepLabV3(num_classes=21, head_conv=True)) == ref
 
 
 def test_head_conv_variant_is_torchvisions_network() -> None:
@@ -38,7 +38,7 @@ def test_head_conv_variant_is_torchvisions_network() -> None:
     # parameter, in order, and computes the same logits
     ref = deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=5, aux_loss=True).eval()
     _randomise_bn(ref)
-    ours = deeplabv3(num_classes=5, output_stride=8, head_conv=True, aux=True).eval()
+    ours = DeepLabV3(num_classes=5, output_stride=8, head_conv=True, aux=True).eval()
     src, dst = ref.state_dict(), ours.state_dict()
     assert [tuple(v.shape) for v in src.values()] == [tuple(v.shape) for v in dst.values()]
     ours.load_state_dict(dict(zip(dst.keys(), src.values())))
@@ -50,7 +50,7 @@ def test_head_conv_variant_is_torchvisions_network() -> None:
     torch.testing.assert_close(res.aux[0], expected["aux"], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("builder", [deeplabv3, deeplabv3plus])
+@pytest.mark.parametrize("builder", [DeepLabV3, DeepLabV3Plus])
 @pytest.mark.parametrize("output_stride", [8, 16, 32])
 @pytest.mark.parametrize("size", [(64, 64), (37, 50), (1, 1)])
 def test_any_input_size(builder, output_stride, size) -> None:
@@ -59,13 +59,13 @@ def test_any_input_size(builder, output_stride, size) -> None:
 
 
 def test_default_rates_follow_output_stride() -> None:
-    assert deeplabv3(encoder="resnet18").aspp.rates == (6, 12, 18)
-    assert deeplabv3(encoder="resnet18", output_stride=8).aspp.rates == (12, 24, 36)
-    assert deeplabv3plus(encoder="resnet18", rates=(2, 4)).aspp.rates == (2, 4)
+    assert DeepLabV3(encoder="resnet18").aspp.rates == (6, 12, 18)
+    assert DeepLabV3(encoder="resnet18", output_stride=8).aspp.rates == (12, 24, 36)
+    assert DeepLabV3Plus(encoder="resnet18", rates=(2, 4)).aspp.rates == (2, 4)
 
 
 def test_aux_contract() -> None:
-    m = deeplabv3(num_classes=4, encoder="resnet18", aux=True)
+    m = DeepLabV3(num_classes=4, encoder="resnet18", aux=True)
     x = torch.randn(2, 3, 40, 56)
     out = m(x)
     assert isinstance(out, torch.Tensor) and out.shape == (2, 4, 40, 56)
@@ -74,18 +74,18 @@ def test_aux_contract() -> None:
     # one auxiliary map, from layer3, up-sampled to the input size
     assert [a.shape for a in res.aux] == [(2, 4, 40, 56)]
     assert m.aux_head[0][0].in_channels == 256
-    assert deeplabv3(num_classes=4, encoder="resnet18")(x, aux=True).aux == []
+    assert DeepLabV3(num_classes=4, encoder="resnet18")(x, aux=True).aux == []
 
 
 def test_v3plus_decoder_wiring() -> None:
-    m = deeplabv3plus(num_classes=2, encoder="resnet34")
+    m = DeepLabV3Plus(num_classes=2, encoder="resnet34")
     assert isinstance(m, DeepLabV3Plus)
     dec = m.decoder
     # the 48-channel projection of the stride-4 layer1 features, then two separable 3x3 convs
     assert dec.project_low[0].in_channels == 64 and dec.project_low[0].out_channels == 48
     assert isinstance(dec.fuse[0], SeparableConvNormAct) and dec.fuse[0].in_channels == 256 + 48
     assert isinstance(m.aspp.branches[1], SeparableConvNormAct)
-    plain = deeplabv3plus(num_classes=2, encoder="resnet34", separable=False)
+    plain = DeepLabV3Plus(num_classes=2, encoder="resnet34", separable=False)
     assert isinstance(plain.decoder.fuse[0][0], nn.Conv2d) and plain.decoder.fuse[0][0].kernel_size == (3, 3)
     # the head works at stride 4: the logits before the final 4x up-sampling are a quarter size
     seen = []
@@ -97,7 +97,7 @@ def test_v3plus_decoder_wiring() -> None:
 def test_v3plus_parameter_count_close_to_smp() -> None:
     smp = peer("segmentation_models_pytorch")
     ref = _n_params(smp.DeepLabV3Plus("resnet34", encoder_weights=None, classes=21))
-    ours = _n_params(deeplabv3plus(num_classes=21, encoder="resnet34"))
+    ours = _n_params(DeepLabV3Plus(num_classes=21, encoder="resnet34"))
     # the same layers (two separable 3x3 convs, one of them placed differently by smp)
     assert ours == ref == 22_442_597
 
@@ -105,7 +105,7 @@ def test_v3plus_parameter_count_close_to_smp() -> None:
 def test_encoder_weights_load(tmp_path) -> None:
     net = resnet18(weights=None)
     torch.save(net.state_dict(), tmp_path / "r18.pth")
-    m = deeplabv3plus(in_channels=1, num_classes=2, encoder="resnet18", weights=str(tmp_path / "r18.pth"))
+    m = DeepLabV3Plus(in_channels=1, num_classes=2, encoder="resnet18", weights=str(tmp_path / "r18.pth"))
     torch.testing.assert_close(m.encoder.layer3[1].conv2.weight, net.layer3[1].conv2.weight)
     torch.testing.assert_close(m.encoder.conv1.weight, net.conv1.weight.sum(1, keepdim=True))
 
@@ -126,27 +126,27 @@ def test_create_model_and_training_step() -> None:
 def test_batch_of_one_training_needs_group_norm() -> None:
     x = torch.randn(1, 3, 32, 32)
     with pytest.raises(ValueError, match="batch of 1"):
-        deeplabv3(encoder="resnet18")(x)
+        DeepLabV3(encoder="resnet18")(x)
     # the encoder's BatchNorm still sees 16x16 values per channel; only the pooled branch fails
-    assert deeplabv3(encoder="resnet18", norm="group")(x).shape == (1, 1, 32, 32)
+    assert DeepLabV3(encoder="resnet18", norm="group")(x).shape == (1, 1, 32, 32)
 
 
 def test_bad_options() -> None:
     with pytest.raises(ValueError, match="Did you mean 'resnet34'"):
-        deeplabv3(encoder="resnet43")
+        DeepLabV3(encoder="resnet43")
     with pytest.raises(ValueError, match="output_stride must be one of"):
-        deeplabv3plus(encoder="resnet18", output_stride=4)
+        DeepLabV3Plus(encoder="resnet18", output_stride=4)
     with pytest.raises(ValueError, match="rates"):
-        deeplabv3(encoder="resnet18", rates=(6, -1))
+        DeepLabV3(encoder="resnet18", rates=(6, -1))
     with pytest.raises(ValueError, match="Did you mean 'group'"):
-        deeplabv3plus(encoder="resnet18", norm="gruop")
+        DeepLabV3Plus(encoder="resnet18", norm="gruop")
     with pytest.raises(TypeError, match=r"'output_strde'.*Did you mean 'output_stride'"):
         seglab.create_model("deeplabv3", output_strde=8)
 
 
 def test_v3plus_light_decoder_layout() -> None:
-    ref = deeplabv3plus(num_classes=2, encoder="resnet18")
-    light = deeplabv3plus(num_classes=2, encoder="resnet18", decoder_layout="light")
+    ref = DeepLabV3Plus(num_classes=2, encoder="resnet18")
+    light = DeepLabV3Plus(num_classes=2, encoder="resnet18", decoder_layout="light")
     # the same parameters, one 3x3 conv moved from stride 4 to the ASPP output
     assert _n_params(light) == _n_params(ref)
     assert light.decoder.refine_high is not None and len(light.decoder.fuse) == 1
@@ -156,13 +156,13 @@ def test_v3plus_light_decoder_layout() -> None:
     y = light.eval()(torch.randn(1, 3, 64, 96))
     assert y.shape == (1, 2, 64, 96) and seen == [(1, 256, 4, 6)]
     with pytest.raises(ValueError, match="decoder_layout"):
-        deeplabv3plus(encoder="resnet18", decoder_layout="smp")
+        DeepLabV3Plus(encoder="resnet18", decoder_layout="smp")
 
 
 def test_v3plus_light_matches_smp_state_dict_sizes() -> None:
     smp = peer("segmentation_models_pytorch")
     ref = smp.DeepLabV3Plus("resnet34", encoder_weights=None, classes=3)
-    ours = deeplabv3plus(num_classes=3, encoder="resnet34", decoder_layout="light")
+    ours = DeepLabV3Plus(num_classes=3, encoder="resnet34", decoder_layout="light")
     # same tensors, layer by layer (names differ): sorted shapes agree
     a = sorted(tuple(t.shape) for t in ours.state_dict().values() if t.ndim)
     b = sorted(tuple(t.shape) for t in ref.state_dict().values() if t.ndim)

@@ -10,13 +10,11 @@ from torchvision.models import resnet18, resnet34, resnet50
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 
-from seglab.models.encoders import (
-    ENCODERS,
-    ResNetEncoder,
-    _dilate_stage,
-    adapt_first_conv_weight,
-    create_encoder,
-)
+import seglab
+from seglab._options import RESNETS
+from seglab.models.encoders import ResNetEncoder, adapt_first_conv_weight, create_encoder, list_encoders
+from seglab.models.encoders.resnet import _dilate_stage
+from tests._optional import peer
 
 _RETURN = {"relu": "0", "layer1": "1", "layer2": "2", "layer3": "3", "layer4": "4"}
 
@@ -57,7 +55,7 @@ def test_odd_sizes_round_up() -> None:
 
 
 def test_all_names_build() -> None:
-    assert ENCODERS == ("resnet18", "resnet34", "resnet50", "resnet101")
+    assert set(RESNETS) <= set(list_encoders())
     assert create_encoder("resnet34").out_channels[-1] == 512
     assert create_encoder("resnet101", output_stride=8).out_channels[-1] == 2048
     # ResNet-101 has 23 blocks in layer3
@@ -210,3 +208,50 @@ def test_reusable_by_torchvision_fpn() -> None:
         (1, 32, 4, 4),
         (1, 32, 2, 2),
     ]
+
+
+# -- the encoder registry and the decoders that take an encoder ------------------------------------
+def test_unet_with_resnet34_loads_local_weights_and_adapts_the_first_conv(tmp_path) -> None:
+    net = resnet34(weights=None)
+    path = _save(net, tmp_path / "r34.pth")
+    model = seglab.create_model("unet", in_channels=1, num_classes=2, encoder="resnet34", weights=path)
+    torch.testing.assert_close(model.encoder.layer3[5].conv2.weight, net.layer3[5].conv2.weight)
+    torch.testing.assert_close(model.encoder.conv1.weight, net.conv1.weight.sum(1, keepdim=True))
+    assert model.size_divisor == 32 and model(torch.randn(1, 1, 64, 64)).shape == (1, 2, 64, 64)
+    with pytest.raises(ValueError, match="resnet18 state dict"):
+        seglab.create_model("unet", encoder="resnet18", weights=path)
+
+
+def test_plain_encoder_options_are_refused_with_another_encoder() -> None:
+    with pytest.raises(ValueError, match=r"'down'.*encoder='unet'"):
+        seglab.create_model("unet", encoder="resnet18", down="strided")
+    with pytest.raises(ValueError, match="valid=True"):
+        seglab.create_model("unet", encoder="resnet18", valid=True)
+    with pytest.raises(ValueError, match="Did you mean 'resnet18'"):
+        seglab.create_model("unetpp", encoder="resnet81")
+
+
+def test_resnet_depth_truncates_the_stages() -> None:
+    enc = create_encoder("resnet101", depth=3)
+    assert enc.strides == (2, 4, 8) and not hasattr(enc, "layer3")
+    assert [f.shape[1] for f in enc(torch.randn(1, 3, 32, 32))] == [64, 256, 512]
+
+
+def test_plain_encoder_keeps_the_unet_parameter_count() -> None:
+    with torch.device("meta"):
+        model = seglab.create_model("unet", in_channels=1, num_classes=2)
+    assert sum(p.numel() for p in model.parameters()) == 31_036_546
+
+
+def test_timm_encoder_weights_and_strides(tmp_path) -> None:
+    timm = peer("timm")
+    net = timm.create_model("resnet18", pretrained=False)
+    path = _save(net, tmp_path / "timm_r18.pth")
+    model = seglab.create_model(
+        "fpn", in_channels=1, encoder="timm:resnet18", weights=path, pyramid_channels=8
+    )
+    assert model.encoder.strides == (2, 4, 8, 16, 32)
+    torch.testing.assert_close(model.encoder.model.layer2[0].conv1.weight, net.layer2[0].conv1.weight)
+    torch.testing.assert_close(model.encoder.model.conv1.weight, net.conv1.weight.sum(1, keepdim=True))
+    with pytest.raises(ValueError, match="Unknown timm model"):
+        create_encoder("timm:resnet_18x")

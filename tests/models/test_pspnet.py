@@ -7,11 +7,11 @@ from torch import nn
 
 import seglab
 from seglab.layers import PyramidPooling
-from seglab.models.pspnet import PSPNet, pspnet
+from seglab.models.pspnet import PSPNet
 
 
 def test_structure_follows_the_paper() -> None:
-    m = pspnet(num_classes=21)
+    m = PSPNet(num_classes=21)
     assert isinstance(m, PSPNet)
     assert m.encoder.output_stride == 8 and m.encoder.strides[-1] == 8
     assert isinstance(m.ppm, PyramidPooling) and m.ppm.bins == (1, 2, 3, 6)
@@ -25,12 +25,12 @@ def test_structure_follows_the_paper() -> None:
 @pytest.mark.parametrize("size", [(64, 64), (41, 70), (3, 5)])
 @pytest.mark.parametrize("output_stride", [8, 16])
 def test_any_input_size(size, output_stride) -> None:
-    m = pspnet(num_classes=2, encoder="resnet18", output_stride=output_stride).eval()
+    m = PSPNet(num_classes=2, encoder="resnet18", output_stride=output_stride).eval()
     assert m(torch.randn(1, 3, *size)).shape == (1, 2, *size)
 
 
 def test_logits_are_head_output_upsampled() -> None:
-    m = pspnet(num_classes=3, encoder="resnet18").eval()
+    m = PSPNet(num_classes=3, encoder="resnet18").eval()
     x = torch.randn(1, 3, 40, 48)
     with torch.no_grad():
         low = m.head(m.ppm(m.encoder(x)[-1]))
@@ -40,14 +40,14 @@ def test_logits_are_head_output_upsampled() -> None:
 
 
 def test_aux_head() -> None:
-    m = pspnet(num_classes=3, encoder="resnet34", aux=True)
+    m = PSPNet(num_classes=3, encoder="resnet34", aux=True)
     x = torch.randn(2, 3, 48, 48)
     res = m(x, aux=True)
     assert [a.shape for a in res.aux] == [(2, 3, 48, 48)]
     assert m.aux_head[0][0].in_channels == 256 and m.aux_head[0][0].out_channels == 64
     (res.out.mean() + res.aux[0].mean()).backward()
     assert m.aux_head[-1].weight.grad is not None
-    assert pspnet(num_classes=3, encoder="resnet18")(x, aux=True).aux == []
+    assert PSPNet(num_classes=3, encoder="resnet18")(x, aux=True).aux == []
 
 
 def test_custom_bins_and_create_model() -> None:
@@ -60,20 +60,20 @@ def test_custom_bins_and_create_model() -> None:
 
 def test_batch_of_one_and_bad_options() -> None:
     with pytest.raises(ValueError, match="batch of 1"):
-        pspnet(encoder="resnet18")(torch.randn(1, 3, 32, 32))
+        PSPNet(encoder="resnet18")(torch.randn(1, 3, 32, 32))
     with pytest.raises(ValueError, match="Did you mean 'resnet101'"):
-        pspnet(encoder="resnet110")
+        PSPNet(encoder="resnet110")
     with pytest.raises(ValueError, match="output_stride"):
-        pspnet(encoder="resnet18", output_stride=64)
+        PSPNet(encoder="resnet18", output_stride=64)
     with pytest.raises(ValueError, match="bins"):
-        pspnet(encoder="resnet18", bins=())
+        PSPNet(encoder="resnet18", bins=())
     with pytest.raises(ValueError, match="dropout"):
-        pspnet(encoder="resnet18", dropout=1.5)
+        PSPNet(encoder="resnet18", dropout=1.5)
 
 
 def test_training_reduces_loss_on_a_fixed_batch() -> None:
     torch.manual_seed(0)
-    m = pspnet(num_classes=2, encoder="resnet18", head_channels=32)
+    m = PSPNet(num_classes=2, encoder="resnet18", head_channels=32)
     x = torch.randn(4, 3, 32, 32)
     y = (x[:, 0] > 0).long()
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)

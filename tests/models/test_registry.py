@@ -28,7 +28,7 @@ def test_unknown_option_is_type_error_naming_it() -> None:
 def test_bad_channels_rejected() -> None:
     with pytest.raises(ValueError, match="num_classes"):
         create_model("unet", num_classes=0)
-    with pytest.raises(ValueError, match="in_channels"):
+    with pytest.raises(TypeError, match="in_channels"):
         create_model("unet", in_channels=True)
 
 
@@ -44,7 +44,25 @@ def test_builder_must_be_keyword_only() -> None:
     with pytest.raises(ValueError, match="keyword-only"):
 
         @register_model("_positional_test", paper="x")
-        def bad(in_channels: int = 3, num_classes: int = 1) -> nn.Module:  # pragma: no cover
+        def bad(in_channels: int = 3, num_classes: int = 1, depth: int = 3) -> nn.Module:  # pragma: no cover
             return nn.Identity()
 
     assert "_positional_test" not in list_models()
+
+
+def test_variant_fixes_its_options_and_class_validates_like_create_model() -> None:
+    from seglab.models.unet import UNet
+
+    info = seglab.model_info("unet_valid")
+    assert info.cls is UNet and info.fixed == {"valid": True, "encoder": "unet"}
+    assert "valid" not in info.options and "depth" in info.options
+    with pytest.raises(TypeError, match="fixed by the variant"):
+        create_model("unet_valid", valid=False)
+    for bad in ({"depth": 7}, {"up": "bilinar"}, {"base_channels": 0}):
+        with pytest.raises(ValueError) as direct:
+            UNet(3, 1, **bad)
+        with pytest.raises(ValueError) as registry:
+            create_model("unet", **bad)
+        assert str(direct.value) == str(registry.value)
+    with pytest.raises(ValueError, match="num_classes"):
+        UNet(3, 0)

@@ -55,7 +55,7 @@ def test_depth(depth: int) -> None:
     m = seglab.create_model("unet", base_channels=2, depth=depth)
     s = 2**depth * 2
     assert m(torch.randn(1, 3, s, s)).shape == (1, 1, s, s)
-    assert len(m.encoders) == depth
+    assert len(m.encoder.encoders) == depth
 
 
 @pytest.mark.parametrize("down", ["maxpool", "strided", "pixel_unshuffle"])
@@ -73,7 +73,7 @@ def test_norms(norm: str) -> None:
 
 def test_explicit_channels() -> None:
     m = seglab.create_model("unet", channels=(32, 32, 64, 128, 256), norm="instance")
-    assert [e.out_channels for e in m.encoders] == [32, 64, 128, 256]
+    assert [e.out_channels for e in m.encoder.encoders] == [32, 64, 128, 256]
     with pytest.raises(ValueError, match="depth \\+ 1 = 5"):
         seglab.create_model("unet", channels=(8, 16, 32))
 

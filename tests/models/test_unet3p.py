@@ -10,22 +10,22 @@ from torch import nn
 
 import seglab
 from seglab.models import model_info
-from seglab.models.unet3p import EMPTY_LOGIT, UNet3Plus, unet3p
+from seglab.models.unet3p import EMPTY_LOGIT, UNet3Plus
 
 SMALL = {"channels": (4, 8, 16, 32, 64), "cat_channels": 4}
 
 
 def _n_params(**kw: object) -> int:
     with torch.device("meta"):
-        model = unet3p(**kw)
+        model = UNet3Plus(**kw)
     return sum(p.numel() for p in model.parameters())
 
 
 def _reference_forward(m: UNet3Plus, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The paper's data flow written out directly: each skip pooled / interpolated by its own factor."""
     d = m.depth
-    enc = [m.stem(x)]
-    for down, conv in zip(m.downs, m.encoders):
+    enc = [m.encoder.stem(x)]
+    for down, conv in zip(m.encoder.downs, m.encoder.encoders):
         enc.append(conv(down(enc[-1])))
     dec = {d: enc[d]}
     for i in range(d - 1, -1, -1):
@@ -65,7 +65,7 @@ def test_parameter_counts_exact_and_paper() -> None:
 
 def test_stage_widths() -> None:
     with torch.device("meta"):
-        model = unet3p(in_channels=1)
+        model = UNet3Plus(in_channels=1)
     assert len(model.decoders) == 4
     for i, stage in enumerate(model.decoders):
         assert [b[0].in_channels for b in stage.finer] == [64, 128, 256, 512, 1024][: i + 1]
@@ -80,7 +80,7 @@ def test_stage_widths() -> None:
 # -- wiring and deep supervision --------------------------------------------------------------------
 @pytest.mark.parametrize("down", ["maxpool", "strided"])
 def test_full_scale_wiring_matches_direct_computation(down: str) -> None:
-    model = unet3p(in_channels=2, num_classes=3, down=down, **SMALL).eval()
+    model = UNet3Plus(in_channels=2, num_classes=3, down=down, **SMALL).eval()
     x = torch.randn(2, 2, 32, 48)
     with torch.no_grad():
         res = model(x, aux=True)
@@ -94,7 +94,7 @@ def test_full_scale_wiring_matches_direct_computation(down: str) -> None:
 
 
 def test_training_outputs_and_gradients() -> None:
-    model = unet3p(in_channels=1, num_classes=2, cgm=True, **SMALL)
+    model = UNet3Plus(in_channels=1, num_classes=2, cgm=True, **SMALL)
     res = model(torch.randn(2, 1, 32, 32), aux=True)
     assert res.out.shape == (2, 2, 32, 32)
     assert [a.shape for a in res.aux] == [(2, 2, 32, 32)] * 4
@@ -109,14 +109,14 @@ def test_training_outputs_and_gradients() -> None:
 
 
 def test_without_deep_supervision() -> None:
-    model = unet3p(in_channels=1, deep_supervision=False, **SMALL)
+    model = UNet3Plus(in_channels=1, deep_supervision=False, **SMALL)
     assert len(model.heads) == 1
     res = model(torch.randn(1, 1, 32, 32), aux=True)
     assert res.aux == [] and res.cls is None
 
 
 def test_aux_false_skips_side_heads_and_cgm_in_training() -> None:
-    model = unet3p(in_channels=1, cgm=True, **SMALL)
+    model = UNet3Plus(in_channels=1, cgm=True, **SMALL)
     calls: list[str] = []
     for k, head in enumerate(model.heads):
         head.register_forward_hook(lambda *_, k=k: calls.append(f"head{k}"))
@@ -135,9 +135,9 @@ def test_aux_false_skips_side_heads_and_cgm_in_training() -> None:
 
 # -- classification-guided module --------------------------------------------------------------------
 def test_cgm_logits_are_max_pooled_bottleneck_scores() -> None:
-    model = unet3p(in_channels=1, num_classes=2, cgm=True, **SMALL).eval()
+    model = UNet3Plus(in_channels=1, num_classes=2, cgm=True, **SMALL).eval()
     bottleneck = {}
-    model.encoders[-1].register_forward_hook(lambda m, i, o: bottleneck.__setitem__("x", o))
+    model.encoder.encoders[-1].register_forward_hook(lambda m, i, o: bottleneck.__setitem__("x", o))
     with torch.no_grad():
         res = model(torch.randn(3, 1, 32, 32), aux=True)
         expected = model.cgm[1](bottleneck["x"]).amax(dim=(2, 3))
@@ -145,7 +145,7 @@ def test_cgm_logits_are_max_pooled_bottleneck_scores() -> None:
 
 
 def _forced_cgm_model(present: tuple[bool, ...]) -> UNet3Plus:
-    model = unet3p(in_channels=1, num_classes=len(present), cgm=True, **SMALL)
+    model = UNet3Plus(in_channels=1, num_classes=len(present), cgm=True, **SMALL)
     with torch.no_grad():
         model.cgm[1].weight.zero_()
         model.cgm[1].bias.copy_(torch.tensor([8.0 if p else -8.0 for p in present]))
@@ -198,10 +198,10 @@ def test_cgm_gate_is_per_image() -> None:
 
 # -- input sizes and options -----------------------------------------------------------------------
 def test_rejects_sizes_not_divisible_and_pads_on_request() -> None:
-    model = unet3p(in_channels=1, **SMALL)
+    model = UNet3Plus(in_channels=1, **SMALL)
     with pytest.raises(ValueError, match=r"divisible by 16.*H in \(16, 32\)"):
         model(torch.randn(1, 1, 24, 32))
-    padded = unet3p(in_channels=1, num_classes=2, pad=True, **SMALL)
+    padded = UNet3Plus(in_channels=1, num_classes=2, pad=True, **SMALL)
     res = padded(torch.randn(2, 1, 24, 40), aux=True)
     assert res.out.shape == (2, 2, 24, 40)
     assert [a.shape for a in res.aux] == [(2, 2, 24, 40)] * 4
@@ -217,7 +217,7 @@ def test_rejects_sizes_not_divisible_and_pads_on_request() -> None:
 )
 def test_depth_and_options(options: dict[str, object]) -> None:
     kw = {**SMALL, **options}
-    model = unet3p(in_channels=3, num_classes=2, **kw)
+    model = UNet3Plus(in_channels=3, num_classes=2, **kw)
     res = model(torch.randn(2, 3, 32, 32), aux=True)
     assert res.out.shape == (2, 2, 32, 32)
     assert len(res.aux) == model.depth
@@ -226,13 +226,13 @@ def test_depth_and_options(options: dict[str, object]) -> None:
 
 def test_bad_options_are_named() -> None:
     with pytest.raises(ValueError, match="'bilinear', 'nearest'"):
-        unet3p(up="transposed")
+        UNet3Plus(up="transposed")
     with pytest.raises(ValueError, match="cat_channels"):
-        unet3p(cat_channels=0)
+        UNet3Plus(cat_channels=0)
     with pytest.raises(ValueError, match="cgm_threshold"):
-        unet3p(cgm_threshold=1.5)
+        UNet3Plus(cgm_threshold=1.5)
     with pytest.raises(ValueError, match="Did you mean 'maxpool'"):
-        unet3p(down="maxpol")
+        UNet3Plus(down="maxpol")
 
 
 def test_registry_entry() -> None:
@@ -245,7 +245,7 @@ def test_registry_entry() -> None:
 def test_overfits_a_tiny_batch_with_deep_supervision() -> None:
     x = torch.randn(2, 1, 32, 32)
     y = (x > 0.3).float()
-    model = unet3p(in_channels=1, num_classes=1, **SMALL)
+    model = UNet3Plus(in_channels=1, num_classes=1, **SMALL)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(25):

@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import seglab
 from seglab.models import SegOutput, model_info
-from seglab.models.unetpp import UNetPlusPlus, unetpp
+from seglab.models.unetpp import UNetPlusPlus
 from tests._optional import peer
 
 SMALL = (4, 8, 16, 32, 64)
@@ -17,7 +17,7 @@ SMALL = (4, 8, 16, 32, 64)
 
 def _n_params(**kw: object) -> int:
     with torch.device("meta"):
-        model = unetpp(**kw)
+        model = UNetPlusPlus(**kw)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -25,7 +25,11 @@ def _run_log(model: nn.Module) -> tuple[list[str], list[torch.utils.hooks.Remova
     """Record the names of the encoder stages, nodes and heads that run (in order)."""
     log: list[str] = []
     handles = []
-    for prefix, container in (("enc", model.encoders), ("node", model.nodes), ("head", model.heads)):
+    for prefix, container in (
+        ("enc", model.encoder.encoders),
+        ("node", model.decoder.nodes),
+        ("head", model.heads),
+    ):
         items = container.items() if isinstance(container, nn.ModuleDict) else enumerate(container)
         for key, module in items:
             handles.append(module.register_forward_hook(lambda *_, n=f"{prefix}{key}": log.append(n)))
@@ -51,9 +55,9 @@ def test_parameter_counts_exact_and_paper() -> None:
 
 
 def test_node_widths_follow_the_dense_rule() -> None:
-    model = unetpp(in_channels=1, channels=SMALL)
-    assert set(model.nodes) == {f"{i}_{j}" for j in range(1, 5) for i in range(5 - j)}
-    for key, node in model.nodes.items():
+    model = UNetPlusPlus(in_channels=1, channels=SMALL)
+    assert set(model.decoder.nodes) == {f"{i}_{j}" for j in range(1, 5) for i in range(5 - j)}
+    for key, node in model.decoder.nodes.items():
         i, j = map(int, key.split("_"))
         assert node.in_channels == (j + 1) * SMALL[i]
         assert node.out_channels == SMALL[i]
@@ -70,13 +74,13 @@ def _monai_key(key: str) -> str | None:
         return f"heads.{int(head[-1]) - 1}.{parts[-1]}"
     rest = parts[1:]
     if head.startswith("conv_"):
-        target = "stem" if a == "0" else f"encoders.{int(a) - 1}"
+        target = "encoder.stem" if a == "0" else f"encoder.encoders.{int(a) - 1}"
         if rest[0] == "convs":
             rest = rest[1:]
     elif head.startswith("upcat_"):
         if rest[0] == "upsample":
-            return f"ups.{a}_{b}.op.{rest[-1]}"
-        target, rest = f"nodes.{a}_{b}", rest[1:]
+            return f"decoder.ups.{a}_{b}.op.{rest[-1]}"
+        target, rest = f"decoder.nodes.{a}_{b}", rest[1:]
     else:
         return None
     block = rest[0].split("_")[1]  # conv_0 / conv_1
@@ -97,7 +101,7 @@ def test_matches_monai_basic_unetplusplus(train: bool) -> None:
         norm="batch",
         bias=False,
     )
-    ours = unetpp(in_channels=2, num_classes=3, channels=(8, 8, 16, 32, 64))
+    ours = UNetPlusPlus(in_channels=2, num_classes=3, channels=(8, 8, 16, 32, 64))
     mapped = {_monai_key(k): v for k, v in ref.state_dict().items()}
     assert None not in mapped
     assert set(mapped) == set(ours.state_dict())
@@ -116,18 +120,20 @@ def test_matches_monai_basic_unetplusplus(train: bool) -> None:
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 5])
 def test_each_node_sees_its_level_and_the_upsampled_node_below(depth: int) -> None:
-    model = unetpp(in_channels=1, depth=depth, base_channels=4).eval()
+    model = UNetPlusPlus(in_channels=1, depth=depth, base_channels=4).eval()
     outputs: dict[str, torch.Tensor] = {}
     inputs: dict[str, torch.Tensor] = {}
     ups: dict[str, torch.Tensor] = {}
-    handles = [model.stem.register_forward_hook(lambda m, i, o: outputs.__setitem__("0_0", o))]
-    for k, enc in enumerate(model.encoders, 1):
+    handles = [model.encoder.stem.register_forward_hook(lambda m, i, o: outputs.__setitem__("0_0", o))]
+    for k, enc in enumerate(model.encoder.encoders, 1):
         handles.append(enc.register_forward_hook(lambda m, i, o, k=k: outputs.__setitem__(f"{k}_0", o)))
-    for key, node in model.nodes.items():
+    for key, node in model.decoder.nodes.items():
         handles.append(node.register_forward_hook(lambda m, i, o, key=key: outputs.__setitem__(key, o)))
         handles.append(node.register_forward_hook(lambda m, i, o, key=key: inputs.__setitem__(key, i[0])))
         handles.append(
-            model.ups[key].register_forward_hook(lambda m, i, o, key=key: ups.__setitem__(key, (i[0], o)))
+            model.decoder.ups[key].register_forward_hook(
+                lambda m, i, o, key=key: ups.__setitem__(key, (i[0], o))
+            )
         )
     with torch.no_grad():
         model(torch.randn(1, 1, 2**depth * 2, 2**depth * 2))
@@ -144,10 +150,10 @@ def test_each_node_sees_its_level_and_the_upsampled_node_below(depth: int) -> No
 
 # -- deep supervision outputs -----------------------------------------------------------------------
 def test_aux_contract_and_order_in_training() -> None:
-    model = unetpp(in_channels=1, num_classes=2, channels=SMALL)
+    model = UNetPlusPlus(in_channels=1, num_classes=2, channels=SMALL)
     tops: dict[int, torch.Tensor] = {}
     for j in range(1, 5):
-        model.nodes[f"0_{j}"].register_forward_hook(lambda m, i, o, j=j: tops.__setitem__(j, o))
+        model.decoder.nodes[f"0_{j}"].register_forward_hook(lambda m, i, o, j=j: tops.__setitem__(j, o))
     res = model(torch.randn(2, 1, 32, 32), aux=True)
     assert isinstance(res, SegOutput) and res.cls is None
     assert res.out.shape == (2, 2, 32, 32)
@@ -158,7 +164,7 @@ def test_aux_contract_and_order_in_training() -> None:
 
 
 def test_deep_supervision_trains_every_head_and_node() -> None:
-    model = unetpp(in_channels=1, num_classes=1, channels=SMALL)
+    model = UNetPlusPlus(in_channels=1, num_classes=1, channels=SMALL)
     res = model(torch.randn(2, 1, 32, 32), aux=True)
     (sum(((o - 1) ** 2).mean() for o in [res.out, *res.aux])).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
@@ -166,20 +172,20 @@ def test_deep_supervision_trains_every_head_and_node() -> None:
 
 
 def test_without_deep_supervision_single_head_no_aux() -> None:
-    model = unetpp(in_channels=1, channels=SMALL, deep_supervision=False)
+    model = UNetPlusPlus(in_channels=1, channels=SMALL, deep_supervision=False)
     assert len(model.heads) == 1
     res = model(torch.randn(1, 1, 32, 32), aux=True)
     assert res.aux == []
     with pytest.raises(ValueError, match="deep_supervision=True"):
         model.prune(2)
     with pytest.raises(ValueError, match="deep_supervision=True"):
-        unetpp(channels=SMALL, deep_supervision=False, ds_output="average")
+        UNetPlusPlus(channels=SMALL, deep_supervision=False, ds_output="average")
     model.prune(4)  # the whole model is always allowed
     assert model.prune_level is None
 
 
 def test_eval_outputs_final_and_average() -> None:
-    model = unetpp(in_channels=1, num_classes=2, channels=SMALL).eval()
+    model = UNetPlusPlus(in_channels=1, num_classes=2, channels=SMALL).eval()
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
         res = model(x, aux=True)
@@ -196,7 +202,7 @@ def test_eval_outputs_final_and_average() -> None:
 
 
 def test_eval_without_aux_runs_only_the_needed_head() -> None:
-    model = unetpp(in_channels=1, channels=SMALL).eval()
+    model = UNetPlusPlus(in_channels=1, channels=SMALL).eval()
     log, handles = _run_log(model)
     with torch.no_grad():
         model(torch.randn(1, 1, 32, 32))
@@ -212,7 +218,7 @@ def test_eval_without_aux_runs_only_the_needed_head() -> None:
 # -- pruning -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("level", [1, 2, 3])
 def test_pruned_output_equals_the_sub_network_head(level: int) -> None:
-    model = unetpp(in_channels=1, num_classes=2, channels=SMALL).eval()
+    model = UNetPlusPlus(in_channels=1, num_classes=2, channels=SMALL).eval()
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
         full = model(x, aux=True)
@@ -230,7 +236,7 @@ def test_pruned_output_equals_the_sub_network_head(level: int) -> None:
 
 @pytest.mark.parametrize("level", [1, 2, 3, 4])
 def test_pruning_skips_the_deeper_nodes(level: int) -> None:
-    model = unetpp(in_channels=1, channels=SMALL, prune=level).eval()
+    model = UNetPlusPlus(in_channels=1, channels=SMALL, prune=level).eval()
     log, handles = _run_log(model)
     with torch.no_grad():
         model(torch.randn(1, 1, 32, 32))
@@ -249,7 +255,7 @@ def test_pruning_skips_the_deeper_nodes(level: int) -> None:
 
 
 def test_pruning_lowers_flops() -> None:
-    model = unetpp(in_channels=1, channels=SMALL).eval()
+    model = UNetPlusPlus(in_channels=1, channels=SMALL).eval()
     x = torch.randn(1, 1, 64, 64)
     flops = []
     for level in (1, 2, 3, 4, None):
@@ -263,8 +269,8 @@ def test_pruning_lowers_flops() -> None:
 
 
 def test_prune_at_construction_equals_prune_method_and_validates() -> None:
-    a = unetpp(in_channels=1, channels=SMALL, prune=2).eval()
-    b = unetpp(in_channels=1, channels=SMALL).eval()
+    a = UNetPlusPlus(in_channels=1, channels=SMALL, prune=2).eval()
+    b = UNetPlusPlus(in_channels=1, channels=SMALL).eval()
     b.load_state_dict(a.state_dict())
     assert b.prune(2) is b and b.active_level == 2
     x = torch.randn(1, 1, 32, 32)
@@ -281,10 +287,10 @@ def test_prune_at_construction_equals_prune_method_and_validates() -> None:
 
 # -- input sizes and options -----------------------------------------------------------------------
 def test_rejects_sizes_not_divisible_and_pads_on_request() -> None:
-    model = unetpp(in_channels=1, channels=SMALL)
+    model = UNetPlusPlus(in_channels=1, channels=SMALL)
     with pytest.raises(ValueError, match=r"divisible by 16.*H in \(32, 48\), W in \(32, 48\)"):
         model(torch.randn(1, 1, 40, 36))
-    padded = unetpp(in_channels=1, num_classes=2, channels=SMALL, pad=True)
+    padded = UNetPlusPlus(in_channels=1, num_classes=2, channels=SMALL, pad=True)
     res = padded(torch.randn(2, 1, 40, 36), aux=True)
     assert res.out.shape == (2, 2, 40, 36)
     assert [a.shape for a in res.aux] == [(2, 2, 40, 36)] * 3
@@ -302,7 +308,7 @@ def test_rejects_sizes_not_divisible_and_pads_on_request() -> None:
 )
 def test_sampling_and_norm_options(options: dict[str, object]) -> None:
     kw = {"channels": SMALL, **options}
-    model = unetpp(in_channels=3, num_classes=2, **kw)
+    model = UNetPlusPlus(in_channels=3, num_classes=2, **kw)
     x = torch.randn(2, 3, 32, 32)
     res = model(x, aux=True)
     assert res.out.shape == (2, 2, 32, 32)
@@ -313,13 +319,13 @@ def test_sampling_and_norm_options(options: dict[str, object]) -> None:
 
 def test_bad_options_are_named() -> None:
     with pytest.raises(ValueError, match="Did you mean 'bilinear'"):
-        unetpp(up="bilinaer")
+        UNetPlusPlus(up="bilinaer")
     with pytest.raises(ValueError, match="Did you mean 'final'"):
-        unetpp(channels=SMALL, ds_output="fina")
+        UNetPlusPlus(channels=SMALL, ds_output="fina")
     with pytest.raises(ValueError, match="depth"):
-        unetpp(depth=6)
+        UNetPlusPlus(depth=6)
     with pytest.raises(ValueError, match="dropout"):
-        unetpp(channels=SMALL, dropout=1.0)
+        UNetPlusPlus(channels=SMALL, dropout=1.0)
 
 
 def test_registry_entry() -> None:
@@ -333,7 +339,7 @@ def test_overfits_a_tiny_batch_with_deep_supervision() -> None:
     torch.manual_seed(0)
     x = torch.randn(2, 1, 32, 32)
     y = (x > 0.3).float()
-    model = unetpp(in_channels=1, num_classes=1, channels=SMALL)
+    model = UNetPlusPlus(in_channels=1, num_classes=1, channels=SMALL)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(25):

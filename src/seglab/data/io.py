@@ -217,12 +217,16 @@ def _npy_layout(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
     )
 
 
-def read_image(path: str | os.PathLike[str], *, page: int | None = None) -> np.ndarray:
+def read_image(path: str | os.PathLike[str], *, page: int | None = None, mmap: bool = False) -> np.ndarray:
     """Read an image file as a channels-first array in the file's own dtype.
 
     Args:
         path: a PNG, JPEG, BMP, TIFF or NPY file.
         page: for TIFF files, read only this page (0-based) instead of the whole first series.
+        mmap: for NPY and TIFF files, return a read-only memory map instead of reading the pixels:
+            the file itself where its pixels are stored plainly, else (compressed TIFF) a
+            temporary file they are decoded into. Channels-last TIFFs come as a (non-contiguous)
+            channels-first view. For slides that should not sit in memory.
 
     Returns:
         ``(C, H, W)`` array, dtype as stored (``uint8``, ``uint16``, ``float32``, ...). Palette images
@@ -246,10 +250,10 @@ def read_image(path: str | os.PathLike[str], *, page: int | None = None) -> np.n
     """
     path = _existing(path)
     with _decoding(path, "image"):
-        return _read_image(path, page)
+        return _read_image(path, page, mmap)
 
 
-def _read_image(path: Path, page: int | None) -> np.ndarray:
+def _read_image(path: Path, page: int | None, mmap: bool = False) -> np.ndarray:
     suffix = path.suffix.lower()
     if suffix in _PIL_SUFFIXES:
         with Image.open(path) as im:
@@ -262,12 +266,12 @@ def _read_image(path: Path, page: int | None) -> np.ndarray:
     if suffix in _TIFF_SUFFIXES:
         with tifffile.TiffFile(path) as tif:
             source = _tiff_source(tif, page, path)
-            arr, axes = source.asarray(), source.axes
+            arr, axes = source.asarray(out="memmap" if mmap else None), source.axes
         c, h, w = _tiff_layout(arr.shape, axes)
         if axes.endswith("S") and arr.ndim >= 3:
             arr = np.moveaxis(arr, -1, -3)  # (..., S, H, W)
-        return np.ascontiguousarray(arr.reshape(c, h, w))
-    arr = np.load(path, allow_pickle=False)
+        return arr.reshape(c, h, w) if mmap else np.ascontiguousarray(arr.reshape(c, h, w))
+    arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     _npy_layout(arr.shape, path)
     return arr[None] if arr.ndim == 2 else arr
 
@@ -408,10 +412,10 @@ def write_mask(path: str | os.PathLike[str], array: object) -> Path:
         )
     with atomic_path(path) as tmp, open(tmp, "xb") as fh:
         if suffix == ".png":
-            Image.fromarray(mask.astype(np.uint8)).save(fh, format="PNG")
+            Image.fromarray(mask.astype(np.uint8, copy=False)).save(fh, format="PNG")
         elif suffix == ".npy":
             np.save(fh, mask)
         else:
             dtype = np.uint8 if high <= 255 else np.uint16 if high <= 65535 else np.uint32
-            tifffile.imwrite(fh, mask.astype(dtype), compression="zlib")
+            tifffile.imwrite(fh, mask.astype(dtype, copy=False), compression="zlib")
     return path

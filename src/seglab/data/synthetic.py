@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from seglab._options import check_positive_int
 from seglab.data.base import SegDataset, channel_stats, check_split, check_task
 from seglab.data.transforms import _pair
 from seglab.errors import InvalidValueError
@@ -72,11 +73,9 @@ class SyntheticDataset(SegDataset):
             ("length", length, 0),
             ("num_classes", num_classes, 2),
             ("in_channels", in_channels, 1),
+            ("max_shapes", max_shapes, 1),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise InvalidValueError(f"{what} must be an int >= {low}; got {value!r}.")
-        if isinstance(max_shapes, bool) or not isinstance(max_shapes, int) or max_shapes < 1:
-            raise InvalidValueError(f"max_shapes must be an int >= 1; got {max_shapes!r}.")
+            check_positive_int(what, value, minimum=low)
         if not noise >= 0:
             raise InvalidValueError(f"noise must be >= 0; got {noise!r}.")
         split = check_split(split)

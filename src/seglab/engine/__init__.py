@@ -28,16 +28,11 @@ from seglab.engine.config import (
 )
 from seglab.engine.evaluate import EvalResult, evaluate, evaluate_checkpoint, write_eval
 from seglab.engine.predict import PredictOptions, predict_files, predict_logits
-from seglab.engine.trainer import (
-    NonFiniteLossError,
-    TaskAdapter,
-    Trainer,
-    TrainResult,
-    register_task_adapter,
-    train,
-)
+from seglab.engine.tasks import TASK_ADAPTERS, SemanticAdapter, TaskAdapter, register_task_adapter
+from seglab.engine.trainer import NonFiniteLossError, Trainer, TrainResult, train
 
 __all__ = [
+    "TASK_ADAPTERS",
     "CheckpointError",
     "DataConfig",
     "EvalResult",
@@ -46,6 +41,7 @@ __all__ = [
     "NonFiniteLossError",
     "OptimConfig",
     "PredictOptions",
+    "SemanticAdapter",
     "TaskAdapter",
     "TrainConfig",
     "TrainResult",

@@ -31,18 +31,17 @@ A seglab checkpoint is a ``torch.save`` zip file holding one dict. A run writes 
 ``history``         (``last.pt``) the metrics rows written so far (one dict per epoch)
 ==================  =========================================================================
 
-Writing goes to a temporary file in the same directory followed by ``os.replace``, so a crash
-never leaves a half-written ``last.pt``. Reading uses ``torch.load(weights_only=True)``: only
+Writing goes to a temporary file in the same directory, ``fsync``, ``os.replace`` and an ``fsync`` of
+the folder, so a crash never leaves a half-written ``last.pt`` (and the temporary file a ``kill -9``
+leaves behind is removed when the next run starts in that folder). Reading uses ``torch.load(weights_only=True)``: only
 tensors and plain containers are accepted, and a file that would run code when unpickled is
 refused with :class:`CheckpointError`.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
-import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -85,7 +84,8 @@ _MODEL_KEYS = ("model_name", "model_options", "in_channels", "num_classes", "mod
 
 
 def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename).
+    """Write ``state`` to ``path`` atomically (temporary file in the same folder, ``fsync``, rename,
+    ``fsync`` of the folder): a crash or a full disk leaves the previous file intact.
 
     Args:
         path: destination (parent folders are created).
@@ -96,25 +96,20 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
 
+    Raises:
+        OSError: the file could not be written (full disk, no permission); it names ``path``.
+
     Example:
         >>> import tempfile, os
         >>> p = save_checkpoint(os.path.join(tempfile.mkdtemp(), "last.pt"), {"epoch": 1})
         >>> load_checkpoint(p, require=())["epoch"]
         1
     """
+    from seglab._files import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(state), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "wb") as f:
+        torch.save(dict(state), f)
     return path
 
 

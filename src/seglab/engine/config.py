@@ -33,17 +33,18 @@ from typing import Any, Union
 
 import yaml
 
-from seglab._options import check_choice, check_number, did_you_mean
+from seglab._options import DATA_MODES, check_choice, check_number, did_you_mean
 from seglab.errors import InvalidTypeError, InvalidValueError, MissingFileError
 
 __all__ = [
     "AMP_MODES",
-    "MODES",
+    "DATA_MODES",
     "NORMALIZE_CHOICES",
     "OPTIMIZERS",
     "SCHEDULERS",
     "TASK_KINDS",
     "TIME_POLICIES",
+    "CliFlag",
     "DataConfig",
     "LossConfig",
     "ModelConfig",
@@ -51,15 +52,34 @@ __all__ = [
     "TaskConfig",
     "TrainConfig",
     "apply_overrides",
+    "cli_flags",
+    "flag",
     "load_config",
     "parse_assignment",
     "save_config",
 ]
 
+
+def flag(help: str, *, name: str | None = None) -> dict[str, Any]:
+    """Field metadata that makes a config key a ``seglab train`` flag (the CLI is generated from it).
+
+    Args:
+        help: the flag's help text.
+        name: the flag's name without dashes; default: the field name with ``-`` for ``_``.
+
+    Example:
+        >>> @dataclass
+        ... class Example:
+        ...     patience: int = field(default=0, metadata=flag("early stopping patience"))
+        >>> dataclasses.fields(Example)[0].metadata["help"]
+        'early stopping patience'
+    """
+    return {"flag": name or True, "help": help}
+
+
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "poly", "constant")
 AMP_MODES = ("auto", "none", "bf16", "fp16")
-MODES = ("auto", "binary", "multiclass")
 TIME_POLICIES = ("stop", "fit")
 NORMALIZE_CHOICES = ("auto", "percentile", "zscore", "minmax", "dataset", "fixed", "none")
 TASK_KINDS = ("auto", "semantic", "instance")
@@ -75,7 +95,7 @@ class ModelConfig:
             ``in_channels`` and ``num_classes`` come from the data and are not set here.
     """
 
-    name: str = "unet"
+    name: str = field(default="unet", metadata=flag("registered model name (seglab models)", name="model"))
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -114,16 +134,24 @@ class DataConfig:
         options: extra options passed to ``seglab.data.get_dataset``.
     """
 
-    name: str = "synthetic"
+    name: str = field(
+        default="synthetic",
+        metadata=flag("built-in dataset (seglab data list) or a folder with images/ and masks/", name="data"),
+    )
     train_split: str = "train"
     val_split: str | None = "val"
     mode: str = "auto"
-    crop: int | None = 256
-    batch_size: int = 8
-    samples_per_epoch: int | None = None
+    crop: int | None = field(default=256, metadata=flag("side of the random training crops"))
+    batch_size: int = field(default=8, metadata=flag("training batch size"))
+    samples_per_epoch: int | None = field(
+        default=None, metadata=flag("crops per epoch (small datasets repeat)")
+    )
     val_batch_size: int = 1
-    workers: int = 0
-    normalize: str = "auto"
+    workers: int = field(default=0, metadata=flag("DataLoader worker processes"))
+    normalize: str = field(
+        default="auto",
+        metadata=flag("intensity normalisation: auto, percentile, zscore, minmax, dataset, fixed, none"),
+    )
     normalize_options: dict[str, Any] = field(default_factory=dict)
     mean: list[float] | None = None
     std: list[float] | None = None
@@ -148,11 +176,11 @@ class OptimConfig:
         grad_clip: clip the global gradient norm to this value; ``None``: no clipping.
     """
 
-    optimizer: str = "adamw"
-    lr: float = 1e-3
+    optimizer: str = field(default="adamw", metadata=flag("adamw or sgd"))
+    lr: float = field(default=1e-3, metadata=flag("peak learning rate"))
     weight_decay: float = 1e-4
     momentum: float = 0.9
-    scheduler: str = "cosine"
+    scheduler: str = field(default="cosine", metadata=flag("cosine, poly or constant"))
     warmup_epochs: float = 0.0
     min_lr_ratio: float = 0.0
     poly_power: float = 0.9
@@ -173,7 +201,9 @@ class LossConfig:
         options: extra options passed to ``seglab.losses.build`` (``smooth``, ``ignore_index``, ...).
     """
 
-    spec: str | None = None
+    spec: str | None = field(
+        default=None, metadata=flag("loss spec, e.g. 'bce+dice' or '0.5*focal+dice'", name="loss")
+    )
     aux_weights: str | list[float] = "equal"
     cls_loss: str | None = None
     cls_weight: float = 1.0
@@ -199,8 +229,10 @@ class TaskConfig:
             store them in ``best.pt``; ``False`` keeps the defaults.
     """
 
-    kind: str = "auto"
-    encoding: str = "boundary"
+    kind: str = field(
+        default="auto", metadata=flag("instance: one label per object (auto, semantic)", name="task")
+    )
+    encoding: str = field(default="boundary", metadata=flag("instance encoding: boundary or distance"))
     options: dict[str, Any] = field(default_factory=dict)
     search: bool = True
 
@@ -218,9 +250,17 @@ class TrainConfig:
         task: see :class:`TaskConfig`.
         epochs: number of epochs.
         seed: seed of every random generator (weights, crops, order, augmentation).
-        out: the run directory; ``None``: ``runs/<model>-<data>``.
+        out: the run directory; ``None``: ``runs/<model>-<data>``; ``"auto"``: the first free name
+            among ``runs/<model>-<data>``, ``runs/<model>-<data>-2``, ... A folder that holds
+            anything (another run) is refused unless ``resume`` continues that run or
+            ``overwrite`` is set; nothing is written there before the first training step succeeds.
         resume: a ``last.pt`` to continue from (exactly: weights, optimiser, schedule, RNG,
-            history).
+            history). Refused when the run folder holds a later ``last.pt`` (or one of another
+            run): resuming would overwrite it.
+        overwrite: replace the run folder's old contents (moved aside at the first training step,
+            deleted once the new run has written its first checkpoint, put back if it fails before
+            that). Only folders that hold a seglab run are replaced. Never stored: a saved
+            config has ``overwrite: false``.
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
         amp: mixed precision on CUDA: ``"auto"`` (bf16 where supported, else fp16), ``"bf16"``,
             ``"fp16"`` (with a gradient scaler) or ``"none"``. Ignored on the CPU.
@@ -262,23 +302,32 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
-    epochs: int = 10
-    seed: int = 0
-    out: str | None = None
-    resume: str | None = None
-    device: str = "auto"
-    amp: str = "auto"
+    epochs: int = field(default=10, metadata=flag("number of epochs"))
+    seed: int = field(default=0, metadata=flag("seed of every random generator"))
+    out: str | None = field(
+        default=None, metadata=flag("run directory (default runs/<model>-<data>; auto: a fresh name)")
+    )
+    resume: str | None = field(
+        default=None, metadata=flag("continue from a last.pt (its config is the base)")
+    )
+    overwrite: bool = field(default=False, metadata=flag("replace the run already in --out"))
+    device: str = field(default="auto", metadata=flag("auto, cpu, cuda, cuda:N"))
+    amp: str = field(default="auto", metadata=flag("auto, none, bf16 or fp16 (CUDA only)"))
     monitor: str = "auto"
-    patience: int = 0
+    patience: int = field(default=0, metadata=flag("early stopping patience (validations)"))
     min_delta: float = 0.0
     val_every: int = 1
-    max_time: float | None = None
+    max_time: float | None = field(default=None, metadata=flag("training wall-clock budget in seconds"))
     time_policy: str = "stop"
-    tile: int | None = None
-    threads: int | None = None
-    quiet: bool = False
-    recipe: str = "none"
-    budget: str | float | None = None
+    tile: int | None = field(default=None, metadata=flag("validate with a sliding window of this tile size"))
+    threads: int | None = field(default=None, metadata=flag("torch CPU threads"))
+    quiet: bool = field(default=False, metadata=flag("no progress bars (one line per epoch)"))
+    recipe: str = field(
+        default="none", metadata=flag("auto: derive the recipe from the data, the device and --budget; none")
+    )
+    budget: str | float | None = field(
+        default=None, metadata=flag("time budget of the run: 90s, 10m, 1.5h or seconds")
+    )
     recipe_notes: dict[str, Any] = field(default_factory=dict)
     bn_recalibrate: int = 16
     report: bool = True
@@ -303,7 +352,7 @@ class TrainConfig:
         check_choice("optim.optimizer", self.optim.optimizer, OPTIMIZERS)
         check_choice("optim.scheduler", self.optim.scheduler, SCHEDULERS)
         check_choice("amp", self.amp, AMP_MODES)
-        check_choice("data.mode", self.data.mode, MODES)
+        check_choice("data.mode", self.data.mode, DATA_MODES)
         check_choice("data.normalize", self.data.normalize, NORMALIZE_CHOICES)
         check_choice("time_policy", self.time_policy, TIME_POLICIES)
         check_choice("task.kind", self.task.kind, TASK_KINDS)
@@ -359,6 +408,8 @@ class TrainConfig:
         if isinstance(self.loss.aux_weights, list):
             for i, v in enumerate(self.loss.aux_weights):
                 check_number(f"loss.aux_weights[{i}]", v, low=0)
+        if not self.model.name:
+            raise InvalidValueError("model.name must name a registered model (see `seglab models`).")
 
     # -- conversions ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -381,6 +432,46 @@ class TrainConfig:
             return Path(self.out)
         data_name = Path(str(self.data.name).removeprefix("builtin:")).name or "data"
         return Path("runs") / f"{self.model.name}-{data_name}"
+
+
+# -- command-line flags ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CliFlag:
+    """A ``seglab train`` flag generated from a config field marked with :func:`flag`.
+
+    Attributes:
+        name: the flag without dashes (``"batch-size"``).
+        key: the dotted config key it sets (``"data.batch_size"``).
+        type: ``int``, ``float``, ``str`` or ``bool`` (a switch).
+        help: the help text.
+    """
+
+    name: str
+    key: str
+    type: type
+    help: str
+
+
+def cli_flags(cls: type | None = None, prefix: str = "") -> list[CliFlag]:
+    """The ``seglab train`` flags: every field of :class:`TrainConfig` (and its sections) marked
+    with :func:`flag`, in declaration order.
+
+    Example:
+        >>> [f.key for f in cli_flags() if f.name in ("lr", "batch-size", "loss")]
+        ['data.batch_size', 'optim.lr', 'loss.spec']
+    """
+    cls = TrainConfig if cls is None else cls
+    hints = typing.get_type_hints(cls)
+    found: list[CliFlag] = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            found += cli_flags(tp, f"{prefix}{f.name}.")
+        elif "flag" in f.metadata:
+            name = f.name.replace("_", "-") if f.metadata["flag"] is True else f.metadata["flag"]
+            args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+            found.append(CliFlag(name, prefix + f.name, args[0], f.metadata["help"]))
+    return found
 
 
 # -- dict -> dataclass with type checks -------------------------------------------------------------
@@ -511,11 +602,12 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
 
 
 def save_config(config: TrainConfig, path: str | Path) -> Path:
-    """Write the config as YAML (sections in declaration order) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False))
-    return path
+    """Write the config as YAML (sections in declaration order; atomically) and return the path."""
+    from seglab._files import write_text_atomic
+
+    return write_text_atomic(
+        path, yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
+    )
 
 
 def apply_overrides(config: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:

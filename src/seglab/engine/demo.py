@@ -264,7 +264,7 @@ def _evaluate_demo(
 
 def _record_demo(run_dir: Path, test: Mapping[str, Any], baselines: Mapping[str, Any], ev: Any) -> None:
     """Add the test figures and the baselines to the run's ``metrics.json``."""
-    from seglab.engine._files import write_text_atomic
+    from seglab._files import write_text_atomic
 
     metrics_path = run_dir / "metrics.json"
     run_metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}

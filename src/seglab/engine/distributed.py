@@ -30,6 +30,7 @@ __all__ = [
     "dist_info",
     "init_distributed",
     "is_main_process",
+    "resolve_device",
 ]
 
 
@@ -147,3 +148,30 @@ def cleanup_distributed() -> None:
     """Leave the process group if one is active."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def resolve_device(device: str, info: DistInfo | None = None) -> torch.device:
+    """Turn ``"auto"``/``"cpu"``/``"cuda"``/``"cuda:N"`` into a device (the local rank's GPU under DDP).
+
+    Raises:
+        ValueError: CUDA asked for but not available, or an unparseable device string.
+    """
+    info = info or DistInfo()
+    text = str(device).strip().lower()
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InvalidValueError(
+                f"device={device!r} but CUDA is not available here; use device='cpu' or 'auto'."
+            )
+        if text == "cuda":
+            return torch.device(
+                "cuda", info.local_rank if info.is_distributed else torch.cuda.current_device()
+            )
+    try:
+        return torch.device(text)
+    except RuntimeError:
+        raise InvalidValueError(
+            f"Cannot parse device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'."
+        ) from None

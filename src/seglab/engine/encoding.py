@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from seglab.engine.trainer import TaskAdapter, register_task_adapter
+from seglab.engine.tasks import TaskAdapter, register_task_adapter
 from seglab.errors import ConfigError, InvalidValueError
 from seglab.instances import DecodeParams, InstanceEncoding, SearchResult, get_encoding
 
@@ -361,7 +361,7 @@ def _search_summary(result: SearchResult, metric: str) -> dict[str, Any]:
 
 def set_run_metric(path: Path, key: str, value: Any) -> None:
     """Set ``key`` in a run's ``metrics.json`` (left alone if it cannot be read)."""
-    from seglab.engine._files import jsonable, write_text_atomic
+    from seglab._files import jsonable, write_text_atomic
 
     try:
         data = json.loads(path.read_text())

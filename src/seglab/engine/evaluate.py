@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from seglab.engine._files import csv_text, jsonable, write_text_atomic
+from seglab._files import check_writable, csv_text, jsonable, write_text_atomic
 from seglab.engine.predict import PredictOptions, build_predictor, plan_backend, predict_image
 from seglab.engine.predictor import Predictor
 from seglab.errors import InvalidValueError
@@ -368,9 +368,10 @@ def evaluate_checkpoint(
     overlays are written under ``<out_dir>/predictions``.
 
     Returns:
-        ``(result, written paths)``. When ``split == "test"`` and the checkpoint sits in a run
-        folder with a ``metrics.json``, its ``"test"`` entry is updated too (``seglab compare``
-        reads it).
+        ``(result, written paths)``. When ``split == "test"``, the checkpoint sits in a run
+        folder with a ``metrics.json`` and ``data`` is the dataset that run trained on, its
+        ``"test"`` entry is updated too (``seglab compare`` reads it); a test split of another
+        dataset leaves the run's entry alone.
 
     Raises:
         FileNotFoundError, CheckpointError, ValueError: bad paths, checkpoint or data.
@@ -379,10 +380,11 @@ def evaluate_checkpoint(
     from seglab.engine._acceleration import describe_runner
 
     opts = options or PredictOptions()
-    predictor = build_predictor(checkpoint, options=opts)
     ckpt = Path(checkpoint)
     data_name = Path(os.fspath(data)).name or "data"
     out = Path(out_dir) if out_dir is not None else ckpt.parent / f"eval-{data_name}-{split}"
+    check_writable(out, "output folder")  # before scoring: a read-only folder fails at once
+    predictor = build_predictor(checkpoint, options=opts)
     if predictor.decoder is not None:  # an instance model: label images against the true ones
         from seglab.engine.instance import evaluate_instances
 
@@ -408,7 +410,9 @@ def evaluate_checkpoint(
     }
     paths = write_eval(result, out, extra=extra)
     if split == "test":
-        _record_test(ckpt.parent / "metrics.json", result, data, extra)
+        _record_test(
+            ckpt.parent / "metrics.json", result, data, {**extra, "epoch": predictor.meta.get("epoch")}
+        )
     return result, paths
 
 
@@ -419,18 +423,35 @@ def _plan(predictor: Predictor, dataset: Any, opts: PredictOptions) -> None:
         plan_backend(predictor, [hw] * len(dataset), opts)  # type: ignore[list-item]
 
 
+def _same_data(a: str, b: str) -> bool:
+    """Whether two ``--data`` values name the same dataset (``hela`` = ``builtin:hela``; folders by path)."""
+    a, b = str(a).removeprefix("builtin:"), str(b).removeprefix("builtin:")
+    if a == b:
+        return True
+    pa, pb = Path(a), Path(b)
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
 def _record_test(
     run_metrics: Path, result: EvalResult, data: str | os.PathLike[str], extra: Mapping[str, Any]
-) -> None:
-    """Store the test scores in the run's ``metrics.json`` (read by ``seglab compare``), if it has one."""
+) -> bool:
+    """Store the test scores in the run's ``metrics.json`` (read by ``seglab compare``); returns whether it did.
+
+    Only a run's own test split counts: nothing is written when the folder has no ``metrics.json``
+    or when ``data`` is not the dataset the run trained on (a test split of another dataset
+    scores the model, not the run; its figures stay in the eval folder). The entry records the
+    checkpoint's ``epoch``, so training that later replaces ``best.pt`` drops the stale score.
+    """
     if not run_metrics.is_file():
-        return
+        return False
     try:
         run = json.loads(run_metrics.read_text())
     except json.JSONDecodeError:
-        return
-    if isinstance(run, dict):
-        run["test"] = _json_value(
-            {**result.overall, "hd95": result.mean.get("hd95"), "data": os.fspath(data), **extra}
-        )
-        write_text_atomic(run_metrics, json.dumps(run, indent=2))
+        return False
+    if not isinstance(run, dict) or not _same_data(str(run.get("data", "")), os.fspath(data)):
+        return False
+    run["test"] = _json_value(
+        {**result.overall, "hd95": result.mean.get("hd95"), "data": os.fspath(data), **extra}
+    )
+    write_text_atomic(run_metrics, json.dumps(run, indent=2))
+    return True

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from seglab.data.base import collate_instances
 from seglab.engine.encoding import DEFAULT_METRIC, SCORE_KEYS, gather_objects, label_scores
-from seglab.engine.trainer import TaskAdapter, register_task_adapter
+from seglab.engine.tasks import TaskAdapter, register_task_adapter
 from seglab.errors import InvalidValueError
 
 __all__ = [

@@ -12,13 +12,34 @@ the probabilities with a dense CRF, and writes per image:
 * ``<stem>_overlay.png`` (a colour overlay) and, with ``save_probs``, ``<stem>_probs.tif``
   (float32 ``(K, H, W)``).
 
+**Names.** Inputs whose stems collide (``a.png a.tif d2/a.png``) get outputs named apart by their
+suffix and, where needed, their folder (``a_png``, ``a_tif``, ``d2_a_png``), with one warning
+listing them; names that still collide are refused. No output ever replaces another one of the
+same call, and the count returned is the count of files written.
+
+**Large images** (more than :data:`~seglab.engine.predictor.STREAM_PIXELS` pixels, with a
+``tile``) are streamed: NPY and TIFF files are memory-mapped, each tile is normalised as it is
+read, and the class ids are collected one byte per pixel (:meth:`Predictor.stream
+<seglab.engine.predictor.Predictor.stream>`); probabilities go to a tiled TIFF (``(H, W)`` for one
+channel, else ``(H, W, K)``) as they are computed, and the overlay is written at reduced size
+(every ``s``-th pixel, at most :data:`OVERLAY_SIDE` pixels on its long side). A 20000x20000 uint8
+slide with ``--tile 512`` stays under 2.5 GB of resident memory. ``crf`` is refused there (the
+dense CRF needs whole-image arrays); with ``tta`` each tile is augmented. Without a tile such an
+image gets a warning (a whole-image pass needs memory in proportion to the image).
+
+Every file is written to a temporary name and renamed into place, so a reader never sees half a
+file.
+
 The network part on normalised images, :func:`predict_logits`, and the logit/probability helpers
 live in :mod:`seglab.engine.predictor` and are re-exported here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +49,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from seglab._files import check_writable
 from seglab.data.normalize import Normalization
 from seglab.engine.predictor import (
     ONNX_METADATA_KEY,
+    STREAM_PIXELS,
     Predictor,
     logits_to_mask,
     logits_to_probs,
@@ -40,7 +63,7 @@ from seglab.engine.predictor import (
     read_onnx_metadata,
     write_onnx_metadata,
 )
-from seglab.errors import InvalidValueError, MissingFileError
+from seglab.errors import DataError, InvalidValueError, MissingFileError
 
 __all__ = [
     "ONNX_METADATA_KEY",
@@ -50,6 +73,7 @@ __all__ = [
     "logits_to_mask",
     "logits_to_probs",
     "normalize_image",
+    "output_names",
     "plan_backend",
     "predict_files",
     "predict_logits",
@@ -98,12 +122,70 @@ def find_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
             found.append(path)
         else:
             raise MissingFileError(f"{path}: no such file or folder.")
-    unique = list(dict.fromkeys(found))
+    first: dict[Path, Path] = {}
+    for p in found:  # one entry per file, however it is named (a.png, ./a.png, d/../a.png)
+        first.setdefault(p.resolve(), p)
+    unique = list(first.values())
     if not unique:
         raise MissingFileError(
             f"No image files ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, inputs))}."
         )
     return unique
+
+
+def _clashes(names: Sequence[str]) -> dict[str, list[int]]:
+    """Indices of names that collide (case-insensitively: some file systems ignore case), by name."""
+    counts = Counter(n.casefold() for n in names)
+    groups: dict[str, list[int]] = {}
+    for i, n in enumerate(names):
+        if counts[n.casefold()] > 1:
+            groups.setdefault(n.casefold(), []).append(i)
+    return groups
+
+
+def output_names(files: Sequence[Path]) -> list[str]:
+    """Output base names for input files, none colliding (``<name>_mask.png`` etc.).
+
+    A file's stem, unless other inputs share it: then its suffix is added when theirs differ
+    (``a_png``, ``a_tif``), and its folders below the group's common folder when those differ
+    (``d2_a_png``).
+
+    Raises:
+        DataError: names that still collide (say ``a_png.png`` beside ``a.png`` and ``a.tif``).
+
+    Example:
+        >>> output_names([Path("a.png"), Path("a.tif"), Path("d2/a.png"), Path("b.png")])
+        ['a_png', 'a_tif', 'd2_a_png', 'b']
+    """
+    names = [p.stem for p in files]
+    for group in _clashes(names).values():
+        members = [files[i] for i in group]
+        with_suffix = len({p.suffix.lower() for p in members}) > 1
+        parents = [p.resolve().parent for p in members]
+        common = Path(os.path.commonpath(parents)) if len(set(parents)) > 1 else None
+        for i, p, parent in zip(group, members, parents):
+            name = f"{p.stem}_{p.suffix.lstrip('.').lower()}" if with_suffix else p.stem
+            if common is not None:
+                name = "_".join([*parent.relative_to(common).parts, name])
+            names[i] = name
+    left = _clashes(names)
+    if left:
+        shown = "; ".join(" and ".join(str(files[i]) for i in group) for group in left.values())
+        raise DataError(
+            f"Inputs whose outputs would have the same name: {shown}. Rename or move them, or predict them "
+            "into separate --out folders."
+        )
+    return names
+
+
+def _warn_renamed(files: Sequence[Path], names: Sequence[str]) -> None:
+    renamed = [f"{p} -> {n}" for p, n in zip(files, names) if n != p.stem]
+    if renamed:
+        warnings.warn(
+            f"inputs share a name, so their outputs are named apart: {', '.join(renamed)}",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 @dataclass
@@ -250,40 +332,117 @@ def predict_image(
     return predictor.mask(logits), logits
 
 
+# overlays of streamed (large) images are subsampled to at most this many pixels on the long side
+OVERLAY_SIDE = 2048
+
+
 def _write_outputs(
     out: Path,
     path: Path,
+    name: str,
     image: np.ndarray,
     mask: np.ndarray,
-    probs: Tensor,
     opts: PredictOptions,
     binary: bool,
 ) -> dict[str, Any]:
-    """Write the mask (0/255 PNG for binary models, ids otherwise), overlay and probabilities of one image."""
+    """Write the mask (0/255 PNG for binary models, ids otherwise) and overlay of one image."""
     from seglab.data.io import write_mask
 
-    stem = path.stem
-    stored = mask * 255 if binary and opts.format == "png" else mask
-    mask_path = write_mask(
-        out / f"{stem}_mask.{opts.format}", stored.astype(np.uint8 if stored.max() < 256 else np.uint16)
-    )
     row: dict[str, Any] = {
         "input": str(path),
-        "mask": str(mask_path),
+        "mask": None,
         "overlay": None,
         "probs": None,
-        "foreground_fraction": float((mask > 0).mean()),
+        "foreground_fraction": float(np.count_nonzero(mask) / max(1, mask.size)),
     }
     if opts.overlay:
-        from seglab.report.overlays import overlay_mask, save_png
+        step = _overlay_step(*mask.shape) if mask.size > STREAM_PIXELS else 1
+        row["overlay"] = _write_overlay(out / f"{name}_overlay.png", image, mask[::step, ::step], step)
+    if binary and opts.format == "png":
+        stored = (mask * 255).astype(np.uint8)
+    else:
+        stored = mask.astype(np.uint8 if mask.max(initial=0) < 256 else np.uint16, copy=False)
+    row["mask"] = str(write_mask(out / f"{name}_mask.{opts.format}", stored))
+    return row
 
-        row["overlay"] = str(save_png(overlay_mask(image, mask), out / f"{stem}_overlay.png"))
-    if opts.save_probs:
-        import tifffile
 
-        probs_path = out / f"{stem}_probs.tif"
-        tifffile.imwrite(probs_path, probs[0].float().cpu().numpy(), compression="zlib")
-        row["probs"] = str(probs_path)
+def _overlay_step(height: int, width: int) -> int:
+    """The subsampling that brings the long side to at most :data:`OVERLAY_SIDE` pixels."""
+    return max(1, -(-max(height, width) // OVERLAY_SIDE))
+
+
+def _write_overlay(path: Path, image: np.ndarray, ids: np.ndarray, step: int) -> str:
+    """The overlay of class ids (already subsampled by ``step``) on every ``step``-th pixel of ``image``."""
+    from seglab.report.overlays import overlay_mask, save_png
+
+    return str(save_png(overlay_mask(np.asarray(image[:, ::step, ::step]), ids), path))
+
+
+def _write_probs(path: Path, probs: Tensor) -> Path:
+    """Probabilities ``(1, K, H, W)`` as a float32 ``(K, H, W)`` TIFF, written atomically."""
+    import tifffile
+
+    from seglab.data.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, probs[0].float().cpu().numpy(), compression="zlib", photometric="minisblack")
+    return path
+
+
+def _predict_one(
+    predictor: Predictor, path: Path, out: Path, name: str, opts: PredictOptions
+) -> dict[str, Any]:
+    """Predict one file and write its outputs: in memory, or streamed for a large tiled image."""
+    from seglab.data.io import image_info, read_image
+
+    info = image_info(path)
+    large = info.height * info.width > STREAM_PIXELS
+    if large and opts.tile is None:
+        warnings.warn(
+            f"{path}: {info.height}x{info.width} predicted whole, which needs memory in proportion to the image; "
+            "pass --tile 512 to predict it tile by tile with bounded memory",
+            UserWarning,
+            stacklevel=3,
+        )
+    if not (large and opts.tile is not None):
+        image = read_image(path)  # (C, H, W) file dtype
+        mask, logits = predict_image(predictor, image, name=str(path), crf=opts.crf)
+        binary = predictor.mode_for(int(logits.shape[1])) == "binary"
+        row = _write_outputs(out, path, name, image, mask, opts, binary)
+        if opts.save_probs:
+            row["probs"] = str(_write_probs(out / f"{name}_probs.tif", logits_to_probs(logits)))
+        return row
+    if opts.crf:
+        raise InvalidValueError(
+            f"{path}: --crf needs whole-image arrays and is not available for images over {STREAM_PIXELS:,} pixels "
+            "predicted tile by tile; drop --crf."
+        )
+    image = read_image(path, mmap=True)  # a memory map where the file allows it
+    return _predict_streamed(predictor, path, image, out, name, opts)
+
+
+def _predict_streamed(
+    predictor: Predictor, path: Path, image: np.ndarray, out: Path, name: str, opts: PredictOptions
+) -> dict[str, Any]:
+    """A large image, tile by tile: the mask written as its rows come, probabilities to a tiled TIFF."""
+    from seglab.data.io import atomic_path
+    from seglab.engine._mask_stream import MaskStream
+
+    h, w = int(image.shape[-2]), int(image.shape[-1])
+    probs_path = out / f"{name}_probs.tif"
+    mask = MaskStream(out / f"{name}_mask.{opts.format}", h, w, step=_overlay_step(h, w))
+    try:
+        with contextlib.ExitStack() as stack:
+            tmp = stack.enter_context(atomic_path(probs_path)) if opts.save_probs else None
+            predictor.stream(image, name=str(path), probs_path=tmp, on_ids=mask)
+        row: dict[str, Any] = {"input": str(path), "mask": str(mask.close()), "overlay": None}
+    except BaseException:
+        mask.abort()
+        raise
+    row["probs"] = str(probs_path) if opts.save_probs else None
+    row["foreground_fraction"] = mask.foreground / max(1, h * w)
+    if opts.overlay:
+        row["overlay"] = _write_overlay(out / f"{name}_overlay.png", image, mask.preview, mask.step)
     return row
 
 
@@ -299,11 +458,13 @@ def predict_files(
 
     For each input ``<stem>.<ext>`` it writes ``<out_dir>/<stem>_mask.png`` (0/255 for binary
     models, class ids for multi-class ones) or ``<stem>_mask.tif`` (class ids), ``<stem>_overlay.png``
-    and, with ``save_probs``, ``<stem>_probs.tif``. Instance checkpoints (a semantic model trained
-    on an instance encoding, or ``mask_rcnn``) write ``<stem>_instances.tif`` instead: the label
-    image of :meth:`Predictor.instances <seglab.engine.predictor.Predictor.instances>` (uint16,
-    uint32 beyond 65535 objects; 0 = background), and ``<stem>_overlay.png`` with each object in
-    its own colour and outlined; ``crf``, ``threshold`` and ``save_probs`` do not apply to them.
+    and, with ``save_probs``, ``<stem>_probs.tif``. Inputs whose stems collide are named apart
+    (:func:`output_names`); large tiled images are streamed (see the module docstring). Instance
+    checkpoints (a semantic model trained on an instance encoding, or ``mask_rcnn``) write
+    ``<stem>_instances.tif`` instead: the label image of
+    :meth:`Predictor.instances <seglab.engine.predictor.Predictor.instances>` (uint16, uint32
+    beyond 65535 objects; 0 = background), and ``<stem>_overlay.png`` with each object in its own
+    colour and outlined; ``crf``, ``threshold`` and ``save_probs`` do not apply to them.
 
     Args:
         inputs: image files and/or folders (every image inside, not recursive).
@@ -314,63 +475,54 @@ def predict_files(
 
     Returns:
         One dict per image: ``{"input", "mask", "overlay", "probs", "foreground_fraction"}``
-        (instance checkpoints: ``{"input", "instances", "overlay", "count"}``).
+        (instance checkpoints: ``{"input", "instances", "overlay", "count"}``); every output is
+        a different file.
 
     Raises:
         FileNotFoundError: missing inputs or checkpoint.
         ValueError: bad options, or an image whose channel count does not fit the model.
-        DataError: an image with NaN or infinite pixels.
+        DataError: an image with NaN or infinite pixels; inputs whose output names collide.
+        RunFolderError: ``out_dir`` cannot be written (checked before any prediction).
 
     Warns:
         OutOfRangeWarning: an image far outside the training intensities (once per image).
+        UserWarning: inputs renamed apart; a large image predicted without a tile.
 
     Example:
         >>> predict_files(["frame.tif"], "out", checkpoint="runs/demo/best.pt")  # doctest: +SKIP
     """
     from seglab._options import check_choice
-    from seglab.data.io import read_image
 
     opts = options or PredictOptions()
     check_choice("format", opts.format, ("png", "tif"))
-    predictor = build_predictor(checkpoint, onnx=onnx, options=opts)
     files = find_images(inputs)
+    names = output_names(files)
+    out = Path(out_dir)
+    check_writable(out, "output folder")  # before any work: a read-only folder fails at once
+    predictor = build_predictor(checkpoint, onnx=onnx, options=opts)
     if predictor.decoder is not None:  # an instance model: label images
         predictor.decoder.check_options(opts)
     plan_backend(predictor, _file_sizes(files), opts)  # the backend for the whole job, before any output
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _warn_renamed(files, names)
     if predictor.decoder is not None:
-        return _predict_instance_files(predictor, files, out, opts)
-    results = []
-    bar = None
-    if opts.progress and len(files) > 1:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(files), desc="predict", leave=False)
-    for path in files:
-        image = read_image(path)  # (C, H, W) file dtype
-        mask, logits = predict_image(predictor, image, name=str(path), crf=opts.crf)
-        binary = predictor.mode_for(int(logits.shape[1])) == "binary"
-        results.append(_write_outputs(out, path, image, mask, logits_to_probs(logits), opts, binary))
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    return results
+        return _predict_instance_files(predictor, files, names, out, opts)
+    pairs = list(zip(files, names))
+    return [_predict_one(predictor, path, out, name, opts) for path, name in _progress(pairs, opts.progress)]
 
 
 def _predict_instance_files(
-    predictor: Predictor, files: Sequence[Path], out: Path, opts: PredictOptions
+    predictor: Predictor, files: Sequence[Path], names: Sequence[str], out: Path, opts: PredictOptions
 ) -> list[dict[str, Any]]:
     """The instance branch of :func:`predict_files`: a label TIFF and an overlay per image."""
     from seglab.data.io import read_image
     from seglab.engine.instance import write_instance_outputs
 
     rows = []
-    for path in _progress(files, opts.progress):
+    for path, name in _progress(list(zip(files, names)), opts.progress):
         image = read_image(path)  # (C, H, W) file dtype
         labels = predictor.instances(image, name=str(path))  # (H, W) uint32
-        paths = write_instance_outputs(out, path.stem, image, labels, overlay=opts.overlay)
+        paths = write_instance_outputs(out, name, image, labels, overlay=opts.overlay)
         rows.append(
             {
                 "input": str(path),
@@ -382,9 +534,10 @@ def _predict_instance_files(
     return rows
 
 
-def _progress(files: Sequence[Path], show: bool) -> Any:
-    if not show or len(files) < 2:
-        return files
+def _progress(items: Sequence[Any], show: bool) -> Any:
+    """``items``, with a progress bar over files when there are several."""
+    if not show or len(items) < 2:
+        return items
     from tqdm.auto import tqdm
 
-    return tqdm(files, desc="predict", leave=False)
+    return tqdm(items, desc="predict", leave=False)

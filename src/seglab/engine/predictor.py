@@ -51,6 +51,7 @@ from seglab.inference.runner import EagerRunner, Runner, as_runner
 
 __all__ = [
     "ONNX_METADATA_KEY",
+    "STREAM_PIXELS",
     "TTA_CHOICES",
     "Predictor",
     "logits_to_mask",
@@ -66,6 +67,8 @@ __all__ = [
 TTA_CHOICES = ("hflip", "flips", "d4")
 ONNX_METADATA_KEY = "seglab"
 _EPS = 1e-6
+# images with more pixels than this are predicted by streaming (Predictor.stream) when tiled
+STREAM_PIXELS = 4096 * 4096
 
 
 # -- logits, probabilities, masks ---------------------------------------------------------------
@@ -230,6 +233,11 @@ def _as_chw(image: np.ndarray | Tensor, name: str, in_channels: int | None) -> n
     return image
 
 
+def _row_bands(image: np.ndarray, rows: int = 1024) -> Any:
+    """``(C, r, W)`` views of ``image`` ``(C, H, W)``, ``rows`` rows at a time (bounded temporaries)."""
+    return (image[:, y : y + rows] for y in range(0, image.shape[1], rows))
+
+
 def _check_finite(image: np.ndarray | Tensor, name: str) -> None:
     """Refuse NaN/inf pixels (the documented policy), naming the image and how many there are."""
     if isinstance(image, Tensor):
@@ -239,7 +247,7 @@ def _check_finite(image: np.ndarray | Tensor, name: str) -> None:
     else:
         if image.dtype.kind != "f":
             return
-        bad = int(image.size - np.count_nonzero(np.isfinite(image)))
+        bad = sum(int(b.size - np.count_nonzero(np.isfinite(b))) for b in _row_bands(image))
     if bad:
         total = int(np.prod(tuple(image.shape)))
         raise DataError(
@@ -275,6 +283,14 @@ def normalize_input(
         OutOfRangeWarning: intensities far outside the training range (``dataset``/``fixed``).
     """
     norm = _normalization(normalization)
+    x = _checked(image, norm, name, in_channels)
+    return norm(x)
+
+
+def _checked(
+    image: np.ndarray | Tensor, norm: Normalization, name: str, in_channels: int | None
+) -> np.ndarray | Tensor:
+    """The raw image as ``(C, H, W)``, checked (shape, finite pixels) and warned about (out of range)."""
     x = _as_chw(image, name, in_channels or norm.in_channels)
     _check_finite(x, name)
     reason = norm.check_range(x)
@@ -284,9 +300,86 @@ def normalize_input(
             "all background). Fix: --normalize percentile (Predictor(..., normalize='percentile')), or "
             "retrain with --normalize percentile.",
             OutOfRangeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-    return norm(x)
+    return x
+
+
+def _streaming_affine(norm: Normalization, image: np.ndarray | Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """:meth:`Normalization.affine` without a full-size float copy of ``image`` (z-score's standard
+    deviation in row bands; percentiles of integer images come from a histogram anyway)."""
+    if norm.method != "zscore" or isinstance(image, Tensor):
+        return norm.affine(image)
+    count = image.shape[1] * image.shape[2]
+    mean = np.array(
+        [sum(float(b[c].sum(dtype=np.float64)) for b in _row_bands(image)) for c in range(len(image))]
+    )
+    mean /= count
+    sq = [
+        sum(float(np.square(b[c] - mean[c], dtype=np.float64).sum()) for b in _row_bands(image))
+        for c in range(len(image))
+    ]
+    std = np.sqrt(np.asarray(sq) / count)
+    return mean, np.where(np.isfinite(std) & (std > 0), std, 1.0)
+
+
+def _tile_transform(norm: Normalization, affine: tuple[np.ndarray, np.ndarray]) -> Callable[[Tensor], Tensor]:
+    """Normalise one raw tile ``(C, h, w)`` exactly as the whole image would be (:meth:`Normalization.apply`:
+    8/16-bit values and float32 in float32, wider types through float64)."""
+
+    def transform(tile: Tensor) -> Tensor:
+        wide = tile.dtype != torch.float32 and tile.element_size() >= 4
+        return norm.apply(tile.to(torch.float64) if wide else tile, affine)
+
+    return transform
+
+
+def _class_ids(
+    bands: Any,
+    threshold: float,
+    hw: tuple[int, int],
+    on_ids: Callable[[int, int, np.ndarray, int], None] | None,
+    state: dict[str, Any],
+) -> Any:
+    """Pass blended logit bands ``(n, y0, y1, (K, r, W))`` on, turning each into class ids: handed
+    to ``on_ids``, or collected in ``state["ids"]`` (``state["k"]``: the channels)."""
+    for n, y0, y1, rows in bands:
+        state["k"] = k = int(rows.shape[0])
+        ids = (
+            logits_to_mask(rows[None], threshold)[0].cpu().numpy().astype(np.uint8 if k <= 256 else np.uint16)
+        )
+        if on_ids is not None:
+            on_ids(y0, y1, ids, k)
+        else:
+            if "ids" not in state:
+                state["ids"] = np.empty(hw, np.uint8 if k <= 256 else np.uint16)
+            state["ids"][y0:y1] = ids
+        yield n, y0, y1, rows
+
+
+class _TileTTA(Runner):
+    """A runner that applies test-time augmentation to each batch of tiles (streamed prediction):
+    the logits of the mean probabilities over the transforms."""
+
+    def __init__(self, runner: Runner, transforms: str) -> None:
+        self.runner = runner
+        self.transforms = transforms
+        self.size_divisor = runner.size_divisor
+        self.input_hw = runner.input_hw
+        self.device = runner.device
+
+    def output_shape(self, input_hw: tuple[int, int]) -> tuple[int, int]:
+        return self.runner.output_shape(input_hw)
+
+    def check_input_size(self, h: int, w: int) -> None:
+        check = getattr(self.runner, "check_input_size", None)
+        if callable(check):
+            check(h, w)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        from seglab.inference import tta
+
+        return probs_to_logits(tta(self.runner, x, transforms=self.transforms, activation="auto"))
 
 
 def _normalization(value: Normalization | Mapping[str, Any] | str) -> Normalization:
@@ -456,7 +549,7 @@ class Predictor:
             >>> mask = predictor(seglab.data.read_image("frame.tif"))  # doctest: +SKIP
         """
         from seglab.engine.checkpoint import load_model
-        from seglab.engine.trainer import resolve_device
+        from seglab.engine.distributed import resolve_device
         from seglab.inference.backends._base import check_options
 
         check_options(backend, precision)
@@ -676,6 +769,76 @@ class Predictor:
     def mode_for(self, channels: int) -> str:
         """The stored mode, else binary for one output channel and multi-class otherwise."""
         return self.mode or ("binary" if channels == 1 else "multiclass")
+
+    def stream(
+        self,
+        image: np.ndarray | Tensor,
+        *,
+        name: str = "image",
+        probs_path: str | os.PathLike[str] | None = None,
+        on_ids: Callable[[int, int, np.ndarray, int], None] | None = None,
+    ) -> tuple[np.ndarray | None, int]:
+        """Class ids of one raw image of any size with bounded memory (needs ``tile``): a slide.
+
+        The image (a NumPy memmap is read tile by tile) is checked as :meth:`logits` checks it,
+        its normalisation parameters are measured without a float copy of it, and each tile is
+        normalised as it is read; finished row bands of the blended logits become class ids
+        (collected one byte per pixel, or handed to ``on_ids`` as they come) and, with
+        ``probs_path``, probabilities written to a tiled TIFF as they come. Without TTA the class ids equal ``self(image)``'s; with TTA each tile is augmented
+        (the whole-image path augments the whole image), so they may differ slightly.
+
+        Args:
+            image: raw ``(C, H, W)`` (or ``(H, W)``), any numeric dtype.
+            name: how messages name the image.
+            probs_path: also write probabilities to this tiled TIFF (float32, ``(H, W)`` for one
+                channel, else ``(H, W, K)``).
+            on_ids: called with ``(y0, y1, class ids (y1 - y0, W), K)`` for every finished band
+                of rows, in order; the class ids are then not collected.
+
+        Returns:
+            ``(class ids (H, W) uint8, or uint16 above 256 classes, or None with on_ids; K, the
+            logit channels)``.
+
+        Raises:
+            InvalidValueError: no ``tile``; see :meth:`logits`.
+            DataError: NaN or infinite pixels.
+
+        Memory:
+            The class ids (unless ``on_ids`` takes them), a band about two tiles high and the
+            image's width of ``K`` float32 maps, and the tile batch; the image itself is only read.
+        """
+        from seglab.inference.sliding_window import sliding_window_bands, write_bands_tiff
+
+        if self.tile is None:
+            raise InvalidValueError(
+                "Predictor.stream predicts tile by tile: give it a tile size (tile=512, --tile 512)."
+            )
+        x = _checked(image, self.normalization, name, self.in_channels)
+        transform = _tile_transform(self.normalization, _streaming_affine(self.normalization, x))
+        runner = self.runner if self.tta is None else _TileTTA(self.runner, self.tta)
+        bands = sliding_window_bands(
+            runner,
+            x,
+            tile=self.tile,
+            overlap=0.5 if self.overlap is None else self.overlap,
+            blend=self.blend,
+            batch_size=self.batch_size,
+            device=runner.device,
+            activation=None,
+            progress=self.progress,
+            prepare=False,
+            transform=transform,
+        )
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        state: dict[str, Any] = {}
+        labelled = _class_ids(bands, self.threshold, (h, w), on_ids, state)
+        if probs_path is None:
+            for _ in labelled:
+                pass
+        else:
+            probs = ((n, y0, y1, logits_to_probs(r[None])[0]) for n, y0, y1, r in labelled)
+            write_bands_tiff(probs_path, probs, images=1, height=h, width=w, dtype="float32")
+        return state.get("ids"), state["k"]
 
 
 # -- a bare model, explicit normalisation -----------------------------------------------------------

@@ -19,7 +19,11 @@ What a run does:
 * **bookkeeping** (rank 0 only): ``<run>/config.yaml``, ``metrics.csv`` (one row per epoch;
   wall-clock columns end in ``_time``), ``metrics.json``, ``last.pt`` (everything a resume needs)
   every epoch and ``best.pt`` (the weights and what prediction needs) on improvement of
-  ``monitor`` (both written atomically).
+  ``monitor``, every file written atomically (temporary file, ``fsync``, rename, ``fsync`` of the
+  folder). The folder is checked before any work (a folder holding another run is refused unless
+  ``resume`` continues it or ``overwrite`` replaces it; a later ``last.pt`` is never overwritten
+  by an older one; it must be writable) and written from the first successful step on
+  (:mod:`seglab.engine._run_folder`).
 * **reproducibility**: every epoch starts from generators seeded by ``(seed, epoch, rank)``, and
   checkpoints hold the optimiser, schedule, scaler and RNG states, so ``resume`` continues exactly:
   on the CPU an interrupted run resumed from ``last.pt`` gives the same ``metrics.csv`` rows as an
@@ -36,12 +40,9 @@ What a run does:
   summed over ranks.
 
 Extension point: the per-task work (what the datasets yield, the loss of one batch, validation,
-what ``best.pt`` adds, a last step after training) lives in a :class:`TaskAdapter` chosen by the
-registry's ``ModelInfo.task`` and ``task.kind`` — never by a model name. :data:`TASK_ADAPTERS`
-holds ``"semantic"``; ``"encoding"`` (:mod:`seglab.engine.encoding`: a semantic model trained on
-an instance encoding, ``task.kind="instance"``) and ``"instance"`` (:mod:`seglab.engine.instance`:
-``mask_rcnn``, torchvision's detection contract) are imported on first use; others are added with
-:func:`register_task_adapter`.
+what ``best.pt`` adds, a last step after training) lives in a :class:`~seglab.engine.tasks.TaskAdapter`
+chosen by the registry's ``ModelInfo.task`` and ``task.kind`` — never by a model name (see
+:mod:`seglab.engine.tasks`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
+import inspect
 import json
 import math
 import random
@@ -65,10 +67,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from seglab._files import csv_text, json_cell, jsonable, write_text_atomic
 from seglab._options import check_choice, did_you_mean
 from seglab.data.normalize import Normalization
 from seglab.data.transforms import Compose, NormalizeImage
-from seglab.engine._files import csv_text, json_cell, jsonable, write_text_atomic
 from seglab.engine.batchnorm import recalibrate_batchnorm
 from seglab.engine.checkpoint import (
     CHECKPOINT_KEYS,
@@ -79,9 +81,21 @@ from seglab.engine.checkpoint import (
     set_rng_state,
 )
 from seglab.engine.config import TrainConfig, save_config
-from seglab.engine.distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
+from seglab.engine.distributed import (
+    all_reduce_sum,
+    barrier,
+    cleanup_distributed,
+    init_distributed,
+    resolve_device,
+)
+from seglab.engine.tasks import (
+    _ADAPTER_MODULES,
+    TASK_ADAPTERS,
+    SemanticAdapter,
+    TaskAdapter,
+    register_task_adapter,
+)
 from seglab.errors import ConfigError, InvalidTypeError, InvalidValueError, SeglabError
-from seglab.metrics.scores import SCORES
 from seglab.report.run import write_run_report
 
 __all__ = [
@@ -95,6 +109,7 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "cpu_model_defaults",
+    "load_resume_checkpoint",
     "lr_factor",
     "register_task_adapter",
     "resolve_device",
@@ -131,33 +146,6 @@ class TrainResult:
 
 
 # -- devices, optimiser, schedule ----------------------------------------------------------------------
-def resolve_device(device: str, dist: DistInfo | None = None) -> torch.device:
-    """Turn ``"auto"``/``"cpu"``/``"cuda"``/``"cuda:N"`` into a device (the local rank's GPU under DDP).
-
-    Raises:
-        ValueError: CUDA asked for but not available, or an unparseable device string.
-    """
-    dist = dist or DistInfo()
-    text = str(device).strip().lower()
-    if text == "auto":
-        text = "cuda" if torch.cuda.is_available() else "cpu"
-    if text.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise InvalidValueError(
-                f"device={device!r} but CUDA is not available here; use device='cpu' or 'auto'."
-            )
-        if text == "cuda":
-            return torch.device(
-                "cuda", dist.local_rank if dist.is_distributed else torch.cuda.current_device()
-            )
-    try:
-        return torch.device(text)
-    except RuntimeError:
-        raise InvalidValueError(
-            f"Cannot parse device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'."
-        ) from None
-
-
 def build_optimizer(model: nn.Module, optim: Any) -> torch.optim.Optimizer:
     """AdamW or SGD (Nesterov momentum), without weight decay on biases and normalisation weights.
 
@@ -394,8 +382,7 @@ def cpu_model_defaults(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]
 
     if config.model.options or resolve_device(config.device).type != "cpu":
         return config, {}
-    params = model_info(config.model.name).options
-    applied = {k: v for k, v in _CPU_SIZES.items() if k in params and params[k].default != v}
+    applied = cpu_sizes(model_info(config.model.name).options)
     if not applied:
         return config, {}
     return dataclasses.replace(
@@ -403,127 +390,19 @@ def cpu_model_defaults(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]
     ), applied
 
 
-_CPU_SIZES: dict[str, Any] = {"base_channels": 16, "encoder": "resnet18"}
+def cpu_sizes(params: Mapping[str, inspect.Parameter]) -> dict[str, Any]:
+    """The CPU sizes for a model builder with these parameters: ``base_channels=16`` where it has a
+    wider default, ``encoder="resnet18"`` where its default encoder is a ResNet-50/101 (DeepLab,
+    PSPNet; the U-Net family's own plain encoder stays)."""
+    applied: dict[str, Any] = {}
+    if "base_channels" in params and params["base_channels"].default != 16:
+        applied["base_channels"] = 16
+    if "encoder" in params and params["encoder"].default in _HEAVY_ENCODERS:
+        applied["encoder"] = "resnet18"
+    return applied
 
 
-# -- task adapters (the extension point for instance segmentation) ---------------------------------------
-class TaskAdapter:
-    """The task-specific part of training, chosen by ``model_info(name).task``.
-
-    Subclasses implement how a batch becomes a loss, which meter scores validation, and how one
-    validation batch is scored. The trainer owns everything else (loop, optimiser, AMP, DDP,
-    checkpoints, logging).
-
-    Attributes:
-        collate_fn: the ``DataLoader`` collate function (``None``: PyTorch's default).
-        default_monitor: the validation metric ``monitor="auto"`` picks.
-        monitors: the metrics ``monitor`` may name (checked before training), or ``None`` to
-            check them against the first validation row.
-    """
-
-    collate_fn: Callable[..., Any] | None = None
-    default_monitor: str = "loss"
-    monitors: tuple[str, ...] | None = None
-    data_task: str = "semantic"  # what the datasets yield: seglab.data.get_dataset(..., task=data_task)
-
-    def __init__(self, trainer: Trainer) -> None:
-        self.trainer = trainer
-
-    def checkpoint_entries(self) -> dict[str, Any]:
-        """Entries the task adds to ``best.pt`` and ``last.pt`` (what its prediction needs); default none."""
-        return {}
-
-    def finish(self) -> None:
-        """Called once on rank 0 after training (``best.pt`` written): e.g. choose decoding parameters."""
-
-    def num_outputs(self, num_classes: int, mode: str) -> int:
-        """The model's ``num_classes`` for a dataset of ``num_classes`` classes (background included).
-
-        Default: all of them, background included (torchvision's detection convention).
-        """
-        return num_classes
-
-    def build_loss(self, default_loss: str | None) -> nn.Module | None:
-        """The trainer's ``loss_fn``; default ``None`` (the model computes its own losses, as detectors do)."""
-        return None
-
-    def to_device(self, batch: Any, device: torch.device) -> Any:
-        """Move a batch to the device."""
-        raise NotImplementedError
-
-    def train_loss(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
-        """``(loss, loss terms for logging, main prediction for the training meter or None)``."""
-        raise NotImplementedError
-
-    def make_meter(self) -> Any:
-        """A fresh meter with ``update(pred, target)`` and ``compute() -> dict`` (reduced over ranks)."""
-        raise NotImplementedError
-
-    def val_batch(self, model: nn.Module, batch: Any, meter: Any) -> tuple[float, int]:
-        """Score one validation batch into ``meter``; return ``(sum of per-image losses, images)``."""
-        raise NotImplementedError
-
-
-class SemanticAdapter(TaskAdapter):
-    """Semantic segmentation: ``model(x, aux=True)`` -> ``DeepSupervisionLoss``; ``SegMeter`` validation."""
-
-    default_monitor = "dice"
-    monitors = ("loss", *SCORES)
-
-    def num_outputs(self, num_classes: int, mode: str) -> int:
-        """One logit channel for binary data (sigmoid), one per class otherwise (softmax)."""
-        return 1 if mode == "binary" else num_classes
-
-    def build_loss(self, default_loss: str | None) -> nn.Module:
-        """``DeepSupervisionLoss(build(spec))``; spec: config, else the model's default, else bce/ce + dice."""
-        from seglab.losses import DeepSupervisionLoss, build
-
-        t = self.trainer
-        cfg = t.config.loss
-        spec = cfg.spec or default_loss or ("bce+dice" if t.mode == "binary" else "ce+dice")
-        options = dict(cfg.options)
-        if t.ignore_index is not None:
-            options.setdefault("ignore_index", t.ignore_index)
-        base = build(spec, mode=t.mode, **options)
-        return DeepSupervisionLoss(
-            base, weights=cfg.aux_weights, cls_loss=cfg.cls_loss, cls_weight=cfg.cls_weight
-        )
-
-    def to_device(self, batch: Any, device: torch.device) -> tuple[Tensor, Tensor]:
-        x, y = batch
-        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-
-    def train_loss(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
-        x, y = batch  # (N, C, h, w), (N, h, w)
-        output = model(x, aux=True)  # SegOutput(out (N, K, h, w), aux [...], cls (N, K) | None)
-        terms = self.trainer.loss_fn.terms(output, y)
-        return terms["loss"], terms, output.out
-
-    def make_meter(self) -> Any:
-        from seglab.metrics import SegMeter
-
-        t = self.trainer
-        return SegMeter(t.mode, t.out_channels, ignore_index=t.ignore_index)
-
-    def val_batch(self, model: nn.Module, batch: Any, meter: Any) -> tuple[float, int]:
-        from seglab.engine.predict import predict_logits
-
-        x, y = batch  # (N, C, H, W) full images, (N, H, W)
-        t = self.trainer
-        logits = predict_logits(
-            model, x, tile=t.config.tile, batch_size=t.config.data.val_batch_size
-        )  # (N, K, H, W)
-        meter.update(logits, y)
-        loss = t.loss_fn(logits.float(), y)
-        return float(loss) * x.shape[0], int(x.shape[0])
-
-
-TASK_ADAPTERS: dict[str, type[TaskAdapter]] = {"semantic": SemanticAdapter}
-# adapters living in their own modules, imported (and so registered) on first use
-_ADAPTER_MODULES: dict[str, str] = {
-    "instance": "seglab.engine.instance",
-    "encoding": "seglab.engine.encoding",
-}
+_HEAVY_ENCODERS = frozenset({"resnet50", "resnet101"})
 
 
 def _task_key(config: TrainConfig, info: Any) -> str:
@@ -540,9 +419,20 @@ def _task_key(config: TrainConfig, info: Any) -> str:
     return info.task
 
 
-def register_task_adapter(task: str, adapter: type[TaskAdapter]) -> None:
-    """Register the :class:`TaskAdapter` used for models whose ``ModelInfo.task`` is ``task``."""
-    TASK_ADAPTERS[task] = adapter
+def load_resume_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint to resume from: a ``last.pt`` (``best.pt`` holds the weights only).
+
+    Raises:
+        CheckpointError: not a checkpoint, or one without the optimiser/schedule/RNG states.
+    """
+    state = load_checkpoint(path, require=())
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path} holds the weights only (no {', '.join(missing[:3])}, ...), as best.pt does; "
+            "resume from the run's last.pt."
+        )
+    return state
 
 
 # -- the trainer ---------------------------------------------------------------------------------------
@@ -562,6 +452,8 @@ class Trainer:
         ValueError: bad configuration (unknown model, loss, monitor, ...), or a resume checkpoint
             that does not match the config's model.
         CheckpointError: an unreadable resume checkpoint.
+        RunFolderError: the run folder holds another run (or a later state of this one), or
+            cannot be written.
 
     Example:
         >>> from seglab.engine import Trainer, TrainConfig
@@ -588,10 +480,10 @@ class Trainer:
         self.dist = init_distributed(config.device)
         self._owns_process_group = self.dist.is_distributed
         self.device = resolve_device(config.device, self.dist)
-        self.run_dir = config.run_dir()
         self.is_main = self.dist.is_main
         info = self._setup_task()
         resume_state = self._read_resume()
+        self._check_run_folder(resume_state)
         self._setup_data(train_dataset, val_dataset, resume_state)
         self._setup_model(info)
         # state
@@ -604,6 +496,7 @@ class Trainer:
         self._clock: tuple[float, float] | None = None  # (session start, elapsed before it) while fitting
         if resume_state is not None:
             self._load_state(resume_state)
+        self._start_best_epoch = self.best_epoch
 
     def _setup_task(self) -> Any:
         """The model's registry entry, its task adapter class and the monitored metric."""
@@ -631,13 +524,7 @@ class Trainer:
         config = self.config
         if not config.resume:
             return None
-        state = load_checkpoint(config.resume)
-        missing = [k for k in CHECKPOINT_KEYS if k not in state]
-        if missing:
-            raise CheckpointError(
-                f"{config.resume} holds the weights only (no {', '.join(missing[:3])}, ...), as best.pt does; "
-                "resume from the run's last.pt."
-            )
+        state = load_resume_checkpoint(config.resume)
         if state["model_name"] != config.model.name or dict(state["model_options"]) != dict(
             config.model.options
         ):
@@ -647,6 +534,32 @@ class Trainer:
                 f"{config.model.options}. Resume with the run's own config (seglab train --resume PATH)."
             )
         return state
+
+    def _check_run_folder(self, resume_state: Mapping[str, Any] | None) -> None:
+        """Choose the run folder (``out="auto"``: a fresh name) and check that it may be used, and
+        written, before any work (:mod:`seglab.engine._run_folder`; nothing is written here)."""
+        from seglab.engine._run_folder import RunFolder, auto_run_dir
+
+        config = self.config
+        auto = config.out == "auto"
+        path = auto_run_dir(dataclasses.replace(config, out=None).run_dir()) if auto else config.run_dir()
+        if auto and self.dist.is_distributed:
+            from seglab.engine.distributed import broadcast_object
+
+            path = Path(broadcast_object(str(path)))
+        self._folder = RunFolder(
+            path, resume=config.resume, resume_state=resume_state, overwrite=config.overwrite, log=self._log
+        )
+        self.run_dir = path
+        self._folder_open = False
+        # the saved config names the folder chosen, and never asks a later resume to overwrite
+        self.config = dataclasses.replace(config, out=str(path) if auto else config.out, overwrite=False)
+
+    def _open_run_folder(self) -> None:
+        """After the first successful step: create the folder (moving a replaced run aside), save the config."""
+        self._folder_open = True
+        if self.is_main:
+            self._folder.open(lambda path: save_config(self.config, path))
 
     def _setup_data(
         self,
@@ -867,11 +780,15 @@ class Trainer:
                     stopped = "time_budget"
                 elif until_epoch is not None and self.epoch < cfg.epochs:
                     stopped = "until_epoch"
+        except BaseException:
+            if self.is_main:
+                self._folder.abort()  # a replaced run comes back if this one never saved a checkpoint
+            raise
         finally:
             self._clock = None
             if self._owns_process_group:
                 barrier()
-        if self.is_main:
+        if self.is_main and self._folder.opened:
             self._write_metrics(stopped)
             self.adapter.finish()
             if cfg.report:
@@ -886,12 +803,13 @@ class Trainer:
         )
 
     def _announce(self) -> None:
-        """Create the run folder, save the config, log what the run does (rank 0)."""
+        """Log what the run does (rank 0); the folder is written from the first step on (:meth:`_open_run_folder`)."""
         cfg = self.config
         if not self.is_main:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.run_dir / "config.yaml")
+        removed = self._folder.prepare()
+        if removed:
+            self._log(f"removed {len(removed)} temporary file(s) an interrupted run left in {self.run_dir}")
         self._log(
             f"training {cfg.model.name} ({self.num_params:,} parameters) on {cfg.data.name}: {self.mode}, "
             f"{self.normalization.method} normalisation, {len(self.train_set)} samples x {cfg.epochs} epochs, "
@@ -1055,6 +973,8 @@ class Trainer:
             self.scaler.update()
             self.scheduler.step()
             steps += 1
+            if not self._folder_open:
+                self._open_run_folder()
             for key, value in terms.items():
                 sums[key] = sums.get(key, torch.zeros((), device=self.device)) + value.detach().float()
             if pred is not None:
@@ -1180,6 +1100,7 @@ class Trainer:
             self.best_epoch = self.epoch
         if self.is_main:
             save_checkpoint(self.run_dir / "last.pt", self.state_dict())
+            self._folder.committed()
             if improved:
                 save_checkpoint(self.run_dir / "best.pt", self.model_state())
             self._write_metrics("running")
@@ -1241,19 +1162,21 @@ class Trainer:
             "train_time": self.elapsed,
             "history": self.history,
         }
-        previous = _read_json(self.run_dir / "metrics.json")
-        for key in ("test",):  # results added by evaluation are kept
-            if key in previous:
-                payload[key] = previous[key]
+        test = _read_json(self.run_dir / "metrics.json").get("test")
+        # a test score added by `seglab eval` is kept while it scores this run's best.pt (its epoch);
+        # an entry without one is taken to score the best.pt this session started from
+        if isinstance(test, dict) and test.get("epoch", self._start_best_epoch) == self.best_epoch:
+            payload["test"] = test
         write_text_atomic(self.run_dir / "metrics.json", json.dumps(jsonable(payload), indent=2))
 
 
 # -- files ------------------------------------------------------------------------------------------------
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def write_history_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:

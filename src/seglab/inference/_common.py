@@ -1,9 +1,10 @@
-"""Helpers shared by the inference modules: activations, devices, input checks, virtual padding."""
+"""Helpers shared by the inference modules: activations, devices, input checks, virtual padding,
+and the size rule a model declares."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -14,17 +15,57 @@ from seglab.errors import InvalidTypeError, InvalidValueError
 
 __all__ = [
     "ACTIVATIONS",
+    "ANY_SIZE",
     "PAD_MODES",
+    "SizeRule",
     "activate",
     "as_pair",
     "check_activation",
     "model_device",
     "pad_indices",
     "resolve_activation",
+    "size_rule",
 ]
 
 ACTIVATIONS = ("auto", "sigmoid", "softmax", "none")
 PAD_MODES = ("reflect", "replicate", "constant")
+
+
+@runtime_checkable
+class SizeRule(Protocol):
+    """The size rule a model declares: seglab models (``SegmentationModel``) and prediction runners.
+
+    Attributes:
+        size_divisor: H and W must be multiples of it (1: any size).
+    """
+
+    size_divisor: int
+
+    def output_shape(self, input_shape: tuple[int, int]) -> tuple[int, int]:
+        """The output's ``(h, w)`` for an input of ``(H, W)``; ``ValueError`` for sizes it rejects."""
+        ...
+
+
+class _AnySize:
+    """The rule of a callable that declares none: any size, the output the input's size."""
+
+    size_divisor = 1
+
+    def output_shape(self, input_shape: tuple[int, int]) -> tuple[int, int]:
+        return int(input_shape[0]), int(input_shape[1])
+
+
+ANY_SIZE: SizeRule = _AnySize()
+
+
+def size_rule(model: Callable[..., Any]) -> SizeRule:
+    """The size rule ``model`` declares (:class:`SizeRule`); :data:`ANY_SIZE` for a plain callable.
+
+    Example:
+        >>> size_rule(lambda x: x) is ANY_SIZE
+        True
+    """
+    return model if isinstance(model, SizeRule) else ANY_SIZE
 
 
 def check_activation(activation: str | None) -> str | None:

@@ -8,9 +8,9 @@ probabilities are resized back to the original size (bilinear) and the maps are 
 Each scale is predicted
 
 * in one pass (``tile=None``): the image is padded to the model's size rule (the next multiple of
-  ``model.size_divisor``, reflect padding at the bottom / right, as ``pad=True`` models do) and the
-  output cropped back; a valid-convolution model (``unet_valid``) gets the smallest valid input
-  that covers the image, with its context margin mirrored (one overlap-tile);
+  ``model.size_divisor``, centred, as ``pad=True`` models do: :func:`seglab._shapes.pad_to_multiple`)
+  and the output cropped back; a valid-convolution model (``unet_valid``) gets the smallest valid
+  input that covers the image, with its context margin mirrored (one overlap-tile);
 * or tile by tile with :func:`~seglab.inference.sliding_window` (``tile=...``), for large images.
 """
 
@@ -24,8 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seglab._options import check_positive_int
+from seglab._shapes import pad_to_multiple
 from seglab.errors import InvalidTypeError, InvalidValueError
-from seglab.inference._common import activate, check_activation, model_device, pad_indices
+from seglab.inference._common import SizeRule, activate, check_activation, model_device, size_rule
 from seglab.inference.prepare import prepare as prepare_model
 from seglab.inference.prepare import prepare_info
 from seglab.inference.sliding_window import sliding_window
@@ -49,24 +51,11 @@ def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
     return tuple(float(s) for s in scales)
 
 
-def _reflect_pad(x: Tensor, top: int, bottom: int, left: int, right: int) -> Tensor:
-    """Reflect padding of any amount (the mirroring repeats for pads larger than the image)."""
-    h, w = x.shape[-2:]
-    ys, iy, _ = pad_indices(-top, h + top + bottom, h, "reflect")
-    xs, ix, _ = pad_indices(-left, w + left + right, w, "reflect")
-    x = x[..., ys, xs]
-    if iy is not None:
-        x = x.index_select(-2, torch.from_numpy(iy).to(x.device))
-    if ix is not None:
-        x = x.index_select(-1, torch.from_numpy(ix).to(x.device))
-    return x
-
-
-def _covering_input(model: Any, size: int, axis: int) -> int:
+def _covering_input(rule: SizeRule, size: int, axis: int) -> int:
     """Smallest valid input size (along ``axis``) whose output covers ``size`` pixels."""
     for s in range(size, size + 4097):
         try:
-            out = model.output_shape((s, s))[axis]
+            out = rule.output_shape((s, s))[axis]
         except ValueError:
             continue
         if out >= size:
@@ -76,15 +65,12 @@ def _covering_input(model: Any, size: int, axis: int) -> int:
     )
 
 
-def _shrinks(model: Any, h: int, w: int) -> bool:
+def _shrinks(rule: SizeRule, h: int, w: int) -> bool:
     """Whether the model's output is smaller than its input (a valid-convolution model)."""
-    shape_fn = getattr(model, "output_shape", None)
-    if not callable(shape_fn):
-        return False
-    d = int(getattr(model, "size_divisor", 1) or 1)
+    d = rule.size_divisor
     hp, wp = -(-h // d) * d, -(-w // d) * d  # the size the image is padded to
     try:
-        return tuple(shape_fn((hp, wp))) != (hp, wp)
+        return tuple(rule.output_shape((hp, wp))) != (hp, wp)
     except ValueError:  # a size it rejects beyond its divisor rule: valid convolutions, fixed-size graphs
         return True
 
@@ -98,9 +84,10 @@ def _whole(
 ) -> Tensor:
     """One pass per image batch, padded to the model's size rule; probabilities on ``x.device``."""
     h, w = x.shape[-2:]
-    if _shrinks(model, h, w):
+    rule = size_rule(model)
+    if _shrinks(rule, h, w):
         # valid convolutions: one overlap-tile, the context margin mirrored around the image
-        tile = (_covering_input(model, h, 0), _covering_input(model, w, 1))
+        tile = (_covering_input(rule, h, 0), _covering_input(rule, w, 1))
         return sliding_window(
             model,
             x,
@@ -113,16 +100,14 @@ def _whole(
             activation=activation,
             prepare=False,
         )
-    d = int(getattr(model, "size_divisor", 1) or 1)
-    ph, pw = (-h) % d, (-w) % d
-    xp = _reflect_pad(x, 0, ph, 0, pw) if ph or pw else x
+    xp, crop = pad_to_multiple(x, rule.size_divisor)
     info = prepare_info(model)
     fmt = torch.channels_last if info is not None and info.channels_last else torch.preserve_format
     outs = []
     for chunk in xp.split(batch_size):
         y = model(chunk.to(device=device, memory_format=fmt))
         y = getattr(y, "out", y)  # (B, K, H', W')
-        outs.append(activate(y.float(), activation)[..., :h, :w].to(x.device))
+        outs.append(activate(y.float(), activation)[crop].to(x.device))
     return torch.cat(outs)  # (N, K, H, W)
 
 
@@ -187,33 +172,27 @@ def predict(
     activation = check_activation(activation)
     if tta is not None:
         tta_transforms(tta)  # validate early
-    if isinstance(image, np.ndarray):
-        image = torch.from_numpy(image)
-    if not isinstance(image, Tensor) or not image.is_floating_point():
-        raise InvalidTypeError(
-            "image must be a floating-point tensor or NumPy array; got "
-            f"{type(image).__name__}{f' of {image.dtype}' if isinstance(image, Tensor) else ''}. "
-            "Convert with .float() (and scale intensities, e.g. to [0, 1])."
-        )
-    if image.ndim not in (3, 4):
-        raise InvalidValueError(f"image must be (C, H, W) or (N, C, H, W); got shape {tuple(image.shape)}.")
-    x = image[None] if image.ndim == 3 else image
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
-    if device is None:
-        dev = model_device(model) or x.device
-    else:
-        dev = torch.device(device)
-    if isinstance(model, nn.Module):
-        if prepare:
-            model = prepare_model(model, device=dev)
-        elif model.training:
-            raise InvalidValueError("the model is in training mode; call model.eval() or leave prepare=True.")
-    in_ch = getattr(model, "in_channels", None)
-    if isinstance(in_ch, int) and x.shape[1] != in_ch:
-        raise InvalidValueError(
-            f"the model takes {in_ch} input channel(s) but the image has {x.shape[1]} (shape {tuple(x.shape)})."
-        )
+    x = _as_batch(image)
+    check_positive_int("batch_size", batch_size)
+    dev = (model_device(model) or x.device) if device is None else torch.device(device)
+    model = _ready(model, prepare, dev, x)
+
+    run = _runner(model, dev, activation, batch_size, tile, overlap, blend, progress)
+    out = _pyramid(run, x, scales, tta)
+    return out[0] if image.ndim == 3 else out
+
+
+def _runner(
+    model: Any,
+    dev: torch.device,
+    activation: str | None,
+    batch_size: int,
+    tile: int | Sequence[int] | None,
+    overlap: float,
+    blend: str,
+    progress: bool,
+) -> Callable[[Tensor], Tensor]:
+    """One scale's prediction: a whole-image pass, or a sliding window with ``tile``."""
 
     def run(xs: Tensor) -> Tensor:
         if tile is None:
@@ -232,6 +211,43 @@ def predict(
             prepare=False,
         )
 
+    return run
+
+
+def _as_batch(image: Tensor | np.ndarray) -> Tensor:
+    """A floating ``(N, C, H, W)`` tensor from a ``(C, H, W)``/``(N, C, H, W)`` tensor or array."""
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(image)
+    if not isinstance(image, Tensor) or not image.is_floating_point():
+        raise InvalidTypeError(
+            "image must be a floating-point tensor or NumPy array; got "
+            f"{type(image).__name__}{f' of {image.dtype}' if isinstance(image, Tensor) else ''}. "
+            "Convert with .float() (and scale intensities, e.g. to [0, 1])."
+        )
+    if image.ndim not in (3, 4):
+        raise InvalidValueError(f"image must be (C, H, W) or (N, C, H, W); got shape {tuple(image.shape)}.")
+    return image[None] if image.ndim == 3 else image
+
+
+def _ready(model: Callable[[Tensor], Tensor], prepare: bool, dev: torch.device, x: Tensor) -> Any:
+    """The model prepared for inference on ``dev`` (an ``nn.Module``), its channels checked."""
+    if isinstance(model, nn.Module):
+        if prepare:
+            model = prepare_model(model, device=dev)
+        elif model.training:
+            raise InvalidValueError("the model is in training mode; call model.eval() or leave prepare=True.")
+    in_ch = getattr(model, "in_channels", None)
+    if isinstance(in_ch, int) and x.shape[1] != in_ch:
+        raise InvalidValueError(
+            f"the model takes {in_ch} input channel(s) but the image has {x.shape[1]} (shape {tuple(x.shape)})."
+        )
+    return model
+
+
+def _pyramid(
+    run: Callable[[Tensor], Tensor], x: Tensor, scales: tuple[float, ...], tta: str | None
+) -> Tensor:
+    """The mean over ``scales`` of ``run`` (with TTA) on the resized image, resized back."""
     h, w = x.shape[-2:]
     total = torch.zeros(0)
     with torch.inference_mode():
@@ -246,5 +262,4 @@ def predict(
             if probs.shape[-2:] != (h, w):
                 probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
             total = probs.float().clone() if total.numel() == 0 else total.add_(probs)
-    out = total / len(scales)  # outside inference mode: a normal tensor
-    return out[0] if image.ndim == 3 else out
+    return total / len(scales)  # outside inference mode: a normal tensor

@@ -6,7 +6,9 @@ sigma = tile / 8 as nnU-Net, or ``"constant"``) and added into a buffer that spa
 still being written to (a band about one tile high, as wide as the image). As soon as no later
 window touches a row, that row is normalised by the summed weights and handed to the output (a
 tensor, a NumPy array or memmap, or a tiled TIFF), so the memory needed beyond the output itself
-is the tile batch plus the band, whatever the image size.
+is the tile batch plus the band, whatever the image size. :func:`sliding_window_bands` hands the
+bands to the caller (with an optional per-tile ``transform``: a raw image is normalised tile by
+tile), and :func:`write_bands_tiff` writes any band stream to a tiled TIFF.
 
 Details that matter:
 
@@ -45,7 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from seglab._options import check_choice
+from seglab._options import check_choice, check_positive_int
 from seglab.errors import InvalidTypeError, InvalidValueError
 from seglab.inference._common import (
     PAD_MODES,
@@ -55,6 +57,7 @@ from seglab.inference._common import (
     model_device,
     model_dtype,
     pad_indices,
+    size_rule,
 )
 from seglab.inference.prepare import prepare as prepare_model
 from seglab.inference.prepare import prepare_info
@@ -64,8 +67,10 @@ __all__ = [
     "WindowOptions",
     "gaussian_importance_map",
     "sliding_window",
+    "sliding_window_bands",
     "sliding_window_to_tiff",
     "window_starts",
+    "write_bands_tiff",
 ]
 
 BLENDS = ("gaussian", "constant")
@@ -195,16 +200,19 @@ def _axis(length: int, in_tile: int, out_tile: int, overlap: float, blend: str, 
 
 
 # -- the engine --------------------------------------------------------------------------------
-def _check_image(image: Any) -> tuple[Any, bool]:
-    """Return ``(image as (N, C, H, W), was_3d)``; raises for anything else."""
+def _check_image(image: Any, raw: bool = False) -> tuple[Any, bool]:
+    """Return ``(image as (N, C, H, W), was_3d)``; raises for anything else (``raw``: any numeric dtype,
+    for an image whose tiles are normalised as they are read)."""
     if isinstance(image, np.ndarray):
-        if not np.issubdtype(image.dtype, np.floating):
+        if raw and image.dtype.kind in "biuf":
+            pass
+        elif not np.issubdtype(image.dtype, np.floating):
             raise InvalidTypeError(
                 f"image must hold floating-point values, got a NumPy array of {image.dtype}; convert with "
                 "image.astype(np.float32) (and scale intensities, e.g. to [0, 1])."
             )
     elif isinstance(image, Tensor):
-        if not image.is_floating_point():
+        if not (raw or image.is_floating_point()):
             raise InvalidTypeError(
                 f"image must be a floating-point tensor, got {image.dtype}; convert with image.float() "
                 "(and scale intensities, e.g. to [0, 1])."
@@ -259,14 +267,15 @@ def _check_window_count(hw: tuple[int, int], out_tile: tuple[int, int], overlap:
 
 def _out_tile(model: Callable[..., Any], tile: tuple[int, int]) -> tuple[int, int]:
     """The output size for a ``tile`` input, checking that the model accepts the tile."""
-    check = getattr(model, "check_input_size", None)
-    if callable(check):
-        try:
-            check(*tile)
-        except ValueError as err:
-            raise InvalidValueError(f"tile={tile} is not an input size this model accepts: {err}") from err
-    shape_fn = getattr(model, "output_shape", None)
-    out = tuple(int(s) for s in shape_fn(tile)) if callable(shape_fn) else tile
+    rule = size_rule(model)
+    d = rule.size_divisor
+    try:
+        if d > 1 and (tile[0] % d or tile[1] % d):
+            up = (-(-tile[0] // d) * d, -(-tile[1] // d) * d)
+            raise InvalidValueError(f"it needs H and W divisible by {d}; use e.g. tile={up}.")
+        out = tuple(int(s) for s in rule.output_shape(tile))
+    except ValueError as err:
+        raise InvalidValueError(f"tile={tile} is not an input size this model accepts: {err}") from err
     if any(o > t for o, t in zip(out, tile)) or any((t - o) % 2 for o, t in zip(out, tile)):
         raise InvalidValueError(
             f"model.output_shape({tile}) = {out}: sliding-window inference needs an output no larger than "
@@ -292,18 +301,20 @@ class _SlidingWindow:
         progress: bool,
         prepare: bool,
         options: WindowOptions | None,
+        transform: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         if not callable(model):
             raise InvalidTypeError(
                 f"model must be callable (an nn.Module, a prepared model, an OnnxModel); got {model!r}."
             )
-        self.image, self.was_3d = _check_image(image)
+        if transform is not None and not callable(transform):
+            raise InvalidTypeError(f"transform must be callable (C, h, w) -> (C, h, w); got {transform!r}.")
+        self.transform = transform
+        self.image, self.was_3d = _check_image(image, raw=transform is not None)
         self.tile = as_pair(tile, "tile")
         self.overlap = _check_overlap(overlap)
         self.blend = check_choice("blend", blend, BLENDS)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise InvalidValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
-        self.batch_size = batch_size
+        self.batch_size = check_positive_int("batch_size", batch_size)
         self.activation = check_activation(activation)
         self.options = options if options is not None else WindowOptions()
         if not isinstance(self.options, WindowOptions):
@@ -355,13 +366,16 @@ class _SlidingWindow:
                 t = np.take(t, iy, axis=1)
             if ix is not None:
                 t = np.take(t, ix, axis=2)
-            t = torch.from_numpy(np.ascontiguousarray(t))
+            t = np.ascontiguousarray(t)
+            t = torch.from_numpy(t if t.flags.writeable else t.copy())  # a read-only memmap's rows
         else:
             t = img[n, :, ys, xs]
             if iy is not None:
                 t = t.index_select(1, torch.from_numpy(iy).to(t.device))
             if ix is not None:
                 t = t.index_select(2, torch.from_numpy(ix).to(t.device))
+        if self.transform is not None:
+            t = self.transform(t)  # e.g. the normalisation of a raw image, tile by tile
         if vy is not None or vx is not None:
             t = t.clone()
             if vy is not None:
@@ -465,22 +479,12 @@ def _check_out(out: Any, shape: tuple[int, ...]) -> None:
 
 
 def sliding_window(
-    model: Callable[[Tensor], Tensor],
-    image: Tensor | np.ndarray,
-    *,
-    tile: int | Sequence[int],
-    overlap: float | Sequence[float] = 0.5,
-    blend: str = "gaussian",
-    batch_size: int = 4,
-    device: str | torch.device | None = None,
-    out_device: str | torch.device = "cpu",
-    out_dtype: torch.dtype = torch.float32,
-    progress: bool = False,
-    activation: str | None = "auto",
-    out: Tensor | np.ndarray | None = None,
-    prepare: bool = True,
-    options: WindowOptions | None = None,
-) -> Tensor | np.ndarray:
+    model: Callable[[Tensor], Tensor], image: Tensor | np.ndarray, *, tile: int | Sequence[int],
+    overlap: float | Sequence[float] = 0.5, blend: str = "gaussian", batch_size: int = 4,
+    device: str | torch.device | None = None, out_device: str | torch.device = "cpu",
+    out_dtype: torch.dtype = torch.float32, progress: bool = False, activation: str | None = "auto",
+    out: Tensor | np.ndarray | None = None, prepare: bool = True, options: WindowOptions | None = None,
+) -> Tensor | np.ndarray:  # fmt: skip
     """Predict an image of any size tile by tile, blending overlapping tiles.
 
     Args:
@@ -537,18 +541,19 @@ def sliding_window(
             ".argmax(dim=-3) of the result, or use sliding_window_to_tiff(..., labels=True)."
         )
     sw = _SlidingWindow(
-        model,
-        image,
-        tile=tile,
-        overlap=overlap,
-        blend=blend,
-        batch_size=batch_size,
-        device=device,
-        activation=activation,
-        progress=progress,
-        prepare=prepare,
-        options=options,
-    )
+        model, image, tile=tile, overlap=overlap, blend=blend, batch_size=batch_size, device=device,
+        activation=activation, progress=progress, prepare=prepare, options=options,
+    )  # fmt: skip
+    return _write_rows(sw, out, out_dtype, out_device)
+
+
+def _write_rows(
+    sw: _SlidingWindow,
+    out: Tensor | np.ndarray | None,
+    out_dtype: torch.dtype,
+    out_device: str | torch.device,
+) -> Tensor | np.ndarray:
+    """Write the finished row bands of a run into ``out`` (allocated on the first band if ``None``)."""
     n, _, h, w = sw.image.shape
     target = out
     if out is not None and sw.num_classes is not None:
@@ -565,6 +570,44 @@ def sliding_window(
         else:
             dst[:, y0:y1] = rows.to(device=dst.device, dtype=dst.dtype)
     return target
+
+
+def sliding_window_bands(
+    model: Callable[[Tensor], Tensor],
+    image: Tensor | np.ndarray,
+    *,
+    tile: int | Sequence[int],
+    transform: Callable[[Tensor], Tensor] | None = None,
+    overlap: float | Sequence[float] = 0.5,
+    blend: str = "gaussian",
+    batch_size: int = 4,
+    device: str | torch.device | None = None,
+    activation: str | None = "auto",
+    progress: bool = False,
+    prepare: bool = True,
+    options: WindowOptions | None = None,
+) -> Iterator[tuple[int, int, int, Tensor]]:
+    """The sliding window as a stream of finished row bands, for outputs of any size.
+
+    The arguments are those of :func:`sliding_window`, plus ``transform``: a function applied to
+    every input tile ``(C, h, w)`` as it is read (before zero padding), so a raw image of any
+    numeric dtype (a memmap of a slide) is normalised tile by tile, never as a whole. The
+    settings are checked when this is called; the bands come as the generator is consumed.
+
+    Returns:
+        An iterator of ``(n, y0, y1, rows)``: rows ``[y0, y1)`` of image ``n``, ``(K, y1 - y0, W)``
+        float32 on ``device``, in order; every row comes exactly once.
+
+    Example:
+        >>> import seglab, torch
+        >>> m = seglab.create_model("unet", in_channels=1, num_classes=2, base_channels=4, depth=2)
+        >>> raw = torch.randint(0, 255, (1, 100, 70), dtype=torch.uint8)
+        >>> bands = sliding_window_bands(m, raw, tile=32, transform=lambda t: t.float() / 255)
+        >>> sum(y1 - y0 for _, y0, y1, _ in bands)
+        100
+    """
+    settings = {k: v for k, v in locals().items() if k not in ("model", "image")}  # the arguments above
+    return _SlidingWindow(model, image, **settings).rows()
 
 
 # -- TIFF output -------------------------------------------------------------------------------
@@ -600,24 +643,12 @@ def _tiff_tiles(
 
 
 def sliding_window_to_tiff(
-    model: Callable[[Tensor], Tensor],
-    image: Tensor | np.ndarray,
-    path: str | os.PathLike,
-    *,
-    tile: int | Sequence[int],
-    overlap: float | Sequence[float] = 0.5,
-    blend: str = "gaussian",
-    batch_size: int = 4,
-    device: str | torch.device | None = None,
-    activation: str | None = "auto",
-    labels: bool = False,
-    dtype: str | np.dtype = "float32",
-    compression: str | None = "zlib",
-    tiff_tile: int = 256,
-    progress: bool = False,
-    prepare: bool = True,
-    options: WindowOptions | None = None,
-) -> Path:
+    model: Callable[[Tensor], Tensor], image: Tensor | np.ndarray, path: str | os.PathLike, *,
+    tile: int | Sequence[int], overlap: float | Sequence[float] = 0.5, blend: str = "gaussian",
+    batch_size: int = 4, device: str | torch.device | None = None, activation: str | None = "auto",
+    labels: bool = False, dtype: str | np.dtype = "float32", compression: str | None = "zlib",
+    tiff_tile: int = 256, progress: bool = False, prepare: bool = True, options: WindowOptions | None = None,
+) -> Path:  # fmt: skip
     """Sliding-window inference written straight to a tiled TIFF, never holding the whole output.
 
     Each finished band of rows is cut into ``tiff_tile`` x ``tiff_tile`` tiles and written (and
@@ -650,12 +681,7 @@ def sliding_window_to_tiff(
         >>> tifffile.imread(p).shape
         (100, 150)
     """
-    import tifffile
-
-    if isinstance(tiff_tile, bool) or not isinstance(tiff_tile, int) or tiff_tile < 16 or tiff_tile % 16:
-        raise InvalidValueError(
-            f"tiff_tile must be a positive multiple of 16 (TIFF requires it); got {tiff_tile!r}."
-        )
+    _check_tiff_tile(tiff_tile)
     np_dtype = np.dtype("uint8" if labels and str(dtype) == "float32" else dtype)
     if labels and np_dtype.kind != "u":
         raise InvalidValueError(
@@ -665,7 +691,7 @@ def sliding_window_to_tiff(
         raise InvalidValueError(
             f"dtype must be a float type for probabilities/logits; got {np_dtype}. Use labels=True for class indices."
         )
-    sw = _SlidingWindow(
+    bands = sliding_window_bands(
         model,
         image,
         tile=tile,
@@ -678,30 +704,90 @@ def sliding_window_to_tiff(
         prepare=prepare,
         options=options,
     )
-    n, _, h, w = sw.image.shape
-    path = Path(path)
-    rows = sw.rows()
-    first = next(rows)
-    k = first[3].shape[0]
-    if labels and k == 1 and sw.activation is None:
+    n, _, h, w = _check_image(image)[0].shape
+    activation = check_activation(activation)
+    return write_bands_tiff(
+        path,
+        bands,
+        images=n,
+        height=h,
+        width=w,
+        labels=labels,
+        dtype=np_dtype,
+        compression=compression,
+        tiff_tile=tiff_tile,
+        check=lambda k: _check_label_channels(labels, k, activation),
+    )
+
+
+def _check_tiff_tile(tiff_tile: Any) -> None:
+    if isinstance(tiff_tile, bool) or not isinstance(tiff_tile, int) or tiff_tile < 16 or tiff_tile % 16:
+        raise InvalidValueError(
+            f"tiff_tile must be a positive multiple of 16 (TIFF requires it); got {tiff_tile!r}."
+        )
+
+
+def _check_label_channels(labels: bool, k: int, activation: str | None) -> None:
+    if labels and k == 1 and activation is None:
         raise InvalidValueError(
             "labels=True with one output channel thresholds probabilities at 0.5: keep an activation."
         )
+
+
+def write_bands_tiff(
+    path: str | os.PathLike,
+    bands: Iterator[tuple[int, int, int, Tensor]],
+    *,
+    images: int,
+    height: int,
+    width: int,
+    labels: bool = False,
+    dtype: str | np.dtype = "float32",
+    compression: str | None = "zlib",
+    tiff_tile: int = 256,
+    check: Callable[[int], None] | None = None,
+) -> Path:
+    """Write finished row bands ``(n, y0, y1, (K, r, W))`` (from :func:`sliding_window_bands`) to a
+    tiled TIFF as they come, never holding the whole image.
+
+    Args:
+        path: the ``.tif`` file to write (overwritten).
+        bands: the bands of ``images`` images of ``height`` x ``width``, in order.
+        labels: store the label map (argmax over classes; ``value > 0.5`` for one channel) instead
+            of the class maps.
+        dtype: stored dtype (unsigned for ``labels``, float otherwise).
+        compression: ``"zlib"``, ... or ``None``.
+        tiff_tile: TIFF tile edge (a multiple of 16).
+        check: called with the channel count ``K`` of the first band (to refuse what cannot be stored).
+
+    Returns:
+        The path written: one page per image, ``(H, W)`` for one class or a label map, else
+        ``(H, W, K)`` (contiguous samples).
+    """
+    import tifffile
+
+    _check_tiff_tile(tiff_tile)
+    np_dtype = np.dtype(dtype)
+    path = Path(path)
+    first = next(bands)
+    k = first[3].shape[0]
+    if check is not None:
+        check(k)
     if labels and k - 1 > np.iinfo(np_dtype).max:
         raise InvalidValueError(f"{k} classes do not fit in {np_dtype}; use dtype='uint16'.")
 
     def chain() -> Iterator[tuple[int, int, int, Tensor]]:
         yield first
-        yield from rows
+        yield from bands
 
     stream = chain()
-    page_shape: tuple[int, ...] = (h, w) if labels or k == 1 else (h, w, k)
-    size = n * h * w * (1 if labels else k) * np_dtype.itemsize
+    page_shape: tuple[int, ...] = (height, width) if labels or k == 1 else (height, width, k)
+    size = images * height * width * (1 if labels else k) * np_dtype.itemsize
     with tifffile.TiffWriter(path, bigtiff=size > 2**31) as tif:
-        for _ in range(n):
-            page_rows = _take_page(stream, h)
+        for _ in range(images):
+            page_rows = _take_page(stream, height)
             tif.write(
-                _tiff_tiles(page_rows, h, w, tiff_tile, labels, np_dtype),
+                _tiff_tiles(page_rows, height, width, tiff_tile, labels, np_dtype),
                 shape=page_shape,
                 dtype=np_dtype,
                 tile=(tiff_tile, tiff_tile),

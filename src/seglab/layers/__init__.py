@@ -2,7 +2,7 @@
 
 ``conv``: ConvNormAct, DoubleConv, the norm/activation factory; ``sampling``: Downsample and
 Upsample kinds; ``aspp``: atrous spatial pyramid pooling; ``pyramid``: SPP and PSP pyramid pooling;
-``rsu``: U²-Net's residual U-blocks.
+``rsu``: U²-Net's residual U-blocks; ``encoder``: the encoder contract and the U-Net encoder.
 """
 
 import importlib
@@ -18,7 +18,7 @@ from seglab.layers.conv import (
     make_act,
     make_norm,
 )
-from seglab.layers.sampling import DOWN_KINDS, UP_KINDS, Downsample, Upsample, icnr_
+from seglab.layers.sampling import DOWN_KINDS, UP_KINDS, Downsample, Upsample, icnr_, resize_to
 
 # blocks living in their own modules, imported on first use
 _LAZY = {
@@ -29,6 +29,8 @@ _LAZY = {
     "PyramidPooling": "pyramid",
     "RSU": "rsu",
     "CeilMaxPool2d": "rsu",
+    "Encoder": "encoder",
+    "UNetEncoder": "encoder",
 }
 
 
@@ -51,12 +53,15 @@ __all__ = [
     "ConvNormAct",
     "DoubleConv",
     "Downsample",
+    "Encoder",
     "PyramidPooling",
     "SeparableConvNormAct",
+    "UNetEncoder",
     "Upsample",
     "aspp_rates",
     "icnr_",
     "init_weights",
     "make_act",
     "make_norm",
+    "resize_to",
 ]

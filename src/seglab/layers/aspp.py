@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from seglab._options import check_positive_ints
 from seglab.errors import InvalidValueError
 from seglab.layers.conv import AtrousConv2d, ConvNormAct, make_act, make_norm
 from seglab.layers.pyramid import check_pooled_norm
@@ -72,16 +73,9 @@ class SeparableConvNormAct(nn.Sequential):
     """
 
     def __init__(
-        self,
-        in_ch: int,
-        out_ch: int,
-        kernel_size: int = 3,
-        *,
-        dilation: int = 1,
-        norm: str = "batch",
-        act: str = "relu",
-        inner_norm_act: bool = False,
-    ) -> None:
+        self, in_ch: int, out_ch: int, kernel_size: int = 3, *, dilation: int = 1, norm: str = "batch",
+        act: str = "relu", inner_norm_act: bool = False,
+    ) -> None:  # fmt: skip
         pad = dilation * (kernel_size - 1) // 2
         conv = AtrousConv2d if dilation > 1 else nn.Conv2d
         layers: list[nn.Module] = [
@@ -149,23 +143,11 @@ class ASPP(nn.Module):
     """
 
     def __init__(
-        self,
-        in_ch: int,
-        out_ch: int = 256,
-        rates: Sequence[int] = (6, 12, 18),
-        *,
-        separable: bool = False,
-        pooling: bool = True,
-        norm: str = "batch",
-        act: str = "relu",
-        dropout: float = 0.5,
-    ) -> None:
+        self, in_ch: int, out_ch: int = 256, rates: Sequence[int] = (6, 12, 18), *, separable: bool = False,
+        pooling: bool = True, norm: str = "batch", act: str = "relu", dropout: float = 0.5,
+    ) -> None:  # fmt: skip
         super().__init__()
-        rates = tuple(rates)
-        if not rates or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates):
-            raise InvalidValueError(
-                f"ASPP rates must be a non-empty sequence of positive ints; got {rates!r}."
-            )
+        rates = check_positive_ints("ASPP rates", rates)
         if not 0.0 <= dropout < 1.0:
             raise InvalidValueError(f"ASPP dropout must be in [0, 1); got {dropout!r}.")
         self.rates = rates

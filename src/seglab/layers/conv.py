@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seglab._options import check_choice
+from seglab._options import ACTS, NORMS, check_choice
 from seglab.errors import InvalidValueError
 
 __all__ = [
@@ -24,9 +24,6 @@ __all__ = [
     "make_act",
     "make_norm",
 ]
-
-NORMS = ("batch", "instance", "group", "none")
-ACTS = ("relu", "leaky_relu", "gelu", "silu", "prelu", "none")
 
 
 def make_norm(norm: str, channels: int, *, groups: int = 8) -> nn.Module:
@@ -208,18 +205,20 @@ class DoubleConv(nn.Sequential):
         return super().forward(x)
 
 
-def init_weights(module: nn.Module) -> nn.Module:
-    """He (Kaiming) normal init for every conv / transposed conv of ``module``, zero biases, and unit
-    norm weights. Convs flagged ``keep_init = True`` (ICNR pixel-shuffle convs) are left alone.
+def init_weights(*modules: nn.Module) -> nn.Module:
+    """He (Kaiming) normal init for every conv / transposed conv of ``modules`` (in order), zero
+    biases, and unit norm weights. Convs flagged ``keep_init = True`` (ICNR pixel-shuffle convs) are
+    left alone.
 
-    Returns ``module`` for chaining.
+    Returns the first module, for chaining.
     """
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and not getattr(m, "keep_init", False):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and not getattr(m, "keep_init", False):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)) and m.weight is not None:
+                nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)) and m.weight is not None:
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-    return module
+    return modules[0]

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seglab._options import check_choice
+from seglab._options import check_choice, check_positive_ints
 from seglab.errors import InvalidTypeError, InvalidValueError
 from seglab.layers.conv import ConvNormAct
 
@@ -155,11 +155,7 @@ class SPP(nn.Module):
 
     def __init__(self, levels: Sequence[int] = (1, 2, 4), *, mode: str = "max") -> None:
         super().__init__()
-        levels = tuple(levels)
-        if not levels or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in levels):
-            raise InvalidValueError(
-                f"SPP levels must be a non-empty sequence of positive ints; got {levels!r}."
-            )
+        levels = check_positive_ints("SPP levels", levels)
         self.levels = levels
         self.mode = check_choice("mode", mode, SPP_MODES)
 
@@ -217,21 +213,11 @@ class PyramidPooling(nn.Module):
     """
 
     def __init__(
-        self,
-        in_ch: int,
-        bins: Sequence[int] = (1, 2, 3, 6),
-        *,
-        branch_channels: int | None = None,
-        norm: str = "batch",
-        act: str = "relu",
-        align_corners: bool = True,
-    ) -> None:
+        self, in_ch: int, bins: Sequence[int] = (1, 2, 3, 6), *, branch_channels: int | None = None,
+        norm: str = "batch", act: str = "relu", align_corners: bool = True,
+    ) -> None:  # fmt: skip
         super().__init__()
-        bins = tuple(bins)
-        if not bins or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in bins):
-            raise InvalidValueError(
-                f"PyramidPooling bins must be a non-empty sequence of positive ints; got {bins!r}."
-            )
+        bins = check_positive_ints("PyramidPooling bins", bins)
         branch_channels = in_ch // len(bins) if branch_channels is None else int(branch_channels)
         if branch_channels < 1:
             raise InvalidValueError(

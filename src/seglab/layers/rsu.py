@@ -26,15 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seglab.errors import InvalidTypeError, InvalidValueError
+from seglab._options import check_positive_int
+from seglab.errors import InvalidTypeError
 from seglab.layers.conv import ConvNormAct
+from seglab.layers.sampling import resize_to
 
 __all__ = ["RSU", "CeilMaxPool2d", "resize_to"]
-
-
-def resize_to(t: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
-    """Bilinear resize of ``t`` to spatial ``size`` (``align_corners=False``), U²-Net's "upsample like"."""
-    return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
 
 
 class CeilMaxPool2d(nn.Module):
@@ -58,14 +55,6 @@ class CeilMaxPool2d(nn.Module):
             x = F.pad(x, (0, 1, 0, 1), value=float("-inf"))  # (N, C, H + 1, W + 1)
             return F.max_pool2d(x, 2, 2)  # (N, C, ceil(H / 2), ceil(W / 2))
         return F.max_pool2d(x, 2, 2, ceil_mode=True)  # (N, C, ceil(H / 2), ceil(W / 2))
-
-
-def _positive_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidTypeError(f"RSU {name} must be an int; got {type(value).__name__} {value!r}.")
-    if value < minimum:
-        raise InvalidValueError(f"RSU {name} must be >= {minimum}; got {value}.")
-    return value
 
 
 class RSU(nn.Module):
@@ -108,10 +97,10 @@ class RSU(nn.Module):
         act: str = "relu",
     ) -> None:
         super().__init__()
-        height = _positive_int("height", height, 2)
-        in_ch = _positive_int("in_ch", in_ch)
-        mid_ch = _positive_int("mid_ch", mid_ch)
-        out_ch = _positive_int("out_ch", out_ch)
+        height = check_positive_int("RSU height", height, minimum=2)
+        in_ch = check_positive_int("RSU in_ch", in_ch)
+        mid_ch = check_positive_int("RSU mid_ch", mid_ch)
+        out_ch = check_positive_int("RSU out_ch", out_ch)
         if not isinstance(dilated, bool):
             raise InvalidTypeError(f"RSU dilated must be a bool; got {type(dilated).__name__} {dilated!r}.")
         self.height = height

@@ -22,17 +22,30 @@ Up-sampling (``Upsample(kind, in_ch, out_ch)``):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seglab._options import check_choice
 from seglab.errors import InvalidValueError
 from seglab.layers.conv import ConvNormAct
 
-__all__ = ["DOWN_KINDS", "UP_KINDS", "Downsample", "Upsample", "icnr_"]
+__all__ = ["DOWN_KINDS", "UP_KINDS", "Downsample", "Upsample", "icnr_", "resize_to"]
 
 DOWN_KINDS = ("maxpool", "strided", "pixel_unshuffle")
 UP_KINDS = ("nearest", "bilinear", "transposed", "pixel_shuffle")
+
+
+def resize_to(t: Tensor, size: Sequence[int], *, align_corners: bool = False) -> Tensor:
+    """Bilinear resize of ``t`` to the spatial ``size`` (logits or maps to their input's size).
+
+    Example:
+        >>> resize_to(torch.randn(1, 2, 8, 8), (32, 30)).shape
+        torch.Size([1, 2, 32, 30])
+    """
+    return F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=align_corners)
 
 
 def _project(in_ch: int, out_ch: int) -> nn.Module:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from seglab.errors import InvalidTypeError, InvalidValueError
@@ -50,6 +51,26 @@ class SegLoss(nn.Module):
                 f"ignore_index must be an int or None, got {type(ignore_index).__name__} {ignore_index!r}."
             )
         self.ignore_index = ignore_index
+
+    def register_weights(self, name: str, value: object, *, scalar_ok: bool, what: str) -> None:
+        """Register non-negative weights as the buffer ``name`` (``None`` when ``value`` is).
+
+        Args:
+            name: the buffer (and option) name.
+            value: a sequence (or tensor) of weights, one per channel or class; a number too with
+                ``scalar_ok``.
+            scalar_ok: a single number is allowed (shape ``()``).
+            what: what the option holds, for the error message.
+
+        Raises:
+            InvalidValueError: a negative weight, or the wrong number of dimensions.
+        """
+        t = None
+        if value is not None:
+            t = torch.as_tensor(value, dtype=torch.float32)
+            if (t.ndim > 1 if scalar_ok else t.ndim != 1) or bool((t < 0).any()):
+                raise InvalidValueError(f"{name} must be {what}; got {value!r}.")
+        self.register_buffer(name, t)
 
     def terms(self, pred: Tensor, target: Tensor) -> dict[str, Tensor]:
         """The loss and its parts for logging: ``{"loss": value, self.name: value.detach()}``.

@@ -320,14 +320,9 @@ class SoftCounts(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
-        x: Tensor,
-        target: Tensor,
-        valid: Tensor | None,
-        engine: str,
-        per_image: bool,
-        squared: bool,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        ctx: torch.autograd.function.FunctionCtx, x: Tensor, target: Tensor, valid: Tensor | None, engine: str,
+        per_image: bool, squared: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
         inter, sp, sg = _engine_forward(ctx, x, target, valid, engine, per_image, squared, None)
         ctx.mark_non_differentiable(sg)
         return inter, sp, sg
@@ -399,17 +394,9 @@ class RatioRegion(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
-        x: Tensor,
-        target: Tensor,
-        valid: Tensor | None,
-        engine: str,
-        per_image: bool,
-        squared: bool,
-        ratio: Ratio,
-        source: Tensor | None,
-        reduction: str | None = None,
-    ) -> Tensor:
+        ctx: torch.autograd.function.FunctionCtx, x: Tensor, target: Tensor, valid: Tensor | None, engine: str,
+        per_image: bool, squared: bool, ratio: Ratio, source: Tensor | None, reduction: str | None = None,
+    ) -> Tensor:  # fmt: skip
         inter, sp, sg = _engine_forward(ctx, x, target, valid, engine, per_image, squared, source)
         ctx.reduction, ctx.shape = reduction, inter.shape
         if x.device.type in FLOAT_FORMULA_DEVICES:  # a few numbers: the formula in floats

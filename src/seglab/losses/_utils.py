@@ -16,12 +16,12 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from seglab._options import check_choice
+from seglab._options import LOSS_REDUCTIONS, MODES, check_choice
 from seglab.errors import InvalidTypeError, InvalidValueError
 
 __all__ = [
+    "LOSS_REDUCTIONS",
     "MODES",
-    "REDUCTIONS",
     "Prepared",
     "as_channel_tensor",
     "check_gamma",
@@ -35,9 +35,6 @@ __all__ = [
     "to_probs",
 ]
 
-MODES = ("binary", "multiclass", "multilabel")
-REDUCTIONS = ("mean", "sum", "none")
-
 
 def check_mode(mode: str) -> str:
     """Validate a ``mode`` string (did-you-mean on a typo)."""
@@ -46,7 +43,7 @@ def check_mode(mode: str) -> str:
 
 def check_reduction(reduction: str) -> str:
     """Validate a ``reduction`` string (did-you-mean on a typo)."""
-    return check_choice("reduction", reduction, REDUCTIONS)
+    return check_choice("reduction", reduction, LOSS_REDUCTIONS)
 
 
 def check_nonneg(what: str, value: float) -> float:

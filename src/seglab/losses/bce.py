@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-import torch
 from torch import Tensor
 
 from seglab.errors import InvalidValueError
@@ -50,6 +49,7 @@ class BCELoss(SegLoss):
         ``-log(1 - p)`` per pixel (large). Never NaN.
 
     Example:
+        >>> import torch
         >>> loss = BCELoss()
         >>> round(loss(torch.zeros(2, 1, 8, 8), torch.zeros(2, 8, 8, dtype=torch.long)).item(), 4)  # log 2
         0.6931
@@ -59,14 +59,9 @@ class BCELoss(SegLoss):
     modes: ClassVar[tuple[str, ...]] = ("binary", "multilabel")
 
     def __init__(
-        self,
-        pos_weight: float | Sequence[float] | Tensor | None = None,
-        *,
-        mode: str = "binary",
-        from_logits: bool = True,
-        reduction: str = "mean",
-        ignore_index: int | None = None,
-    ) -> None:
+        self, pos_weight: float | Sequence[float] | Tensor | None = None, *, mode: str = "binary",
+        from_logits: bool = True, reduction: str = "mean", ignore_index: int | None = None,
+    ) -> None:  # fmt: skip
         if mode == "multiclass":
             raise InvalidValueError(
                 "BCELoss is a per-channel sigmoid loss and does not take mode='multiclass'; use "
@@ -74,15 +69,9 @@ class BCELoss(SegLoss):
                 "per class with independent masks use mode='multilabel'."
             )
         super().__init__(mode=mode, from_logits=from_logits, reduction=reduction, ignore_index=ignore_index)
-        if pos_weight is not None:
-            pw = torch.as_tensor(pos_weight, dtype=torch.float32)
-            if pw.ndim > 1 or bool((pw < 0).any()):
-                raise InvalidValueError(
-                    f"pos_weight must be a number >= 0 or one such value per channel; got {pos_weight!r}."
-                )
-        else:
-            pw = None
-        self.register_buffer("pos_weight", pw)
+        self.register_weights(
+            "pos_weight", pos_weight, scalar_ok=True, what="a number >= 0 or one such value per channel"
+        )
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         """The loss of ``pred`` against ``target`` (see the class docstring)."""
@@ -122,6 +111,7 @@ class CrossEntropyLoss(SegLoss):
         foreground predictions on it cost ``-log p(background)`` per pixel. Never NaN.
 
     Example:
+        >>> import torch
         >>> loss = CrossEntropyLoss(ignore_index=255)
         >>> round(loss(torch.zeros(1, 4, 8, 8), torch.zeros(1, 8, 8, dtype=torch.long)).item(), 4)  # log 4
         1.3863
@@ -131,15 +121,10 @@ class CrossEntropyLoss(SegLoss):
     modes: ClassVar[tuple[str, ...]] = ("multiclass",)
 
     def __init__(
-        self,
-        weight: Sequence[float] | Tensor | None = None,
-        *,
-        label_smoothing: float = 0.0,
-        mode: str = "multiclass",
-        from_logits: bool = True,
-        reduction: str = "mean",
+        self, weight: Sequence[float] | Tensor | None = None, *, label_smoothing: float = 0.0,
+        mode: str = "multiclass", from_logits: bool = True, reduction: str = "mean",
         ignore_index: int | None = None,
-    ) -> None:
+    ) -> None:  # fmt: skip
         if mode in ("binary", "multilabel"):
             raise InvalidValueError(
                 f"CrossEntropyLoss is the softmax loss over >= 2 classes and needs mode='multiclass'; for "
@@ -149,15 +134,7 @@ class CrossEntropyLoss(SegLoss):
         if not 0.0 <= float(label_smoothing) <= 1.0:
             raise InvalidValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing!r}.")
         self.label_smoothing = float(label_smoothing)
-        if weight is not None:
-            w = torch.as_tensor(weight, dtype=torch.float32)
-            if w.ndim != 1 or bool((w < 0).any()):
-                raise InvalidValueError(
-                    f"weight must be a 1-D sequence of class weights >= 0; got {weight!r}."
-                )
-        else:
-            w = None
-        self.register_buffer("weight", w)
+        self.register_weights("weight", weight, scalar_ok=False, what="a 1-D sequence of class weights >= 0")
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         """The loss of ``pred`` against ``target`` (see the class docstring)."""

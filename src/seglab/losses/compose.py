@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seglab._options import check_choice, did_you_mean
+from seglab._options import MODES, check_choice, did_you_mean
 from seglab.errors import InvalidTypeError, InvalidValueError
 from seglab.losses import functional as LF
 from seglab.losses.bce import BCELoss, CrossEntropyLoss
@@ -81,6 +81,7 @@ class CompositeLoss(nn.Module):
         The weighted sum of the terms' empty-target values (see each loss); never NaN.
 
     Example:
+        >>> import torch
         >>> loss = CompositeLoss({"bce": BCELoss(), "dice": DiceLoss()}, weights={"bce": 0.5})
         >>> sorted(loss.terms(torch.randn(2, 1, 8, 8), torch.randint(0, 2, (2, 8, 8))))
         ['bce', 'dice', 'loss']
@@ -242,50 +243,17 @@ def build(spec: str, *, mode: str = "binary", **options: Any) -> CompositeLoss:
             per-term option the term does not accept.
 
     Example:
+        >>> import torch
         >>> loss = build("0.5*bce+dice", ignore_index=255, dice={"smooth": 0.0})
         >>> loss.spec
         '0.5*bce+dice'
         >>> sorted(loss.terms(torch.randn(2, 1, 8, 8), torch.randint(0, 2, (2, 8, 8))))
         ['bce', 'dice', 'loss']
     """
-    check_choice("mode", mode, ("binary", "multiclass", "multilabel"))
+    check_choice("mode", mode, MODES)
     terms = parse_spec(spec)
     names = [n for _, n in terms]
-    per_term: dict[str, dict[str, Any]] = {n: {} for n in names}
-    shared: dict[str, Any] = {}
-    for key, value in options.items():
-        term_key = key.lower().replace("-", "_")
-        term_key = _ALIASES.get(term_key, term_key)
-        if term_key in LOSSES:
-            if term_key not in per_term:
-                raise InvalidTypeError(
-                    f"per-term options for {key!r}, but the spec {spec!r} has no {term_key!r} term."
-                )
-            if not isinstance(value, Mapping):
-                raise InvalidTypeError(
-                    f"per-term options must be a dict, e.g. {term_key}={{'smooth': 0.0}}; got {type(value).__name__}."
-                )
-            per_term[term_key].update(value)
-        else:
-            shared[key] = value
-    if shared.get("reduction") == "none" and len(terms) > 1:
-        raise InvalidValueError(
-            "reduction='none' cannot be combined across terms (their unreduced shapes differ); use 'mean' or "
-            "'sum', or call the term modules one by one."
-        )
-    for key in shared:
-        takers = [n for n in names if key in _accepted(LOSSES[n])]
-        if not takers:
-            valid = sorted({p for n in names for p in _accepted(LOSSES[n])} - {"mode"})
-            raise InvalidTypeError(
-                f"build() got option {key!r}, which none of the terms ({', '.join(names)}) accepts. "
-                f"Valid options: {', '.join(valid)}." + did_you_mean(key, valid)
-            )
-        if key in _AMBIGUOUS and len(takers) > 1:
-            raise InvalidTypeError(
-                f"option {key!r} means different things for {', '.join(takers)}; pass it per term, e.g. "
-                f"build({spec!r}, {takers[0]}={{{key!r}: ...}})."
-            )
+    per_term, shared = _split_options(spec, names, options)
     modules: dict[str, nn.Module] = {}
     weights: dict[str, float] = {}
     for w, name in terms:
@@ -303,6 +271,48 @@ def build(spec: str, *, mode: str = "binary", **options: Any) -> CompositeLoss:
         modules[name] = cls(**kwargs)
         weights[name] = w
     return CompositeLoss(modules, weights)
+
+
+def _split_options(
+    spec: str, names: list[str], options: Mapping[str, Any]
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """``build``'s keyword options as per-term dicts and shared options, checked."""
+    per_term: dict[str, dict[str, Any]] = {n: {} for n in names}
+    shared: dict[str, Any] = {}
+    for key, value in options.items():
+        term_key = key.lower().replace("-", "_")
+        term_key = _ALIASES.get(term_key, term_key)
+        if term_key in LOSSES:
+            if term_key not in per_term:
+                raise InvalidTypeError(
+                    f"per-term options for {key!r}, but the spec {spec!r} has no {term_key!r} term."
+                )
+            if not isinstance(value, Mapping):
+                raise InvalidTypeError(
+                    f"per-term options must be a dict, e.g. {term_key}={{'smooth': 0.0}}; got {type(value).__name__}."
+                )
+            per_term[term_key].update(value)
+        else:
+            shared[key] = value
+    if shared.get("reduction") == "none" and len(names) > 1:
+        raise InvalidValueError(
+            "reduction='none' cannot be combined across terms (their unreduced shapes differ); use 'mean' or "
+            "'sum', or call the term modules one by one."
+        )
+    for key in shared:
+        takers = [n for n in names if key in _accepted(LOSSES[n])]
+        if not takers:
+            valid = sorted({p for n in names for p in _accepted(LOSSES[n])} - {"mode"})
+            raise InvalidTypeError(
+                f"build() got option {key!r}, which none of the terms ({', '.join(names)}) accepts. "
+                f"Valid options: {', '.join(valid)}." + did_you_mean(key, valid)
+            )
+        if key in _AMBIGUOUS and len(takers) > 1:
+            raise InvalidTypeError(
+                f"option {key!r} means different things for {', '.join(takers)}; pass it per term, e.g. "
+                f"build({spec!r}, {takers[0]}={{{key!r}: ...}})."
+            )
+    return per_term, shared
 
 
 # ------------------------------------------------------------------------------------------------
@@ -361,6 +371,7 @@ class DeepSupervisionLoss(nn.Module):
         is "absent", so ``cls`` logits are pushed down. Never NaN.
 
     Example:
+        >>> import torch
         >>> from seglab.models import SegOutput
         >>> ds = DeepSupervisionLoss(build("bce+dice"), weights="halving", cls_loss="bce")
         >>> out = SegOutput(torch.randn(2, 1, 32, 32), [torch.randn(2, 1, 16, 16)], torch.randn(2, 1))

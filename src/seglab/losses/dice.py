@@ -35,17 +35,9 @@ class _RegionLoss(SegLoss):
     """Shared arguments of the region losses."""
 
     def __init__(
-        self,
-        *,
-        smooth: float,
-        eps: float,
-        per_image: bool,
-        classes: Sequence[int] | None,
-        mode: str,
-        from_logits: bool,
-        reduction: str,
-        ignore_index: int | None,
-    ) -> None:
+        self, smooth: float, eps: float, per_image: bool, classes: Sequence[int] | None, mode: str,
+        from_logits: bool, reduction: str, ignore_index: int | None,
+    ) -> None:  # fmt: skip
         super().__init__(mode=mode, from_logits=from_logits, reduction=reduction, ignore_index=ignore_index)
         self.smooth = check_nonneg("smooth", smooth)
         self.eps = check_nonneg("eps", eps)
@@ -77,7 +69,7 @@ class DiceLoss(_RegionLoss):
 
     Signed Dice (``signed=True``): probabilities and labels are mapped to [-1, 1]
     (``x -> 2x - 1``) and the score becomes ``(2·Σ w·p'·g' + smooth) / (Σ w·|p'|ᵏ + Σ w·|g'|ᵏ +
-    smooth)`` with ``k = 2`` when ``squared`` (the study note's form) and ``k = 1`` otherwise.
+    smooth)`` with ``k = 2`` when ``squared`` and ``k = 1`` otherwise.
     Background pixels then count as agreement, so an empty mask predicted empty scores 1 (loss 0)
     even with ``smooth=0``. The score lies in [-1, 1] and the loss in [0, 2]: predicting the exact
     opposite of the mask costs 2.
@@ -115,6 +107,7 @@ class DiceLoss(_RegionLoss):
         use ``signed=True`` for a smoothing-free loss that handles empty masks. Never NaN.
 
     Example:
+        >>> import torch
         >>> loss = DiceLoss(mode="multiclass")
         >>> loss(torch.randn(2, 3, 16, 16), torch.randint(0, 3, (2, 16, 16))).shape
         torch.Size([])
@@ -123,24 +116,12 @@ class DiceLoss(_RegionLoss):
     name: ClassVar[str] = "dice"
 
     def __init__(
-        self,
-        smooth: float = 1.0,
-        eps: float = 1e-7,
-        squared: bool = False,
-        per_image: bool = False,
-        weight: Tensor | tuple[float, float] | None = None,
-        signed: bool = False,
-        *,
-        classes: Sequence[int] | None = None,
-        mode: str = "binary",
-        from_logits: bool = True,
-        reduction: str = "mean",
-        ignore_index: int | None = None,
-    ) -> None:
-        super().__init__(
-            smooth=smooth, eps=eps, per_image=per_image, classes=classes, mode=mode, from_logits=from_logits,
-            reduction=reduction, ignore_index=ignore_index,
-        )  # fmt: skip
+        self, smooth: float = 1.0, eps: float = 1e-7, squared: bool = False, per_image: bool = False,
+        weight: Tensor | tuple[float, float] | None = None, signed: bool = False, *,
+        classes: Sequence[int] | None = None, mode: str = "binary", from_logits: bool = True,
+        reduction: str = "mean", ignore_index: int | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(smooth, eps, per_image, classes, mode, from_logits, reduction, ignore_index)
         self.squared = bool(squared)
         self.signed = bool(signed)
         self.pair_weight: tuple[float, float] | None = None
@@ -195,6 +176,7 @@ class IoULoss(_RegionLoss):
         positives about 1; with ``smooth=0`` an empty target always costs 1. Never NaN.
 
     Example:
+        >>> import torch
         >>> IoULoss()(torch.full((1, 1, 8, 8), 20.0), torch.ones(1, 8, 8)).item() < 1e-6
         True
     """
@@ -202,21 +184,11 @@ class IoULoss(_RegionLoss):
     name: ClassVar[str] = "iou"
 
     def __init__(
-        self,
-        smooth: float = 1.0,
-        eps: float = 1e-7,
-        per_image: bool = False,
-        *,
-        classes: Sequence[int] | None = None,
-        mode: str = "binary",
-        from_logits: bool = True,
-        reduction: str = "mean",
-        ignore_index: int | None = None,
-    ) -> None:
-        super().__init__(
-            smooth=smooth, eps=eps, per_image=per_image, classes=classes, mode=mode, from_logits=from_logits,
-            reduction=reduction, ignore_index=ignore_index,
-        )  # fmt: skip
+        self, smooth: float = 1.0, eps: float = 1e-7, per_image: bool = False, *,
+        classes: Sequence[int] | None = None, mode: str = "binary", from_logits: bool = True,
+        reduction: str = "mean", ignore_index: int | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(smooth, eps, per_image, classes, mode, from_logits, reduction, ignore_index)
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         """The loss of ``pred`` against ``target`` (see the class docstring)."""
@@ -248,11 +220,7 @@ class TverskyLoss(_RegionLoss):
         eps: lower bound of the denominator.
         per_image: one score per image instead of one per batch.
         gamma: exponent of ``(1 - TI)`` (>= 0; 1 is the plain Tversky loss).
-        classes: channels to average over; all by default. Not for ``mode="binary"``.
-        mode: ``"binary"``, ``"multiclass"`` or ``"multilabel"``.
-        from_logits: ``pred`` holds logits.
-        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-        ignore_index: target value of pixels left out of every sum.
+        classes, mode, from_logits, reduction, ignore_index: as for :class:`IoULoss`.
 
     Raises:
         ValueError: negative ``alpha``/``beta``/``smooth``/``gamma`` or mismatched shapes.
@@ -267,6 +235,7 @@ class TverskyLoss(_RegionLoss):
         target always costs 1. Never NaN.
 
     Example:
+        >>> import torch
         >>> loss = TverskyLoss(alpha=0.3, beta=0.7, mode="multilabel")
         >>> loss(torch.randn(2, 3, 16, 16), torch.randint(0, 2, (2, 3, 16, 16))).shape
         torch.Size([])
@@ -275,24 +244,12 @@ class TverskyLoss(_RegionLoss):
     name: ClassVar[str] = "tversky"
 
     def __init__(
-        self,
-        alpha: float = 0.5,
-        beta: float = 0.5,
-        smooth: float = 1.0,
-        eps: float = 1e-7,
-        per_image: bool = False,
-        gamma: float = 1.0,
-        *,
-        classes: Sequence[int] | None = None,
-        mode: str = "binary",
-        from_logits: bool = True,
-        reduction: str = "mean",
+        self, alpha: float = 0.5, beta: float = 0.5, smooth: float = 1.0, eps: float = 1e-7,
+        per_image: bool = False, gamma: float = 1.0, *, classes: Sequence[int] | None = None,
+        mode: str = "binary", from_logits: bool = True, reduction: str = "mean",
         ignore_index: int | None = None,
-    ) -> None:
-        super().__init__(
-            smooth=smooth, eps=eps, per_image=per_image, classes=classes, mode=mode, from_logits=from_logits,
-            reduction=reduction, ignore_index=ignore_index,
-        )  # fmt: skip
+    ) -> None:  # fmt: skip
+        super().__init__(smooth, eps, per_image, classes, mode, from_logits, reduction, ignore_index)
         self.alpha = check_nonneg("alpha", alpha)
         self.beta = check_nonneg("beta", beta)
         self.gamma = check_gamma(gamma)

@@ -70,15 +70,10 @@ class FocalLoss(SegLoss):
     name: ClassVar[str] = "focal"
 
     def __init__(
-        self,
-        alpha: float | Sequence[float] | Tensor | None = 0.25,
-        gamma: float = 2.0,
-        *,
-        mode: str = "binary",
-        from_logits: bool = True,
-        reduction: str = "mean",
+        self, alpha: float | Sequence[float] | Tensor | None = 0.25, gamma: float = 2.0, *,
+        mode: str = "binary", from_logits: bool = True, reduction: str = "mean",
         ignore_index: int | None = None,
-    ) -> None:
+    ) -> None:  # fmt: skip
         super().__init__(mode=mode, from_logits=from_logits, reduction=reduction, ignore_index=ignore_index)
         self.gamma = check_gamma(gamma)
         self.alpha_scalar: float | None = None

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -273,6 +273,14 @@ def focal_loss(
             raise InvalidValueError(f"a scalar alpha must lie in [0, 1] (or be None), got {alpha!r}.")
     if mode == "multiclass":
         return _focal_multiclass(pred, target, from_logits, alpha, gamma, reduction, ignore_index)
+    return _focal_sigmoid(pred, target, mode, from_logits, alpha, gamma, reduction, ignore_index)
+
+
+def _focal_sigmoid(
+    pred: Tensor, target: Tensor, mode: str, from_logits: bool, alpha: float | Sequence[float] | Tensor | None,
+    gamma: float, reduction: str, ignore_index: int | None,
+) -> Tensor:  # fmt: skip
+    """The focal loss of sigmoid outputs (binary, multilabel): one fused op for hard targets."""
     hard = not target.is_floating_point()
     x, g, valid, spatial, _ = prepare(pred, target, mode, ignore_index, "focal_loss")
     a_c: Tensor | float | None = None
@@ -465,8 +473,8 @@ def soft_counts(
     Returns:
         Three tensors of shape ``(C,)`` (or ``(N, C)`` with ``per_image=True``).
     """
-    pred, target, valid, spatial, _ = prepared
-    n, c, _ = pred.shape
+    pred, target, valid, _, _ = prepared
+    c = pred.shape[1]
     dims = (2,) if per_image else (0, 2)
     if weight is None and not signed:
         if from_logits:
@@ -481,8 +489,18 @@ def soft_counts(
         p_true = p.gather(1, target.unsqueeze(1)).squeeze(1)  # (N, L): probability of the true class
         inter = _true_class_sum(p_true, target, c, per_image, dense)
         return inter, (p * p if squared else p).sum(dims), sg
+    return _weighted_counts(prepared, mode, from_logits, per_image, squared, weight, signed)
+
+
+def _weighted_counts(
+    prepared: Prepared, mode: str, from_logits: bool, per_image: bool, squared: bool, weight: PixelWeight,
+    signed: bool,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """:func:`soft_counts`' general path: dense (one-hot) targets, pixel weights, signed values."""
+    pred, target, valid, spatial, _ = prepared
+    n, c, _ = pred.shape
+    dims = (2,) if per_image else (0, 2)
     probs = to_probs(pred, mode, from_logits)
-    # General path: dense targets and weights.
     if mode == "multiclass":
         classes = torch.arange(c, device=target.device).view(1, c, 1)
         g = (target.unsqueeze(1) == classes).to(probs.dtype)  # (N, C, L) one-hot
@@ -575,34 +593,39 @@ def _finish(loss: Tensor, classes: list[int] | None, reduction: str) -> Tensor:
     return reduce(loss, reduction)
 
 
-def dice_loss(
-    pred: Tensor,
-    target: Tensor,
-    *,
-    mode: str = "binary",
-    from_logits: bool = True,
-    smooth: float = 1.0,
-    eps: float = 1e-7,
-    squared: bool = False,
-    per_image: bool = False,
-    weight: PixelWeight = None,
-    signed: bool = False,
-    classes: Sequence[int] | None = None,
-    reduction: str = "mean",
-    ignore_index: int | None = None,
-) -> Tensor:
-    """Soft Dice loss ``1 - (2·Σ p·g + smooth) / max(Σ p + Σ g + smooth, eps)`` per class.
-
-    See :class:`~seglab.losses.DiceLoss` for the arguments (weighted and signed forms included).
-
+_REGION_DOC = """
     Returns:
         A scalar; with ``reduction="none"`` ``(C,)`` (``(N, C)`` with ``per_image=True``).
 
     Raises:
-        ValueError: see :class:`~seglab.losses.DiceLoss`.
+        ValueError: see :class:`~seglab.losses.{cls}`.
 
     Shape:
         ``pred (N, C, H, W)``; ``target`` ``(N, H, W)`` (binary, multiclass) or ``(N, C, H, W)``.
+"""
+
+
+def _region_doc(cls: str) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    """Insert the Returns/Raises/Shape sections shared by the region losses before the Example."""
+
+    def document(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        head, sep, example = (fn.__doc__ or "").partition("    Example:")
+        fn.__doc__ = head.rstrip() + "\n" + _REGION_DOC.format(cls=cls) + "\n" + sep + example
+        return fn
+
+    return document
+
+
+@_region_doc("DiceLoss")
+def dice_loss(
+    pred: Tensor, target: Tensor, *, mode: str = "binary", from_logits: bool = True, smooth: float = 1.0,
+    eps: float = 1e-7, squared: bool = False, per_image: bool = False, weight: PixelWeight = None,
+    signed: bool = False, classes: Sequence[int] | None = None, reduction: str = "mean",
+    ignore_index: int | None = None,
+) -> Tensor:  # fmt: skip
+    """Soft Dice loss ``1 - (2·Σ p·g + smooth) / max(Σ p + Σ g + smooth, eps)`` per class.
+
+    See :class:`~seglab.losses.DiceLoss` for the arguments (weighted and signed forms included).
 
     Example:
         >>> x, t = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
@@ -618,31 +641,15 @@ def dice_loss(
     return _finish(loss, cls, reduction)  # from (C,) or (N, C)
 
 
+@_region_doc("IoULoss")
 def iou_loss(
-    pred: Tensor,
-    target: Tensor,
-    *,
-    mode: str = "binary",
-    from_logits: bool = True,
-    smooth: float = 1.0,
-    eps: float = 1e-7,
-    per_image: bool = False,
-    classes: Sequence[int] | None = None,
-    reduction: str = "mean",
-    ignore_index: int | None = None,
-) -> Tensor:
+    pred: Tensor, target: Tensor, *, mode: str = "binary", from_logits: bool = True, smooth: float = 1.0,
+    eps: float = 1e-7, per_image: bool = False, classes: Sequence[int] | None = None,
+    reduction: str = "mean", ignore_index: int | None = None,
+) -> Tensor:  # fmt: skip
     """Soft IoU (Jaccard) loss ``1 - (Σ p·g + smooth) / max(Σ p + Σ g - Σ p·g + smooth, eps)``.
 
     See :class:`~seglab.losses.IoULoss` for the arguments.
-
-    Returns:
-        A scalar; with ``reduction="none"`` ``(C,)`` (``(N, C)`` with ``per_image=True``).
-
-    Raises:
-        ValueError: see :class:`~seglab.losses.IoULoss`.
-
-    Shape:
-        ``pred (N, C, H, W)``; ``target`` ``(N, H, W)`` (binary, multiclass) or ``(N, C, H, W)``.
 
     Example:
         >>> round(iou_loss(torch.full((1, 1, 4, 4), 20.0), torch.ones(1, 4, 4), smooth=0.0).item(), 6)
@@ -659,34 +666,15 @@ def iou_loss(
 jaccard_loss = iou_loss
 
 
+@_region_doc("TverskyLoss")
 def tversky_loss(
-    pred: Tensor,
-    target: Tensor,
-    *,
-    mode: str = "binary",
-    from_logits: bool = True,
-    alpha: float = 0.5,
-    beta: float = 0.5,
-    gamma: float = 1.0,
-    smooth: float = 1.0,
-    eps: float = 1e-7,
-    per_image: bool = False,
-    classes: Sequence[int] | None = None,
-    reduction: str = "mean",
-    ignore_index: int | None = None,
-) -> Tensor:
+    pred: Tensor, target: Tensor, *, mode: str = "binary", from_logits: bool = True, alpha: float = 0.5,
+    beta: float = 0.5, gamma: float = 1.0, smooth: float = 1.0, eps: float = 1e-7, per_image: bool = False,
+    classes: Sequence[int] | None = None, reduction: str = "mean", ignore_index: int | None = None,
+) -> Tensor:  # fmt: skip
     """Tversky loss ``(1 - (TP + smooth) / max(TP + alpha·FP + beta·FN + smooth, eps))^gamma``.
 
     See :class:`~seglab.losses.TverskyLoss` for the arguments.
-
-    Returns:
-        A scalar; with ``reduction="none"`` ``(C,)`` (``(N, C)`` with ``per_image=True``).
-
-    Raises:
-        ValueError: see :class:`~seglab.losses.TverskyLoss`.
-
-    Shape:
-        ``pred (N, C, H, W)``; ``target`` ``(N, H, W)`` (binary, multiclass) or ``(N, C, H, W)``.
 
     Example:
         >>> x, t = torch.randn(2, 1, 8, 8), torch.randint(0, 2, (2, 8, 8))

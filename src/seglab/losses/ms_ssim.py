@@ -69,6 +69,7 @@ class MSSSIMLoss(SegLoss):
         — pair MS-SSIM with a pixel or region loss (as U-Net 3+ does). Never NaN.
 
     Example:
+        >>> import torch
         >>> loss = MSSSIMLoss()
         >>> loss(torch.randn(2, 1, 192, 192), torch.randint(0, 2, (2, 192, 192))).shape
         torch.Size([])
@@ -77,17 +78,10 @@ class MSSSIMLoss(SegLoss):
     name: ClassVar[str] = "ms_ssim"
 
     def __init__(
-        self,
-        data_range: float = 1.0,
-        win_size: int = 11,
-        win_sigma: float = 1.5,
-        weights: Sequence[float] = LF.MS_SSIM_WEIGHTS,
-        *,
-        mode: str = "binary",
-        from_logits: bool = True,
-        reduction: str = "mean",
-        ignore_index: int | None = None,
-    ) -> None:
+        self, data_range: float = 1.0, win_size: int = 11, win_sigma: float = 1.5,
+        weights: Sequence[float] = LF.MS_SSIM_WEIGHTS, *, mode: str = "binary", from_logits: bool = True,
+        reduction: str = "mean", ignore_index: int | None = None,
+    ) -> None:  # fmt: skip
         super().__init__(mode=mode, from_logits=from_logits, reduction=reduction, ignore_index=ignore_index)
         if isinstance(win_size, bool) or not isinstance(win_size, int) or win_size < 1 or win_size % 2 != 1:
             raise InvalidValueError(f"win_size must be a positive odd integer, got {win_size!r}.")

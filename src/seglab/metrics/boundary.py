@@ -20,7 +20,7 @@ Empty masks:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -78,17 +78,12 @@ def hausdorff(
     if percentile is not None and not 0.0 <= float(percentile) <= 100.0:
         raise InvalidValueError(f"percentile must be None or in [0, 100], got {percentile}.")
 
-    def one(p: np.ndarray, t: np.ndarray, sp: tuple[float, ...]) -> float:
-        d_pt, d_tp = surface_distances(p, t, spacing=sp)
-        if d_pt.size == 0 and d_tp.size == 0:
-            return float(empty)
-        if d_pt.size == 0 or d_tp.size == 0:
-            return math.inf
+    def summary(d_pt: np.ndarray, d_tp: np.ndarray) -> float:
         if percentile is None:
             return float(max(d_pt.max(), d_tp.max()))
         return float(max(np.percentile(d_pt, percentile), np.percentile(d_tp, percentile)))
 
-    return _apply(one, pred, target, spacing)
+    return _apply(summary, pred, target, spacing, empty)
 
 
 def assd(
@@ -126,15 +121,10 @@ def assd(
         1.0
     """
 
-    def one(p: np.ndarray, t: np.ndarray, sp: tuple[float, ...]) -> float:
-        d_pt, d_tp = surface_distances(p, t, spacing=sp)
-        if d_pt.size == 0 and d_tp.size == 0:
-            return float(empty)
-        if d_pt.size == 0 or d_tp.size == 0:
-            return math.inf
+    def summary(d_pt: np.ndarray, d_tp: np.ndarray) -> float:
         return float((d_pt.sum() + d_tp.sum()) / (d_pt.size + d_tp.size))
 
-    return _apply(one, pred, target, spacing)
+    return _apply(summary, pred, target, spacing, empty)
 
 
 def surface_distances(
@@ -243,18 +233,32 @@ def _to_mask(x: Tensor | np.ndarray, name: str) -> np.ndarray:
 
 
 def _apply(
-    one: object, pred: Tensor | np.ndarray, target: Tensor | np.ndarray, spacing: Sequence[float]
+    summary: Callable[[np.ndarray, np.ndarray], float],
+    pred: Tensor | np.ndarray,
+    target: Tensor | np.ndarray,
+    spacing: Sequence[float],
+    empty: float,
 ) -> float | Tensor | np.ndarray:
-    """Run ``one(p, t, spacing)`` on a mask pair or on each pair of a batch."""
+    """``summary`` of the two directions' surface distances, on a mask pair or on each pair of a
+    batch: ``empty`` when both masks are empty, ``inf`` when one is."""
+
+    def one(p: np.ndarray, t: np.ndarray, sp: tuple[float, ...]) -> float:
+        d_pt, d_tp = surface_distances(p, t, spacing=sp)
+        if d_pt.size == 0 and d_tp.size == 0:
+            return float(empty)
+        if d_pt.size == 0 or d_tp.size == 0:
+            return math.inf
+        return summary(d_pt, d_tp)
+
     sp = _check_spacing(spacing)
     p = _to_mask(pred, "pred")
     t = _to_mask(target, "target")
     if p.shape != t.shape:
         raise InvalidValueError(f"pred {p.shape} and target {t.shape} must have the same shape.")
     if p.ndim == len(sp):
-        return one(p, t, sp)  # type: ignore[operator]
+        return one(p, t, sp)
     if p.ndim == len(sp) + 1:
-        values = np.array([one(p[i], t[i], sp) for i in range(p.shape[0])], dtype=np.float64)  # type: ignore[operator]
+        values = np.array([one(p[i], t[i], sp) for i in range(p.shape[0])], dtype=np.float64)
         return torch.from_numpy(values) if isinstance(pred, Tensor) else values
     raise InvalidValueError(
         f"masks of shape {p.shape} do not fit spacing of length {len(sp)}: expected {len(sp)} spatial dims "

@@ -1,7 +1,7 @@
 """Per-image, per-class confusion counts: the one place where pixels are counted.
 
 Every score in :mod:`seglab.metrics.scores` is a formula over the four counts returned here
-(STYLE.md item 9, "count, then reduce"). The counting is one vectorised pass: each valid pixel is
+("count, then reduce"). The counting is one vectorised pass: each valid pixel is
 turned into a bin index ``(group, true class, predicted class)`` and a single ``bincount`` builds
 all the per-image confusion matrices at once, with no Python loop over classes or images.
 
@@ -25,12 +25,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from seglab._options import check_choice
+from seglab._options import MODES, check_choice, check_positive_int
 from seglab.errors import InvalidTypeError, InvalidValueError
 
 __all__ = ["MODES", "confusion", "confusion_matrix"]
-
-MODES = ("binary", "multiclass", "multilabel")
 
 
 def confusion(
@@ -91,21 +89,7 @@ def confusion(
         (torch.Size([2, 3]), 64)
     """
     mode = check_choice("mode", mode, MODES)
-    pred = _as_tensor(pred, "pred")
-    target = _as_tensor(target, "target")
-    if pred.device != target.device:
-        raise InvalidValueError(
-            f"pred is on {pred.device} but target is on {target.device}; move both to one device."
-        )
-    if target.dim() < 2:
-        raise InvalidValueError(
-            f"target must have a batch dimension and at least one spatial dimension, got shape "
-            f"{tuple(target.shape)}; for a single image pass target[None] (and pred[None])."
-        )
-    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
-        raise InvalidTypeError(f"ignore_index must be an int or None, got {ignore_index!r}.")
-    if not isinstance(from_logits, bool):
-        raise InvalidTypeError(f"from_logits must be a bool, got {from_logits!r}.")
+    pred, target = _check_pair(pred, target, ignore_index, from_logits)
     if mode == "multiclass":
         pred_ids, target_ids, c = _multiclass_inputs(pred, target, num_classes, ignore_index)
         cm = _confusion_matrices(pred_ids, target_ids, c, ignore_index)  # (N, C, C)
@@ -127,6 +111,28 @@ def confusion(
     tp, fp, fn, tn = _counts_from_matrices(cm)  # each (groups, 2); column 1 is the foreground class
     n = target.shape[0]
     return tuple(x[:, 1].reshape(n, c) for x in (tp, fp, fn, tn))  # type: ignore[return-value]
+
+
+def _check_pair(
+    pred: object, target: object, ignore_index: object, from_logits: object
+) -> tuple[Tensor, Tensor]:
+    """``pred`` and ``target`` as tensors on one device, with a batch dimension; options typed."""
+    pred = _as_tensor(pred, "pred")
+    target = _as_tensor(target, "target")
+    if pred.device != target.device:
+        raise InvalidValueError(
+            f"pred is on {pred.device} but target is on {target.device}; move both to one device."
+        )
+    if target.dim() < 2:
+        raise InvalidValueError(
+            f"target must have a batch dimension and at least one spatial dimension, got shape "
+            f"{tuple(target.shape)}; for a single image pass target[None] (and pred[None])."
+        )
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        raise InvalidTypeError(f"ignore_index must be an int or None, got {ignore_index!r}.")
+    if not isinstance(from_logits, bool):
+        raise InvalidTypeError(f"from_logits must be a bool, got {from_logits!r}.")
+    return pred, target
 
 
 def confusion_matrix(
@@ -288,8 +294,7 @@ def _multiclass_inputs(
             f"multiclass expects pred (N, C, *S) scores or (N, *S) class ids and target (N, *S) class ids; "
             f"got pred {tuple(pred.shape)} and target {tuple(target.shape)}."
         )
-    if isinstance(c, bool) or not isinstance(c, int) or c < 1:
-        raise InvalidValueError(f"num_classes must be a positive int, got {c!r}.")
+    check_positive_int("num_classes", c)
     n = target.shape[0]
     pred_ids = _rows(pred_ids, n).long()  # (N, L)
     target_ids = _rows(target, n).long()  # (N, L)

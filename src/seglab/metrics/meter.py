@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from seglab._options import check_choice
+from seglab._options import MODES, check_choice, check_positive_int
 from seglab.errors import InvalidValueError
-from seglab.metrics.confusion import MODES, confusion
+from seglab.metrics.confusion import confusion
 from seglab.metrics.scores import SCORES, image_scores
 
 __all__ = ["METER_REDUCTIONS", "SegMeter"]
@@ -90,8 +90,7 @@ class SegMeter:
         sync_dist: bool = True,
     ) -> None:
         self.mode = check_choice("mode", mode, MODES)
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise InvalidValueError(f"num_classes must be a positive int, got {num_classes!r}.")
+        check_positive_int("num_classes", num_classes)
         if self.mode == "binary" and num_classes != 1:
             raise InvalidValueError(
                 f"mode='binary' has one foreground channel: num_classes must be 1, got {num_classes}. "

@@ -25,17 +25,19 @@ Counts may be integer or float (e.g. already weighted); scores are computed in `
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from seglab._options import check_choice
+from seglab._options import SCORE_REDUCTIONS, check_choice
 from seglab.errors import InvalidTypeError, InvalidValueError
 
 __all__ = [
     "REDUCTIONS",
     "SCORES",
+    "SCORE_REDUCTIONS",
     "accuracy",
     "all_scores",
     "dice",
@@ -52,7 +54,7 @@ __all__ = [
     "tpr",
 ]
 
-REDUCTIONS = ("micro", "macro", "per_image", "micro_per_image", "none")
+REDUCTIONS = SCORE_REDUCTIONS  # the public name since the first release
 
 Terms = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -189,7 +191,6 @@ def _prepare(
     fp: Tensor,
     fn: Tensor,
     tn: Tensor,
-    *,
     reduction: str,
     class_weights: Sequence[float] | Tensor | None,
     include_background: bool,
@@ -220,32 +221,6 @@ def _image_values(
     if micro:
         return _ratio(*terms(*((x * w).sum(1) for x in counts)), empty)  # (N,)
     return _nanmean(_ratio(*terms(*counts), empty), w, 1)  # (N, C) -> (N,)
-
-
-def _score(
-    terms: Terms,
-    tp: Tensor,
-    fp: Tensor,
-    fn: Tensor,
-    tn: Tensor,
-    *,
-    reduction: str,
-    class_weights: Sequence[float] | Tensor | None,
-    include_background: bool,
-    empty: float,
-) -> Tensor:
-    reduction = check_choice("reduction", reduction, REDUCTIONS)
-    counts, w, empty = _prepare(
-        tp,
-        fp,
-        fn,
-        tn,
-        reduction=reduction,
-        class_weights=class_weights,
-        include_background=include_background,
-        empty=empty,
-    )
-    return _reduce(terms, counts, w, empty, reduction)
 
 
 def _reduce(terms: Terms, counts: tuple[Tensor, ...], w: Tensor, empty: float, reduction: str) -> Tensor:
@@ -303,16 +278,7 @@ def image_scores(
         tensor([0.8750, 0.0000], dtype=torch.float64)
     """
     terms = _TERMS[check_choice("score", name, _TERMS)]
-    counts, w, empty = _prepare(
-        tp,
-        fp,
-        fn,
-        tn,
-        reduction="per_image",
-        class_weights=class_weights,
-        include_background=include_background,
-        empty=empty,
-    )
+    counts, w, empty = _prepare(tp, fp, fn, tn, "per_image", class_weights, include_background, empty)
     return _image_values(terms, counts, w, empty, micro=micro)
 
 
@@ -330,285 +296,59 @@ _TERMS: dict[str, Terms] = {
 
 # -- the public scores ---------------------------------------------------------------------------------
 
+# name: (terms, what it is, the empty case, example counts tp, fp, fn, tn, the example's result)
+# fmt: off
+_SCORE_TABLE: dict[str, tuple[Terms, str, str, str, str]] = {
+    "iou": (_iou_terms, "Intersection over union (Jaccard index): ``TP / (TP + FP + FN)``.", "a class absent from both truth and prediction (``TP + FP + FN = 0``) scores ``empty`` (NaN, left out of averages); predicted pixels on an empty truth score 0.", "[[3, 0]], [[1, 0]], [[0, 0]], [[4, 8]]", "tensor(0.7500, dtype=torch.float64)"),
+    "dice": (_dice_terms, "Dice coefficient (F1 score): ``2 TP / (2 TP + FP + FN)``; per image and class ``2 IoU / (1 + IoU)``.", "a class absent from both truth and prediction scores ``empty`` (NaN, left out of averages); predicted pixels on an empty truth score 0.", "[[3]], [[1]], [[0]], [[4]]", "tensor(0.8571, dtype=torch.float64)"),
+    "precision": (_precision_terms, "Precision (positive predictive value): ``TP / (TP + FP)``.", "nothing predicted for the class (``TP + FP = 0``) scores ``empty`` (NaN, left out of averages), whether or not the truth has the class.", "[[3]], [[1]], [[0]], [[4]]", "tensor(0.7500, dtype=torch.float64)"),
+    "recall": (_recall_terms, "Recall (sensitivity, true positive rate): ``TP / (TP + FN)``. Aliases: ``tpr``, ``sensitivity``.", "a class absent from the truth (``TP + FN = 0``) scores ``empty`` (NaN, left out of averages).", "[[3]], [[0]], [[1]], [[4]]", "tensor(0.7500, dtype=torch.float64)"),
+    "fpr": (_fpr_terms, "False positive rate (fall-out): ``FP / (FP + TN)`` (``1 - specificity``).", "a class covering every valid pixel of the truth (``FP + TN = 0``) scores ``empty`` (NaN, left out of averages).", "[[3]], [[1]], [[0]], [[3]]", "tensor(0.2500, dtype=torch.float64)"),
+    "fnr": (_fnr_terms, "False negative rate (miss rate): ``FN / (FN + TP)`` (``1 - recall``).", "a class absent from the truth (``TP + FN = 0``) scores ``empty`` (NaN, left out of averages).", "[[3]], [[0]], [[1]], [[4]]", "tensor(0.2500, dtype=torch.float64)"),
+    "tnr": (_tnr_terms, "True negative rate (specificity): ``TN / (TN + FP)``. Alias: ``specificity``.", "a class covering every valid pixel of the truth (``TN + FP = 0``) scores ``empty`` (NaN, left out of averages).", "[[3]], [[1]], [[0]], [[3]]", "tensor(0.7500, dtype=torch.float64)"),
+    "accuracy": (_accuracy_terms, "One-vs-rest accuracy: ``(TP + TN) / (TP + FP + FN + TN)``. Per class this is the binary accuracy of \"class c vs the rest\"; the usual multiclass pixel accuracy (correct pixels / valid pixels) is ``recall(..., reduction=\"micro\")`` (equal to micro precision), not micro accuracy.", "an image with no valid pixel (all ignored) scores ``empty`` (NaN, left out of averages).", "[[3]], [[1]], [[0]], [[4]]", "tensor(0.8750, dtype=torch.float64)"),
+}
+# fmt: on
 
-@_document
-def iou(
-    tp: Tensor,
-    fp: Tensor,
-    fn: Tensor,
-    tn: Tensor,
-    *,
-    reduction: str = "macro",
-    class_weights: Sequence[float] | Tensor | None = None,
-    include_background: bool = True,
-    empty: float = math.nan,
-) -> Tensor:
-    """Intersection over union (Jaccard index): ``TP / (TP + FP + FN)``.
 
-    Empty case: a class absent from both truth and prediction (``TP + FP + FN = 0``) scores
-    ``empty`` (NaN, left out of averages); predicted pixels on an empty truth score 0.
+def _score_function(name: str) -> Callable[..., Tensor]:
+    """The public score ``name`` of :data:`_SCORE_TABLE`: its terms reduced by :func:`_reduce`, with
+    the shared signature and documentation."""
+    terms, what, empty_case, counts, result = _SCORE_TABLE[name]
 
-    Example:
-        >>> tp, fp, fn, tn = (torch.tensor([[3, 0]]), torch.tensor([[1, 0]]),
-        ...                   torch.tensor([[0, 0]]), torch.tensor([[4, 8]]))
-        >>> iou(tp, fp, fn, tn, reduction="none")
-        tensor([[0.7500,    nan]], dtype=torch.float64)
-    """
-    return _score(
-        _iou_terms,
-        tp,
-        fp,
-        fn,
-        tn,
-        reduction=reduction,
-        class_weights=class_weights,
-        include_background=include_background,
-        empty=empty,
+    def score(
+        tp: Tensor,
+        fp: Tensor,
+        fn: Tensor,
+        tn: Tensor,
+        *,
+        reduction: str = "macro",
+        class_weights: Sequence[float] | Tensor | None = None,
+        include_background: bool = True,
+        empty: float = math.nan,
+    ) -> Tensor:
+        reduction = check_choice("reduction", reduction, SCORE_REDUCTIONS)
+        counts, w, empty = _prepare(tp, fp, fn, tn, reduction, class_weights, include_background, empty)
+        return _reduce(terms, counts, w, empty, reduction)
+
+    score.__name__ = score.__qualname__ = name
+    score.__doc__ = (
+        f"{textwrap.fill(what, 96, subsequent_indent='    ')}\n\n"
+        f"{textwrap.fill('Empty case: ' + empty_case, 96, initial_indent='    ', subsequent_indent='    ')}"
+        f"\n\n    Example:\n        >>> tp, fp, fn, tn = (torch.tensor(c) for c in ({counts}))"
+        f"\n        >>> {name}(tp, fp, fn, tn)\n        {result}\n    "
     )
+    return _document(score)
 
 
-@_document
-def dice(
-    tp: Tensor,
-    fp: Tensor,
-    fn: Tensor,
-    tn: Tensor,
-    *,
-    reduction: str = "macro",
-    class_weights: Sequence[float] | Tensor | None = None,
-    include_background: bool = True,
-    empty: float = math.nan,
-) -> Tensor:
-    """Dice coefficient (F1 score): ``2 TP / (2 TP + FP + FN)``; per image and class ``2 IoU / (1 + IoU)``.
-
-    Empty case: a class absent from both truth and prediction scores ``empty`` (NaN, left out of
-    averages); predicted pixels on an empty truth score 0.
-
-    Example:
-        >>> dice(torch.tensor([[3]]), torch.tensor([[1]]), torch.tensor([[0]]), torch.tensor([[4]]))
-        tensor(0.8571, dtype=torch.float64)
-    """
-    return _score(
-        _dice_terms,
-        tp,
-        fp,
-        fn,
-        tn,
-        reduction=reduction,
-        class_weights=class_weights,
-        include_background=include_background,
-        empty=empty,
-    )
-
-
-@_document
-def precision(
-    tp: Tensor,
-    fp: Tensor,
-    fn: Tensor,
-    tn: Tensor,
-    *,
-    reduction: str = "macro",
-    class_weights: Sequence[float] | Tensor | None = None,
-    include_background: bool = True,
-    empty: float = math.nan,
-) -> Tensor:
-    """Precision (positive predictive value): ``TP / (TP + FP)``.
-
-    Empty case: nothing predicted for the class (``TP + FP = 0``) scores ``empty`` (NaN, left
-    out of averages), whether or not the truth has the class.
-
-    Example:
-        >>> precision(torch.tensor([[3]]), torch.tensor([[1]]), torch.tensor([[0]]), torch.tensor([[4]]))
-        tensor(0.7500, dtype=torch.float64)
-    """
-    return _score(
-        _precision_terms,
-        tp,
-        fp,
-        fn,
-        tn,
-        reduction=reduction,
-        class_weights=class_weights,
-        include_background=include_background,
-        empty=empty,
-    )
-
-
-@_document
-def recall(
-    tp: Tensor,
-    fp: Tensor,
-    fn: Tensor,
-    tn: Tensor,
-    *,
-    reduction: str = "macro",
-    class_weights: Sequence[float] | Tensor | None = None,
-    include_background: bool = True,
-    empty: float = math.nan,
-) -> Tensor:
-    """Recall (sensitivity, true positive rate): ``TP / (TP + FN)``. Aliases: ``tpr``, ``sensitivity``.
-
-    Empty case: a class absent from the truth (``TP + FN = 0``) scores ``empty`` (NaN, left out
-    of averages).
-
-    Example:
-        >>> recall(torch.tensor([[3]]), torch.tensor([[0]]), torch.tensor([[1]]), torch.tensor([[4]]))
-        tensor(0.7500, dtype=torch.float64)
-    """
-    return _score(
-        _recall_terms,
-        tp,
-        fp,
-        fn,
-        tn,
-        reduction=reduction,
-        class_weights=class_weights,
-        include_background=include_background,
-        empty=empty,
-    )
-
-
-@_document
-def fpr(
-    tp: Tensor,
-    fp: Tensor,
-    fn: Tensor,
-    tn: Tensor,
-    *,
-    reduction: str = "macro",
-    class_weights: Sequence[float] | Tensor | None = None,
-    include_background: bool = True,
-    empty: float = math.nan,
-) -> Tensor:
-    """False positive rate (fall-out): ``FP / (FP + TN)`` (``1 - specificity``).
-
-    Empty case: a class covering every valid pixel of the truth (``FP + TN = 0``) scores
-    ``empty`` (NaN, left out of averages).
-
-    Example:
-        >>> fpr(torch.tensor([[3]]), torch.tensor([[1]]), torch.tensor([[0]]), torch.tensor([[3]]))
-        tensor(0.2500, dtype=torch.float64)
-    """
-    return _score(
-        _fpr_terms,
-        tp,
-        fp,
-        fn,
-        tn,
-        reduction=reduction,
-        class_weights=class_weights,
-        include_background=include_background,
-        empty=empty,
-    )
-
-
-@_document
-def fnr(
-    tp: Tensor,
-    fp: Tensor,
-    fn: Tensor,
-    tn: Tensor,
-    *,
-    reduction: str = "macro",
-    class_weights: Sequence[float] | Tensor | None = None,
-    include_background: bool = True,
-    empty: float = math.nan,
-) -> Tensor:
-    """False negative rate (miss rate): ``FN / (FN + TP)`` (``1 - recall``).
-
-    Empty case: a class absent from the truth (``TP + FN = 0``) scores ``empty`` (NaN, left out
-    of averages).
-
-    Example:
-        >>> fnr(torch.tensor([[3]]), torch.tensor([[0]]), torch.tensor([[1]]), torch.tensor([[4]]))
-        tensor(0.2500, dtype=torch.float64)
-    """
-    return _score(
-        _fnr_terms,
-        tp,
-        fp,
-        fn,
-        tn,
-        reduction=reduction,
-        class_weights=class_weights,
-        include_background=include_background,
-        empty=empty,
-    )
-
-
-@_document
-def tnr(
-    tp: Tensor,
-    fp: Tensor,
-    fn: Tensor,
-    tn: Tensor,
-    *,
-    reduction: str = "macro",
-    class_weights: Sequence[float] | Tensor | None = None,
-    include_background: bool = True,
-    empty: float = math.nan,
-) -> Tensor:
-    """True negative rate (specificity): ``TN / (TN + FP)``. Alias: ``specificity``.
-
-    Empty case: a class covering every valid pixel of the truth (``TN + FP = 0``) scores
-    ``empty`` (NaN, left out of averages).
-
-    Example:
-        >>> tnr(torch.tensor([[3]]), torch.tensor([[1]]), torch.tensor([[0]]), torch.tensor([[3]]))
-        tensor(0.7500, dtype=torch.float64)
-    """
-    return _score(
-        _tnr_terms,
-        tp,
-        fp,
-        fn,
-        tn,
-        reduction=reduction,
-        class_weights=class_weights,
-        include_background=include_background,
-        empty=empty,
-    )
-
-
-@_document
-def accuracy(
-    tp: Tensor,
-    fp: Tensor,
-    fn: Tensor,
-    tn: Tensor,
-    *,
-    reduction: str = "macro",
-    class_weights: Sequence[float] | Tensor | None = None,
-    include_background: bool = True,
-    empty: float = math.nan,
-) -> Tensor:
-    """One-vs-rest accuracy: ``(TP + TN) / (TP + FP + FN + TN)``.
-
-    Per class this is the binary accuracy of "class c vs the rest". The usual multiclass pixel
-    accuracy (correct pixels / valid pixels) is ``recall(..., reduction="micro")`` (equal to
-    micro precision), not micro accuracy.
-
-    Empty case: an image with no valid pixel (all ignored) scores ``empty`` (NaN, left out of
-    averages).
-
-    Example:
-        >>> accuracy(torch.tensor([[3]]), torch.tensor([[1]]), torch.tensor([[0]]), torch.tensor([[4]]))
-        tensor(0.8750, dtype=torch.float64)
-    """
-    return _score(
-        _accuracy_terms,
-        tp,
-        fp,
-        fn,
-        tn,
-        reduction=reduction,
-        class_weights=class_weights,
-        include_background=include_background,
-        empty=empty,
-    )
-
-
+iou = _score_function("iou")
+dice = _score_function("dice")
+precision = _score_function("precision")
+recall = _score_function("recall")
+fpr = _score_function("fpr")
+fnr = _score_function("fnr")
+tnr = _score_function("tnr")
+accuracy = _score_function("accuracy")
 f1 = dice
 tpr = recall
 sensitivity = recall
@@ -667,15 +407,8 @@ def all_scores(
         {'iou': 0.333, 'dice': 0.5}
     """
     names = list(SCORES) if names is None else [check_choice("score", n, SCORES) for n in names]
-    reduction = check_choice("reduction", reduction, REDUCTIONS)
-    counts, w, empty = _prepare(  # validated once for all the scores
-        tp,
-        fp,
-        fn,
-        tn,
-        reduction=reduction,
-        class_weights=class_weights,
-        include_background=include_background,
-        empty=empty,
-    )
+    reduction = check_choice("reduction", reduction, SCORE_REDUCTIONS)
+    counts, w, empty = _prepare(
+        tp, fp, fn, tn, reduction, class_weights, include_background, empty
+    )  # validated once for all the scores
     return {n: _reduce(_TERMS[n], counts, w, empty, reduction) for n in names}

@@ -1,6 +1,6 @@
 """``SegmentationModel``: the base class of every semantic model, and the ``SegOutput`` contract.
 
-The contract (see ``docs/design`` and DESIGN.md):
+The contract:
 
 * ``model(x)`` takes ``(N, C_in, H, W)`` floats and returns logits ``(N, num_classes, H, W)``
   (``unet_valid`` returns a smaller map and reports it through ``output_shape``).
@@ -11,21 +11,40 @@ The contract (see ``docs/design`` and DESIGN.md):
   this call and hands the result to ``DeepSupervisionLoss``: it never needs a model's name.
 * Inputs the model cannot take are rejected at the surface with a message naming the nearest
   valid size; ``pad=True`` (where a model offers it) pads to the next valid size and crops back.
+* Every model declares its size rule: :attr:`SegmentationModel.size_divisor`,
+  :meth:`SegmentationModel.output_shape` and :meth:`SegmentationModel.pad_to_divisor` (centred
+  padding, :func:`seglab._shapes.pad_to_multiple`). Inference and export ask these; they never
+  guess.
 
-Subclasses implement :meth:`SegmentationModel.forward_seg`.
+Subclasses implement :meth:`SegmentationModel.forward_seg`. Two bases compose a model from a
+registered encoder: :class:`EncoderDecoderModel` (a decoder over the encoder's maps: the U-Net
+family, FPN) and :class:`EncoderHeadModel` (encoder, head, resize, auxiliary head: DeepLab v3/v3+,
+PSPNet, FCN).
 """
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seglab._options import check_positive_int
+from seglab._shapes import pad_to_multiple
 from seglab.errors import InvalidTypeError, InvalidValueError
+from seglab.layers.conv import ConvNormAct, init_weights
+from seglab.layers.encoder import Encoder
+from seglab.layers.sampling import resize_to
 
-__all__ = ["SegOutput", "SegmentationModel", "nearest_multiples"]
+__all__ = [
+    "EncoderDecoderModel",
+    "EncoderHeadModel",
+    "FCNHead",
+    "SegOutput",
+    "SegmentationModel",
+    "nearest_multiples",
+]
 
 
 class SegOutput(NamedTuple):
@@ -50,28 +69,38 @@ def nearest_multiples(size: int, divisor: int) -> tuple[int, int]:
 
 
 class SegmentationModel(nn.Module):
-    """Base class: input checks, optional padding, and the ``aux`` output contract.
+    """Base class: input checks, the declared size rule, optional padding, the ``aux`` contract.
 
     Args:
         in_channels: channels of the input image.
         num_classes: channels of the output logits.
         size_divisor: H and W must be multiples of this (1: any size).
-        pad: pad inputs whose size is not a multiple of ``size_divisor`` (reflect padding at the
-            bottom/right) and crop the outputs back, instead of rejecting them.
+        pad: pad inputs whose size is not a multiple of ``size_divisor`` (centred, see
+            :meth:`pad_to_divisor`) and crop the outputs back, instead of rejecting them.
+
+    Raises:
+        ValueError: ``in_channels``, ``num_classes`` or ``size_divisor`` below 1.
+        TypeError: any of them not an integer.
 
     Shape:
         - Input: ``(N, in_channels, H, W)`` float.
         - Output: ``(N, num_classes, H, W)`` logits, or :class:`SegOutput` with ``aux=True``.
     """
 
+    #: ``(old key prefix, new key prefix)`` pairs for state dicts saved before a module was
+    #: renamed; :meth:`load_state_dict` renames such keys, so old checkpoints load unchanged.
+    renamed_keys: tuple[tuple[str, str], ...] = ()
+
     def __init__(
         self, in_channels: int, num_classes: int, *, size_divisor: int = 1, pad: bool = False
     ) -> None:
         super().__init__()
-        self.in_channels = int(in_channels)
-        self.num_classes = int(num_classes)
-        self.size_divisor = int(size_divisor)
+        self.in_channels = check_positive_int("in_channels", in_channels)
+        self.num_classes = check_positive_int("num_classes", num_classes)
+        self.size_divisor = check_positive_int("size_divisor", size_divisor)
         self.pad = bool(pad)
+        if self.renamed_keys:
+            self._register_load_state_dict_pre_hook(_rename_old_keys, with_module=True)
 
     # -- to implement -------------------------------------------------------------------------
     def forward_seg(self, x: Tensor, aux: bool) -> SegOutput:
@@ -84,9 +113,32 @@ class SegmentationModel(nn.Module):
 
     # -- contract -----------------------------------------------------------------------------
     def output_shape(self, input_shape: tuple[int, int]) -> tuple[int, int]:
-        """Spatial size of the output for an input of ``(H, W)`` (same size for most models)."""
+        """Spatial size of the output for an input of ``(H, W)`` (same size for most models).
+
+        Example:
+            >>> SegmentationModel(1, 1).output_shape((30, 45))
+            (30, 45)
+        """
         h, w = input_shape
         return int(h), int(w)
+
+    def pad_to_divisor(self, x: Tensor) -> tuple[Tensor, tuple[slice, ...]]:
+        """Pad ``x`` (centred) to multiples of :attr:`size_divisor`; return it and the crop back.
+
+        Args:
+            x: ``(N, C, H, W)``.
+
+        Returns:
+            ``(padded, crop)``: ``model(padded)[crop]`` has the input's size (for models whose
+            output has their input's size).
+
+        Example:
+            >>> m = SegmentationModel(1, 1, size_divisor=16)
+            >>> p, crop = m.pad_to_divisor(torch.zeros(1, 1, 30, 45))
+            >>> tuple(p.shape[-2:]), tuple(p[crop].shape[-2:])
+            ((32, 48), (30, 45))
+        """
+        return pad_to_multiple(x, self.size_divisor)
 
     def check_input(self, x: Tensor) -> None:
         """Raise ``TypeError``/``ValueError`` for inputs this model cannot take."""
@@ -164,23 +216,182 @@ class SegmentationModel(nn.Module):
     def _forward_padded(self, x: Tensor, aux: bool) -> SegOutput:
         h, w = x.shape[-2:]
         d = self.size_divisor
-        padded = self.pad and d > 1 and (h % d != 0 or w % d != 0)
-        if padded:
-            ph, pw = (-h) % d, (-w) % d
-            mode = "reflect" if (ph < h and pw < w) else "replicate"
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        res = self.forward_seg(x, aux)
-        if padded:
-            res = SegOutput(
-                res.out[..., :h, :w],
-                [_crop_like(a, x.shape[-2:], (h, w)) for a in res.aux],
-                res.cls,
-            )
-        return res
+        if not (self.pad and d > 1 and (h % d != 0 or w % d != 0)):
+            return self.forward_seg(x, aux)
+        xp, crop = self.pad_to_divisor(x)
+        res = self.forward_seg(xp, aux)
+        hw = (int(h), int(w))
+        return SegOutput(res.out[crop], [_crop_scaled(a, xp.shape[-2:], hw) for a in res.aux], res.cls)
 
 
-def _crop_like(t: Tensor, padded_hw: tuple[int, int], hw: tuple[int, int]) -> Tensor:
-    """Crop an auxiliary map computed on a padded input back to the unpadded region (any scale)."""
-    ph, pw = padded_hw
-    sh, sw = t.shape[-2] / ph, t.shape[-1] / pw
-    return t[..., : max(1, round(hw[0] * sh)), : max(1, round(hw[1] * sw))]
+def _crop_scaled(t: Tensor, padded_hw: tuple[int, int], hw: tuple[int, int]) -> Tensor:
+    """Crop a map computed on a centred-padded input back to the unpadded region (any scale)."""
+    top, left = (padded_hw[0] - hw[0]) // 2, (padded_hw[1] - hw[1]) // 2  # pad_amounts' "before"
+    sh, sw = t.shape[-2] / padded_hw[0], t.shape[-1] / padded_hw[1]
+    y0, x0 = round(top * sh), round(left * sw)
+    return t[..., y0 : y0 + max(1, round(hw[0] * sh)), x0 : x0 + max(1, round(hw[1] * sw))]
+
+
+def _rename_old_keys(module: SegmentationModel, state_dict: dict, prefix: str, *args: object) -> None:
+    """Load-state-dict pre-hook: rename keys saved under a module's old names (in place)."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        rest = key[len(prefix) :]
+        for old, new in module.renamed_keys:
+            if rest.startswith(old) and prefix + new + rest[len(old) :] not in state_dict:
+                state_dict[prefix + new + rest[len(old) :]] = state_dict.pop(key)
+                break
+
+
+class EncoderDecoderModel(SegmentationModel):
+    """A decoder over the feature maps of a registered encoder: U-Net, U-Net++, U-Net 3+, FPN.
+
+    The subclass builds its encoder (``create_encoder``, without weights), calls this
+    ``__init__``, builds its decoder and calls :meth:`finish`, which initialises the encoder and
+    the decoder in that order and then loads the encoder's local weights.
+
+    Args:
+        in_channels: input channels.
+        num_classes: output channels.
+        encoder: the encoder.
+        size_divisor: the input size rule (default: the encoder's deepest stride).
+        pad: pad inputs to the divisor (centred) and crop back.
+
+    Attributes:
+        depth: the encoder's number of maps minus one.
+    """
+
+    renamed_keys = (
+        ("stem.", "encoder.stem."),
+        ("downs.", "encoder.downs."),
+        ("encoders.", "encoder.encoders."),
+    )
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        encoder: Encoder,
+        size_divisor: int | None = None,
+        pad: bool,
+    ) -> None:
+        divisor = encoder.strides[-1] if size_divisor is None else size_divisor
+        super().__init__(in_channels, num_classes, size_divisor=divisor, pad=pad)
+        self.encoder = encoder
+        self.depth = len(encoder.strides) - 1
+
+    def finish(self, weights: str | os.PathLike | None, *decoder: nn.Module) -> None:
+        """Initialise the encoder (when built without) and the ``decoder`` modules (He, in that
+        order), then load the encoder's local ``weights`` (``None``: none)."""
+        self.encoder.initialise()
+        init_weights(*decoder)
+        if weights is not None:
+            self.encoder.load_weights(weights)
+
+    def to_input_size(self, logits: Tensor, size: torch.Size) -> Tensor:
+        """Logits at the finest map's stride, resized (bilinear) to the input when that is coarser."""
+        return resize_to(logits, size) if self.encoder.strides[0] > 1 else logits
+
+
+class FCNHead(nn.Sequential):
+    """Auxiliary segmentation head (torchvision's ``FCNHead``): 3x3 conv to ``in_ch // 4``, norm, act,
+    dropout, 1x1 classifier.
+
+    Shape:
+        ``(N, in_ch, h, w) -> (N, num_classes, h, w)``.
+
+    Example:
+        >>> FCNHead(64, 3)(torch.randn(2, 64, 8, 8)).shape
+        torch.Size([2, 3, 8, 8])
+    """
+
+    def __init__(
+        self, in_ch: int, num_classes: int, *, norm: str = "batch", act: str = "relu", dropout: float = 0.1
+    ):
+        mid = in_ch // 4
+        super().__init__(
+            ConvNormAct(in_ch, mid, 3, norm=norm, act=act),
+            nn.Dropout(dropout),
+            nn.Conv2d(mid, num_classes, 1),
+        )
+
+
+class EncoderHeadModel(SegmentationModel):
+    """Encoder, head, resize to the input (+ an auxiliary head): DeepLab v3/v3+, PSPNet, FCN.
+
+    The forward of torchvision's ``_SimpleSegmentationModel``, owned once: :meth:`features`
+    (default ``self.encoder(x)``) gives the feature maps, :meth:`decode` turns them into logits at
+    some stride, the logits are resized to the input (bilinear), and with ``aux=True`` the
+    auxiliary head (``self.aux_head``, built by the subclass or ``None``) reads the second-deepest
+    map and is resized the same way.
+
+    Args:
+        in_channels: input channels.
+        num_classes: output classes.
+        encoder: the encoder module (its ``size_divisor`` is the model's), or ``None`` for a
+            subclass that overrides :meth:`features`.
+
+    Attributes:
+        align_corners: of the bilinear resize (PSPNet's reference code uses ``True``).
+        resize_logits: resize the decoded logits (``False`` for a :meth:`decode` that already
+            returns the input's size, as FCN's crops do).
+
+    Shape:
+        ``(N, in_channels, H, W) -> (N, num_classes, H, W)``.
+    """
+
+    align_corners: bool = False
+    resize_logits: bool = True
+
+    def __init__(self, in_channels: int, num_classes: int, *, encoder: Encoder | None = None) -> None:
+        super().__init__(
+            in_channels, num_classes, size_divisor=1 if encoder is None else encoder.size_divisor
+        )
+        if encoder is not None:
+            encoder.initialise()
+            self.encoder = encoder
+        self.aux_head: nn.Module | None = None
+
+    def finish(
+        self,
+        weights: str | os.PathLike | None,
+        *,
+        aux: bool,
+        norm: str,
+        channels_last: bool,
+        aux_dropout: float = 0.1,
+    ) -> None:
+        """The auxiliary head (``aux``: torchvision's ``FCNHead``, 3x3 conv to ``C / 4``, norm,
+        ReLU, dropout, 1x1 classifier, on the encoder's second-deepest map), the encoder's local
+        ``weights``, and the ``channels_last`` layout."""
+        if aux:
+            mid = self.encoder.out_channels[-2]
+            self.aux_head = FCNHead(mid, self.num_classes, norm=norm, dropout=aux_dropout)
+        if weights is not None:
+            self.encoder.load_weights(weights)
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def features(self, x: Tensor) -> list[Tensor]:
+        """The feature maps, shallow to deep."""
+        return self.encoder(x)
+
+    def decode(self, feats: list[Tensor], size: torch.Size) -> Tensor:
+        """Logits ``(N, K, h, w)`` at the head's resolution (``size``: the input's H, W)."""
+        raise NotImplementedError
+
+    def resize(self, t: Tensor, size: torch.Size) -> Tensor:
+        """Bilinear resize of logits to ``size`` (low-resolution logits made contiguous first: the
+        full-size output then needs no copy)."""
+        return resize_to(t.contiguous(), size, align_corners=self.align_corners)
+
+    def forward_seg(self, x: Tensor, aux: bool) -> SegOutput:
+        size = x.shape[-2:]
+        feats = self.features(x)  # maps shallow to deep
+        out = self.decode(feats, size)  # (N, K, h, w)
+        if self.resize_logits:
+            out = self.resize(out, size)  # (N, K, H, W)
+        extra = []
+        if aux and self.aux_head is not None:
+            extra.append(self.resize(self.aux_head(feats[-2]), size))  # (N, K, H, W)
+        return SegOutput(out, extra, None)

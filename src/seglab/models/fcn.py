@@ -22,18 +22,19 @@ convolutions. Nothing is downloaded.
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 from torchvision.models.vgg import cfgs as _vgg_cfgs
 from torchvision.models.vgg import make_layers as _vgg_make_layers
 
-from seglab.errors import InvalidValueError, MissingFileError
-from seglab.models.base import SegmentationModel, SegOutput
-from seglab.models.encoders import adapt_first_conv_weight
+from seglab.errors import InvalidValueError
+from seglab.layers.encoder import adapt_first_conv_weight, read_state_dict
+from seglab.models.base import EncoderHeadModel
 from seglab.models.registry import register_model
 
-__all__ = ["FCN", "bilinear_kernel", "fcn8s", "fcn16s", "fcn32s"]
+__all__ = ["FCN", "bilinear_kernel"]
 
 
 def bilinear_kernel(channels: int, kernel_size: int) -> Tensor:
@@ -59,7 +60,7 @@ def _crop(t: Tensor, offset: int, hw: torch.Size) -> Tensor:
     return t[..., offset : offset + hw[0], offset : offset + hw[1]]
 
 
-class FCN(SegmentationModel):
+class FCN(EncoderHeadModel):
     """FCN-32s / 16s / 8s on VGG-16.
 
     Args:
@@ -70,20 +71,30 @@ class FCN(SegmentationModel):
         weights: path to a torchvision ``vgg16`` state dict, or ``None`` (random init).
         dropout: dropout after fc6 and fc7 (0.5 in the paper).
 
+    Parameters for 3 -> 21 classes: FCN-32s 136,152,917 (134,346,581 without the 32x up-sampling
+    filter), FCN-16s 134,815,994, FCN-8s 134,489,759.
+
     Shape:
         ``(N, in_channels, H, W) -> (N, num_classes, H, W)`` for any ``H, W``.
+
+    Example:
+        >>> m = FCN(3, 21, stride=32)
+        >>> m(torch.randn(1, 3, 37, 53)).shape
+        torch.Size([1, 21, 37, 53])
     """
+
+    resize_logits = False  # the reference crops give the input's size
 
     def __init__(
         self,
-        in_channels: int,
-        num_classes: int,
+        in_channels: int = 3,
+        num_classes: int = 1,
         *,
         stride: int = 8,
         weights: str | os.PathLike | None = None,
         dropout: float = 0.5,
     ) -> None:
-        if stride not in (8, 16, 32):
+        if isinstance(stride, bool) or stride not in (8, 16, 32):
             raise InvalidValueError(f"FCN stride must be 8, 16 or 32; got {stride!r}.")
         super().__init__(in_channels, num_classes)
         self.stride = stride
@@ -123,13 +134,8 @@ class FCN(SegmentationModel):
 
     def load_vgg16(self, path: str | os.PathLike) -> None:
         """Load a torchvision ``vgg16`` state dict from a local file (fc6/fc7 reshaped to convs)."""
+        sd = read_state_dict(path, "VGG-16")
         path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise MissingFileError(
-                f"VGG-16 weights file not found: {path!r}. Pass the path of a local torchvision vgg16 "
-                "state dict (seglab never downloads weights)."
-            )
-        sd = torch.load(path, map_location="cpu", weights_only=True)
         if "features.0.weight" not in sd or "classifier.0.weight" not in sd:
             raise InvalidValueError(
                 f"{path!r} is not a torchvision vgg16 state dict (no features.0.weight / classifier.0.weight)."
@@ -154,83 +160,40 @@ class FCN(SegmentationModel):
             self.fc7.weight.copy_(sd["classifier.3.weight"].view(4096, 4096, 1, 1))
             self.fc7.bias.copy_(sd["classifier.3.bias"])
 
-    def forward_seg(self, x: Tensor, aux: bool) -> SegOutput:
-        hw = x.shape[-2:]
+    def features(self, x: Tensor) -> list[Tensor]:
+        """``[pool3, pool4, fc7 scores]``: the maps the skips and the score layer read."""
         pool3 = self.to_pool3(x)  # (N, 256, ~(H+198)/8, ...)
         pool4 = self.to_pool4(pool3)  # (N, 512, ~(H+198)/16, ...)
         h = self.to_pool5(pool4)  # (N, 512, ~(H+198)/32, ...)
         h = self.drop(self.relu(self.fc6(h)))  # (N, 4096, h5 - 6, w5 - 6)
         h = self.drop(self.relu(self.fc7(h)))
-        score = self.score_fr(h)  # (N, K, h5 - 6, w5 - 6)
+        return [pool3, pool4, self.score_fr(h)]  # scores: (N, K, h5 - 6, w5 - 6)
+
+    def decode(self, feats: list[Tensor], size: torch.Size) -> Tensor:
+        """Up-sample the scores, fuse the pool4 (and pool3) scores, crop at the reference offsets."""
+        pool3, pool4, score = feats
         if self.stride == 32:
-            return SegOutput(_crop(self.upscore(score), 19, hw), [], None)
+            return _crop(self.upscore(score), 19, size)
         up2 = self.upscore2(score)  # (N, K, ~h4, ~w4)
-        s4 = _crop(self.score_pool4(pool4), 5, up2.shape[-2:])
-        fuse4 = up2 + s4  # summation skip from pool4
+        fuse4 = up2 + _crop(self.score_pool4(pool4), 5, up2.shape[-2:])  # summation skip from pool4
         if self.stride == 16:
-            return SegOutput(_crop(self.upscore16(fuse4), 27, hw), [], None)
+            return _crop(self.upscore16(fuse4), 27, size)
         up4 = self.upscore_pool4(fuse4)  # (N, K, ~h3, ~w3)
         s3 = _crop(self.score_pool3(pool3), 9, up4.shape[-2:])
-        return SegOutput(_crop(self.upscore8(up4 + s3), 31, hw), [], None)
+        return _crop(self.upscore8(up4 + s3), 31, size)
 
 
-@register_model(
-    paper="Long et al., FCN, CVPR 2015",
-    input_rule="any size (Caffe geometry: conv1 pad 100, offset crops)",
-    example_size=(32, 32),
-)
-def fcn32s(
-    *,
-    in_channels: int = 3,
-    num_classes: int = 1,
-    weights: str | None = None,
-    dropout: float = 0.5,
-) -> FCN:
-    """FCN-32s: one 32x bilinear-initialised up-sampling of the fc7 scores.
-
-    Parameters for 3 -> 21 classes: 136,152,917 (134,346,581 without the 32x up-sampling filter).
-
-    Example:
-        >>> m = fcn32s(num_classes=21)
-        >>> m(torch.randn(1, 3, 37, 53)).shape
-        torch.Size([1, 21, 37, 53])
-    """
-    return FCN(in_channels, num_classes, stride=32, weights=weights, dropout=dropout)
-
-
-@register_model(
-    paper="Long et al., FCN, CVPR 2015",
-    input_rule="any size (Caffe geometry: conv1 pad 100, offset crops)",
-    example_size=(32, 32),
-)
-def fcn16s(
-    *,
-    in_channels: int = 3,
-    num_classes: int = 1,
-    weights: str | None = None,
-    dropout: float = 0.5,
-) -> FCN:
-    """FCN-16s: fc7 scores up-sampled 2x and summed with pool4 scores, then 16x.
-
-    Parameters for 3 -> 21 classes: 134,815,994.
-    """
-    return FCN(in_channels, num_classes, stride=16, weights=weights, dropout=dropout)
-
-
-@register_model(
-    paper="Long et al., FCN, CVPR 2015",
-    input_rule="any size (Caffe geometry: conv1 pad 100, offset crops)",
-    example_size=(32, 32),
-)
-def fcn8s(
-    *,
-    in_channels: int = 3,
-    num_classes: int = 1,
-    weights: str | None = None,
-    dropout: float = 0.5,
-) -> FCN:
-    """FCN-8s: as FCN-16s, then 2x again and summed with pool3 scores, then 8x.
-
-    Parameters for 3 -> 21 classes: 134,489,759.
-    """
-    return FCN(in_channels, num_classes, stride=8, weights=weights, dropout=dropout)
+_VARIANTS = {
+    32: "FCN-32s: one 32x bilinear-initialised up-sampling of the fc7 scores.",
+    16: "FCN-16s: fc7 scores up-sampled 2x and summed with pool4 scores, then 16x.",
+    8: "FCN-8s: as FCN-16s, then 2x again and summed with pool3 scores, then 8x.",
+}
+for _stride, _summary in _VARIANTS.items():
+    register_model(
+        f"fcn{_stride}s",
+        partial(FCN, stride=_stride),
+        paper="Long et al., FCN, CVPR 2015",
+        input_rule="any size (Caffe geometry: conv1 pad 100, offset crops)",
+        example_size=(32, 32),
+        summary=_summary,
+    )

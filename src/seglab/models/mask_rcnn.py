@@ -4,7 +4,7 @@ Mask R-CNN (He, Gkioxari, Dollár and Girshick, "Mask R-CNN", ICCV 2017) is Fast
 third head that predicts a binary mask per detected object. Its RoIAlign replaced Faster R-CNN's
 RoIPool, whose two roundings (the box to the feature grid, the bins to whole cells) shift the
 pooled features by up to half a feature cell: tolerable for classification, harmful for
-pixel-accurate masks (study note 1.6.17-1.6.18). :func:`ramp_roi_error` measures that shift.
+pixel-accurate masks. :func:`ramp_roi_error` measures that shift.
 
 Everything is torchvision's detection machinery (``torchvision.models.detection.MaskRCNN``: the
 RPN, the RoI heads, the mask head, the losses and post-processing; ``_resnet_fpn_extractor`` for
@@ -47,24 +47,21 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FrozenBatchNorm2d, roi_align, roi_pool
 from torchvision.ops.poolers import LevelMapper
 
-from seglab._options import check_choice
+from seglab._options import RESNETS, check_choice, check_number, check_positive_int, check_positive_ints
 from seglab.errors import InvalidTypeError, InvalidValueError, MissingFileError
-from seglab.models.encoders import adapt_first_conv_weight, key_mismatch_details
+from seglab.layers.encoder import adapt_first_conv_weight, key_mismatch_details
 from seglab.models.registry import register_model
 
 __all__ = [
-    "ENCODERS",
-    "NORMS",
+    "BACKBONE_NORMS",
     "ROI_OPS",
     "MaskRCNN",
     "MultiScaleRoIExtractor",
-    "mask_rcnn",
     "ramp_roi_error",
 ]
 
 ROI_OPS: tuple[str, ...] = ("align", "pool")
-ENCODERS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101")
-NORMS: tuple[str, ...] = ("batch", "frozen")
+BACKBONE_NORMS: tuple[str, ...] = ("batch", "frozen")  # trainable or torchvision's frozen BatchNorm
 
 # keys of the class-dependent layers: skipped (with their shape) when a state dict was trained
 # for another number of classes, e.g. torchvision's COCO model (91 classes) into a 2-class model
@@ -125,11 +122,8 @@ class MultiScaleRoIExtractor(nn.Module):
         if not featmap_names:
             raise InvalidValueError("featmap_names must name at least one feature map.")
         self.featmap_names = [str(n) for n in featmap_names]
-        size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
-        if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size):
-            raise InvalidValueError(
-                f"output_size must be a positive int or (height, width); got {output_size!r}."
-            )
+        pair = (output_size, output_size) if isinstance(output_size, int) else output_size
+        size = check_positive_ints("output_size (an int or (height, width))", pair, length=2)
         self.output_size: tuple[int, int] = (int(size[0]), int(size[1]))
         self.sampling_ratio = int(sampling_ratio)
         self.aligned = bool(aligned)
@@ -184,16 +178,9 @@ class MultiScaleRoIExtractor(nn.Module):
 
 
 def ramp_roi_error(
-    op: str,
-    *,
-    aligned: bool = True,
-    num_boxes: int = 2000,
-    output_size: int = 7,
-    map_size: int = 64,
-    spatial_scale: float = 1.0,
-    sampling_ratio: int = 2,
-    seed: int = 0,
-) -> float:
+    op: str, *, aligned: bool = True, num_boxes: int = 2000, output_size: int = 7, map_size: int = 64,
+    spatial_scale: float = 1.0, sampling_ratio: int = 2, seed: int = 0,
+) -> float:  # fmt: skip
     """Mean localisation error of RoI pooling, measured on a map that encodes its own coordinates.
 
     The feature map has four channels, ``x``, ``-x``, ``y`` and ``-y``, where ``(x, y)`` is the image
@@ -274,12 +261,54 @@ class _DetectionTransform(GeneralizedRCNNTransform):
 
 
 # -- the model ---------------------------------------------------------------------------------------------
-def _positive_int(name: str, value: object, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise InvalidValueError(f"{name} must be an integer >= {low}; got {value!r}.")
-    return value
+def _check_options(
+    num_classes: object,
+    encoder: str,
+    roi_op: str,
+    norm: str,
+    trainable_layers: object,
+    sizes: tuple[int | None, int | None],
+    counts: dict[str, object],
+    thresholds: dict[str, object],
+) -> None:
+    """Mask R-CNN's option checks (``ValueError``/``TypeError`` naming the option and the fix)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise InvalidValueError(
+            f"num_classes counts the background, as in torchvision: use 2 for one kind of object "
+            f"(background + object); got {num_classes!r}."
+        )
+    check_choice("encoder", encoder, RESNETS)
+    check_choice("roi_op", roi_op, ROI_OPS)
+    check_choice("norm", norm, BACKBONE_NORMS)
+    if isinstance(trainable_layers, bool) or trainable_layers not in range(6):
+        raise InvalidValueError(
+            f"trainable_layers must be 0..5 (5: the whole backbone trains); got {trainable_layers!r}."
+        )
+    min_size, max_size = sizes
+    if (min_size is None) != (max_size is None):
+        raise InvalidValueError(
+            f"Give both min_size and max_size (torchvision's resizing rule) or neither (native size); got "
+            f"min_size={min_size!r}, max_size={max_size!r}."
+        )
+    if min_size is not None:
+        check_positive_int("min_size", min_size, minimum=32)
+        check_positive_int("max_size", max_size, minimum=32)
+        if max_size < min_size:  # type: ignore[operator]
+            raise InvalidValueError(f"max_size ({max_size}) must be >= min_size ({min_size}).")
+    for name, value in counts.items():
+        check_positive_int(name, value, minimum=0 if name == "sampling_ratio" else 1)
+    for name, value in thresholds.items():
+        check_number(name, value, low=0, high=1)
 
 
+@register_model(
+    "mask_rcnn",
+    paper="He et al., Mask R-CNN, ICCV 2017",
+    input_rule="any size (padded inside to a multiple of 32); a list of (C, H, W) images",
+    task="instance",
+    example_size=(64, 64),
+    test_options={"encoder": "resnet18"},
+)
 class MaskRCNN(_TorchvisionMaskRCNN):
     """torchvision's Mask R-CNN on a ResNet-FPN, with the RoI op as an option and microscopy defaults.
 
@@ -308,6 +337,10 @@ class MaskRCNN(_TorchvisionMaskRCNN):
         nms_threshold: IoU of the per-class non-maximum suppression (torchvision: 0.5).
         weights: path of a local state dict (see :meth:`load_weights`); nothing is downloaded.
 
+    Images keep their size unless ``min_size`` and ``max_size`` are given, and the model does not
+    normalise: pass images normalised with the training statistics. Parameters (1 input channel,
+    2 classes): ResNet-50 43,969,243; ResNet-18 30,900,443.
+
     Raises:
         ValueError: invalid options (named, with the valid values), or weights that do not fit.
         FileNotFoundError: ``weights`` does not exist.
@@ -326,6 +359,9 @@ class MaskRCNN(_TorchvisionMaskRCNN):
         >>> out = model([torch.randn(1, 64, 96)])
         >>> sorted(out[0]), out[0]["masks"].shape[-2:]
         (['boxes', 'labels', 'masks', 'scores'], torch.Size([64, 96]))
+        >>> m = MaskRCNN(in_channels=1, num_classes=2, encoder="resnet18", roi_op="pool")
+        >>> m.roi_heads.box_roi_pool.op, m.roi_heads.mask_roi_pool.op
+        ('pool', 'pool')
     """
 
     def __init__(
@@ -347,40 +383,26 @@ class MaskRCNN(_TorchvisionMaskRCNN):
         nms_threshold: float = 0.5,
         weights: str | os.PathLike[str] | None = None,
     ) -> None:
-        _positive_int("in_channels", in_channels)
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise InvalidValueError(
-                f"num_classes counts the background, as in torchvision: use 2 for one kind of object "
-                f"(background + object); got {num_classes!r}."
-            )
-        check_choice("encoder", encoder, ENCODERS)
-        check_choice("roi_op", roi_op, ROI_OPS)
-        check_choice("norm", norm, NORMS)
-        _positive_int("sampling_ratio", sampling_ratio, 0)
-        if isinstance(trainable_layers, bool) or trainable_layers not in range(6):
-            raise InvalidValueError(
-                f"trainable_layers must be 0..5 (5: the whole backbone trains); got {trainable_layers!r}."
-            )
-        if (min_size is None) != (max_size is None):
-            raise InvalidValueError(
-                f"Give both min_size and max_size (torchvision's resizing rule) or neither (native size); got "
-                f"min_size={min_size!r}, max_size={max_size!r}."
-            )
-        if min_size is not None:
-            _positive_int("min_size", min_size, 32)
-            _positive_int("max_size", max_size, 32)
-            if max_size < min_size:  # type: ignore[operator]
-                raise InvalidValueError(f"max_size ({max_size}) must be >= min_size ({min_size}).")
-        anchors = tuple(int(_positive_int("anchor size", a, 1)) for a in anchor_sizes)
+        check_positive_int("in_channels", in_channels)
+        _check_options(
+            num_classes,
+            encoder,
+            roi_op,
+            norm,
+            trainable_layers,
+            (min_size, max_size),
+            {
+                "sampling_ratio": sampling_ratio,
+                "rois_per_image": rois_per_image,
+                "detections_per_img": detections_per_img,
+            },
+            {"score_threshold": score_threshold, "nms_threshold": nms_threshold},
+        )
+        anchors = check_positive_ints("anchor_sizes", anchor_sizes)
         if len(anchors) != 5:
             raise InvalidValueError(
-                f"anchor_sizes needs one size per pyramid level P2, P3, P4, P5, P6 (5 values); got {tuple(anchor_sizes)}."
+                f"anchor_sizes needs one size per pyramid level P2, P3, P4, P5, P6 (5 values); got {anchors}."
             )
-        _positive_int("rois_per_image", rois_per_image)
-        _positive_int("detections_per_img", detections_per_img)
-        for name, value in (("score_threshold", score_threshold), ("nms_threshold", nms_threshold)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise InvalidValueError(f"{name} must be a number in [0, 1]; got {value!r}.")
 
         norm_layer = FrozenBatchNorm2d if norm == "frozen" else nn.BatchNorm2d
         body = resnet.__dict__[encoder](weights=None, norm_layer=norm_layer)
@@ -573,61 +595,3 @@ class MaskRCNN(_TorchvisionMaskRCNN):
         state = {k: v for k, v in state.items() if k in own}
         # strict=False: only num_batches_tracked and the skipped class heads may be absent
         self.load_state_dict(state, strict=False)
-
-
-@register_model(
-    paper="He et al., Mask R-CNN, ICCV 2017",
-    input_rule="any size (padded inside to a multiple of 32); a list of (C, H, W) images",
-    task="instance",
-    example_size=(64, 64),
-    test_options={"encoder": "resnet18"},
-)
-def mask_rcnn(
-    *,
-    in_channels: int = 3,
-    num_classes: int = 2,
-    encoder: str = "resnet50",
-    roi_op: str = "align",
-    sampling_ratio: int = 2,
-    min_size: int | None = None,
-    max_size: int | None = None,
-    norm: str = "batch",
-    trainable_layers: int = 5,
-    anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
-    rois_per_image: int = 512,
-    detections_per_img: int = 300,
-    score_threshold: float = 0.05,
-    nms_threshold: float = 0.5,
-    weights: str | None = None,
-) -> MaskRCNN:
-    """Mask R-CNN on a ResNet-FPN with RoIAlign (``roi_op="align"``) or RoIPool (``"pool"``).
-
-    See :class:`MaskRCNN` for every option. ``num_classes`` counts the background (2 for cells vs
-    background). Images keep their size unless ``min_size`` and ``max_size`` are given, and the
-    model does not normalise: pass images normalised with the training statistics.
-
-    Parameters (1 input channel, 2 classes): ResNet-50 43,969,243; ResNet-18 30,900,443.
-
-    Example:
-        >>> from seglab.models import create_model
-        >>> m = create_model("mask_rcnn", in_channels=1, num_classes=2, encoder="resnet18", roi_op="pool")
-        >>> m.roi_heads.box_roi_pool.op, m.roi_heads.mask_roi_pool.op
-        ('pool', 'pool')
-    """
-    return MaskRCNN(
-        in_channels=in_channels,
-        num_classes=num_classes,
-        encoder=encoder,
-        roi_op=roi_op,
-        sampling_ratio=sampling_ratio,
-        min_size=min_size,
-        max_size=max_size,
-        norm=norm,
-        trainable_layers=trainable_layers,
-        anchor_sizes=anchor_sizes,
-        rois_per_image=rois_per_image,
-        detections_per_img=detections_per_img,
-        score_threshold=score_threshold,
-        nms_threshold=nms_threshold,
-        weights=weights,
-    )

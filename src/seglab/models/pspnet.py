@@ -25,146 +25,77 @@ import os
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seglab._options import check_choice
-from seglab.errors import InvalidValueError
-from seglab.layers import NORMS, ConvNormAct
+from seglab._options import NORMS, check_choice, check_number
+from seglab.layers import ConvNormAct
 from seglab.layers.pyramid import PyramidPooling
-from seglab.models.base import SegmentationModel, SegOutput
-from seglab.models.deeplab import FCNHead
-from seglab.models.encoders import ENCODERS, ResNetEncoder, check_output_stride
+from seglab.models.base import EncoderHeadModel
+from seglab.models.encoders import create_encoder
 from seglab.models.registry import register_model
 
-__all__ = ["PSPNet", "pspnet"]
-
-
-class PSPNet(SegmentationModel):
-    """PSPNet: dilated ResNet, pyramid pooling module, 3x3 conv head, bilinear up-sampling.
-
-    Args:
-        in_channels: input channels.
-        num_classes: output classes.
-        encoder: ``"resnet18"``, ``"resnet34"``, ``"resnet50"`` or ``"resnet101"``.
-        output_stride: 8 (the paper), 16 or 32.
-        bins: pyramid grid sizes (``(1, 2, 3, 6)``).
-        aux: add the auxiliary head on ``layer3`` (output in ``SegOutput.aux``).
-        weights: local torchvision ResNet state-dict path for the encoder, or ``None``.
-        head_channels: channels of the 3x3 conv after pyramid pooling (512).
-        norm: norm of the pyramid branches, the head and the aux head (the encoder keeps BatchNorm).
-        dropout: dropout before the classifiers (0.1).
-
-        channels_last: keep the convolution weights (and so the activations) in the
-            ``channels_last`` memory format, which oneDNN (CPU) and cuDNN run faster for these
-            batch-norm ResNets (see :meth:`SegmentationModel.uses_channels_last`). Inputs in
-            either layout are accepted and outputs are contiguous.
-    Shape:
-        ``(N, in_channels, H, W) -> (N, num_classes, H, W)`` for any ``H, W``.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        *,
-        encoder: str = "resnet50",
-        output_stride: int = 8,
-        bins: Sequence[int] = (1, 2, 3, 6),
-        aux: bool = False,
-        weights: str | os.PathLike | None = None,
-        head_channels: int = 512,
-        norm: str = "batch",
-        dropout: float = 0.1,
-        channels_last: bool = True,
-    ) -> None:
-        check_choice("encoder", encoder, ENCODERS)
-        output_stride = check_output_stride(output_stride)
-        check_choice("norm", norm, NORMS)
-        if not 0.0 <= dropout < 1.0:
-            raise InvalidValueError(f"dropout must be in [0, 1); got {dropout!r}.")
-        super().__init__(in_channels, num_classes)
-        self.encoder = ResNetEncoder(
-            encoder, in_channels=in_channels, output_stride=output_stride, weights=weights
-        )
-        c = self.encoder.out_channels
-        self.ppm = PyramidPooling(c[4], bins, norm=norm)
-        self.head = nn.Sequential(
-            ConvNormAct(self.ppm.out_channels, head_channels, 3, norm=norm),
-            nn.Dropout(dropout),
-            nn.Conv2d(head_channels, num_classes, 1),
-        )
-        self.aux_head = FCNHead(c[3], num_classes, norm=norm, dropout=dropout) if aux else None
-        if channels_last:
-            self.to(memory_format=torch.channels_last)
-
-    def forward_seg(self, x: Tensor, aux: bool) -> SegOutput:
-        size = x.shape[-2:]
-        feats = self.encoder(x)  # 5 maps, the last (N, C4, H/OS, W/OS)
-        y = self.head(self.ppm(feats[4]))  # (N, 2 * C4, h, w) -> (N, K, H/OS, W/OS)
-        out = F.interpolate(y.contiguous(), size=size, mode="bilinear", align_corners=True)  # (N, K, H, W)
-        extra = []
-        if aux and self.aux_head is not None:
-            a = self.aux_head(feats[3])  # (N, K, H/8, W/8) at OS 8
-            extra.append(
-                F.interpolate(a.contiguous(), size=size, mode="bilinear", align_corners=True)
-            )  # (N, K, H, W)
-        return SegOutput(out, extra, None)
+__all__ = ["PSPNet"]
 
 
 @register_model(
+    "pspnet",
     paper="Zhao et al., PSPNet, CVPR 2017",
     input_rule="any size (logits up-sampled bilinearly to the input size)",
     example_size=(64, 64),
     test_options={"encoder": "resnet18", "aux": True},
 )
-def pspnet(
-    *,
-    in_channels: int = 3,
-    num_classes: int = 1,
-    encoder: str = "resnet50",
-    output_stride: int = 8,
-    bins: Sequence[int] = (1, 2, 3, 6),
-    aux: bool = False,
-    weights: str | None = None,
-    head_channels: int = 512,
-    norm: str = "batch",
-    dropout: float = 0.1,
-    channels_last: bool = True,
-) -> PSPNet:
-    """PSPNet on a dilated ResNet (see :class:`PSPNet`).
+class PSPNet(EncoderHeadModel):
+    """PSPNet: dilated encoder, pyramid pooling module, 3x3 conv head, bilinear up-sampling.
 
     Args:
         in_channels: input channels.
         num_classes: output classes.
-        encoder: ``"resnet18"``, ``"resnet34"``, ``"resnet50"`` or ``"resnet101"``.
+        encoder: ``"resnet18"``, ``"resnet34"``, ``"resnet50"``, ``"resnet101"`` or any
+            registered encoder.
         output_stride: 8 (the paper), 16 or 32.
-        bins: pyramid grid sizes.
-        aux: auxiliary head on ``layer3`` (its logits, at input size, in ``SegOutput.aux``).
-        weights: local torchvision ResNet state dict for the encoder (``fc`` ignored).
-        head_channels: width of the 3x3 conv after pyramid pooling.
-        norm: norm of the non-encoder layers.
-        dropout: dropout before the classifiers.
-        channels_last: ``channels_last`` weights and activations (faster on CPU and CUDA).
+        bins: pyramid grid sizes (``(1, 2, 3, 6)``).
+        aux: add the auxiliary head on ``layer3`` (its logits, at input size, in
+            ``SegOutput.aux``).
+        weights: local torchvision ResNet state-dict path for the encoder (``fc`` ignored), or
+            ``None``.
+        head_channels: channels of the 3x3 conv after pyramid pooling (512).
+        norm: norm of the pyramid branches, the head and the aux head (the encoder keeps BatchNorm).
+        dropout: dropout before the classifiers (0.1).
+        channels_last: keep the convolution weights (and so the activations) in the
+            ``channels_last`` memory format, which oneDNN (CPU) and cuDNN run faster for these
+            batch-norm ResNets (see :meth:`SegmentationModel.uses_channels_last`). Inputs in
+            either layout are accepted and outputs are contiguous.
 
     Parameters (3 -> 21 classes, no aux): ResNet-50 46,592,597; ResNet-18 16,170,069.
 
+    Shape:
+        ``(N, in_channels, H, W) -> (N, num_classes, H, W)`` for any ``H, W``.
+
     Example:
-        >>> import torch
-        >>> m = pspnet(num_classes=3, encoder="resnet18")
+        >>> m = PSPNet(3, 3, encoder="resnet18")
         >>> m(torch.randn(2, 3, 65, 47)).shape
         torch.Size([2, 3, 65, 47])
     """
-    return PSPNet(
-        in_channels,
-        num_classes,
-        encoder=encoder,
-        output_stride=output_stride,
-        bins=bins,
-        aux=aux,
-        weights=weights,
-        head_channels=head_channels,
-        norm=norm,
-        dropout=dropout,
-        channels_last=channels_last,
-    )
+
+    align_corners = True
+
+    def __init__(
+        self, in_channels: int = 3, num_classes: int = 1, *,
+        encoder: str = "resnet50", output_stride: int = 8, weights: str | os.PathLike | None = None,
+        bins: Sequence[int] = (1, 2, 3, 6), head_channels: int = 512,  # the pyramid pooling head
+        aux: bool = False, norm: str = "batch", dropout: float = 0.1, channels_last: bool = True,
+    ) -> None:  # fmt: skip
+        check_choice("norm", norm, NORMS)
+        check_number("dropout", dropout, low=0, high=1, high_open=True)
+        enc = create_encoder(encoder, in_channels=in_channels, output_stride=output_stride)
+        super().__init__(in_channels, num_classes, encoder=enc)
+        self.ppm = PyramidPooling(enc.out_channels[-1], bins, norm=norm)
+        self.head = nn.Sequential(
+            ConvNormAct(self.ppm.out_channels, head_channels, 3, norm=norm),
+            nn.Dropout(dropout),
+            nn.Conv2d(head_channels, num_classes, 1),
+        )
+        self.finish(weights, aux=aux, norm=norm, channels_last=channels_last, aux_dropout=dropout)
+
+    def decode(self, feats: list[Tensor], size: torch.Size) -> Tensor:
+        return self.head(self.ppm(feats[-1]))  # (N, 2 * C4, h, w) -> (N, K, H/OS, W/OS)

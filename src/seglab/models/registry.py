@@ -1,17 +1,23 @@
-"""The model registry: ``@register_model`` fills it, ``create_model`` builds from it.
+"""The model registry: ``register_model`` fills it, ``create_model`` builds from it.
 
-Each registered builder is a function with keyword-only, fully typed options::
+The class is the API. A model class is registered as it is, and a named variant as a
+``functools.partial`` of it; its options and their documentation are the class's signature and
+docstring, written once::
 
-    @register_model(paper="Ronneberger et al., MICCAI 2015", input_rule="H, W divisible by 2**depth")
-    def unet(*, in_channels: int = 3, num_classes: int = 1, depth: int = 4, ...) -> UNet: ...
+    @register_model("unet", paper="Ronneberger et al., MICCAI 2015", input_rule="H, W divisible by 16")
+    class UNet(SegmentationModel): ...
 
-``create_model(name, in_channels=..., num_classes=..., **options)`` checks the name (``ValueError``
-listing the valid names with a did-you-mean) and the options (``TypeError`` naming an unknown option
-and the valid ones) before calling the builder.
+    register_model("unet_valid", partial(UNet, valid=True, encoder="unet"), paper=...)
+
+The class validates its options itself, so ``UNet(...)`` and ``create_model("unet", ...)`` check
+the same way. ``create_model`` adds the registry's own checks: the name (``ValueError`` listing
+the valid names with a did-you-mean) and the option names (``TypeError`` naming an unknown option
+and the valid ones; the options a variant fixes are not options of the variant).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +30,8 @@ from seglab.errors import InvalidTypeError, InvalidValueError
 
 __all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register_model"]
 
+_COMMON = ("in_channels", "num_classes")
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -31,7 +39,7 @@ class ModelInfo:
 
     Attributes:
         name: the registered name (``"unet"``).
-        builder: the function that builds the model.
+        builder: what builds the model: a class, or a ``functools.partial`` of one (a variant).
         paper: the reference, e.g. ``"Ronneberger et al., MICCAI 2015"``.
         input_rule: the input-size rule in words, e.g. ``"H, W divisible by 16"``.
         task: ``"semantic"`` (``model(x)`` gives logits) or ``"instance"`` (torchvision detection
@@ -41,6 +49,7 @@ class ModelInfo:
             default).
         test_options: options that make the model small enough for the registry sweep (e.g. a
             small encoder); the sweep also builds the defaults where cheap.
+        summary: one line on what a variant fixes (e.g. ``"valid convolutions"``).
     """
 
     name: str
@@ -51,18 +60,54 @@ class ModelInfo:
     example_size: tuple[int, int] = (64, 64)
     default_loss: str | None = None
     test_options: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+
+    @property
+    def cls(self) -> type:
+        """The model class (the partial's function for a variant)."""
+        b = self.builder
+        return b.func if isinstance(b, functools.partial) else b  # type: ignore[return-value]
+
+    @property
+    def fixed(self) -> dict[str, Any]:
+        """The options a variant fixes (``{"valid": True}`` for ``unet_valid``)."""
+        b = self.builder
+        return dict(b.keywords) if isinstance(b, functools.partial) else {}
 
     @property
     def options(self) -> dict[str, inspect.Parameter]:
-        """The builder's keyword options (name -> ``inspect.Parameter``)."""
-        return dict(inspect.signature(self.builder).parameters)
+        """The model's keyword options (name -> ``inspect.Parameter``), the variant's fixed ones excluded."""
+        params = inspect.signature(self.cls).parameters
+        return {k: p for k, p in params.items() if k not in self.fixed}
+
+    @property
+    def doc(self) -> str:
+        """The documentation: the variant's summary, then the class docstring (its options)."""
+        text = inspect.getdoc(self.cls) or ""
+        return f"{self.summary}\n\n{text}" if self.summary else text
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
+def _check_signature(key: str, builder: Callable[..., nn.Module]) -> None:
+    """Options are explicit keywords: no ``*args``/``**kwargs``; ``in_channels``/``num_classes`` exist."""
+    params = inspect.signature(builder).parameters
+    for p in params.values():
+        positional_ok = p.name in _COMMON and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        if p.kind is not inspect.Parameter.KEYWORD_ONLY and not positional_ok:
+            raise InvalidValueError(
+                f"Model {key!r}: parameter {p.name!r} must be keyword-only and explicit "
+                "(write `def __init__(self, in_channels, num_classes, *, ...)`; no **kwargs)."
+            )
+    for required in _COMMON:
+        if required not in params:
+            raise InvalidValueError(f"Model {key!r} must accept the keyword option {required!r}.")
+
+
 def register_model(
     name: str | None = None,
+    builder: Callable[..., nn.Module] | None = None,
     *,
     paper: str = "",
     input_rule: str = "any size",
@@ -70,31 +115,44 @@ def register_model(
     example_size: tuple[int, int] = (64, 64),
     default_loss: str | None = None,
     test_options: dict[str, Any] | None = None,
-) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering a model builder under ``name`` (default: the function's name).
+    summary: str = "",
+) -> Any:
+    """Register a model class (as a decorator) or a variant (``builder``: a ``functools.partial``).
+
+    Args:
+        name: the registered name (default: the class name in lower case).
+        builder: register this now instead of decorating: a class, or a partial of one for a
+            named variant.
+        paper: the reference.
+        input_rule: the input-size rule in words.
+        task: ``"semantic"`` or ``"instance"``.
+        example_size: a small valid input size.
+        default_loss: the loss spec the trainer uses by default.
+        test_options: options that make the model small for the registry sweep.
+        summary: one line on what a variant fixes.
+
+    Returns:
+        The decorator, or ``builder`` when given.
 
     Raises:
-        ValueError: the name is already registered, or the builder takes positional parameters or
-            ``**kwargs`` (builders must list their options explicitly).
+        ValueError: the name is already registered, or the class takes positional options or
+            ``**kwargs`` (options must be explicit keywords).
+
+    Example:
+        >>> from functools import partial
+        >>> from seglab.models.fcn import FCN
+        >>> register_model("fcn4s", partial(FCN, stride=4), paper="...")  # doctest: +SKIP
     """
 
-    def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        key = name or fn.__name__
+    def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        cls = fn.func if isinstance(fn, functools.partial) else fn
+        key = name or cls.__name__.lower()
         if key in _REGISTRY:
             raise InvalidValueError(
-                f"A model named {key!r} is already registered (by {_REGISTRY[key].builder.__module__}); "
+                f"A model named {key!r} is already registered (by {_REGISTRY[key].cls.__module__}); "
                 "choose another name."
             )
-        params = inspect.signature(fn).parameters
-        for p in params.values():
-            if p.kind is not inspect.Parameter.KEYWORD_ONLY:
-                raise InvalidValueError(
-                    f"Model builder {key!r}: parameter {p.name!r} must be keyword-only and explicit "
-                    "(write `def builder(*, ...)`; no **kwargs)."
-                )
-        for required in ("in_channels", "num_classes"):
-            if required not in params:
-                raise InvalidValueError(f"Model builder {key!r} must accept the keyword option {required!r}.")
+        _check_signature(key, fn)
         _REGISTRY[key] = ModelInfo(
             name=key,
             builder=fn,
@@ -104,14 +162,15 @@ def register_model(
             example_size=tuple(example_size),
             default_loss=default_loss,
             test_options=dict(test_options or {}),
+            summary=summary,
         )
         return fn
 
-    return decorator
+    return add if builder is None else add(builder)
 
 
 def _ensure_loaded() -> None:
-    # Importing the package imports every architecture module, which registers its builders.
+    # Importing the package imports every architecture module, which registers its models.
     import seglab.models  # noqa: F401
 
 
@@ -127,7 +186,12 @@ def list_models(task: str | None = None) -> list[str]:
 
 
 def model_info(name: str) -> ModelInfo:
-    """The :class:`ModelInfo` of a registered name (``ValueError`` with did-you-mean if unknown)."""
+    """The :class:`ModelInfo` of a registered name (``ValueError`` with did-you-mean if unknown).
+
+    Example:
+        >>> model_info("unet_valid").fixed
+        {'valid': True, 'encoder': 'unet'}
+    """
     _ensure_loaded()
     if name not in _REGISTRY:
         names = sorted(_REGISTRY)
@@ -145,7 +209,8 @@ def create_model(name: str, *, in_channels: int = 3, num_classes: int = 1, **opt
         in_channels: input image channels.
         num_classes: output channels (one logit map per class; 1 for binary segmentation).
             For ``mask_rcnn`` it counts the background, as in torchvision.
-        **options: the model's own keyword options (see its builder's docstring).
+        **options: the model's own keyword options (see its class docstring, or
+            ``model_info(name).doc``).
 
     Returns:
         The model (an ``nn.Module``; semantic models are :class:`SegmentationModel`).
@@ -164,13 +229,12 @@ def create_model(name: str, *, in_channels: int = 3, num_classes: int = 1, **opt
     params = info.options
     unknown = [k for k in options if k not in params]
     if unknown:
-        valid = sorted(k for k in params if k not in ("in_channels", "num_classes"))
+        valid = sorted(k for k in params if k not in _COMMON)
         hints = "".join(did_you_mean(k, valid) for k in unknown)
+        fixed = [k for k in unknown if k in info.fixed]
+        why = f" ({', '.join(fixed)} is fixed by the variant {name!r})" if fixed else ""
         raise InvalidTypeError(
-            f"Model {name!r} got unknown option(s) {', '.join(map(repr, unknown))}.{hints} "
+            f"Model {name!r} got unknown option(s) {', '.join(map(repr, unknown))}{why}.{hints} "
             f"Valid options: {', '.join(valid)}."
         )
-    for key, value in (("in_channels", in_channels), ("num_classes", num_classes)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidValueError(f"{key} must be a positive integer; got {value!r}.")
     return info.builder(in_channels=in_channels, num_classes=num_classes, **options)

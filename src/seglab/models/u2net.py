@@ -38,18 +38,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
-from seglab._options import check_choice
+from seglab._options import ACTS, NORMS, check_choice, check_number
 from seglab.errors import InvalidTypeError, InvalidValueError
-from seglab.layers import ACTS, NORMS, RSU, init_weights
-from seglab.layers.rsu import CeilMaxPool2d, resize_to
+from seglab.layers import RSU, init_weights, resize_to
+from seglab.layers.rsu import CeilMaxPool2d
 from seglab.models.base import SegmentationModel, SegOutput
 from seglab.models.registry import register_model
 
-__all__ = ["U2NET_CHANNELS", "U2NET_SMALL_CHANNELS", "U2Net", "u2net", "u2net_small"]
+__all__ = ["U2NET_CHANNELS", "U2NET_SMALL_CHANNELS", "U2Net"]
 
 # Stage heights and whether the stage is the dilated RSU-4F. Encoder: En_1 .. En_6; decoder:
 # De_5 .. De_1 (deep to shallow, the order they run in).
@@ -64,6 +65,10 @@ U2NET_CHANNELS = (
     ((256, 512), (128, 256), (64, 128), (32, 64), (16, 64)),
 )
 U2NET_SMALL_CHANNELS = (((16, 64),) * 6, ((16, 64),) * 5)
+
+
+_PAPER = "Qin et al., U²-Net: Going deeper with nested U-structure for salient object detection, Pattern Recognition 2020"
+_RULE = "any size (ceil-mode pooling, decoder resizes to match); output has the input's size"
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -88,23 +93,37 @@ def _scale(table: Sequence[Sequence[int]], width: float) -> tuple[tuple[int, int
 
 
 # -- the model -----------------------------------------------------------------------------------
+@register_model(
+    "u2net",
+    paper=_PAPER,
+    input_rule=_RULE,
+    example_size=(37, 29),
+    default_loss="bce",
+    test_options={"width": 0.125},
+)
 class U2Net(SegmentationModel):
     """U²-Net: six RSU encoder stages, five RSU decoder stages, six side outputs and their fusion.
 
     Args:
         in_channels: input channels.
         num_classes: output channels (1 for the paper's salient-object maps).
+        width: multiplier applied to every stage's ``mid`` and ``out`` channels (rounded, at least
+            1); 1.0 is the paper's model.
         encoder_channels: six ``(mid, out)`` channel pairs for En_1 .. En_6 (heights 7, 6, 5, 4,
-            4F, 4F).
+            4F, 4F); the paper's Table 1 by default.
         decoder_channels: five ``(mid, out)`` pairs for De_5 .. De_1 (heights 4F, 4, 5, 6, 7), in
             the order they run; each stage's input width is its deeper neighbour's ``out`` plus
             the skip's ``out``.
         norm: norm name for every RSU conv (``"batch"`` in the paper).
         act: activation name (``"relu"`` in the paper).
 
+    Parameters for 3 -> 1 classes: 44,009,869 (the paper's 44.01 M); ``u2net_small``
+    (U²-Net†, 16 channels inside every stage and 64 outside) 1,131,181 (the paper's 1.13 M).
+
     Raises:
-        ValueError: a table of the wrong length or with non-positive channels; unknown norm/act.
-        TypeError: a table that is not a sequence of integer pairs.
+        ValueError: a table of the wrong length or with non-positive channels; non-positive
+            ``width``; unknown norm/act.
+        TypeError: a table that is not a sequence of integer pairs, or ``width`` not a number.
 
     Shape:
         ``(N, in_channels, H, W) -> (N, num_classes, H, W)`` for any ``H, W >= 1``; with
@@ -112,6 +131,9 @@ class U2Net(SegmentationModel):
         ``(N, num_classes, H, W)``.
 
     Example:
+        >>> m = U2Net(3, 1, width=0.25)
+        >>> m(torch.randn(1, 3, 301, 257)).shape
+        torch.Size([1, 1, 301, 257])
         >>> m = U2Net(3, 1, encoder_channels=U2NET_SMALL_CHANNELS[0], decoder_channels=U2NET_SMALL_CHANNELS[1])
         >>> res = m(torch.randn(2, 3, 45, 37), aux=True)
         >>> res.out.shape, len(res.aux), res.aux[5].shape
@@ -120,19 +142,21 @@ class U2Net(SegmentationModel):
 
     def __init__(
         self,
-        in_channels: int,
-        num_classes: int,
+        in_channels: int = 3,
+        num_classes: int = 1,
         *,
-        encoder_channels: Sequence[Sequence[int]],
-        decoder_channels: Sequence[Sequence[int]],
+        width: float = 1.0,
+        encoder_channels: Sequence[Sequence[int]] = U2NET_CHANNELS[0],
+        decoder_channels: Sequence[Sequence[int]] = U2NET_CHANNELS[1],
         norm: str = "batch",
         act: str = "relu",
     ) -> None:
         super().__init__(in_channels, num_classes, size_divisor=1)
         check_choice("norm", norm, NORMS)
         check_choice("act", act, ACTS)
-        enc = _check_table("encoder_channels", encoder_channels, len(ENCODER_HEIGHTS))
-        dec = _check_table("decoder_channels", decoder_channels, len(DECODER_HEIGHTS))
+        width = check_number("width (channel multiplier)", width, low=0, low_open=True)
+        enc = _scale(_check_table("encoder_channels", encoder_channels, len(ENCODER_HEIGHTS)), width)
+        dec = _scale(_check_table("decoder_channels", decoder_channels, len(DECODER_HEIGHTS)), width)
         self.norm = norm
 
         self.encoder = nn.ModuleList()
@@ -204,98 +228,12 @@ class U2Net(SegmentationModel):
         return SegOutput(fused, side_maps if aux else [], None)
 
 
-# -- registered variants -------------------------------------------------------------------------
-_PAPER = "Qin et al., U²-Net: Going deeper with nested U-structure for salient object detection, Pattern Recognition 2020"
-_RULE = "any size (ceil-mode pooling, decoder resizes to match); output has the input's size"
-
-
-def _build(table: tuple, in_channels: int, num_classes: int, width: float, norm: str, act: str) -> U2Net:
-    if isinstance(width, bool) or not isinstance(width, (int, float)):
-        raise InvalidTypeError(
-            f"width (channel multiplier) must be a number such as 0.5; got {type(width).__name__}."
-        )
-    if not math.isfinite(width) or width <= 0:
-        raise InvalidValueError(
-            f"width (channel multiplier) must be positive and finite, e.g. 0.5 or 1.0; got {width!r}."
-        )
-    enc, dec = (_scale(t, float(width)) for t in table)
-    return U2Net(in_channels, num_classes, encoder_channels=enc, decoder_channels=dec, norm=norm, act=act)
-
-
-@register_model(
-    paper=_PAPER,
-    input_rule=_RULE,
-    example_size=(37, 29),
-    default_loss="bce",
-    test_options={"width": 0.125},
-)
-def u2net(
-    *,
-    in_channels: int = 3,
-    num_classes: int = 1,
-    width: float = 1.0,
-    norm: str = "batch",
-    act: str = "relu",
-) -> U2Net:
-    """The full U²-Net of the paper's Table 1.
-
-    Args:
-        in_channels: input channels.
-        num_classes: output channels (1 for binary / salient-object maps).
-        width: multiplier applied to every stage's ``mid`` and ``out`` channels (rounded, at least
-            1); 1.0 is the paper's model.
-        norm: ``"batch"`` (the paper), ``"instance"``, ``"group"`` or ``"none"``.
-        act: activation name.
-
-    Returns:
-        A :class:`U2Net`; 44,009,869 parameters for 3 -> 1 classes (the paper's 44.01 M).
-
-    Raises:
-        ValueError: non-positive ``width``; unknown ``norm`` or ``act``.
-        TypeError: ``width`` is not a number.
-
-    Example:
-        >>> m = u2net(width=0.25)
-        >>> m(torch.randn(1, 3, 301, 257)).shape
-        torch.Size([1, 1, 301, 257])
-    """
-    return _build(U2NET_CHANNELS, in_channels, num_classes, width, norm, act)
-
-
-@register_model(
-    name="u2net_small",
+register_model(
+    "u2net_small",
+    partial(U2Net, encoder_channels=U2NET_SMALL_CHANNELS[0], decoder_channels=U2NET_SMALL_CHANNELS[1]),
     paper=_PAPER + " (U²-Net†, the small model)",
     input_rule=_RULE,
     example_size=(37, 29),
     default_loss="bce",
+    summary="U²-Net† (the paper's small model): every stage has 16 channels inside and 64 outside.",
 )
-def u2net_small(
-    *,
-    in_channels: int = 3,
-    num_classes: int = 1,
-    width: float = 1.0,
-    norm: str = "batch",
-    act: str = "relu",
-) -> U2Net:
-    """U²-Net† (the paper's small model): every stage has 16 channels inside and 64 outside.
-
-    Args:
-        in_channels: input channels.
-        num_classes: output channels.
-        width: channel multiplier (see :func:`u2net`).
-        norm: norm name.
-        act: activation name.
-
-    Returns:
-        A :class:`U2Net`; 1,131,181 parameters for 3 -> 1 classes (the paper's 1.13 M).
-
-    Raises:
-        ValueError: non-positive ``width``; unknown ``norm`` or ``act``.
-        TypeError: ``width`` is not a number.
-
-    Example:
-        >>> m = u2net_small(in_channels=1, num_classes=2)
-        >>> [a.shape[-2:] for a in m(torch.randn(2, 1, 33, 40), aux=True).aux][-1]
-        torch.Size([33, 40])
-    """
-    return _build(U2NET_SMALL_CHANNELS, in_channels, num_classes, width, norm, act)

@@ -1,33 +1,38 @@
 """U-Net (Ronneberger, Fischer & Brox, "U-Net: Convolutional Networks for Biomedical Image
 Segmentation", MICCAI 2015).
 
-Two variants share one implementation:
+Two variants share one class, :class:`UNet`:
 
 * ``unet``: same-padded 3x3 convolutions, so the output has the input's size; H and W must be
-  divisible by ``2**depth`` (or ``pad=True``).
+  divisible by ``2**depth`` (or ``pad=True``). Any registered encoder feeds it
+  (``encoder="resnet34"``); the default is the paper's own encoder.
 * ``unet_valid``: the paper's geometry. Unpadded 3x3 convolutions trim 2 pixels per conv, the
   skip connections crop the encoder map to the decoder map's size before concatenation, and a
   572x572 input gives a 388x388 output. Large images are predicted with the overlap-tile
   strategy (``seglab.inference.sliding_window`` uses :meth:`UNet.output_shape`).
 
-Options answer the note's two questions: how deep (``depth`` 1..5) and how to go down and up
-(``down``: max-pool, strided conv, pixel-unshuffle; ``up``: nearest, bilinear, transposed conv,
+Options answer two questions: how deep (``depth`` 1..5) and how to go down and up (``down``:
+max-pool, strided conv, pixel-unshuffle; ``up``: nearest, bilinear, transposed conv,
 pixel-shuffle).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
+from seglab._options import check_choice
 from seglab.errors import InvalidValueError
-from seglab.layers import DOWN_KINDS, NORMS, UP_KINDS, DoubleConv, Downsample, Upsample, init_weights
-from seglab.models.base import SegmentationModel, SegOutput
+from seglab.layers import UP_KINDS, DoubleConv, Upsample
+from seglab.models.base import EncoderDecoderModel, SegOutput
+from seglab.models.encoders import decoder_widths, unet_family_encoder
 from seglab.models.registry import register_model
 
-__all__ = ["UNet", "check_sampling_options", "level_widths", "unet", "unet_valid", "valid_input_sizes"]
+__all__ = ["UNet", "UNetDecoder", "valid_input_sizes"]
 
 
 # -- geometry of the valid-convolution U-Net -----------------------------------------------------
@@ -65,70 +70,140 @@ def _center_crop(t: Tensor, hw: Sequence[int]) -> Tensor:
     return t[..., top : top + hw[0], left : left + hw[1]]
 
 
+# -- the decoder ---------------------------------------------------------------------------------
+class UNetDecoder(nn.Module):
+    """U-Net's expanding path: up-sample, concatenate the skip, double conv; deep to shallow.
+
+    Args:
+        skip_channels: encoder widths, shallow to deep (the last is the deepest map).
+        widths: decoder width at each skip level, shallow to deep (``len(skip_channels) - 1``).
+        up: up-sampling kind (see :class:`seglab.layers.Upsample`).
+        norm: norm name.
+        act: activation name.
+        valid: unpadded convolutions; the skips are centre-cropped to the up-sampled map.
+
+    Shape:
+        ``forward(feats)``: the encoder's maps -> ``(N, widths[0], h_0, w_0)`` at the shallowest
+        map's resolution.
+    """
+
+    def __init__(
+        self, skip_channels: Sequence[int], widths: Sequence[int], *, up: str, norm: str, act: str,
+        valid: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.valid = valid
+        self.ups = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        prev = skip_channels[-1]
+        for i in range(len(widths) - 1, -1, -1):
+            self.ups.append(Upsample(up, prev, widths[i]))
+            conv = DoubleConv(
+                skip_channels[i] + widths[i], widths[i], padding=0 if valid else 1, norm=norm, act=act
+            )
+            self.decoders.append(conv)
+            prev = widths[i]
+
+    def forward(self, feats: Sequence[Tensor]) -> Tensor:
+        x = feats[-1]  # (N, c_deep, h, w)
+        for up, dec, skip in zip(self.ups, self.decoders, reversed(feats[:-1])):
+            x = up(x)  # (N, w_i, 2h, 2w)
+            if self.valid:
+                skip = _center_crop(skip, x.shape[-2:])
+            x = dec(torch.cat([skip, x], dim=1))  # (N, w_i, 2h, 2w)
+        return x
+
+
 # -- the model -----------------------------------------------------------------------------------
-class UNet(SegmentationModel):
-    """U-Net with configurable depth, widths, sampling kinds, norm and padding.
+@register_model(
+    "unet",
+    paper="Ronneberger et al., U-Net, MICCAI 2015 (same padding)",
+    input_rule="H, W divisible by 2**depth (16 by default), or pad=True",
+    example_size=(32, 32),
+    test_options={"base_channels": 8},
+)
+class UNet(EncoderDecoderModel):
+    """U-Net with any registered encoder, configurable depth, widths, sampling kinds, norm and padding.
 
     Args:
         in_channels: input channels.
         num_classes: output channels.
-        channels: widths of the ``depth + 1`` levels, shallow to deep.
-        down: down-sampling kind (see :class:`seglab.layers.Downsample`).
-        up: up-sampling kind (see :class:`seglab.layers.Upsample`).
+        encoder: ``"unet"`` (the paper's encoder, the options below), ``"resnet18"`` ..
+            ``"resnet101"``, ``"timm:<model>"`` or any registered encoder
+            (``seglab.models.encoders.list_encoders()``).
+        weights: a local state dict of the encoder (e.g. torchvision's ImageNet ResNet file);
+            nothing is downloaded.
+        depth: number of down-samplings (1..5); ``None``: 4 for ``encoder="unet"``, all of
+            another encoder's stages (5 for a ResNet).
+        base_channels: width of the first level, doubled per level (``encoder="unet"``).
+        channels: explicit widths of the ``depth + 1`` levels instead of ``base_channels``
+            (``encoder="unet"``).
+        decoder_channels: decoder width at each skip level, shallow to deep (``depth`` values for
+            the U-Net encoder); ``None``: the encoder's widths, mirrored (the paper).
+        down: ``"maxpool"``, ``"strided"`` or ``"pixel_unshuffle"`` (``encoder="unet"``).
+        up: ``"transposed"`` (2x2 up-conv, the paper), ``"bilinear"``, ``"nearest"`` or
+            ``"pixel_shuffle"``.
         norm: ``"batch"``, ``"instance"``, ``"group"`` or ``"none"``.
         act: activation name.
-        valid: unpadded convolutions and cropped skips (the 2015 geometry).
-        dropout: dropout in the bottleneck stage (the paper used drop-out at the end of the
-            contracting path).
-        pad: pad inputs to a multiple of ``2**depth`` and crop back (same-padding variant only).
+        dropout: dropout in the deepest encoder stage (the paper used drop-out at the end of the
+            contracting path; ``encoder="unet"``).
+        valid: unpadded convolutions and cropped skips, the 2015 geometry (``unet_valid``).
+        pad: pad to a multiple of ``2**depth`` (centred) and crop back instead of rejecting other
+            sizes (same-padding variant only).
+
+    Raises:
+        ValueError: an invalid option, a plain-encoder option with another encoder, or
+            ``valid=True`` with ``pad=True`` or another encoder.
+
+    Defaults with 1 input channel and 2 classes: 31,036,546 parameters (31,030,658 with
+    ``norm="none"``: the paper's layer list). An encoder other than ``"unet"`` whose finest map
+    has stride 2 (a ResNet) gets its logits up-sampled (bilinear) to the input size.
 
     Shape:
         ``(N, in_channels, H, W) -> (N, num_classes, H, W)``; for ``valid=True`` the output is
         ``output_shape((H, W))``, e.g. 572 -> 388 at depth 4.
+
+    Example:
+        >>> m = UNet(1, 2, base_channels=8, depth=3)
+        >>> m(torch.randn(2, 1, 64, 64)).shape
+        torch.Size([2, 2, 64, 64])
+        >>> UNet(3, 1, encoder="resnet18", decoder_channels=(8, 8, 16, 16))(torch.randn(1, 3, 64, 64)).shape
+        torch.Size([1, 1, 64, 64])
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        *,
-        channels: Sequence[int],
-        down: str = "maxpool",
-        up: str = "transposed",
-        norm: str = "batch",
-        act: str = "relu",
-        valid: bool = False,
-        dropout: float = 0.0,
-        pad: bool = False,
-    ) -> None:
-        depth = len(channels) - 1
-        if valid and pad:
-            raise InvalidValueError(
-                "pad=True is for the same-padding U-Net; predict large images with unet_valid through "
-                "seglab.inference.sliding_window (overlap-tile)."
-            )
-        super().__init__(in_channels, num_classes, size_divisor=1 if valid else 2**depth, pad=pad)
-        self.depth = depth
-        self.valid = valid
-        padding = 0 if valid else 1
-        ch = list(channels)
+    renamed_keys = (
+        *EncoderDecoderModel.renamed_keys,
+        ("ups.", "decoder.ups."),
+        ("decoders.", "decoder.decoders."),
+    )
 
-        self.stem = DoubleConv(in_channels, ch[0], padding=padding, norm=norm, act=act)
-        self.downs = nn.ModuleList()
-        self.encoders = nn.ModuleList()
-        for i in range(1, depth + 1):
-            # max-pool keeps channels (the conv block widens); learned kinds widen while halving
-            d_out = ch[i - 1] if down == "maxpool" else ch[i]
-            self.downs.append(Downsample(down, ch[i - 1], d_out, norm=norm, act=act))
-            drop = dropout if i == depth else 0.0
-            self.encoders.append(DoubleConv(d_out, ch[i], padding=padding, norm=norm, act=act, dropout=drop))
-        self.ups = nn.ModuleList()
-        self.decoders = nn.ModuleList()
-        for i in range(depth, 0, -1):
-            self.ups.append(Upsample(up, ch[i], ch[i - 1]))
-            self.decoders.append(DoubleConv(2 * ch[i - 1], ch[i - 1], padding=padding, norm=norm, act=act))
-        self.head = nn.Conv2d(ch[0], num_classes, 1)
-        init_weights(self)
+    def __init__(
+        self, in_channels: int = 3, num_classes: int = 1, *,
+        encoder: str = "unet", weights: str | os.PathLike | None = None, depth: int | None = None,
+        base_channels: int = 64, channels: Sequence[int] | None = None, down: str = "maxpool",  # encoder="unet"
+        decoder_channels: Sequence[int] | None = None, up: str = "transposed",  # the decoder
+        norm: str = "batch", act: str = "relu", dropout: float = 0.0, valid: bool = False, pad: bool = False,
+    ) -> None:  # fmt: skip
+        if valid and (pad or encoder != "unet"):
+            raise InvalidValueError(
+                "valid=True is the 2015 geometry of the plain U-Net encoder without padding; predict large "
+                "images with unet_valid through seglab.inference.sliding_window (overlap-tile)."
+            )
+        check_choice("up", up, UP_KINDS)
+        plain = {
+            "base_channels": base_channels,
+            "channels": channels,
+            "down": down,
+            "dropout": dropout,
+            "valid": valid,
+        }  # the U-Net encoder's own options
+        enc = unet_family_encoder(encoder, type(self), in_channels, depth, {"norm": norm, "act": act}, plain)
+        super().__init__(in_channels, num_classes, encoder=enc, size_divisor=1 if valid else None, pad=pad)
+        self.valid = bool(valid)
+        widths = decoder_widths(enc, decoder_channels)
+        self.decoder = UNetDecoder(enc.out_channels, widths, up=up, norm=norm, act=act, valid=valid)
+        self.head = nn.Conv2d(widths[0], num_classes, 1)
+        self.finish(weights, self.decoder, self.head)
         # He fan-out init on a 1x1 head with one output channel gives logits with a spread of ~10-50
         # (saturated sigmoids at step 0); PyTorch's default (fan-in based) keeps them near unit scale.
         self.head.reset_parameters()
@@ -162,147 +237,16 @@ class UNet(SegmentationModel):
         return None
 
     def forward_seg(self, x: Tensor, aux: bool) -> SegOutput:
-        skips = []
-        x = self.stem(x)  # (N, c0, H, W)
-        for down, enc in zip(self.downs, self.encoders):
-            skips.append(x)
-            x = enc(down(x))  # (N, c_i, H / 2^i, W / 2^i)
-        for up, dec in zip(self.ups, self.decoders):
-            x = up(x)  # (N, c_{i-1}, 2h, 2w)
-            skip = skips.pop()
-            if self.valid:
-                skip = _center_crop(skip, x.shape[-2:])
-            x = dec(torch.cat([skip, x], dim=1))  # (N, c_{i-1}, 2h, 2w)
-        return SegOutput(self.head(x), [], None)  # (N, K, H, W)
+        y = self.head(self.decoder(self.encoder(x)))  # (N, K, H / s_0, W / s_0)
+        return SegOutput(self.to_input_size(y, x.shape[-2:]), [], None)  # (N, K, H, W)
 
 
-def level_widths(depth: int, base_channels: int, channels: Sequence[int] | None) -> tuple[int, ...]:
-    """Widths of the ``depth + 1`` levels: ``channels`` checked, or ``base_channels * 2**i``.
-
-    Shared by the U-Net family (``unet``, ``unet_valid``, ``unetpp``, ``unet3p``).
-
-    Raises:
-        ValueError: ``depth`` outside 1..5, a ``channels`` tuple of the wrong length, non-positive widths.
-    """
-    if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= 5:
-        raise InvalidValueError(
-            f"depth (number of down-samplings) must be an integer in 1..5; got {depth!r}."
-        )
-    if channels is not None:
-        channels = tuple(int(c) for c in channels)
-        if len(channels) != depth + 1:
-            raise InvalidValueError(
-                f"channels must list depth + 1 = {depth + 1} widths (one per level); got {len(channels)}: "
-                f"{channels}. Pass depth={len(channels) - 1} or adjust channels."
-            )
-        if any(c < 1 for c in channels):
-            raise InvalidValueError(f"channels must be positive; got {channels}.")
-        return channels
-    if base_channels < 1:
-        raise InvalidValueError(f"base_channels must be positive; got {base_channels}.")
-    return tuple(base_channels * 2**i for i in range(depth + 1))
-
-
-def check_sampling_options(down: str, up: str, norm: str) -> None:
-    """Validate the U-Net family's ``down``, ``up`` and ``norm`` options (``ValueError`` with did-you-mean)."""
-    from seglab._options import check_choice
-
-    check_choice("down", down, DOWN_KINDS)
-    check_choice("up", up, UP_KINDS)
-    check_choice("norm", norm, NORMS)
-
-
-@register_model(
-    paper="Ronneberger et al., U-Net, MICCAI 2015 (same padding)",
-    input_rule="H, W divisible by 2**depth (16 by default), or pad=True",
-    example_size=(32, 32),
-    test_options={"base_channels": 8},
-)
-def unet(
-    *,
-    in_channels: int = 3,
-    num_classes: int = 1,
-    depth: int = 4,
-    base_channels: int = 64,
-    channels: Sequence[int] | None = None,
-    down: str = "maxpool",
-    up: str = "transposed",
-    norm: str = "batch",
-    act: str = "relu",
-    dropout: float = 0.0,
-    pad: bool = False,
-) -> UNet:
-    """Same-padding U-Net.
-
-    Args:
-        in_channels: input channels.
-        num_classes: output channels.
-        depth: number of down-samplings (1..5).
-        base_channels: width of the first level, doubled per level.
-        channels: explicit widths (``depth + 1`` values) instead of ``base_channels``.
-        down: ``"maxpool"``, ``"strided"`` or ``"pixel_unshuffle"``.
-        up: ``"transposed"`` (2x2 up-conv, the paper), ``"bilinear"``, ``"nearest"`` or
-            ``"pixel_shuffle"``.
-        norm: ``"batch"``, ``"instance"``, ``"group"`` or ``"none"``.
-        act: activation name.
-        dropout: dropout in the deepest stage.
-        pad: pad to a multiple of ``2**depth`` and crop back instead of rejecting other sizes.
-
-    Defaults with 1 input channel and 2 classes: 31,036,546 parameters (31,030,658 with
-    ``norm="none"``: the paper's layer list).
-
-    Example:
-        >>> m = unet(in_channels=1, num_classes=2, base_channels=8, depth=3)
-        >>> m(torch.randn(2, 1, 64, 64)).shape
-        torch.Size([2, 2, 64, 64])
-    """
-    check_sampling_options(down, up, norm)
-    ch = level_widths(depth, base_channels, channels)
-    return UNet(
-        in_channels, num_classes, channels=ch, down=down, up=up, norm=norm, act=act, dropout=dropout, pad=pad
-    )
-
-
-@register_model(
+register_model(
+    "unet_valid",
+    partial(UNet, valid=True, encoder="unet"),
     paper="Ronneberger et al., U-Net, MICCAI 2015 (valid convolutions, overlap-tile)",
     input_rule="valid sizes only (572 -> 388 at depth 4); see valid_input_sizes",
     example_size=(188, 188),
     test_options={"base_channels": 8},
+    summary="The 2015 paper's U-Net: unpadded convs, cropped skips; the output is smaller than the input.",
 )
-def unet_valid(
-    *,
-    in_channels: int = 3,
-    num_classes: int = 1,
-    depth: int = 4,
-    base_channels: int = 64,
-    channels: Sequence[int] | None = None,
-    down: str = "maxpool",
-    up: str = "transposed",
-    norm: str = "batch",
-    act: str = "relu",
-    dropout: float = 0.0,
-) -> UNet:
-    """The 2015 paper's U-Net: unpadded convs, cropped skips; the output is smaller than the input.
-
-    Same options as :func:`unet` (no ``pad``: use overlap-tile inference instead). ``norm`` defaults
-    to ``"batch"`` for trainability; ``norm="none"`` gives the paper's exact layer list (31,030,658
-    parameters for 1 -> 2 classes).
-
-    Example:
-        >>> m = unet_valid(in_channels=1, num_classes=2, base_channels=8)
-        >>> m.output_shape((572, 572))
-        (388, 388)
-    """
-    check_sampling_options(down, up, norm)
-    ch = level_widths(depth, base_channels, channels)
-    return UNet(
-        in_channels,
-        num_classes,
-        channels=ch,
-        down=down,
-        up=up,
-        norm=norm,
-        act=act,
-        dropout=dropout,
-        valid=True,
-    )

@@ -26,24 +26,27 @@ applied only in evaluation mode, after the graph the losses see; training never 
 a threshold, so the CGM's logits get a proper gradient.
 
 The paper's hybrid loss (focal + MS-SSIM + IoU) is the registered default loss spec.
+
+**Encoders.** The full-scale skips read the maps of any registered encoder
+(``encoder="resnet34"``): each decoder stage max-pools the finer maps and resizes the coarser ones.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seglab._options import check_choice
-from seglab.errors import InvalidValueError
-from seglab.layers import DOWN_KINDS, NORMS, ConvNormAct, DoubleConv, Downsample, init_weights
-from seglab.models.base import SegmentationModel, SegOutput
+from seglab._options import check_choice, check_number, check_positive_int
+from seglab.layers import ConvNormAct
+from seglab.models.base import EncoderDecoderModel, SegOutput
+from seglab.models.encoders import unet_family_encoder
 from seglab.models.registry import register_model
-from seglab.models.unet import level_widths
 
-__all__ = ["EMPTY_LOGIT", "UNet3Plus", "unet3p"]
+__all__ = ["EMPTY_LOGIT", "UNet3Plus"]
 
 #: Logit written into the masks the classification-guided module judges empty
 #: (``sigmoid(-1e4) == 0`` in every float dtype; finite, so later arithmetic stays finite).
@@ -108,18 +111,35 @@ class _FullScaleStage(nn.Module):
 
 
 # -- the model -----------------------------------------------------------------------------------
-class UNet3Plus(SegmentationModel):
+@register_model(
+    "unet3p",
+    paper="Huang et al., UNet 3+: A Full-Scale Connected UNet for Medical Image Segmentation, ICASSP 2020",
+    input_rule="H, W divisible by 2**depth (16 by default), or pad=True",
+    example_size=(32, 32),
+    default_loss="focal+ms_ssim+iou",
+    test_options={"channels": (8, 16, 32, 64, 128), "cat_channels": 8, "cgm": True},
+)
+class UNet3Plus(EncoderDecoderModel):
     """U-Net 3+: full-scale skips, full-scale deep supervision, classification-guided module.
 
     Args:
         in_channels: input channels.
         num_classes: output channels.
-        channels: encoder widths of the ``depth + 1`` levels, shallow to deep.
+        encoder: ``"unet"`` (the paper's encoder, the options below) or any registered encoder
+            (``"resnet34"``, ``"timm:<model>"``, ...); the full-scale skips read its maps.
+        weights: a local state dict of the encoder; nothing is downloaded.
+        depth: number of down-samplings (1..5); ``None``: 4 for ``encoder="unet"``, all of
+            another encoder's stages.
+        base_channels: encoder width of the first level, doubled per level (64: the paper's
+            ``(64, 128, 256, 512, 1024)``; ``encoder="unet"``).
+        channels: explicit encoder widths (``depth + 1`` values) instead of ``base_channels``
+            (``encoder="unet"``).
         cat_channels: width of every full-scale branch (64); decoder stages have
             ``cat_channels * (depth + 1)`` channels.
-        down: down-sampling kind of the encoder (see :class:`seglab.layers.Downsample`); the
-            full-scale skips always max-pool, as in the paper.
-        up: interpolation of the coarser maps and side outputs, ``"bilinear"`` or ``"nearest"``.
+        down: ``"maxpool"`` (the paper), ``"strided"`` or ``"pixel_unshuffle"`` for the encoder
+            (``encoder="unet"``); the full-scale skips always max-pool, as in the paper.
+        up: ``"bilinear"`` (the paper) or ``"nearest"`` interpolation of the coarser maps and the
+            side outputs.
         norm: ``"batch"``, ``"instance"``, ``"group"`` or ``"none"``.
         act: activation name.
         deep_supervision: side-output heads on every decoder stage and the bottleneck.
@@ -128,7 +148,8 @@ class UNet3Plus(SegmentationModel):
             (``sigmoid(cls) < cgm_threshold``) by :data:`EMPTY_LOGIT` in ``out`` and ``aux``
             (settable attribute; ignored without ``cgm``).
         cgm_threshold: probability below which a class counts as absent.
-        pad: pad inputs to a multiple of ``2**depth`` and crop back.
+        pad: pad to a multiple of ``2**depth`` (centred) and crop back instead of rejecting
+            other sizes.
 
     Outputs (``model(x, aux=True)``):
         ``out``: the head on the finest decoder stage (level 0). ``aux``: with deep supervision,
@@ -139,169 +160,6 @@ class UNet3Plus(SegmentationModel):
         sigmoid for probabilities; train with BCE), else ``None``. ``model(x)`` skips the side
         outputs, and skips the CGM unless the evaluation-mode gate needs it.
 
-    Shape:
-        ``(N, in_channels, H, W) -> (N, num_classes, H, W)`` with ``H, W`` divisible by
-        ``2**depth`` (or any size with ``pad=True``).
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        *,
-        channels: Sequence[int],
-        cat_channels: int = 64,
-        down: str = "maxpool",
-        up: str = "bilinear",
-        norm: str = "batch",
-        act: str = "relu",
-        deep_supervision: bool = True,
-        cgm: bool = False,
-        cgm_gate: bool = True,
-        cgm_threshold: float = 0.5,
-        pad: bool = False,
-    ) -> None:
-        ch = [int(c) for c in channels]
-        depth = len(ch) - 1
-        if depth < 1:
-            raise InvalidValueError(
-                f"channels must list at least 2 widths (depth >= 1); got {tuple(channels)}."
-            )
-        if isinstance(cat_channels, bool) or not isinstance(cat_channels, int) or cat_channels < 1:
-            raise InvalidValueError(f"cat_channels must be a positive integer; got {cat_channels!r}.")
-        if not 0.0 < cgm_threshold < 1.0:
-            raise InvalidValueError(f"cgm_threshold is a probability in (0, 1); got {cgm_threshold!r}.")
-        check_choice("up", up, _UP_MODES)
-        super().__init__(in_channels, num_classes, size_divisor=2**depth, pad=pad)
-        self.depth = depth
-        self.channels = tuple(ch)
-        self.up = up
-        self.deep_supervision = bool(deep_supervision)
-        self.cgm_gate = bool(cgm_gate)
-        self.cgm_threshold = float(cgm_threshold)
-        self._pool_shared = down == "maxpool"  # the encoder's max-pool doubles as the skip pooling
-
-        self.stem = DoubleConv(in_channels, ch[0], norm=norm, act=act)
-        self.downs = nn.ModuleList()
-        self.encoders = nn.ModuleList()
-        for i in range(1, depth + 1):
-            d_out = ch[i - 1] if down == "maxpool" else ch[i]
-            self.downs.append(Downsample(down, ch[i - 1], d_out, norm=norm, act=act))
-            self.encoders.append(DoubleConv(d_out, ch[i], norm=norm, act=act))
-        width = cat_channels * (depth + 1)
-        # decoders[i] is the stage at level i (0: full resolution); levels i+1..depth-1 are decoder
-        # stages of the fused width, level depth is the bottleneck
-        self.decoders = nn.ModuleList(
-            _FullScaleStage(
-                ch[: i + 1], [width] * (depth - 1 - i) + [ch[depth]], cat_channels, norm=norm, act=act, up=up
-            )
-            for i in range(depth)
-        )
-        head_in = [width] * depth + [ch[depth]] if self.deep_supervision else [width]
-        self.heads = nn.ModuleList(nn.Conv2d(c, num_classes, 3, padding=1) for c in head_in)
-        self.cgm = (
-            nn.Sequential(
-                nn.Dropout(0.5),
-                nn.Conv2d(ch[depth], num_classes, 1),
-                nn.AdaptiveMaxPool2d(1),
-                nn.Flatten(1),
-            )
-            if cgm
-            else None
-        )
-        init_weights(self)
-
-    def _gate(self, t: Tensor, present: Tensor) -> Tensor:
-        return t.masked_fill(~present[:, :, None, None], EMPTY_LOGIT)  # (N, K, H, W)
-
-    def forward_seg(self, x: Tensor, aux: bool) -> SegOutput:
-        size = x.shape[-2:]
-        d = self.depth
-        enc = [self.stem(x)]  # level 0: (N, c0, H, W)
-        # pooled[k][m]: encoder level k max-pooled m times, for the finer-scale skips
-        pooled: list[list[Tensor]] = [[enc[0]]]
-        for k, (down, conv) in enumerate(zip(self.downs, self.encoders)):
-            low = down(enc[k])  # (N, c_k or c_{k+1}, H / 2^(k+1), W / 2^(k+1))
-            if self._pool_shared and k + 1 < d:
-                pooled[k].append(low)
-            enc.append(conv(low))  # level k + 1: (N, c_{k+1}, H / 2^(k+1), W / 2^(k+1))
-            pooled.append([enc[-1]])
-        for k in range(d):
-            while len(pooled[k]) < d - k:
-                pooled[k].append(F.max_pool2d(pooled[k][-1], 2))  # (N, c_k, h / 2, w / 2)
-
-        dec: list[Tensor] = [enc[d]]  # deepest first: bottleneck, stage d-1, ..., stage 0
-        for i in range(d - 1, -1, -1):
-            finer = [pooled[k][i - k] for k in range(i + 1)]  # (N, c_k, H / 2^i, W / 2^i)
-            dec.insert(0, self.decoders[i](finer, dec))  # (N, cat * (d + 1), H / 2^i, W / 2^i)
-        out = self.heads[0](dec[0])  # (N, K, H, W)
-
-        side: list[Tensor] = []
-        if aux and self.deep_supervision:
-            heads = zip(self.heads[1:], dec[1:])
-            side = [_resize(head(t), size, self.up) for head, t in heads]  # depth x (N, K, H, W)
-        gate = not self.training and self.cgm_gate
-        cls = None
-        if self.cgm is not None and (aux or gate):
-            cls = self.cgm(enc[d])  # (N, K) logits
-            if gate:
-                present = torch.sigmoid(cls) >= self.cgm_threshold  # (N, K)
-                out = self._gate(out, present)
-                side = [self._gate(s, present) for s in side]
-        return SegOutput(out, side, cls)
-
-
-# -- builders ------------------------------------------------------------------------------------
-@register_model(
-    paper="Huang et al., UNet 3+: A Full-Scale Connected UNet for Medical Image Segmentation, ICASSP 2020",
-    input_rule="H, W divisible by 2**depth (16 by default), or pad=True",
-    example_size=(32, 32),
-    default_loss="focal+ms_ssim+iou",
-    test_options={"channels": (8, 16, 32, 64, 128), "cat_channels": 8, "cgm": True},
-)
-def unet3p(
-    *,
-    in_channels: int = 3,
-    num_classes: int = 1,
-    depth: int = 4,
-    base_channels: int = 64,
-    channels: Sequence[int] | None = None,
-    cat_channels: int = 64,
-    down: str = "maxpool",
-    up: str = "bilinear",
-    norm: str = "batch",
-    act: str = "relu",
-    deep_supervision: bool = True,
-    cgm: bool = False,
-    cgm_gate: bool = True,
-    cgm_threshold: float = 0.5,
-    pad: bool = False,
-) -> UNet3Plus:
-    """U-Net 3+ with full-scale skips and deep supervision (the paper's widths by default).
-
-    Args:
-        in_channels: input channels.
-        num_classes: output channels.
-        depth: number of down-samplings (1..5).
-        base_channels: encoder width of the first level, doubled per level (64: the paper's
-            ``(64, 128, 256, 512, 1024)``).
-        channels: explicit encoder widths (``depth + 1`` values) instead of ``base_channels``.
-        cat_channels: width of each full-scale branch (decoder stages have ``(depth + 1)`` times it).
-        down: ``"maxpool"`` (the paper), ``"strided"`` or ``"pixel_unshuffle"`` for the encoder.
-        up: ``"bilinear"`` (the paper) or ``"nearest"`` interpolation for coarser maps and side
-            outputs.
-        norm: ``"batch"``, ``"instance"``, ``"group"`` or ``"none"``.
-        act: activation name.
-        deep_supervision: side outputs of every decoder stage and the bottleneck in ``aux``.
-        cgm: classification-guided module; its logits come back as ``cls``.
-        cgm_gate: zero (see :data:`EMPTY_LOGIT`) the masks of classes the CGM finds absent, in
-            evaluation mode only.
-        cgm_threshold: presence probability threshold of the gate.
-        pad: pad to a multiple of ``2**depth`` and crop back instead of rejecting other sizes.
-
-    Returns:
-        A :class:`UNet3Plus`.
-
     Raises:
         ValueError: invalid widths, option names or thresholds.
 
@@ -309,27 +167,98 @@ def unet3p(
     deep-supervision heads (the paper's 26.97 M; the reference code's conv biases before
     BatchNorm, which BatchNorm cancels, add 6,528 more). ``cgm=True`` adds ``1024 * K + K``.
 
+    Shape:
+        ``(N, in_channels, H, W) -> (N, num_classes, H, W)`` with ``H, W`` divisible by
+        ``2**depth`` (or any size with ``pad=True``).
+
     Example:
-        >>> m = unet3p(in_channels=1, num_classes=1, channels=(8, 16, 32, 64, 128), cat_channels=8, cgm=True)
+        >>> m = UNet3Plus(1, 1, channels=(8, 16, 32, 64, 128), cat_channels=8, cgm=True)
         >>> res = m(torch.randn(2, 1, 64, 64), aux=True)
         >>> res.out.shape, len(res.aux), res.cls.shape
         (torch.Size([2, 1, 64, 64]), 4, torch.Size([2, 1]))
     """
-    check_choice("down", down, DOWN_KINDS)
-    check_choice("norm", norm, NORMS)
-    ch = level_widths(depth, base_channels, channels)
-    return UNet3Plus(
-        in_channels,
-        num_classes,
-        channels=ch,
-        cat_channels=cat_channels,
-        down=down,
-        up=up,
-        norm=norm,
-        act=act,
-        deep_supervision=deep_supervision,
-        cgm=cgm,
-        cgm_gate=cgm_gate,
-        cgm_threshold=cgm_threshold,
-        pad=pad,
+
+    def __init__(
+        self, in_channels: int = 3, num_classes: int = 1, *,
+        encoder: str = "unet", weights: str | os.PathLike | None = None, depth: int | None = None,
+        base_channels: int = 64, channels: Sequence[int] | None = None, down: str = "maxpool",  # encoder="unet"
+        cat_channels: int = 64, up: str = "bilinear", norm: str = "batch", act: str = "relu",  # the decoder
+        deep_supervision: bool = True, cgm: bool = False, cgm_gate: bool = True, cgm_threshold: float = 0.5,
+        pad: bool = False,
+    ) -> None:  # fmt: skip
+        check_positive_int("cat_channels", cat_channels)
+        check_number(
+            "cgm_threshold (a probability)", cgm_threshold, low=0, high=1, low_open=True, high_open=True
+        )
+        check_choice("up", up, _UP_MODES)
+        plain = {
+            "base_channels": base_channels,
+            "channels": channels,
+            "down": down,
+        }  # the U-Net encoder's own options
+        enc = unet_family_encoder(encoder, type(self), in_channels, depth, {"norm": norm, "act": act}, plain)
+        super().__init__(in_channels, num_classes, encoder=enc, pad=pad)
+        d = self.depth
+        self.channels = ch = tuple(enc.out_channels)
+        self.up = up
+        self.deep_supervision = bool(deep_supervision)
+        self.cgm_gate = bool(cgm_gate)
+        self.cgm_threshold = float(cgm_threshold)
+        width = cat_channels * (d + 1)
+        # decoders[i] is the stage at level i (0: the finest); levels i+1..d-1 are decoder stages of
+        # the fused width, level d is the deepest encoder map
+        self.decoders = nn.ModuleList(
+            _FullScaleStage(
+                ch[: i + 1], [width] * (d - 1 - i) + [ch[d]], cat_channels, norm=norm, act=act, up=up
+            )
+            for i in range(d)
+        )
+        head_in = [width] * d + [ch[d]] if self.deep_supervision else [width]
+        self.heads = nn.ModuleList(nn.Conv2d(c, num_classes, 3, padding=1) for c in head_in)
+        self.cgm = _cgm(ch[d], num_classes) if cgm else None
+        self.finish(weights, self.decoders, self.heads, *([self.cgm] if cgm else []))
+
+    def _gate(self, t: Tensor, present: Tensor) -> Tensor:
+        return t.masked_fill(~present[:, :, None, None], EMPTY_LOGIT)  # (N, K, H, W)
+
+    def _decode(self, enc: list[Tensor]) -> list[Tensor]:
+        """The decoder stages, finest first, then the deepest encoder map (level ``depth``)."""
+        d = self.depth
+        # pooled[k][m]: encoder level k max-pooled m times, for the finer-scale skips
+        pooled = [[f] for f in enc]
+        for k in range(d):
+            while len(pooled[k]) < d - k:
+                pooled[k].append(F.max_pool2d(pooled[k][-1], 2))  # (N, c_k, h / 2, w / 2)
+        dec: list[Tensor] = [enc[d]]  # deepest first: bottleneck, stage d-1, ..., stage 0
+        for i in range(d - 1, -1, -1):
+            finer = [pooled[k][i - k] for k in range(i + 1)]  # (N, c_k, H / 2^i, W / 2^i)
+            dec.insert(0, self.decoders[i](finer, dec))  # (N, cat * (d + 1), H / 2^i, W / 2^i)
+        return dec
+
+    def forward_seg(self, x: Tensor, aux: bool) -> SegOutput:
+        size = x.shape[-2:]
+        enc = self.encoder(x)  # depth + 1 maps, shallow to deep
+        dec = self._decode(enc)
+        out = self.heads[0](dec[0])  # (N, K, H / s_0, W / s_0)
+        if self.encoder.strides[0] > 1:  # an encoder whose finest map is coarser than the input
+            out = _resize(out, size, self.up)
+        side: list[Tensor] = []
+        if aux and self.deep_supervision:
+            heads = zip(self.heads[1:], dec[1:])
+            side = [_resize(head(t), size, self.up) for head, t in heads]  # depth x (N, K, H, W)
+        gate = not self.training and self.cgm_gate
+        cls = None
+        if self.cgm is not None and (aux or gate):
+            cls = self.cgm(enc[-1])  # (N, K) logits
+            if gate:
+                present = torch.sigmoid(cls) >= self.cgm_threshold  # (N, K)
+                out = self._gate(out, present)
+                side = [self._gate(s, present) for s in side]
+        return SegOutput(out, side, cls)
+
+
+def _cgm(channels: int, num_classes: int) -> nn.Sequential:
+    """The classification-guided module: dropout, 1x1 conv, global max-pool -> ``(N, K)`` logits."""
+    return nn.Sequential(
+        nn.Dropout(0.5), nn.Conv2d(channels, num_classes, 1), nn.AdaptiveMaxPool2d(1), nn.Flatten(1)
     )

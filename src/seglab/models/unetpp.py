@@ -15,27 +15,31 @@ paths, and with them every sub-network is trained to segment on its own.
 
 **Pruning.** Because the sub-network ``L^L`` never reads a node deeper than level ``L``, its head
 ``X^{0,L}`` can be evaluated after computing only those nodes. :meth:`UNetPlusPlus.prune` (or the
-builder's ``prune=L``) selects the sub-network used in evaluation mode; nodes below level ``L`` are
+option ``prune=L``) selects the sub-network used in evaluation mode; nodes below level ``L`` are
 then not run at all (fewer FLOPs, measured by ``benchmarks/bench_unetpp.py``). Training always runs
 the whole grid with every head supervised, as in the paper: the pruned-away nodes still shape the
 shared encoder and the shallower nodes through back-propagation.
+
+**Encoders.** Column 0 is any registered encoder (``encoder="resnet34"``): its maps are the nodes
+``X^{i,0}``. Pruning then skips the nested nodes below level ``L`` (the encoder still runs whole).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from seglab._options import check_choice
+from seglab._options import check_choice, check_number
 from seglab.errors import InvalidValueError
-from seglab.layers import DoubleConv, Downsample, Upsample, init_weights
-from seglab.models.base import SegmentationModel, SegOutput
+from seglab.layers import UP_KINDS, DoubleConv, Upsample
+from seglab.models.base import EncoderDecoderModel, SegOutput
+from seglab.models.encoders import decoder_widths, unet_family_encoder
 from seglab.models.registry import register_model
-from seglab.models.unet import check_sampling_options, level_widths
 
-__all__ = ["DS_OUTPUTS", "UNetPlusPlus", "unetpp"]
+__all__ = ["DS_OUTPUTS", "NestedDecoder", "UNetPlusPlus"]
 
 DS_OUTPUTS = ("final", "average")
 
@@ -54,30 +58,94 @@ def _check_level(level: object, depth: int) -> int:
     return level
 
 
+class NestedDecoder(nn.Module):
+    """The nested nodes ``X^{i,j}`` (``j >= 1``) of U-Net++ over an encoder's maps ``X^{i,0}``.
+
+    Node ``X^{i,j}`` up-samples ``X^{i+1,j-1}`` to ``widths[i]`` channels, concatenates it with
+    ``X^{i,0}, ..., X^{i,j-1}`` and applies a double conv.
+
+    Args:
+        skip_channels: the encoder's widths, shallow to deep.
+        widths: node width at each level but the deepest (``len(skip_channels) - 1`` values).
+        up: up-sampling kind.
+        norm: norm name.
+        act: activation name.
+        dropout: dropout between the two convs of every node.
+    """
+
+    def __init__(
+        self, skip_channels: Sequence[int], widths: Sequence[int], *, up: str, norm: str, act: str,
+        dropout: float,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        depth = len(skip_channels) - 1
+        self.ups = nn.ModuleDict()
+        self.nodes = nn.ModuleDict()
+        for j in range(1, depth + 1):
+            for i in range(depth + 1 - j):
+                key = _node_key(i, j)
+                below = skip_channels[i + 1] if j == 1 else widths[i + 1]
+                self.ups[key] = Upsample(up, below, widths[i])
+                concat = skip_channels[i] + j * widths[i]
+                self.nodes[key] = DoubleConv(concat, widths[i], norm=norm, act=act, dropout=dropout)
+
+    def top_nodes(self, feats: Sequence[Tensor], level: int) -> list[Tensor]:
+        """Compute the nodes with ``i + j <= level`` and return ``[X^{0,1}, ..., X^{0,level}]``."""
+        rows: list[list[Tensor]] = [[feats[0]]]  # rows[i][j] = X^{i,j}
+        for d in range(1, level + 1):
+            rows.append([feats[d]])  # encoder node X^{d,0}: (N, c_d, H / 2^d, W / 2^d)
+            for j in range(1, d + 1):  # the anti-diagonal i + j = d, from deep to shallow
+                i = d - j
+                key = _node_key(i, j)
+                up = self.ups[key](rows[i + 1][j - 1])  # (N, w_i, H / 2^i, W / 2^i)
+                dense = torch.cat([*rows[i], up], dim=1)  # (N, c_i + j * w_i, H / 2^i, W / 2^i)
+                rows[i].append(self.nodes[key](dense))  # X^{i,j}: (N, w_i, H / 2^i, W / 2^i)
+        return rows[0][1:]
+
+
 # -- the model -----------------------------------------------------------------------------------
-class UNetPlusPlus(SegmentationModel):
+@register_model(
+    "unetpp",
+    paper="Zhou et al., UNet++: A Nested U-Net Architecture for Medical Image Segmentation, DLMIA 2018",
+    input_rule="H, W divisible by 2**depth (16 by default), or pad=True",
+    example_size=(32, 32),
+    default_loss="0.5*bce+dice",
+    test_options={"channels": (8, 16, 32, 64, 128)},
+)
+class UNetPlusPlus(EncoderDecoderModel):
     """U-Net++: nested dense skip pathways, deep supervision and inference-time pruning.
 
     Args:
         in_channels: input channels.
         num_classes: output channels.
-        channels: widths of the ``depth + 1`` levels, shallow to deep (node ``X^{i,j}`` has
-            ``channels[i]`` channels).
-        down: down-sampling kind of the encoder (see :class:`seglab.layers.Downsample`).
-        up: up-sampling kind feeding each node from the level below (see
-            :class:`seglab.layers.Upsample`); it maps ``channels[i + 1]`` to ``channels[i]``.
+        encoder: ``"unet"`` (the paper's encoder, the options below) or any registered encoder
+            (``"resnet34"``, ``"timm:<model>"``, ...); its maps are the nodes ``X^{i,0}``.
+        weights: a local state dict of the encoder; nothing is downloaded.
+        depth: number of down-samplings (1..5); the grid has ``depth`` top nodes. ``None``: 4 for
+            ``encoder="unet"``, all of another encoder's stages.
+        base_channels: width of the first level, doubled per level (32: the paper's
+            ``(32, 64, 128, 256, 512)``; ``encoder="unet"``).
+        channels: explicit widths (``depth + 1`` values) instead of ``base_channels``
+            (``encoder="unet"``).
+        decoder_channels: node width at each level but the deepest, shallow to deep; ``None``: the
+            encoder's widths (the paper: node ``X^{i,j}`` has ``channels[i]`` channels).
+        down: ``"maxpool"``, ``"strided"`` or ``"pixel_unshuffle"`` (``encoder="unet"``).
+        up: ``"transposed"`` (2x2 up-conv, the paper), ``"bilinear"``, ``"nearest"`` or
+            ``"pixel_shuffle"``; it maps the node below to the node's width.
         norm: ``"batch"``, ``"instance"``, ``"group"`` or ``"none"``.
         act: activation name.
-        dropout: dropout between the two convs of every node (the reference Keras code used 0.5).
-        deep_supervision: a 1x1 head on each top node ``X^{0,1..depth}`` (``True``), or only on
-            ``X^{0,depth}``.
+        dropout: dropout between the two convs of every node (0 disables; the reference Keras
+            code used 0.5).
+        deep_supervision: a 1x1 head on each top node ``X^{0,1..depth}`` (``True``, trained
+            through ``model(x, aux=True)``), or only on ``X^{0,depth}``.
         ds_output: what evaluation mode returns as ``out``: ``"final"`` (the head of the deepest
             active top node, the paper's "fast mode") or ``"average"`` (the mean of the active
             heads' logits, the paper's "accurate mode"). Needs ``deep_supervision`` for
             ``"average"``.
-        prune: evaluate only the sub-network ``L^prune`` in evaluation mode (``None``: the whole
-            model). See :meth:`prune`.
-        pad: pad inputs to a multiple of ``2**depth`` and crop back.
+        prune: ``1..depth``: evaluate only the sub-network ``L^prune`` in evaluation mode (see
+            :meth:`prune`); ``None``: the whole model.
+        pad: pad to a multiple of ``2**depth`` (centred) and crop back instead of rejecting
+            other sizes.
 
     Outputs (``model(x, aux=True)``):
         * training mode: ``out`` is the head on ``X^{0,depth}``; ``aux`` the heads on
@@ -90,58 +158,57 @@ class UNetPlusPlus(SegmentationModel):
 
         ``model(x)`` (``aux=False``) skips the heads it does not need.
 
+    Raises:
+        ValueError: an invalid width list, option name, prune level, or ``ds_output="average"`` /
+            ``prune`` without deep supervision.
+
+    Defaults with 1 input channel and 1 class: 9,045,348 parameters (9,041,700 with
+    ``norm="none"``, the paper's 9.04 M); ``base_channels=64``: 36,164,292 (paper: 36.16 M).
+
     Shape:
         ``(N, in_channels, H, W) -> (N, num_classes, H, W)`` with ``H, W`` divisible by
         ``2**depth`` (or any size with ``pad=True``).
+
+    Example:
+        >>> m = UNetPlusPlus(1, 2, channels=(8, 16, 32, 64, 128))
+        >>> res = m(torch.randn(2, 1, 64, 64), aux=True)
+        >>> res.out.shape, len(res.aux)
+        (torch.Size([2, 2, 64, 64]), 3)
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        *,
-        channels: Sequence[int],
-        down: str = "maxpool",
-        up: str = "transposed",
-        norm: str = "batch",
-        act: str = "relu",
-        dropout: float = 0.0,
-        deep_supervision: bool = True,
-        ds_output: str = "final",
-        prune: int | None = None,
-        pad: bool = False,
-    ) -> None:
-        ch = [int(c) for c in channels]
-        depth = len(ch) - 1
-        if depth < 1:
-            raise InvalidValueError(
-                f"channels must list at least 2 widths (depth >= 1); got {tuple(channels)}."
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise InvalidValueError(f"dropout must be in [0, 1); got {dropout!r}.")
-        super().__init__(in_channels, num_classes, size_divisor=2**depth, pad=pad)
-        self.depth = depth
-        self.channels = tuple(ch)
-        self.deep_supervision = bool(deep_supervision)
+    renamed_keys = (*EncoderDecoderModel.renamed_keys, ("ups.", "decoder.ups."), ("nodes.", "decoder.nodes."))
 
-        self.stem = DoubleConv(in_channels, ch[0], norm=norm, act=act, dropout=dropout)  # X^{0,0}
-        self.downs = nn.ModuleList()
-        self.encoders = nn.ModuleList()  # X^{1,0} .. X^{depth,0}
-        for i in range(1, depth + 1):
-            d_out = ch[i - 1] if down == "maxpool" else ch[i]
-            self.downs.append(Downsample(down, ch[i - 1], d_out, norm=norm, act=act))
-            self.encoders.append(DoubleConv(d_out, ch[i], norm=norm, act=act, dropout=dropout))
-        # node X^{i,j}, j >= 1: up-sample X^{i+1,j-1} to ch[i], concatenate with X^{i,0..j-1}
-        self.ups = nn.ModuleDict()
-        self.nodes = nn.ModuleDict()
-        for j in range(1, depth + 1):
-            for i in range(depth + 1 - j):
-                key = _node_key(i, j)
-                self.ups[key] = Upsample(up, ch[i + 1], ch[i])
-                self.nodes[key] = DoubleConv((j + 1) * ch[i], ch[i], norm=norm, act=act, dropout=dropout)
-        n_heads = depth if self.deep_supervision else 1
-        self.heads = nn.ModuleList(nn.Conv2d(ch[0], num_classes, 1) for _ in range(n_heads))
-        init_weights(self)
+    def __init__(
+        self, in_channels: int = 3, num_classes: int = 1, *,
+        encoder: str = "unet", weights: str | os.PathLike | None = None, depth: int | None = None,
+        base_channels: int = 32, channels: Sequence[int] | None = None, down: str = "maxpool",  # encoder="unet"
+        decoder_channels: Sequence[int] | None = None, up: str = "transposed",  # the nested nodes
+        norm: str = "batch", act: str = "relu", dropout: float = 0.0,
+        deep_supervision: bool = True, ds_output: str = "final", prune: int | None = None, pad: bool = False,
+    ) -> None:  # fmt: skip
+        check_choice("up", up, UP_KINDS)
+        check_number("dropout", dropout, low=0, high=1, high_open=True)
+        plain = {
+            "base_channels": base_channels,
+            "channels": channels,
+            "down": down,
+        }  # the U-Net encoder's own options
+        enc = unet_family_encoder(
+            encoder,
+            type(self),
+            in_channels,
+            depth,
+            {"norm": norm, "act": act, "dropout": dropout, "dropout_at": "all"},
+            plain,
+        )
+        super().__init__(in_channels, num_classes, encoder=enc, pad=pad)
+        self.channels = tuple(enc.out_channels)
+        self.deep_supervision = bool(deep_supervision)
+        widths = decoder_widths(enc, decoder_channels)
+        self.decoder = NestedDecoder(enc.out_channels, widths, up=up, norm=norm, act=act, dropout=dropout)
+        n_heads = self.depth if self.deep_supervision else 1
+        self.heads = nn.ModuleList(nn.Conv2d(widths[0], num_classes, 1) for _ in range(n_heads))
+        self.finish(weights, self.decoder, self.heads)
 
         self._ds_output = "final"
         self.ds_output = ds_output
@@ -184,7 +251,7 @@ class UNetPlusPlus(SegmentationModel):
                 deep supervision (its shallower heads would not exist).
 
         Example:
-            >>> m = unetpp(in_channels=1, channels=(8, 16, 32, 64, 128)).prune(2).eval()
+            >>> m = UNetPlusPlus(1, channels=(8, 16, 32, 64, 128)).prune(2).eval()
             >>> m(torch.randn(1, 1, 32, 32)).shape
             torch.Size([1, 1, 32, 32])
         """
@@ -206,120 +273,32 @@ class UNetPlusPlus(SegmentationModel):
         return self.depth if self.prune_level is None else self.prune_level
 
     # -- computation -------------------------------------------------------------------------------
-    def _head(self, j: int, x: Tensor) -> Tensor:
+    def _head(self, j: int, x: Tensor, size: torch.Size) -> Tensor:
         head = self.heads[j - 1] if self.deep_supervision else self.heads[0]
-        return head(x)  # (N, K, H, W)
+        return self.to_input_size(head(x), size)  # (N, K, H, W)
 
     def _top_nodes(self, x: Tensor, level: int) -> list[Tensor]:
-        """Compute the nodes with ``i + j <= level`` and return ``[X^{0,1}, ..., X^{0,level}]``."""
-        rows: list[list[Tensor]] = [[self.stem(x)]]  # rows[i][j] = X^{i,j}; X^{0,0}: (N, c0, H, W)
-        for d in range(1, level + 1):
-            # encoder node X^{d,0}: (N, c_d, H / 2^d, W / 2^d)
-            rows.append([self.encoders[d - 1](self.downs[d - 1](rows[d - 1][0]))])
-            for j in range(1, d + 1):  # the anti-diagonal i + j = d, from deep to shallow
-                i = d - j
-                key = _node_key(i, j)
-                up = self.ups[key](rows[i + 1][j - 1])  # (N, c_i, H / 2^i, W / 2^i)
-                dense = torch.cat([*rows[i], up], dim=1)  # (N, (j + 1) * c_i, H / 2^i, W / 2^i)
-                rows[i].append(self.nodes[key](dense))  # X^{i,j}: (N, c_i, H / 2^i, W / 2^i)
-        return rows[0][1:]
+        """``[X^{0,1}, ..., X^{0,level}]``, computing only the nodes with ``i + j <= level``."""
+        feats = self.encoder.first_maps(x, level + 1)  # X^{i,0}: (N, c_i, H / 2^i, W / 2^i)
+        return self.decoder.top_nodes(feats, level)
 
     def forward_seg(self, x: Tensor, aux: bool) -> SegOutput:
+        size = x.shape[-2:]
         if self.training:
             top = self._top_nodes(x, self.depth)  # depth x (N, c0, H, W)
-            out = self._head(self.depth, top[-1])  # (N, K, H, W)
+            out = self._head(self.depth, top[-1], size)  # (N, K, H, W)
             side = []
             if aux and self.deep_supervision:
                 # X^{0,depth-1}, ..., X^{0,1}: nearest to the output first
-                side = [self._head(j, top[j - 1]) for j in range(self.depth - 1, 0, -1)]  # (N, K, H, W) each
+                side = [
+                    self._head(j, top[j - 1], size) for j in range(self.depth - 1, 0, -1)
+                ]  # (N, K, H, W) each
             return SegOutput(out, side, None)
         level = self.active_level
         top = self._top_nodes(x, level)  # level x (N, c0, H, W)
         if self.ds_output == "average" or (aux and self.deep_supervision):
-            heads = [self._head(j, t) for j, t in enumerate(top, 1)]  # level x (N, K, H, W)
+            heads = [self._head(j, t, size) for j, t in enumerate(top, 1)]  # level x (N, K, H, W)
         else:
-            heads = [self._head(level, top[-1])]
+            heads = [self._head(level, top[-1], size)]
         out = torch.stack(heads).mean(0) if self.ds_output == "average" else heads[-1]  # (N, K, H, W)
         return SegOutput(out, heads[-2::-1] if aux else [], None)  # aux: X^{0,L-1}, ..., X^{0,1}
-
-
-# -- builders ------------------------------------------------------------------------------------
-@register_model(
-    paper="Zhou et al., UNet++: A Nested U-Net Architecture for Medical Image Segmentation, DLMIA 2018",
-    input_rule="H, W divisible by 2**depth (16 by default), or pad=True",
-    example_size=(32, 32),
-    default_loss="0.5*bce+dice",
-    test_options={"channels": (8, 16, 32, 64, 128)},
-)
-def unetpp(
-    *,
-    in_channels: int = 3,
-    num_classes: int = 1,
-    depth: int = 4,
-    base_channels: int = 32,
-    channels: Sequence[int] | None = None,
-    down: str = "maxpool",
-    up: str = "transposed",
-    norm: str = "batch",
-    act: str = "relu",
-    dropout: float = 0.0,
-    deep_supervision: bool = True,
-    ds_output: str = "final",
-    prune: int | None = None,
-    pad: bool = False,
-) -> UNetPlusPlus:
-    """U-Net++ with nested dense skips and deep supervision (the paper's widths by default).
-
-    Args:
-        in_channels: input channels.
-        num_classes: output channels.
-        depth: number of down-samplings (1..5); the grid has ``depth`` top nodes.
-        base_channels: width of the first level, doubled per level (32: the paper's
-            ``(32, 64, 128, 256, 512)``).
-        channels: explicit widths (``depth + 1`` values) instead of ``base_channels``.
-        down: ``"maxpool"``, ``"strided"`` or ``"pixel_unshuffle"``.
-        up: ``"transposed"`` (2x2 up-conv, the paper), ``"bilinear"``, ``"nearest"`` or
-            ``"pixel_shuffle"``.
-        norm: ``"batch"``, ``"instance"``, ``"group"`` or ``"none"``.
-        act: activation name.
-        dropout: dropout between the two convs of every node (0 disables).
-        deep_supervision: 1x1 heads on every top node ``X^{0,1..depth}`` (trained through
-            ``model(x, aux=True)``); ``False`` keeps only the final head.
-        ds_output: evaluation output, ``"final"`` (head of ``X^{0,L}``) or ``"average"`` (mean of
-            the heads' logits).
-        prune: ``1..depth``: evaluate only the sub-network ``L^prune`` (see
-            :meth:`UNetPlusPlus.prune`); ``None``: the whole model.
-        pad: pad to a multiple of ``2**depth`` and crop back instead of rejecting other sizes.
-
-    Returns:
-        A :class:`UNetPlusPlus`.
-
-    Raises:
-        ValueError: an invalid width list, option name, prune level, or ``ds_output="average"`` /
-            ``prune`` without deep supervision.
-
-    Defaults with 1 input channel and 1 class: 9,045,348 parameters (9,041,700 with
-    ``norm="none"``, the paper's 9.04 M); ``base_channels=64``: 36,164,292 (paper: 36.16 M).
-
-    Example:
-        >>> m = unetpp(in_channels=1, num_classes=2, channels=(8, 16, 32, 64, 128))
-        >>> res = m(torch.randn(2, 1, 64, 64), aux=True)
-        >>> res.out.shape, len(res.aux)
-        (torch.Size([2, 2, 64, 64]), 3)
-    """
-    check_sampling_options(down, up, norm)
-    ch = level_widths(depth, base_channels, channels)
-    return UNetPlusPlus(
-        in_channels,
-        num_classes,
-        channels=ch,
-        down=down,
-        up=up,
-        norm=norm,
-        act=act,
-        dropout=dropout,
-        deep_supervision=deep_supervision,
-        ds_output=ds_output,
-        prune=prune,
-        pad=pad,
-    )

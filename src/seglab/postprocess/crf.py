@@ -56,16 +56,10 @@ _EXACT_MAX_PIXELS = 4096  # dense_crf_exact builds two N x N float64 kernels
 
 
 def dense_crf(
-    image: np.ndarray | torch.Tensor,
-    probs: ArrayT,
-    *,
-    iterations: int = 5,
-    smooth_sigma: float = 3.0,
-    smooth_weight: float = 3.0,
-    bilateral_sigma_xy: float = 80.0,
-    bilateral_sigma_intensity: float = 13.0,
+    image: np.ndarray | torch.Tensor, probs: ArrayT, *, iterations: int = 5, smooth_sigma: float = 3.0,
+    smooth_weight: float = 3.0, bilateral_sigma_xy: float = 80.0, bilateral_sigma_intensity: float = 13.0,
     bilateral_weight: float = 10.0,
-) -> ArrayT:
+) -> ArrayT:  # fmt: skip
     """Refine class probabilities with a fully-connected CRF (mean-field inference).
 
     The image's intensities are used as they are, in the units that ``bilateral_sigma_intensity``
@@ -126,19 +120,17 @@ def dense_crf(
         >>> dense_crf(image, probs).shape
         torch.Size([2, 64, 96])
     """
-    img, p, opts = _prepare(
-        image,
-        probs,
-        iterations=iterations,
-        smooth_sigma=smooth_sigma,
-        smooth_weight=smooth_weight,
-        bilateral_sigma_xy=bilateral_sigma_xy,
-        bilateral_sigma_intensity=bilateral_sigma_intensity,
-        bilateral_weight=bilateral_weight,
-    )
+    options = (smooth_sigma, smooth_weight, bilateral_sigma_xy, bilateral_sigma_intensity, bilateral_weight)
+    img, p, opts = _prepare(image, probs, iterations, *options)
     if opts["iterations"] == 0 or (opts["smooth_weight"] == 0 and opts["bilateral_weight"] == 0):
         return _like(probs, p)
-    _, h, w = p.shape
+    q = _mean_field(p, _lattice_kernels(img, opts), opts["iterations"])  # (K, H, W)
+    return _like(probs, q)
+
+
+def _lattice_kernels(img: np.ndarray, opts: dict[str, Any]) -> list[_Kernel]:
+    """The fast kernels of :func:`dense_crf`: separable smoothness, permutohedral appearance."""
+    _, h, w = img.shape
     kernels: list[_Kernel] = []
     if opts["smooth_weight"] > 0:
         kernels.append(_SmoothKernel(h, w, opts["smooth_sigma"], opts["smooth_weight"]))
@@ -148,21 +140,14 @@ def dense_crf(
                 img, opts["bilateral_sigma_xy"], opts["bilateral_sigma_intensity"], opts["bilateral_weight"]
             )
         )
-    q = _mean_field(p, kernels, opts["iterations"])  # (K, H, W)
-    return _like(probs, q)
+    return kernels
 
 
 def dense_crf_exact(
-    image: np.ndarray | torch.Tensor,
-    probs: ArrayT,
-    *,
-    iterations: int = 5,
-    smooth_sigma: float = 3.0,
-    smooth_weight: float = 3.0,
-    bilateral_sigma_xy: float = 80.0,
-    bilateral_sigma_intensity: float = 13.0,
+    image: np.ndarray | torch.Tensor, probs: ArrayT, *, iterations: int = 5, smooth_sigma: float = 3.0,
+    smooth_weight: float = 3.0, bilateral_sigma_xy: float = 80.0, bilateral_sigma_intensity: float = 13.0,
     bilateral_weight: float = 10.0,
-) -> ArrayT:
+) -> ArrayT:  # fmt: skip
     """The same CRF as :func:`dense_crf` with exact, dense ``N x N`` kernels (a reference).
 
     Builds both Gaussian kernels as dense float64 matrices (no truncation, no lattice) and runs
@@ -189,16 +174,8 @@ def dense_crf_exact(
         >>> dense_crf_exact(image, torch.full((2, 16, 16), 0.5)).shape
         torch.Size([2, 16, 16])
     """
-    img, p, opts = _prepare(
-        image,
-        probs,
-        iterations=iterations,
-        smooth_sigma=smooth_sigma,
-        smooth_weight=smooth_weight,
-        bilateral_sigma_xy=bilateral_sigma_xy,
-        bilateral_sigma_intensity=bilateral_sigma_intensity,
-        bilateral_weight=bilateral_weight,
-    )
+    options = (smooth_sigma, smooth_weight, bilateral_sigma_xy, bilateral_sigma_intensity, bilateral_weight)
+    img, p, opts = _prepare(image, probs, iterations, *options)
     _, h, w = p.shape
     if h * w > _EXACT_MAX_PIXELS:
         raise InvalidValueError(
@@ -426,7 +403,6 @@ def _non_negative(name: str, value: object) -> float:
 def _prepare(
     image: Any,
     probs: Any,
-    *,
     iterations: object,
     smooth_sigma: object,
     smooth_weight: object,
@@ -447,7 +423,15 @@ def _prepare(
         "bilateral_sigma_intensity": _positive("bilateral_sigma_intensity", bilateral_sigma_intensity),
         "bilateral_weight": _non_negative("bilateral_weight", bilateral_weight),
     }
+    p = _check_probs(probs)
+    img = _check_image(image, p.shape)
+    if opts["bilateral_weight"] > 0 and opts["iterations"] > 0:
+        _warn_unscaled(img, opts["bilateral_sigma_intensity"])
+    return img, p, opts
 
+
+def _check_probs(probs: Any) -> np.ndarray:
+    """Class probabilities ``(K >= 2, H, W)`` in [0, 1] summing to 1 over dim 0, as float32."""
     p_raw = _to_numpy("probs", probs)
     if not np.issubdtype(p_raw.dtype, np.floating):
         raise InvalidTypeError(
@@ -478,7 +462,11 @@ def _prepare(
             f"probs must sum to 1 over the class dim 0 (tolerance {tol:g}); the largest deviation is "
             f"{worst:.4g}. Apply softmax over dim 0 (or normalise by the sum) first."
         )
+    return p
 
+
+def _check_image(image: Any, probs_shape: tuple[int, ...]) -> np.ndarray:
+    """A grey or RGB image ``(C, H, W)`` (or ``(H, W)``) of the probabilities' size, as float32."""
     img_raw = _to_numpy("image", image)
     if img_raw.dtype.kind not in "biuf":
         raise InvalidTypeError(f"image must hold real numbers; got dtype {img_raw.dtype}.")
@@ -495,17 +483,15 @@ def _prepare(
         raise InvalidValueError(
             f"image must have 1 (grey) or 3 (RGB) channels on dim 0; got shape {img_raw.shape}.{hint}"
         )
-    if img_raw.shape[1:] != p.shape[1:]:
+    if img_raw.shape[1:] != probs_shape[1:]:
         raise InvalidValueError(
             f"image and probs must have the same height and width; got image {img_raw.shape} and probs "
-            f"{p.shape}. Resize the probabilities to the image (or the image to the model's output)."
+            f"{tuple(probs_shape)}. Resize the probabilities to the image (or the image to the model's output)."
         )
     img = img_raw.astype(np.float32)
     if not np.isfinite(img).all():
         raise InvalidValueError("image holds NaN or inf values.")
-    if opts["bilateral_weight"] > 0 and opts["iterations"] > 0:
-        _warn_unscaled(img, opts["bilateral_sigma_intensity"])
-    return img, p, opts
+    return img
 
 
 def _warn_unscaled(img: np.ndarray, sigma: float) -> None:

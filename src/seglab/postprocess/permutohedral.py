@@ -67,118 +67,22 @@ class PermutohedralLattice:
     """
 
     def __init__(self, features: np.ndarray) -> None:
-        f = np.asarray(features)
-        if f.ndim != 2 or f.shape[0] == 0 or f.shape[1] == 0:
-            raise InvalidValueError(f"features must have shape (N, d) with N, d >= 1; got {f.shape}.")
-        if not (np.issubdtype(f.dtype, np.floating) or np.issubdtype(f.dtype, np.integer)):
-            raise InvalidValueError(f"features must be real numbers; got dtype {f.dtype}.")
-        f = np.ascontiguousarray(f.T, dtype=np.float32)  # (d, N): free for f.T of a float32 (d, N) array
-        if not np.isfinite(f).all():
-            raise InvalidValueError("features hold NaN or inf; clean the image or the positions first.")
+        f = _check_features(features)  # (d, N) float32
         d, n = f.shape
-        if d > _MAX_DIM:
-            raise InvalidValueError(f"the lattice supports up to {_MAX_DIM} feature dimensions; got {d}.")
         d1 = d + 1
         self.num_points = n
         self.dim = d
-        # Every per-point quantity below is stored coordinate-major, (d+1, N), so that each
-        # operation runs over long contiguous rows.
-
-        # --- elevate onto the hyperplane sum(x) = 0 of R^{d+1}, scaled so that the [1, 2, 1] blur
-        # along the d+1 directions approximates a unit Gaussian (Adams et al., section 3.1):
-        # x_0 = sum_m c_m, x_r = sum_{m >= r} c_m - r c_{r-1}, with c = f * scale. We keep x / (d+1),
-        # in which the remainder-0 lattice points are the integer points.
-        scale = [math.sqrt(2.0 / 3.0) / math.sqrt((m + 1.0) * (m + 2.0)) for m in range(d)]
-        elevated = np.empty((d1, n), np.float32)  # (d+1, N)
-        suffix = np.zeros(n, np.float32)  # (N,)
-        for r in range(d, 0, -1):
-            cf = f[r - 1] * scale[r - 1]  # (N,)
-            np.multiply(cf, -float(r), out=elevated[r])
-            elevated[r] += suffix
-            suffix += cf
-        elevated[0] = suffix
-        del f, cf, suffix
-
-        # --- the nearest remainder-0 point (in these units: round every coordinate), then the
-        # simplex that encloses the point
-        rem0 = np.rint(elevated)  # (d+1, N)
-        resid = np.subtract(elevated, rem0, out=elevated)  # (d+1, N) in [-1/2, 1/2]
-        coord_sum = rem0.sum(0).astype(np.int8)  # (N,) exact: small integers
-        # rank[c] = how many coordinates have a larger residual (ties: the earlier one ranks lower)
-        rank = np.zeros((d1, n), np.int8)  # (d+1, N)
-        for a in range(d1):
-            for b in range(a + 1, d1):
-                a_lower = resid[a] < resid[b]  # (N,)
-                rank[a] += a_lower
-                rank[b] += ~a_lower
-        # move to the remainder-0 point whose coordinates sum to zero: shift the ranks by the sum;
-        # coordinates whose rank leaves [0, d] wrap around and move by one lattice unit
-        rank += coord_sum
-        wrap_hi, wrap_lo = rank >= d1, rank < 0  # (d+1, N)
-        np.subtract(rank, d1, out=rank, where=wrap_hi)
-        np.add(rank, d1, out=rank, where=wrap_lo)
-        np.subtract(rem0, 1.0, out=rem0, where=wrap_hi)
-        np.add(rem0, 1.0, out=rem0, where=wrap_lo)
-        np.add(resid, 1.0, out=resid, where=wrap_hi)
-        np.subtract(resid, 1.0, out=resid, where=wrap_lo)
-        delta = resid  # (d+1, N): (elevated - rem0) / (d+1)
-        del wrap_hi, wrap_lo, coord_sum
-
-        # --- barycentric weights of the d+1 simplex vertices (vertex r has remainder r): with s_k
-        # the delta of the coordinate of rank k, w_0 = 1 + s_d - s_0 and w_r = s_{d-r} - s_{d+1-r}.
-        # The same scatter also gives each rank's coordinate's digit weight in the vertex keys.
+        # Every per-point quantity is stored coordinate-major, (d+1, N), so that each operation
+        # runs over long contiguous rows.
+        rem0, delta, rank = _enclosing_simplex(_elevate(f))  # (d+1, N) each
+        del f
         rem0_i = rem0[:d].astype(np.int64) * d1  # (d, N) integer lattice coordinates
         del rem0
-        pad = 2 * d1  # vertices lie within rem0 +- d; neighbours one lattice step further
-        low = rem0_i.min(1) - pad  # (d,)
-        span = rem0_i.max(1) + pad - low + 1  # (d,)
-        space = math.prod(int(x) for x in span)
-        if space >= _MAX_KEY_SPACE:
-            raise InvalidValueError(
-                "the features span too many lattice cells to key them in 64 bits: the Gaussian's "
-                "standard deviations are far too small for the data's range; increase them."
-            )
-        radix = [1] * d
-        for c in range(d - 2, -1, -1):
-            radix[c] = radix[c + 1] * int(span[c + 1])
-        radix_total = sum(radix)
-        cols = np.arange(n)
-        by_rank_delta = np.empty(d1 * n, np.float32)  # (d+1, N) flattened: s_k
-        by_rank_radix = np.zeros(d1 * n, np.int64)  # radix of the coordinate of rank k (0 for coordinate d)
-        for c in range(d1):
-            at = rank[c].astype(np.intp) * n + cols  # (N,)
-            by_rank_delta[at] = delta[c]
-            if c < d:
-                by_rank_radix[at] = radix[c]
-        s_k = by_rank_delta.reshape(d1, n)
-        by_rank_radix = by_rank_radix.reshape(d1, n)
-        weights_t = np.empty((d1, n), np.float32)  # (d+1, N)
-        weights_t[0] = 1.0 + s_k[d] - s_k[0]
-        for r in range(1, d1):
-            weights_t[r] = s_k[d - r] - s_k[d + 1 - r]
-        del delta, resid, by_rank_delta, s_k
-
-        # --- integer keys of the vertices (the first d coordinates determine a vertex, packed in
-        # mixed radix). Vertex r of the simplex is rem0 + r on the coordinates of rank <= d - r and
-        # rem0 + r - (d+1) on the others: going from vertex r-1 to r adds 1 to every coordinate and
-        # -(d+1) to the coordinate of rank d+1-r.
-        codes = np.empty((n, d1), np.int64)  # (N, d+1)
-        code = np.zeros(n, np.int64)  # (N,)
-        for c in range(d):
-            code += (rem0_i[c] - low[c]) * radix[c]
-        del rem0_i
-        codes[:, 0] = code
-        for r in range(1, d1):
-            code += radix_total - d1 * by_rank_radix[d1 - r]
-            codes[:, r] = code
-        del by_rank_radix, code
-        # one code per simplex (its remainder-0 vertex and its rank order), for the sort path
-        simplex = None
-        if space * d1**d < _MAX_KEY_SPACE:
-            simplex = codes[:, 0] * d1**d
-            for c in range(d):
-                simplex += rank[c].astype(np.int64) * d1**c
-        del rank
+        low, radix, space = _key_layout(rem0_i)
+        weights_t, by_rank_radix = _barycentric(delta, rank, radix)  # (d+1, N) each
+        del delta
+        codes, simplex = _vertex_codes(rem0_i, low, radix, by_rank_radix, rank, space)
+        del rem0_i, by_rank_radix, rank
 
         keys, index = _unique_codes(codes, space, simplex)  # (V,), (N, d+1)
         v = keys.size
@@ -191,6 +95,7 @@ class PermutohedralLattice:
         self._splat = self._slice.T  # (V, N), CSC: a scatter-add per column
 
         # --- neighbours of every vertex along the d+1 lattice directions (index V = absent: zero)
+        radix_total = sum(radix)
         self._neighbours: list[tuple[np.ndarray, np.ndarray]] = []
         for j in range(d1):
             # one step along direction j: every coordinate -1 and coordinate j + (d+1); for j = d only
@@ -237,6 +142,153 @@ class PermutohedralLattice:
             grid[:-1] = 0.5 * grid[:-1] + 0.25 * (grid[down] + grid[up])  # (V, K): right side is built first
         out = self._slice @ grid[:-1]  # (N, K)
         return out[:, 0] if squeeze else out
+
+
+def _check_features(features: np.ndarray) -> np.ndarray:
+    """``(N, d)`` finite real positions as a contiguous float32 ``(d, N)`` array."""
+    f = np.asarray(features)
+    if f.ndim != 2 or f.shape[0] == 0 or f.shape[1] == 0:
+        raise InvalidValueError(f"features must have shape (N, d) with N, d >= 1; got {f.shape}.")
+    if not (np.issubdtype(f.dtype, np.floating) or np.issubdtype(f.dtype, np.integer)):
+        raise InvalidValueError(f"features must be real numbers; got dtype {f.dtype}.")
+    f = np.ascontiguousarray(f.T, dtype=np.float32)  # (d, N): free for f.T of a float32 (d, N) array
+    if not np.isfinite(f).all():
+        raise InvalidValueError("features hold NaN or inf; clean the image or the positions first.")
+    if f.shape[0] > _MAX_DIM:
+        raise InvalidValueError(
+            f"the lattice supports up to {_MAX_DIM} feature dimensions; got {f.shape[0]}."
+        )
+    return f
+
+
+def _elevate(f: np.ndarray) -> np.ndarray:
+    """Elevate ``(d, N)`` positions onto the hyperplane ``sum(x) = 0`` of R^{d+1}: ``(d+1, N)``.
+
+    Scaled so that the [1, 2, 1] blur along the d+1 directions approximates a unit Gaussian (Adams
+    et al., section 3.1): ``x_0 = sum_m c_m``, ``x_r = sum_{m >= r} c_m - r c_{r-1}``, with
+    ``c = f * scale``. The result is ``x / (d+1)``, in which the remainder-0 lattice points are the
+    integer points.
+    """
+    d, n = f.shape
+    scale = [math.sqrt(2.0 / 3.0) / math.sqrt((m + 1.0) * (m + 2.0)) for m in range(d)]
+    elevated = np.empty((d + 1, n), np.float32)  # (d+1, N)
+    suffix = np.zeros(n, np.float32)  # (N,)
+    for r in range(d, 0, -1):
+        cf = f[r - 1] * scale[r - 1]  # (N,)
+        np.multiply(cf, -float(r), out=elevated[r])
+        elevated[r] += suffix
+        suffix += cf
+    elevated[0] = suffix
+    return elevated
+
+
+def _enclosing_simplex(elevated: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The remainder-0 point ``rem0``, the offsets ``delta`` and the coordinate ranks of the
+    simplex that encloses each point (``elevated`` is consumed)."""
+    d1, n = elevated.shape
+    # the nearest remainder-0 point (in these units: round every coordinate)
+    rem0 = np.rint(elevated)  # (d+1, N)
+    resid = np.subtract(elevated, rem0, out=elevated)  # (d+1, N) in [-1/2, 1/2]
+    coord_sum = rem0.sum(0).astype(np.int8)  # (N,) exact: small integers
+    # rank[c] = how many coordinates have a larger residual (ties: the earlier one ranks lower)
+    rank = np.zeros((d1, n), np.int8)  # (d+1, N)
+    for a in range(d1):
+        for b in range(a + 1, d1):
+            a_lower = resid[a] < resid[b]  # (N,)
+            rank[a] += a_lower
+            rank[b] += ~a_lower
+    # move to the remainder-0 point whose coordinates sum to zero: shift the ranks by the sum;
+    # coordinates whose rank leaves [0, d] wrap around and move by one lattice unit
+    rank += coord_sum
+    wrap_hi, wrap_lo = rank >= d1, rank < 0  # (d+1, N)
+    np.subtract(rank, d1, out=rank, where=wrap_hi)
+    np.add(rank, d1, out=rank, where=wrap_lo)
+    np.subtract(rem0, 1.0, out=rem0, where=wrap_hi)
+    np.add(rem0, 1.0, out=rem0, where=wrap_lo)
+    np.add(resid, 1.0, out=resid, where=wrap_hi)
+    np.subtract(resid, 1.0, out=resid, where=wrap_lo)
+    return rem0, resid, rank  # resid is now delta = (elevated - rem0) / (d+1)
+
+
+def _key_layout(rem0_i: np.ndarray) -> tuple[np.ndarray, list[int], int]:
+    """The mixed-radix layout of the vertex keys: lowest coordinate, radix per coordinate, key space.
+
+    Raises:
+        ValueError: the features span more lattice cells than 64-bit keys can hold.
+    """
+    d = rem0_i.shape[0]
+    pad = 2 * (d + 1)  # vertices lie within rem0 +- d; neighbours one lattice step further
+    low = rem0_i.min(1) - pad  # (d,)
+    span = rem0_i.max(1) + pad - low + 1  # (d,)
+    space = math.prod(int(x) for x in span)
+    if space >= _MAX_KEY_SPACE:
+        raise InvalidValueError(
+            "the features span too many lattice cells to key them in 64 bits: the Gaussian's "
+            "standard deviations are far too small for the data's range; increase them."
+        )
+    radix = [1] * d
+    for c in range(d - 2, -1, -1):
+        radix[c] = radix[c + 1] * int(span[c + 1])
+    return low, radix, space
+
+
+def _barycentric(delta: np.ndarray, rank: np.ndarray, radix: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Barycentric weights of the d+1 simplex vertices (vertex r has remainder r), and the radix
+    of the coordinate of each rank (for the vertex keys).
+
+    With ``s_k`` the delta of the coordinate of rank k, ``w_0 = 1 + s_d - s_0`` and
+    ``w_r = s_{d-r} - s_{d+1-r}``.
+    """
+    d1, n = delta.shape
+    d = d1 - 1
+    cols = np.arange(n)
+    by_rank_delta = np.empty(d1 * n, np.float32)  # (d+1, N) flattened: s_k
+    by_rank_radix = np.zeros(d1 * n, np.int64)  # radix of the coordinate of rank k (0 for coordinate d)
+    for c in range(d1):
+        at = rank[c].astype(np.intp) * n + cols  # (N,)
+        by_rank_delta[at] = delta[c]
+        if c < d:
+            by_rank_radix[at] = radix[c]
+    s_k = by_rank_delta.reshape(d1, n)
+    weights_t = np.empty((d1, n), np.float32)  # (d+1, N)
+    weights_t[0] = 1.0 + s_k[d] - s_k[0]
+    for r in range(1, d1):
+        weights_t[r] = s_k[d - r] - s_k[d + 1 - r]
+    return weights_t, by_rank_radix.reshape(d1, n)
+
+
+def _vertex_codes(
+    rem0_i: np.ndarray,
+    low: np.ndarray,
+    radix: list[int],
+    by_rank_radix: np.ndarray,
+    rank: np.ndarray,
+    space: int,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Integer keys ``(N, d+1)`` of the simplex vertices, and one code per simplex (or ``None``).
+
+    The first d coordinates determine a vertex, packed in mixed radix. Vertex r of the simplex is
+    rem0 + r on the coordinates of rank <= d - r and rem0 + r - (d+1) on the others: going from
+    vertex r-1 to r adds 1 to every coordinate and -(d+1) to the coordinate of rank d+1-r. The
+    simplex code (its remainder-0 vertex and its rank order) serves the sort path.
+    """
+    d, n = rem0_i.shape
+    d1 = d + 1
+    radix_total = sum(radix)
+    codes = np.empty((n, d1), np.int64)  # (N, d+1)
+    code = np.zeros(n, np.int64)  # (N,)
+    for c in range(d):
+        code += (rem0_i[c] - low[c]) * radix[c]
+    codes[:, 0] = code
+    for r in range(1, d1):
+        code += radix_total - d1 * by_rank_radix[d1 - r]
+        codes[:, r] = code
+    simplex = None
+    if space * d1**d < _MAX_KEY_SPACE:
+        simplex = codes[:, 0] * d1**d
+        for c in range(d):
+            simplex += rank[c].astype(np.int64) * d1**c
+    return codes, simplex
 
 
 def _self_weight(weights_t: np.ndarray, m: np.ndarray) -> np.ndarray:

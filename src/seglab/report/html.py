@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from seglab._files import write_text_atomic
+
 __all__ = ["HtmlReport", "format_value"]
 
 _CSS = """
@@ -168,10 +170,5 @@ class HtmlReport:
         )
 
     def write(self, path: str | os.PathLike[str]) -> Path:
-        """Write the page (parent folders created; written to a temporary file, then renamed)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(self.render(), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        """Write the page atomically (parent folders created)."""
+        return write_text_atomic(path, self.render())

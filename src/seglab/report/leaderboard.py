@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from seglab._files import write_text_atomic
 from seglab.errors import InvalidValueError, MissingFileError
 from seglab.report.html import HtmlReport, format_value
 
@@ -133,7 +134,7 @@ def write_leaderboard(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md = out / "leaderboard.md"
-    md.write_text(leaderboard_markdown(rows, columns))
+    write_text_atomic(md, leaderboard_markdown(rows, columns))
     report = HtmlReport("seglab leaderboard")
     report.table([{c: _cell(c, row.get(c)) for c in columns} for row in rows], columns)
     report.paragraph(

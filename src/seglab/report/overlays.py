@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from seglab._files import atomic_write
 from seglab.errors import InvalidValueError
 
 __all__ = [
@@ -373,9 +374,9 @@ def save_png(rgb: np.ndarray, path: str | os.PathLike[str], *, optimize: bool = 
             writes at zlib level 3, for reports with many large pictures.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     options = {"optimize": True} if optimize else {"compress_level": 3}
-    Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(path, **options)
+    with atomic_write(path, "wb") as f:
+        Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(f, format="PNG", **options)
     return path
 
 

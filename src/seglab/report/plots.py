@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from seglab._files import atomic_write
 from seglab.errors import InvalidValueError, missing_extra
 
 __all__ = ["moving_range", "plot_history"]
@@ -130,6 +131,6 @@ def plot_history(
         fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png")
     return path

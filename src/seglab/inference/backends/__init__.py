@@ -246,29 +246,25 @@ def accelerate(
         precision: ``"fp32"``, ``"bf16"`` or ``"int8"`` (see the module docstring's matrix).
         calibration: int8 only: normalised training tiles ``(C, h, w)`` or batches
             ``(N, C, h, w)`` (tensors or arrays), or a function returning them (called only if the
-            network is really quantised); :func:`calibration_tiles` draws them from a dataset.
-            Not needed when ``path`` holds a model quantised from the same weights.
-        calibration_size: at most this many tiles are used.
+            network is really quantised); :func:`calibration_tiles` draws them from a dataset. At
+            most ``calibration_size`` are used; none when ``path`` holds the quantised model.
         example_shape: ``(N, C, H, W)`` or ``(H, W)`` of the batches the caller will send (default one
             256 x 256 tile): the fixed size of graphs that cannot take any size, and the warm-up call.
         path: where the converted network is saved and reused (OpenVINO: ``.xml``, onnxruntime:
             ``.onnx``); a file made from other weights is replaced. Without it the conversion lives in
             memory only.
-        device: where the PyTorch backends run (default: the model's); onnxruntime and OpenVINO run
-            on the CPU.
+        device: where the PyTorch backends run (default: the model's; onnxruntime/OpenVINO: the CPU).
         threads: CPU threads of onnxruntime and OpenVINO (default: ``torch.get_num_threads()``).
         job_pixels: ``auto`` only: the input pixels the job sends through the network (default: one
             ``example_shape`` batch); see :func:`choose_backend`.
-        warm_up: run one ``example_shape`` batch before returning, so first-call costs (Inductor's
-            compilation) are paid here and counted in ``runner.warmup_s``.
+        warm_up: run one ``example_shape`` batch first (Inductor compiles here, in ``warmup_s``).
 
     Returns:
-        The runner (``runner.warmup_s`` holds the seconds this call took), or the predictor.
+        The runner (``runner.warmup_s``: the seconds this call took), or the predictor.
 
     Raises:
-        ValueError: an unknown or unsupported backend / precision, bf16 on a machine without it,
-            int8 without calibration, a bad shape.
-        ImportError: the backend's optional extra is not installed (the message names it).
+        ValueError: an unknown/unsupported backend or precision, bf16 without CPU support, int8
+            without calibration, a bad shape. ImportError: the backend's extra is not installed.
 
     Example:
         >>> import seglab, torch
@@ -285,15 +281,8 @@ def accelerate(
     if not isinstance(model, nn.Module):
         raise InvalidTypeError(f"accelerate expects an nn.Module or a Predictor; got {type(model).__name__}.")
     check_options(backend, precision)
-    if isinstance(calibration, int):
-        raise InvalidTypeError(
-            "calibration=N (a tile count) needs a Predictor, which knows its training data; give a model "
-            "calibration tiles (seglab.inference.calibration_tiles(dataset, N, tile))."
-        )
     target = Path(path) if path is not None else None
-    source = CalibrationSource(calibration, calibration_size)
-    if precision == "int8" and not source.given and (target is None or not target.is_file()):
-        raise InvalidValueError(_NO_CALIBRATION)
+    source = _calibration_source(calibration, calibration_size, precision, target)
     shape = example_shape_of(model, example_shape)
     dev = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
     if backend == "auto":
@@ -309,6 +298,22 @@ def accelerate(
         runner.warm_up(shape)
     runner.warmup_s = time.perf_counter() - start
     return runner
+
+
+def _calibration_source(
+    calibration: Any, size: int, precision: str, target: Path | None
+) -> CalibrationSource:
+    """The int8 calibration of :func:`accelerate`, checked: tiles, not a count; none only when ``target``
+    already holds the quantised network."""
+    if isinstance(calibration, int):
+        raise InvalidTypeError(
+            "calibration=N (a tile count) needs a Predictor, which knows its training data; give a model "
+            "calibration tiles (seglab.inference.calibration_tiles(dataset, N, tile))."
+        )
+    source = CalibrationSource(calibration, size)
+    if precision == "int8" and not source.given and (target is None or not target.is_file()):
+        raise InvalidValueError(_NO_CALIBRATION)
+    return source
 
 
 def _calibration_pixels(precision: str, source: CalibrationSource, shape: Sequence[int]) -> float:
