@@ -4,9 +4,16 @@ Rows (one per model x backend x precision), all in one process on the same input
 
 * ``backends`` — the demo ``unet`` (base 16, depth 4), ``deeplabv3plus`` (ResNet-34) and ``unetpp``
   (default widths) on one 1 x 1 x 1024 x 1024 image;
-* ``backends_window`` — the demo ``unet`` on a 1 x 1 x 2048 x 2048 image through
-  ``seglab.inference.sliding_window`` (tile 256, overlap 0.5, batch 4, Gaussian blending) end to
-  end, with each backend's runner as the network.
+* ``backends_window`` — the demo ``unet`` on a 1 x 1 x 2048 x 2048 image end to end through a
+  ``seglab.Predictor`` (input checks, sliding window of tile 256, overlap 0.5, batch 4, Gaussian
+  blending), with each backend's runner as the network (``Predictor.with_runner``);
+* ``backends_cli`` — ``seglab predict`` of the 3 hela test frames (whole 700 x 1100 frames, the
+  demo checkpoint; ``SEGLAB_BENCH_CHECKPOINT`` to change it, default ``runs/demo/best.pt``) in a
+  subprocess, start-up, model loading and writing the masks and overlays included: ``--backend
+  auto`` (the default) against ``--backend prepared`` (the default before backends existed) and
+  ``--backend eager``; then the same for 30 frames (the 3 test frames 10 times), where ``auto``
+  converts. A ``start-up`` row times ``seglab --version`` alone. Each row notes the backend
+  line the command printed.
 
 'eager' is the plain ``model.eval()`` forward in fp32 (under ``torch.inference_mode``), timed in
 the same run. Each row holds: model, backend, precision, ms (median per call), images/s,
@@ -19,26 +26,33 @@ of int8 on a trained model is measured by ``benchmarks/int8_dice.py``).
 Options through the environment: ``SEGLAB_BENCH_BACKENDS=eager,prepared,openvino`` limits the
 backends (eager always runs); backends that are not installed are skipped with a note.
 
-``--quick``: tiny models and sizes, no ``compile`` (Inductor's warm-up alone takes tens of
-seconds), one timed call: a smoke test that every path runs and agrees, in seconds.
+``--quick``: tiny models and sizes (the registry's test variants of the three models), no
+``compile`` (Inductor's warm-up alone takes tens of seconds), one timed call; ``backends_cli`` on
+three small synthetic frames and a tiny checkpoint: a smoke test that every path runs and agrees.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import seglab
 from benchmarks.harness import Result, benchmark, measure
-from seglab.inference import Runner, accelerate, available_backends, sliding_window, window_starts
+from seglab import Predictor
+from seglab.inference import Runner, accelerate, available_backends, window_starts
 
 #: (backend, precision) rows, in table order
 ROWS = (
@@ -69,7 +83,11 @@ FULL = (
     Case("deeplabv3plus r34 1024^2", "deeplabv3plus", {"encoder": "resnet34"}, (1, 1, 1024, 1024)),
     Case("unetpp 1024^2", "unetpp", {}, (1, 1, 1024, 1024)),
 )
-QUICK = (Case("unet8 64^2", "unet", {"base_channels": 8, "depth": 2}, (1, 1, 64, 64)),)
+QUICK = (
+    Case("unet8 64^2", "unet", {"base_channels": 8, "depth": 2}, (1, 1, 64, 64)),
+    Case("deeplabv3plus r18 64^2", "deeplabv3plus", {"encoder": "resnet18"}, (1, 1, 64, 64)),
+    Case("unetpp small 64^2", "unetpp", {"channels": (8, 16, 32, 64, 128)}, (1, 1, 64, 64)),
+)
 
 
 def _model(case: Case) -> nn.Module:
@@ -178,23 +196,23 @@ def bench_backends(quick: bool) -> list[Result]:
 
 
 @benchmark(
-    "backends_window", help="unet16, 2048^2 sliding window (tile 256, overlap 0.5) end to end per backend"
+    "backends_window",
+    help="unet16, 2048^2 through a Predictor (sliding window, tile 256, overlap 0.5) end to end per backend",
 )
 def bench_backends_window(quick: bool) -> list[Result]:
     case = QUICK[0] if quick else FULL[0]
     size, tile = (160, 64) if quick else (2048, 256)
     model = _model(case)  # the same weights as in the "backends" entry (seed 0)
-    image = torch.randn(1, case.shape[1], size, size)
+    image = torch.randn(case.shape[1], size, size)  # (C, H, W), already normalised
     label = f"{case.name} window {size}^2 tile {tile}"
 
-    def window(net: Callable) -> torch.Tensor:
-        return sliding_window(
-            net, image, tile=tile, overlap=0.5, batch_size=4, activation=None, prepare=False
-        )
+    def window(runner: Callable) -> torch.Tensor:
+        predictor = Predictor(runner, "none", tile=tile, overlap=0.5, batch_size=4)
+        return predictor.logits(image)  # (1, K, H, W) blended logits
 
     def eager() -> torch.Tensor:
         with torch.inference_mode():
-            return window(model)
+            return window(model)  # the model itself (an nn.Module is run as it is)
 
     ref = eager()
     tiles = len(window_starts(size, tile, 0.5)) ** 2
@@ -210,4 +228,87 @@ def bench_backends_window(quick: bool) -> list[Result]:
         seconds = first if quick else measure(lambda runner=runner: window(runner), warmup=0, repeat=repeat)
         diff = float((out - ref).abs().max())
         rows.append(_row(label, backend, precision, seconds, eager_s, flops, diff, runner.warmup_s))
+    return rows
+
+
+# -- seglab predict in a subprocess ---------------------------------------------------------------
+#: --backend values timed by ``backends_cli``: the default, the default before backends, plain eager
+CLI_BACKENDS = ("auto", "prepared", "eager")
+
+
+def _cli_inputs(folder: Path, quick: bool) -> tuple[Path, list[np.ndarray]]:
+    """The checkpoint and the raw frames: the demo checkpoint and hela test frames, or (quick) a
+    tiny untrained checkpoint and three small synthetic frames."""
+    if quick:
+        from seglab.engine.checkpoint import save_checkpoint
+
+        torch.manual_seed(0)
+        options = {"base_channels": 4, "depth": 2}
+        model = seglab.create_model("unet", in_channels=1, num_classes=1, **options)
+        state = {"model_name": "unet", "model_options": options, "in_channels": 1, "num_classes": 1,
+                 "mode": "binary", "normalization": {"method": "percentile"}, "model": model.state_dict()}  # fmt: skip
+        frames = [np.random.default_rng(i).integers(0, 4000, (1, 70, 110), dtype=np.uint16) for i in range(3)]
+        return save_checkpoint(folder / "tiny.pt", state), frames
+    from seglab.data import get_dataset
+
+    checkpoint = Path(os.environ.get("SEGLAB_BENCH_CHECKPOINT", "runs/demo/best.pt"))
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint}: run `seglab demo` first or set SEGLAB_BENCH_CHECKPOINT.")
+    test = get_dataset("hela", "test")
+    return checkpoint, [np.asarray(test[i][0]) for i in range(len(test))]
+
+
+def _seglab_seconds(args: list[str], threads: int) -> tuple[float, str]:
+    """Wall seconds of ``python -m seglab ARGS`` and the backend line it printed."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), TQDM_DISABLE="1")
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "seglab", *args], env=env, capture_output=True, text=True, check=False
+    )
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"seglab {' '.join(args)} failed: {done.stderr.strip()[-500:]}")
+    line = next((x for x in done.stdout.splitlines() if x.startswith("backend: ")), "")
+    return seconds, line.removeprefix("backend: ")
+
+
+@benchmark(
+    "backends_cli",
+    help="seglab predict of the 3 hela test frames (subprocess, start-up included): --backend auto vs prepared",
+)
+def bench_backends_cli(quick: bool) -> list[Result]:
+    import tifffile
+
+    threads = torch.get_num_threads()
+    repeat = 1 if quick else 3
+    rows: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="seglab-bench-cli-") as tmp:
+        folder = Path(tmp)
+        checkpoint, frames = _cli_inputs(folder, quick)
+        startup = min(_seglab_seconds(["--version"], threads)[0] for _ in range(repeat))
+        rows.append(Result("start-up (seglab --version)", startup, items=1))
+        for copies in (1,) if quick else (1, 10):
+            inputs = folder / f"frames{copies}"
+            inputs.mkdir()
+            for k in range(copies):
+                for i, frame in enumerate(frames):
+                    tifffile.imwrite(inputs / f"frame{k:02d}_{i}.tif", frame)
+            n = copies * len(frames)
+            names = CLI_BACKENDS[:2] if quick else CLI_BACKENDS
+            times: dict[str, list[float]] = {b: [] for b in names}
+            lines: dict[str, str] = {}
+            for r in range(repeat):  # alternating, so drifts of the machine hit every backend alike
+                for backend in names if r % 2 == 0 else names[::-1]:
+                    out = folder / f"out-{copies}-{backend}"
+                    argv = ["predict", "--checkpoint", str(checkpoint), str(inputs), "--out", str(out),
+                            "--backend", backend]  # fmt: skip
+                    seconds, lines[backend] = _seglab_seconds(argv, threads)
+                    times[backend].append(seconds)
+            base = statistics.median(times["prepared"])
+            for backend in names:
+                seconds = statistics.median(times[backend])
+                row = Result(f"seglab predict {n} frames --backend {backend}", seconds, base, n, "prepared")
+                row.extra.update(images_per_s=round(n / seconds, 3), startup_s=round(startup, 2),
+                                 backend_line=lines[backend])  # fmt: skip
+                rows.append(row)
     return rows

@@ -1,17 +1,21 @@
 """The accuracy cost of a backend x precision: Dice of a checkpoint on a dataset split, eager fp32
-against the accelerated network, through the same evaluation (whole images, the checkpoint's
-normalisation and threshold).
+against the accelerated network, through the same ``seglab.Predictor`` (whole images, the
+checkpoint's normalisation and threshold) that ``seglab predict/eval --backend --precision`` use.
 
-    python -m benchmarks.int8_dice --checkpoint runs/demo/best.pt                # hela test, int8 + bf16
+    python -m benchmarks.int8_dice --checkpoint runs/demo/best.pt                 # hela test: int8, bf16
     python -m benchmarks.int8_dice --checkpoint runs/brain/best.pt --data mni-brain --calibration 300
 
-int8 is calibrated on ``--calibration`` random tiles (``--tile`` pixels a side, default the
-training crop) of the *training* split, normalised like the model's inputs; the quantised network
-is saved next to the checkpoint (``<checkpoint>.int8.xml``) and reused on the next run for the
-same weights. Issue targets: Dice change <= 0.005 on hela test (int8), <= 0.002 (bf16); mean
-grey/white-matter Dice change <= 0.01 on mni-brain (int8).
+int8 is calibrated as ``seglab predict --precision int8`` does it (``Predictor.accelerate``):
+``--calibration`` random tiles (the training crop, rounded up to the size divisor) of the
+checkpoint's own *training* split, normalised like the model's inputs; the quantised network is
+saved next to the checkpoint (``<checkpoint>.int8.xml`` for OpenVINO, ``.int8.pt2`` for PT2E) and
+reused by the next run and by ``seglab predict`` for the same weights (delete it to calibrate
+again, e.g. with another ``--calibration``). Issue targets: Dice change <= 0.005 on hela test
+(int8), <= 0.002 (bf16); mean grey/white-matter Dice change <= 0.01 on mni-brain (int8).
 
-Prints one JSON row per precision: ``dice`` and per-class Dice, and their change against eager.
+Prints one JSON row per network: ``dice`` and per-class Dice (``dice_gm_wm_mean`` for mni-brain),
+their ``change`` against eager fp32, ``seconds`` (warm-up and evaluation) and the ``backend``
+line.
 """
 
 from __future__ import annotations
@@ -20,17 +24,14 @@ import argparse
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from seglab import Predictor
 from seglab.data import get_dataset
-from seglab.engine.checkpoint import load_model
 from seglab.engine.evaluate import evaluate
-from seglab.engine.predict import normalize_image
-from seglab.inference import accelerate, calibration_tiles
 
 
 def _scores(result: Any) -> dict[str, float]:
@@ -41,9 +42,14 @@ def _scores(result: Any) -> dict[str, float]:
     return scores
 
 
-def _score(net: Any, dataset: Any, meta: dict[str, Any], tta: str | None) -> dict[str, float]:
-    options = {"mode": meta.get("mode"), "tta": tta, "threshold": float(meta.get("threshold", 0.5))}
-    return _scores(evaluate(net, dataset, normalization=meta["normalization"], **options))
+def _row(predictor: Predictor, dataset: Any, data: str, split: str, precision: str) -> dict[str, Any]:
+    """Plan the backend for the split, evaluate, and time both."""
+    start = time.perf_counter()
+    line = predictor.plan([tuple(np.asarray(dataset[0][0]).shape[-2:])] * len(dataset))
+    scores = _scores(evaluate(predictor, dataset))
+    row = {"data": data, "split": split, "precision": precision, "backend": line, **scores}
+    row["seconds"] = round(time.perf_counter() - start, 1)
+    return row
 
 
 def measure_dice_change(
@@ -54,45 +60,33 @@ def measure_dice_change(
     backend: str = "openvino",
     precisions: tuple[str, ...] = ("int8", "bf16"),
     calibration: int = 300,
-    tile: int | None = None,
+    calibration_data: str | None = None,
     tta: str | None = None,
 ) -> list[dict[str, Any]]:
     """Dice of ``checkpoint`` on ``data``/``split``: eager fp32, then each precision on ``backend``.
 
     Returns:
-        One row per network: ``precision``, ``backend``, the Dice scores, ``change`` (each score
-        minus eager's) and ``seconds`` (evaluation time, warm-up included).
+        One row per network: ``precision``, ``backend`` (the line ``seglab predict`` prints), the
+        Dice scores, ``change`` (each score minus eager's) and ``seconds``.
     """
-    model, meta = load_model(checkpoint, map_location="cpu")
-    model.eval()
-    config = meta.get("config") or {}
-    data_cfg = config.get("data", {}) if isinstance(config, dict) else {}
-    data = data or data_cfg.get("name") or "hela"
-    tile = tile or int(data_cfg.get("crop") or 256)
-    tile = -(-tile // model.size_divisor) * model.size_divisor
+    reference = Predictor.from_checkpoint(checkpoint, device="cpu", tta=tta, backend="eager")
+    config = reference.meta.get("config") or {}
+    data = data or (config.get("data") or {}).get("name") or "hela"
     dataset = get_dataset(data, split)
-    start = time.perf_counter()
-    base = _score(model, dataset, meta, tta)
-    rows = [{"data": data, "split": split, "backend": "eager", "precision": "fp32", **base}]
-    rows[0]["seconds"] = round(time.perf_counter() - start, 1)
+    base = _row(reference, dataset, data, split, "fp32")
+    rows = [base]
     for precision in precisions:
-        start = time.perf_counter()
-        tiles = None
-        if precision == "int8":
-            train = get_dataset(data, "train")
-            tiles = calibration_tiles(
-                train, calibration, tile, transform=lambda x: normalize_image(x, meta["normalization"])
-            )
-        path = (
-            Path(f"{checkpoint}.{precision}.xml") if backend == "openvino" and precision == "int8" else None
+        predictor = Predictor.from_checkpoint(
+            checkpoint,
+            device="cpu",
+            tta=tta,
+            backend=backend,
+            precision=precision,
+            calibration=calibration,
+            calibration_data=calibration_data,
         )
-        runner = accelerate(
-            model, backend, precision, calibration=tiles, path=path, example_shape=(tile, tile)
-        )
-        got = _score(runner, dataset, meta, tta)
-        row = {"data": data, "split": split, "backend": backend, "precision": precision, **got}
-        row["change"] = {k: round(got[k] - base[k], 5) for k in base if k in got}
-        row["seconds"] = round(time.perf_counter() - start, 1)
+        row = _row(predictor, dataset, data, split, precision)
+        row["change"] = {k: round(row[k] - base[k], 5) for k in base if k.startswith("dice") and k in row}
         rows.append(row)
     return rows
 
@@ -107,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="openvino", help="openvino (default) or compile (PT2E int8)")
     parser.add_argument("--precisions", default="int8,bf16", help="comma-separated (default int8,bf16)")
     parser.add_argument("--calibration", type=int, default=300, help="int8 calibration tiles (default 300)")
-    parser.add_argument("--tile", type=int, help="calibration tile size (default: the training crop)")
+    parser.add_argument("--calibration-data", help="draw them from this dataset (default: the checkpoint's)")
     parser.add_argument(
         "--tta", choices=["hflip", "flips", "d4"], help="test-time augmentation (default none)"
     )
@@ -121,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         backend=args.backend,
         precisions=tuple(p for p in args.precisions.split(",") if p),
         calibration=args.calibration,
-        tile=args.tile,
+        calibration_data=args.calibration_data,
         tta=args.tta,
     )
     for row in rows:

@@ -218,6 +218,7 @@ def _add_inference_flags(p: argparse.ArgumentParser) -> None:
         "trained with dataset/fixed normalisation and images from another camera); default: as stored",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_backend_flags(p)
 
 
 def _add_export(sub: Any) -> None:
@@ -282,6 +283,27 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default), auto or cuda")
     _repeatable(p, "--set", "change the recipe")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_backend_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--backend",
+        default="auto",
+        help="what runs the network: auto (default: the fastest for the whole job, conversion and compilation "
+        "included; the prepared PyTorch model for small jobs), eager, prepared, compile, onnxruntime, openvino",
+    )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        help="fp32 (default; auto never changes it), bf16 (CPUs with native bfloat16) or int8 (calibrated, "
+        "saved next to the checkpoint as <checkpoint>.int8.xml and reused)",
+    )
+    p.add_argument("--calibration", type=int, help="int8: training tiles to calibrate on (default 300)")
+    p.add_argument(
+        "--calibration-data",
+        help="int8: dataset name or folder to draw calibration tiles from (default: the checkpoint's training "
+        "split)",
+    )
 
 
 # -- commands -------------------------------------------------------------------------------------------
@@ -392,7 +414,11 @@ def _predict_options(args: argparse.Namespace, **extra: Any) -> Any:
     from seglab.engine.predict import PredictOptions
 
     flags = ("tile", "overlap", "tta", "crf", "threshold", "device", "normalize")
-    return PredictOptions(**{f: getattr(args, f) for f in flags}, progress=not args.quiet, **extra)
+    flags += ("backend", "precision", "calibration", "calibration_data")
+    announce = None if args.quiet else (lambda line: print(f"backend: {line}", flush=True))
+    return PredictOptions(
+        **{f: getattr(args, f) for f in flags}, progress=not args.quiet, announce=announce, **extra
+    )
 
 
 def _instance_summary(result: Any) -> str:

@@ -75,7 +75,7 @@ def _inputs(name: str, model: torch.nn.Module, second: bool = True) -> list[torc
 
 @pytest.mark.parametrize(("backend", "name"), _cases())
 def test_fp32_backend_matches_eager(
-    backend: str, name: str, request: pytest.FixtureRequest, record_property: Callable[[str, object], None]
+    backend: str, name: str, record_property: Callable[[str, object], None]
 ) -> None:
     _need(backend)
     model = build(name, in_channels=3, num_classes=2)
@@ -83,9 +83,13 @@ def test_fp32_backend_matches_eager(
     runner = accelerate(model, backend, "fp32", example_shape=(2, 3, h, w))
     assert runner.backend == backend and runner.precision == "fp32"
     assert runner.size_divisor == model.size_divisor and runner.num_classes == 2
-    # torch.compile compiles each new size again (tens of seconds): the second size in the slow cases
-    second = backend != "compile" or request.node.get_closest_marker("slow") is not None
-    for x in _inputs(name, model, second):
+    # torch.compile compiles each new size again (tens of seconds, minutes on a loaded machine): one
+    # size, in batches of 1 and 3 as well (padded to / split into the compiled batch of 2: no new graph)
+    inputs = _inputs(name, model, second=backend != "compile")
+    if backend == "compile":
+        inputs += [inputs[0][:1], torch.cat([inputs[0], inputs[0][:1]])]
+    graphs = _compiled_graphs()  # the runner compiled its graph while warming up
+    for x in inputs:
         with torch.no_grad():
             ref = model(x)
         assert float(ref.std()) > 0, f"{name}: constant reference output at {tuple(x.shape)}"
@@ -93,11 +97,19 @@ def test_fp32_backend_matches_eager(
         assert got.dtype == torch.float32 and got.shape == ref.shape
         assert runner.output_shape(tuple(x.shape[-2:])) == tuple(ref.shape[-2:])
         diff, scale = float((got - ref).abs().max()), float(ref.abs().max())
-        record_property(f"max_abs_diff_{x.shape[2]}x{x.shape[3]}", f"{diff:.1e} (|ref| {scale:.2g})")
+        record_property(f"max_abs_diff_{tuple(x.shape)}", f"{diff:.1e} (|ref| {scale:.2g})")
         # 1e-4 absolute for unit-scale logits; relative for models whose random-init logits are large
         assert diff <= 1e-4 * max(1.0, scale), (
             f"{name} {backend} at {tuple(x.shape)}: {diff:.2e} (|ref| {scale:.1f})"
         )
+    if backend == "compile":
+        assert _compiled_graphs() == graphs, "a batch of another size compiled a second graph"
+
+
+def _compiled_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 def _trained_unet() -> torch.nn.Module:
@@ -273,6 +285,8 @@ def test_errors(monkeypatch) -> None:
     with pytest.raises(ValueError, match="calibration"):
         accelerate(model, "openvino", "int8")
     with pytest.raises(TypeError, match="iterable of normalised tiles"):
+        accelerate(model, "openvino", "int8", calibration=object())
+    with pytest.raises(TypeError, match=r"tile count.*needs a Predictor"):
         accelerate(model, "openvino", "int8", calibration=5)
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "openvino" else real(n, *a))

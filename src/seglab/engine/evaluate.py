@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from seglab._files import check_writable, csv_text, jsonable, write_text_atomic
-from seglab.engine.predict import PredictOptions, build_predictor, predict_image
+from seglab.engine.predict import PredictOptions, build_predictor, plan_backend, predict_image
 from seglab.engine.predictor import Predictor
 from seglab.errors import InvalidValueError
 
@@ -377,6 +377,7 @@ def evaluate_checkpoint(
         FileNotFoundError, CheckpointError, ValueError: bad paths, checkpoint or data.
     """
     from seglab.data import get_dataset
+    from seglab.engine._acceleration import describe_runner
 
     opts = options or PredictOptions()
     ckpt = Path(checkpoint)
@@ -389,9 +390,11 @@ def evaluate_checkpoint(
 
         predictor.decoder.check_options(opts)
         dataset = get_dataset(data, split, task="labels", **dict(data_options or {}))
+        _plan(predictor, dataset, opts)
         result = evaluate_instances(predictor, dataset, out_dir=out / "predictions", progress=opts.progress)
     else:
         dataset = get_dataset(data, split, **dict(data_options or {}))
+        _plan(predictor, dataset, opts)
         result = evaluate(predictor, dataset, crf=opts.crf, progress=opts.progress)
     extra = {
         "checkpoint": str(ckpt),
@@ -403,6 +406,7 @@ def evaluate_checkpoint(
         "crf": opts.crf,
         "threshold": predictor.threshold,
         "normalization": predictor.normalization.method,
+        "backend": describe_runner(predictor.runner),
     }
     paths = write_eval(result, out, extra=extra)
     if split == "test":
@@ -410,6 +414,13 @@ def evaluate_checkpoint(
             ckpt.parent / "metrics.json", result, data, {**extra, "epoch": predictor.meta.get("epoch")}
         )
     return result, paths
+
+
+def _plan(predictor: Predictor, dataset: Any, opts: PredictOptions) -> None:
+    """Choose the backend for the whole split (images taken to be the size of the first one)."""
+    if len(dataset):
+        hw = tuple(int(s) for s in np.asarray(dataset[0][0]).shape[-2:])
+        plan_backend(predictor, [hw] * len(dataset), opts)  # type: ignore[list-item]
 
 
 def _same_data(a: str, b: str) -> bool:

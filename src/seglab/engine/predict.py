@@ -40,7 +40,7 @@ import contextlib
 import os
 import warnings
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,7 @@ __all__ = [
     "logits_to_probs",
     "normalize_image",
     "output_names",
+    "plan_backend",
     "predict_files",
     "predict_logits",
     "probs_to_logits",
@@ -205,6 +206,17 @@ class PredictOptions:
         progress: progress bar over files.
         normalize: ``None`` (the stored normalisation) or ``"percentile"`` (see
             :meth:`Predictor.from_checkpoint <seglab.engine.predictor.Predictor.from_checkpoint>`).
+        backend: what runs the network: ``"auto"`` (default: the fastest for the whole job, from
+            a cost model that counts conversion and compilation; the prepared PyTorch model for
+            small jobs), ``"eager"``, ``"prepared"``, ``"compile"``, ``"onnxruntime"`` or
+            ``"openvino"`` (see :meth:`Predictor.accelerate
+            <seglab.engine.predictor.Predictor.accelerate>`). With an ONNX file: onnxruntime.
+        precision: ``"fp32"`` (default; ``auto`` never changes it), ``"bf16"`` or ``"int8"``.
+        calibration: int8: training tiles to calibrate on (default 300).
+        calibration_data: int8: a dataset name or folder to draw them from (default: the
+            checkpoint's training split).
+        announce: called once with one line naming the backend, when it is chosen (the CLI prints
+            it unless ``--quiet``).
     """
 
     tile: int | None = None
@@ -219,9 +231,15 @@ class PredictOptions:
     device: str = "auto"
     progress: bool = True
     normalize: str | None = None
+    backend: str = "auto"
+    precision: str = "fp32"
+    calibration: int | None = None
+    calibration_data: str | None = None
+    announce: Callable[[str], None] | None = None
 
 
 _PREDICTOR_OPTIONS = ("tile", "overlap", "tta", "batch_size", "threshold", "normalize")
+_BACKEND_OPTIONS = ("backend", "precision", "calibration", "calibration_data")
 
 
 def build_predictor(
@@ -241,10 +259,32 @@ def build_predictor(
     common: dict[str, Any] = {key: getattr(opts, key) for key in _PREDICTOR_OPTIONS}
     common["progress"] = opts.progress and opts.tile is not None  # a bar over tiles
     if onnx is not None:
+        if opts.backend not in ("auto", "onnxruntime") or opts.precision != "fp32":
+            raise InvalidValueError(
+                f"an ONNX file runs on onnxruntime in fp32; for --backend {opts.backend} --precision "
+                f"{opts.precision} predict from the checkpoint (--checkpoint PATH, without --onnx)."
+            )
         return Predictor.from_onnx(onnx, checkpoint=checkpoint, **common)
     if checkpoint is None:
         raise InvalidValueError("Pass a checkpoint (--checkpoint PATH) or an ONNX model (--onnx PATH).")
-    return Predictor.from_checkpoint(checkpoint, device=opts.device, **common)
+    backend = {key: getattr(opts, key) for key in _BACKEND_OPTIONS}
+    return Predictor.from_checkpoint(checkpoint, device=opts.device, **common, **backend)
+
+
+def plan_backend(predictor: Predictor, sizes: Sequence[tuple[int, int]], opts: PredictOptions) -> str:
+    """Choose and build the predictor's backend for a job of images of ``sizes`` (``backend="auto"``
+    weighs the warm-up against the whole job) and tell ``opts.announce``; returns its line."""
+    line = predictor.plan(sizes)
+    if opts.announce is not None:
+        opts.announce(line)
+    return line
+
+
+def _file_sizes(files: Sequence[Path]) -> list[tuple[int, int]]:
+    """``(H, W)`` of every file, from its header."""
+    from seglab.data.io import image_info
+
+    return [(info.height, info.width) for info in map(image_info, files)]
 
 
 def _crf_image(image: np.ndarray) -> np.ndarray:
@@ -460,10 +500,12 @@ def predict_files(
     out = Path(out_dir)
     check_writable(out, "output folder")  # before any work: a read-only folder fails at once
     predictor = build_predictor(checkpoint, onnx=onnx, options=opts)
-    out.mkdir(parents=True, exist_ok=True)
-    _warn_renamed(files, names)
     if predictor.decoder is not None:  # an instance model: label images
         predictor.decoder.check_options(opts)
+    plan_backend(predictor, _file_sizes(files), opts)  # the backend for the whole job, before any output
+    out.mkdir(parents=True, exist_ok=True)
+    _warn_renamed(files, names)
+    if predictor.decoder is not None:
         return _predict_instance_files(predictor, files, names, out, opts)
     pairs = list(zip(files, names))
     return [_predict_one(predictor, path, out, name, opts) for path, name in _progress(pairs, opts.progress)]

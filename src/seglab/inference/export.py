@@ -45,12 +45,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from seglab._options import check_positive_int
 from seglab.errors import InvalidTypeError, InvalidValueError, MissingFileError, missing_extra
 from seglab.inference._onnx_checks import check_onnx_file
 from seglab.inference.prepare import prepare
 from seglab.inference.runner import Runner
 
-__all__ = ["OnnxModel", "check_onnx", "export_onnx"]
+__all__ = ["OnnxModel", "check_onnx", "export_onnx", "export_program", "trace_size"]
 
 _INPUT, _OUTPUT = "image", "logits"
 
@@ -81,11 +82,31 @@ def _output_hw(model: nn.Module, hw: tuple[int, int]) -> tuple[int, int]:
     return tuple(int(s) for s in shape_fn(hw)) if callable(shape_fn) else hw  # type: ignore[return-value]
 
 
-def _graph(model: nn.Module, example: Tensor, divisor: int | None) -> torch.export.ExportedProgram:
-    """``torch.export`` with a symbolic batch and, unless ``divisor`` is ``None``, symbolic H and W:
-    multiples of ``divisor`` when it is above 1 (an error if the model's code needs a narrower
-    rule), else any size in the range the export infers (``Dim.DYNAMIC``; an error if the code
-    specialises on the traced size)."""
+def export_program(model: nn.Module, example: Tensor, divisor: int | None) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``model`` on ``example`` with a symbolic batch and, unless ``divisor`` is
+    ``None``, symbolic H and W: multiples of ``divisor`` when it is above 1 (an error if the model's
+    code needs a narrower rule), else any size in the range the export infers (``Dim.DYNAMIC``; an
+    error if the code specialises on the traced size).
+
+    The graph capture shared by :func:`export_onnx` and the converting backends of
+    :func:`~seglab.inference.accelerate` (OpenVINO, PT2E int8). Trace dynamic graphs at
+    :func:`trace_size` so no feature map shrinks to one pixel.
+
+    Args:
+        model: the module to capture (typically its :func:`~seglab.inference.prepare` copy, on the CPU).
+        example: an example batch ``(N, C, H, W)``; ``N >= 2`` keeps the batch symbolic.
+        divisor: the step of symbolic H and W (1: any size), or ``None`` for a fixed H and W.
+
+    Returns:
+        The exported program.
+
+    Example:
+        >>> import seglab
+        >>> m = seglab.create_model("unet", in_channels=1, num_classes=2, base_channels=4, depth=2).eval()
+        >>> program = export_program(m, torch.randn(2, 1, *trace_size((32, 32), 4)), 4)
+        >>> program.module()(torch.randn(1, 1, 36, 44)).shape
+        torch.Size([1, 2, 36, 44])
+    """
     dim = torch.export.Dim
     dims: dict[int, Any] = {0: dim("batch", min=1, max=65536)}
     if divisor is not None and divisor > 1:
@@ -94,6 +115,18 @@ def _graph(model: nn.Module, example: Tensor, divisor: int | None) -> torch.expo
     elif divisor is not None:
         dims[2] = dims[3] = dim.DYNAMIC
     return torch.export.export(model, (example,), dynamic_shapes=(dims,), strict=False)
+
+
+def trace_size(hw: Sequence[int], step: int) -> tuple[int, int]:
+    """A comfortable size to trace a dynamic graph at: ``hw`` rounded up to a multiple of ``step``,
+    at least 128 and two steps a side, so no feature map shrinks to one pixel (a symbol that reaches
+    1 anywhere in the network, say at the deepest level of an encoder, is specialised to a constant).
+
+    Example:
+        >>> trace_size((30, 500), 32)
+        (128, 512)
+    """
+    return tuple(-(-max(int(s), 2 * step, 128) // step) * step for s in hw)  # type: ignore[return-value]
 
 
 def _min_hw(program: torch.export.ExportedProgram) -> list[int] | None:
@@ -157,11 +190,8 @@ def _dynamic_program(
     reasons: list[str] = []
     for step in dict.fromkeys(steps):
         try:
-            # trace at a comfortable size (a multiple of the step, >= 128 and >= 2 steps): a
-            # symbol that reaches 1 anywhere in the network (one step, the deepest level of an
-            # encoder) gets specialised to a constant
-            size = [-(-max(s, 2 * step, 128) // step) * step for s in hw]
-            exported = _graph(prepared, torch.randn(max(2, shape[0]), shape[1], *size), step)
+            size = trace_size(hw, step)
+            exported = export_program(prepared, torch.randn(max(2, shape[0]), shape[1], *size), step)
             min_hw = _min_hw(exported) if step == 1 else [step, step]
             program = _to_onnx(exported, opset)
         except Exception as err:  # "auto" moves on and, in the end, says why
@@ -250,7 +280,7 @@ def export_onnx(
                 f"export_onnx: exported at the fixed size {hw}: {'; '.join(reasons)}.", stacklevel=2
             )
         example = torch.randn(max(2, shape[0]), *shape[1:])  # batch >= 2 keeps the batch symbolic
-        program = _to_onnx(_graph(prepared, example, None), opset)
+        program = _to_onnx(export_program(prepared, example, None), opset)
     meta = {
         "seglab.format": "1",
         "seglab.model": type(model).__name__,
@@ -310,6 +340,16 @@ def _default_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available] or available
 
 
+def _session_options(ort: Any, threads: int | None, options: Any) -> Any:
+    """``options`` (or new ``SessionOptions``) with ``threads`` set, or ``None`` when neither is given."""
+    if threads is None:
+        return options
+    check_positive_int("threads", threads)
+    options = options if options is not None else ort.SessionOptions()
+    options.intra_op_num_threads = int(threads)
+    return options
+
+
 class OnnxModel(Runner):
     """An exported model run by onnxruntime, callable like the PyTorch model: the ONNX
     :class:`~seglab.inference.runner.Runner` behind ``Predictor.from_onnx``.
@@ -318,6 +358,10 @@ class OnnxModel(Runner):
         path: an ``.onnx`` file written by :func:`export_onnx` (other single-input graphs work too;
             they just lack the metadata).
         providers: onnxruntime execution providers (default: CUDA when available, then CPU).
+        threads: CPU threads of the session (``intra_op_num_threads``; default: onnxruntime's,
+            one per physical core).
+        session_options: an ``onnxruntime.SessionOptions`` for everything else (``threads``, when
+            given, is set on it).
 
     Attributes:
         in_channels, num_classes, size_divisor: read from the file's metadata (``None`` if absent).
@@ -337,7 +381,14 @@ class OnnxModel(Runner):
         torch.Size([3, 2, 48, 64])
     """
 
-    def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        providers: Sequence[str] | None = None,
+        *,
+        threads: int | None = None,
+        session_options: Any = None,
+    ) -> None:
         try:
             import onnxruntime as ort
         except ImportError as err:
@@ -350,9 +401,10 @@ class OnnxModel(Runner):
             )
         check_onnx_file(self.path)
         bad = ort.capi.onnxruntime_pybind11_state
+        options = _session_options(ort, threads, session_options)
         try:
             self.session = ort.InferenceSession(
-                str(self.path), providers=list(providers or _default_providers())
+                str(self.path), sess_options=options, providers=list(providers or _default_providers())
             )
         except (bad.InvalidProtobuf, bad.InvalidGraph, bad.Fail, bad.NoSuchFile) as err:
             raise InvalidValueError(

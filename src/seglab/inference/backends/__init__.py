@@ -29,11 +29,10 @@ import importlib.util
 import os
 import shutil
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -46,17 +45,23 @@ from seglab.inference.backends._auto import (
 from seglab.inference.backends._base import (
     BACKENDS,
     PRECISIONS,
+    CalibrationSource,
     Runner,
-    as_calibration_batches,
     calibration_tiles,
     check_options,
     cpu_supports_bf16,
     example_shape_of,
+    saved_backends,
 )
+from seglab.inference.backends._lazy import LazyRunner
+
+if TYPE_CHECKING:
+    from seglab.engine.predictor import Predictor
 
 __all__ = [
     "BACKENDS",
     "PRECISIONS",
+    "LazyRunner",
     "Runner",
     "accelerate",
     "available_backends",
@@ -160,6 +165,7 @@ def choose_backend(
     device: str | torch.device = "cpu",
     threads: int | None = None,
     saved: Iterable[str] = (),
+    ready: Iterable[str] = (),
     calibration_pixels: float = 0.0,
     example_hw: tuple[int, int] | None = None,
 ) -> tuple[str, dict[str, float]]:
@@ -174,6 +180,7 @@ def choose_backend(
         device: where it runs (off the CPU only the PyTorch backends are candidates).
         threads: CPU threads (default ``torch.get_num_threads()``).
         saved: backends whose conversion of these weights is already saved (opening is cheap).
+        ready: backends already built for this model (no warm-up: a Predictor's prepared copy).
         calibration_pixels: pixels of the int8 calibration tiles.
         example_hw: a size the model takes, for counting FLOPs when 64 x 64 is not one.
 
@@ -192,7 +199,7 @@ def choose_backend(
         raise InvalidValueError("choose_backend needs the input channels (channels=...) of this model.")
     per_pixel = flops_per_pixel(model, in_ch, example_hw)
     layers, n = count_layers(model), int(threads or torch.get_num_threads())
-    saved = set(saved)
+    saved, ready = set(saved), set(ready)
     costs = {
         b: estimate_seconds(
             b,
@@ -201,6 +208,7 @@ def choose_backend(
             layers=layers,
             threads=n,
             saved=b in saved,
+            ready=b in ready,
             calibration_flops=per_pixel * float(calibration_pixels),
         )
         for b in available_backends(precision, device)
@@ -210,18 +218,12 @@ def choose_backend(
     return min(costs, key=costs.__getitem__), costs
 
 
-def _saved_backends(path: Path | None) -> list[str]:
-    if path is None or not path.is_file():
-        return []
-    return ["openvino"] if path.suffix == ".xml" else ["onnxruntime"] if path.suffix == ".onnx" else []
-
-
 def accelerate(
-    model: nn.Module,
+    model: nn.Module | Predictor,
     backend: str = "auto",
     precision: str = "fp32",
     *,
-    calibration: Iterable[Any] | None = None,
+    calibration: Iterable[Any] | Callable[[], Iterable[Any]] | int | None = None,
     calibration_size: int = 300,
     example_shape: Sequence[int] | None = None,
     path: str | os.PathLike | None = None,
@@ -229,40 +231,40 @@ def accelerate(
     threads: int | None = None,
     job_pixels: float | None = None,
     warm_up: bool = True,
-) -> Runner:
-    """A :class:`Runner` for ``model`` on ``backend`` in ``precision``.
+) -> Runner | Predictor:
+    """A :class:`Runner` for ``model`` on ``backend`` in ``precision`` (or, given a
+    :class:`~seglab.Predictor`, the same predictor on that backend: :meth:`Predictor.accelerate
+    <seglab.engine.predictor.Predictor.accelerate>`).
 
     Args:
         model: a semantic model (any ``nn.Module`` ``(N, C, H, W) -> (N, K, H', W')`` works; a
             :class:`~seglab.models.SegmentationModel` brings its size divisor and output geometry).
-            It is not modified.
+            It is not modified. Or a :class:`~seglab.Predictor`: ``backend``, ``precision``,
+            ``calibration``, ``path`` and ``threads`` go to its ``accelerate``, the rest is unused.
         backend: ``"auto"``, ``"eager"``, ``"prepared"``, ``"compile"``, ``"onnxruntime"`` or
             ``"openvino"``.
         precision: ``"fp32"``, ``"bf16"`` or ``"int8"`` (see the module docstring's matrix).
         calibration: int8 only: normalised training tiles ``(C, h, w)`` or batches
-            ``(N, C, h, w)`` (tensors or arrays); :func:`calibration_tiles` draws them from a dataset.
-            Not needed when ``path`` holds a model quantised from the same weights.
-        calibration_size: at most this many tiles are used.
+            ``(N, C, h, w)`` (tensors or arrays), or a function returning them (called only if the
+            network is really quantised); :func:`calibration_tiles` draws them from a dataset. At
+            most ``calibration_size`` are used; none when ``path`` holds the quantised model.
         example_shape: ``(N, C, H, W)`` or ``(H, W)`` of the batches the caller will send (default one
             256 x 256 tile): the fixed size of graphs that cannot take any size, and the warm-up call.
         path: where the converted network is saved and reused (OpenVINO: ``.xml``, onnxruntime:
             ``.onnx``); a file made from other weights is replaced. Without it the conversion lives in
             memory only.
-        device: where the PyTorch backends run (default: the model's); onnxruntime and OpenVINO run
-            on the CPU.
+        device: where the PyTorch backends run (default: the model's; onnxruntime/OpenVINO: the CPU).
         threads: CPU threads of onnxruntime and OpenVINO (default: ``torch.get_num_threads()``).
         job_pixels: ``auto`` only: the input pixels the job sends through the network (default: one
             ``example_shape`` batch); see :func:`choose_backend`.
-        warm_up: run one ``example_shape`` batch before returning, so first-call costs (Inductor's
-            compilation) are paid here and counted in ``runner.warmup_s``.
+        warm_up: run one ``example_shape`` batch first (Inductor compiles here, in ``warmup_s``).
 
     Returns:
-        The runner; ``runner.warmup_s`` holds the seconds this call took.
+        The runner (``runner.warmup_s``: the seconds this call took), or the predictor.
 
     Raises:
-        ValueError: an unknown or unsupported backend / precision, bf16 on a machine without it,
-            int8 without calibration, a bad shape.
-        ImportError: the backend's optional extra is not installed (the message names it).
+        ValueError: an unknown/unsupported backend or precision, bf16 without CPU support, int8
+            without calibration, a bad shape. ImportError: the backend's extra is not installed.
 
     Example:
         >>> import seglab, torch
@@ -271,29 +273,52 @@ def accelerate(
         >>> runner(torch.randn(2, 1, 64, 96)).shape, runner.size_divisor
         (torch.Size([2, 2, 64, 96]), 4)
     """
+    from seglab.engine.predictor import Predictor
+
+    if isinstance(model, Predictor):
+        return model.accelerate(backend, precision, calibration=calibration, path=path, threads=threads)
     start = time.perf_counter()
     if not isinstance(model, nn.Module):
-        raise InvalidTypeError(f"accelerate expects an nn.Module; got {type(model).__name__}.")
+        raise InvalidTypeError(f"accelerate expects an nn.Module or a Predictor; got {type(model).__name__}.")
     check_options(backend, precision)
     target = Path(path) if path is not None else None
-    batches = as_calibration_batches(calibration, calibration_size) if calibration is not None else None
-    if precision == "int8" and batches is None and (target is None or not target.is_file()):
-        raise InvalidValueError(_NO_CALIBRATION)
+    source = _calibration_source(calibration, calibration_size, precision, target)
     shape = example_shape_of(model, example_shape)
     dev = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
     if backend == "auto":
         pixels = float(job_pixels) if job_pixels is not None else float(shape[0] * shape[2] * shape[3])
-        calibration_pixels = calibration_size * shape[2] * shape[3] if precision == "int8" else 0.0
         backend, _ = choose_backend(
             model, precision=precision, job_pixels=pixels, channels=shape[1], device=dev, threads=threads,
-            saved=_saved_backends(target), calibration_pixels=calibration_pixels, example_hw=shape[2:],
+            saved=saved_backends([target]), calibration_pixels=_calibration_pixels(precision, source, shape),
+            example_hw=shape[2:],
         )  # fmt: skip
     _check_supported(backend, precision, dev)
-    runner = _build(model, backend, precision, shape, dev, batches, target, threads)
+    runner = _build(model, backend, precision, shape, dev, source, target, threads)
     if warm_up:
         runner.warm_up(shape)
     runner.warmup_s = time.perf_counter() - start
     return runner
+
+
+def _calibration_source(
+    calibration: Any, size: int, precision: str, target: Path | None
+) -> CalibrationSource:
+    """The int8 calibration of :func:`accelerate`, checked: tiles, not a count; none only when ``target``
+    already holds the quantised network."""
+    if isinstance(calibration, int):
+        raise InvalidTypeError(
+            "calibration=N (a tile count) needs a Predictor, which knows its training data; give a model "
+            "calibration tiles (seglab.inference.calibration_tiles(dataset, N, tile))."
+        )
+    source = CalibrationSource(calibration, size)
+    if precision == "int8" and not source.given and (target is None or not target.is_file()):
+        raise InvalidValueError(_NO_CALIBRATION)
+    return source
+
+
+def _calibration_pixels(precision: str, source: CalibrationSource, shape: Sequence[int]) -> float:
+    """Pixels of the int8 calibration passes, for ``auto``'s estimate (tiles of the example size)."""
+    return float(source.limit * shape[2] * shape[3]) if precision == "int8" else 0.0
 
 
 def _build(
@@ -302,7 +327,7 @@ def _build(
     precision: str,
     shape: tuple[int, int, int, int],
     device: torch.device,
-    batches: list[np.ndarray] | None,
+    calibration: CalibrationSource,
     path: Path | None,
     threads: int | None,
 ) -> Runner:
@@ -310,7 +335,7 @@ def _build(
         from seglab.inference.backends._openvino import OpenVinoRunner
 
         return OpenVinoRunner.from_model(
-            model, precision, shape, calibration=batches, path=path, threads=threads
+            model, precision, shape, calibration=calibration, path=path, threads=threads
         )
     if backend == "onnxruntime":
         from seglab.inference.backends._onnxruntime import OnnxRuntimeRunner
@@ -319,7 +344,7 @@ def _build(
     if precision == "int8":
         from seglab.inference.backends._pt2e import Pt2eRunner
 
-        return Pt2eRunner.from_model(model, shape, calibration=batches or [], path=path)
+        return Pt2eRunner.from_model(model, shape, calibration=calibration, path=path)
     from seglab.inference.backends._torch import TorchRunner
 
     return TorchRunner(model, backend, precision, device)

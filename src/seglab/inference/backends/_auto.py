@@ -22,7 +22,10 @@ What it chooses for the demo U-Net (96 GFLOPs per 1024^2) in fp32 on 2 threads:
 * a folder of 100 such frames -> ``openvino``: 19.6 s, against 24.5 s onnxruntime, 34 s
   ``prepared``, 45 s ``compile`` and 80 s eager;
 * one frame with the OpenVINO conversion already saved (``path=``) -> ``openvino`` (0.33 s);
-* a job smaller than about 0.1 s of eager work -> ``eager`` (``prepare()`` costs about 0.1 s).
+* a job smaller than about 0.1 s of eager work -> ``eager`` (``prepare()`` costs about 0.1 s),
+  unless the prepared copy exists already (a :class:`~seglab.Predictor` holds one): then
+  ``prepared``, whose warm-up is nothing. ``prepared`` stays the choice up to about 20 such
+  frames (``openvino`` from about 20 on, when its 3.5 s conversion pays for itself).
 
 Off the CPU only the PyTorch backends are candidates; the same constants are used.
 """
@@ -127,6 +130,7 @@ def estimate_seconds(
     layers: int,
     threads: int,
     saved: bool = False,
+    ready: bool = False,
     calibration_flops: float = 0.0,
 ) -> float:
     """Estimated seconds of a job on one backend (the formula in the module docstring).
@@ -137,6 +141,7 @@ def estimate_seconds(
         layers: the model's :func:`count_layers`.
         threads: CPU threads.
         saved: a conversion of these weights is saved and only needs opening.
+        ready: the backend is built already (no warm-up; a Predictor's prepared model).
         calibration_flops: FLOPs of the int8 calibration passes (0 for fp32 / bf16).
 
     Returns:
@@ -146,7 +151,7 @@ def estimate_seconds(
     if speed is None:
         return float("inf")
     rate = EAGER_GFLOPS_PER_THREAD * 1e9 * max(1, threads)
-    warm = LOAD_S.seconds(layers) if saved else WARMUP[backend].seconds(layers)
-    if precision == "int8" and not saved:
+    warm = 0.0 if ready else LOAD_S.seconds(layers) if saved else WARMUP[backend].seconds(layers)
+    if precision == "int8" and not (saved or ready):
         warm += CALIBRATION_PASSES * calibration_flops / (rate * SPEEDUP.get((backend, "fp32"), 1.0))
     return warm + job_flops / (rate * speed)

@@ -20,10 +20,12 @@ from torch import Tensor, nn
 from seglab._options import check_choice, check_positive_int
 from seglab._shapes import pad_to_multiple
 from seglab.errors import InvalidTypeError, InvalidValueError
+from seglab.inference.runner import Runner as BaseRunner
 
 __all__ = [
     "BACKENDS",
     "PRECISIONS",
+    "CalibrationSource",
     "ModelFacts",
     "Runner",
     "calibration_tiles",
@@ -56,11 +58,12 @@ def model_facts(model: nn.Module) -> ModelFacts:
     return ModelFacts()
 
 
-class Runner:
+class Runner(BaseRunner):
     """A network behind a backend: normalised float batches in, float32 logits out.
 
     Every backend returns one; the caller (``seglab.Predictor``, :func:`~seglab.inference.sliding_window`,
-    :func:`~seglab.inference.predict`) owns normalisation, padding, tiling and TTA.
+    :func:`~seglab.inference.predict`) owns normalisation, padding, tiling and TTA. It is a
+    :class:`seglab.inference.runner.Runner`, so ``Predictor.with_runner(runner)`` takes it as it is.
 
     Attributes:
         backend: ``"eager"``, ``"prepared"``, ``"compile"``, ``"onnxruntime"`` or ``"openvino"``.
@@ -108,6 +111,15 @@ class Runner:
         out = self._shape_fn((int(hw[0]), int(hw[1])))
         return int(out[0]), int(out[1])
 
+    def check_input_size(self, h: int, w: int) -> None:
+        """Raise :class:`~seglab.errors.InvalidValueError` for an input size the network cannot take."""
+        d = self.size_divisor
+        if h % d or w % d:
+            raise InvalidValueError(
+                f"this network needs H and W divisible by {d}; got {h}x{w} "
+                "(pad it to a multiple; a seglab Predictor pads for you)."
+            )
+
     def __call__(self, x: Tensor) -> Tensor:
         """Logits for a normalised batch ``(N, C, h, w)``."""
         if not isinstance(x, Tensor) or not x.is_floating_point():
@@ -116,12 +128,7 @@ class Runner:
             raise InvalidValueError(f"a runner takes a batch (N, C, H, W); got shape {tuple(x.shape)}.")
         if self.in_channels is not None and x.shape[1] != self.in_channels:
             raise InvalidValueError(f"this network takes {self.in_channels} channel(s); got {x.shape[1]}.")
-        d = self.size_divisor
-        if x.shape[2] % d or x.shape[3] % d:
-            raise InvalidValueError(
-                f"this network needs H and W divisible by {d}; got {x.shape[2]}x{x.shape[3]} "
-                "(pad it to a multiple; a seglab Predictor pads for you)."
-            )
+        self.check_input_size(int(x.shape[2]), int(x.shape[3]))
         return self._run(x)
 
     def _run(self, x: Tensor) -> Tensor:  # pragma: no cover - every backend overrides it
@@ -151,6 +158,20 @@ def fingerprint(model: nn.Module) -> str:
         digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
+
+
+#: the backend a saved conversion belongs to, by file suffix
+SAVED_SUFFIXES = {".xml": "openvino", ".onnx": "onnxruntime", ".pt2": "compile"}
+
+
+def saved_backends(paths: Iterable[Path | None]) -> list[str]:
+    """The backends whose saved conversion exists among ``paths`` (for ``auto``'s estimate; whether
+    a file was made from these weights is checked when it is opened)."""
+    return [
+        SAVED_SUFFIXES[p.suffix]
+        for p in paths
+        if p is not None and p.suffix in SAVED_SUFFIXES and p.is_file()
+    ]
 
 
 def _cpu_flags() -> set[str]:
@@ -227,6 +248,37 @@ def as_calibration_batches(calibration: Iterable[Any], limit: int) -> list[np.nd
     if not batches:
         raise InvalidValueError("calibration holds no tiles; int8 needs a few hundred training tiles.")
     return batches[:limit]
+
+
+class CalibrationSource:
+    """int8 calibration batches, drawn only when a network is really quantised (a saved int8 file
+    made from the same weights needs none).
+
+    Args:
+        calibration: tiles or batches (see :func:`as_calibration_batches`; checked at once), a
+            function returning them (called on first need: reading a dataset is deferred), or
+            ``None``.
+        limit: at most this many tiles are used.
+    """
+
+    def __init__(self, calibration: Iterable[Any] | Callable[[], Iterable[Any]] | None, limit: int) -> None:
+        check_positive_int("calibration_size", limit)
+        self._source = calibration
+        self.limit = int(limit)
+        self._batches: list[np.ndarray] | None = None
+        if calibration is not None and not callable(calibration):
+            self._batches = as_calibration_batches(calibration, self.limit)
+
+    @property
+    def given(self) -> bool:
+        """Whether there is anything to calibrate on."""
+        return self._source is not None
+
+    def batches(self) -> list[np.ndarray] | None:
+        """The batches ``(1, C, h, w)`` (drawn now if deferred), or ``None`` when none were given."""
+        if self._batches is None and callable(self._source):
+            self._batches = as_calibration_batches(self._source(), self.limit)
+        return self._batches
 
 
 def calibration_tiles(

@@ -16,16 +16,10 @@ import torch
 from torch import nn
 
 from seglab.inference.backends._base import model_facts
-from seglab.inference.export import _graph
+from seglab.inference.export import export_program, trace_size
 from seglab.inference.prepare import prepare
 
-__all__ = ["ShapeCache", "capture", "traced_size"]
-
-
-def traced_size(hw: tuple[int, int], step: int) -> tuple[int, int]:
-    """A comfortable trace size: a multiple of ``step``, at least 128 and two steps a side, so no
-    feature map shrinks to one pixel (which would specialise the symbol)."""
-    return tuple(-(-max(s, 2 * step, 128) // step) * step for s in hw)  # type: ignore[return-value]
+__all__ = ["ShapeCache", "capture"]
 
 
 def capture(
@@ -47,14 +41,14 @@ def capture(
     step = facts.size_divisor
     same_size = facts.output_shape is None or tuple(facts.output_shape(hw)) == hw
     if dynamic and same_size:
-        example = torch.randn(2, shape[1], *traced_size(hw, step))  # batch 2 keeps the batch symbolic
+        example = torch.randn(2, shape[1], *trace_size(hw, step))  # batch 2 keeps the batch symbolic
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return _graph(prepared, example, step), True
+                return export_program(prepared, example, step), True
         except Exception:
             pass
-    return _graph(prepared, torch.randn(max(2, shape[0]), *shape[1:]), None), False
+    return export_program(prepared, torch.randn(max(2, shape[0]), *shape[1:]), None), False
 
 
 class ShapeCache:

@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from seglab.errors import InvalidValueError, missing_extra
@@ -37,15 +38,7 @@ def _modules() -> tuple[Any, Any]:
 def _open(path: Path, threads: int | None) -> Any:
     from seglab.inference.export import OnnxModel
 
-    runner = OnnxModel(path, providers=["CPUExecutionProvider"])
-    if threads is not None:
-        _, ort = _modules()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads)
-        runner.session = ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-    return runner
+    return OnnxModel(path, providers=["CPUExecutionProvider"], threads=threads)
 
 
 def _export(model: nn.Module, path: Path, shape: tuple[int, int, int, int], print_: str) -> None:
@@ -82,7 +75,7 @@ class OnnxRuntimeRunner(Runner):
         super().__init__(model_facts(model), precision="fp32", path=path)
         _modules()
         print_ = fingerprint(model)
-        self._threads = threads
+        threads = int(threads or torch.get_num_threads())
 
         def build(hw: tuple[int, int] | None, target: Path | None = None) -> Any:
             size = shape if hw is None else (shape[0], shape[1], *hw)

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from seglab.errors import InvalidValueError, MissingFileError, missing_extra
-from seglab.inference.backends._base import ModelFacts, Runner, fingerprint, model_facts
+from seglab.inference.backends._base import CalibrationSource, ModelFacts, Runner, fingerprint, model_facts
 from seglab.inference.backends._convert import ShapeCache, capture
 
 __all__ = ["OpenVinoRunner", "openvino_bf16", "quantize_openvino"]
@@ -151,7 +151,7 @@ class OpenVinoRunner(Runner):
         precision: str,
         shape: tuple[int, int, int, int],
         *,
-        calibration: Sequence[np.ndarray] | None,
+        calibration: CalibrationSource,
         path: Path | None,
         threads: int | None,
     ) -> OpenVinoRunner:
@@ -170,12 +170,13 @@ class OpenVinoRunner(Runner):
                 return cls._from_saved(saved, meta, precision, threads, path, model_facts(model))
         ov_model, dynamic = _convert(model, shape, dynamic=True)
         if precision == "int8":
-            if calibration is None:
+            batches = calibration.batches()
+            if batches is None:
                 raise InvalidValueError(
                     "precision='int8' needs calibration tiles (calibration=[...] or seglab.inference."
                     "calibration_tiles(dataset, 300, tile)); none were given."
                 )
-            ov_model = quantize_openvino(ov_model, calibration)
+            ov_model = quantize_openvino(ov_model, batches)
         facts = model_facts(model)
         hw = (shape[2], shape[3])
         if dynamic or precision == "int8":

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from seglab.errors import InvalidValueError, MissingExtraError
-from seglab.inference.backends._base import Runner, fingerprint, model_facts
+from seglab.inference.backends._base import CalibrationSource, Runner, fingerprint, model_facts
 from seglab.inference.backends._convert import capture
 
 __all__ = ["Pt2eRunner"]
@@ -97,16 +97,17 @@ class Pt2eRunner(Runner):
         model: nn.Module,
         shape: tuple[int, int, int, int],
         *,
-        calibration: Sequence[np.ndarray],
+        calibration: CalibrationSource,
         path: Path | None,
     ) -> Pt2eRunner:
         """Quantise ``model`` on ``calibration`` (or reuse ``path`` made from the same weights)."""
         print_ = fingerprint(model) if path is not None else ""
         quantized = _load(path, print_) if path is not None and path.is_file() else None
         if quantized is None:
-            if not calibration:
+            batches = calibration.batches()
+            if not batches:
                 raise InvalidValueError("precision='int8' needs calibration tiles; none were given.")
-            quantized = _quantize(model, shape, calibration)
+            quantized = _quantize(model, shape, batches)
             if path is not None:
                 _save(quantized, path, shape, {"fingerprint": print_, "format": "1"})
         return cls(model, quantized, path)
