@@ -123,6 +123,7 @@ def plot_history(
         if best_epoch:
             ax.axvline(best_epoch, color="0.5", linestyle=":", linewidth=1)
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
         ax.set_ylabel(label, fontsize=9)
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
