@@ -359,3 +359,30 @@ def test_cli_flags_and_instance_summary(run, tmp_path, capsys) -> None:
         and f"SEG={saved['seg']:.4f}" in line
         and f"{saved['merges']:.0f} merges" in line
     )
+
+
+def test_rechoose_decoding_searches_from_the_stored_parameters_and_writes_them(run, tmp_path) -> None:
+    from seglab.data import get_dataset
+    from seglab.engine.checkpoint import load_checkpoint
+    from seglab.engine.encoding import rechoose_decoding
+    from seglab.errors import InvalidValueError
+
+    opts = {"length": 4, "size": 48, "max_shapes": 4}
+    stored = DecodeParams.from_dict(load_checkpoint(run / "best.pt")["decode_params"])
+    out = tmp_path / "rechosen.pt"
+    res = rechoose_decoding(run / "best.pt", "synthetic", out=out, data_options=opts)
+    state = load_checkpoint(out)
+    assert DecodeParams.from_dict(state["decode_params"]) == res.params
+    assert state["decode_search"]["score"] == pytest.approx(res.score)
+    # the search starts where training left off, so it can only keep or improve the stored choice
+    val = get_dataset("synthetic", "val", task="labels", **opts)
+    before = Predictor.from_checkpoint(run / "best.pt", device="cpu")
+    after = Predictor.from_checkpoint(out, device="cpu")
+    preds = [[p.instances(val[i][0]) for i in range(len(val))] for p in (before, after)]
+    truth = [np.asarray(val[i][1]) for i in range(len(val))]
+    scores = [label_scores(pr, truth, "f1@0.5+seg")["f1@0.5+seg"] for pr in preds]
+    assert after.decoder.params == res.params and scores[1] >= scores[0] - 1e-9
+    assert scores[1] == pytest.approx(res.score)
+    assert stored == before.decoder.params
+    with pytest.raises(InvalidValueError, match="validation split"):
+        rechoose_decoding(run / "best.pt", "synthetic", split="test")

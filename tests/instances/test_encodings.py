@@ -226,7 +226,9 @@ def test_registry_and_round_trips() -> None:
 
 def test_decode_params_validation_and_dict() -> None:
     p = DecodeParams(fg_threshold=np.float32(0.25), seed_threshold=0.6, min_seed_size=np.int64(3), min_size=0)
-    assert p.to_dict() == {"fg_threshold": 0.25, "seed_threshold": 0.6, "min_seed_size": 3, "min_size": 0}
+    assert p.to_dict() == {
+        "fg_threshold": 0.25, "seed_threshold": 0.6, "min_seed_size": 3, "min_size": 0, "clear_border": False,
+    }  # fmt: skip
     assert DecodeParams.from_dict(p.to_dict()) == p and DecodeParams.from_dict({}) == DecodeParams()
     for bad in (
         {"fg_threshold": 1.0},
@@ -238,5 +240,8 @@ def test_decode_params_validation_and_dict() -> None:
             DecodeParams(**bad)
     with pytest.raises(TypeError):
         DecodeParams(min_size=2.5)
+    with pytest.raises(TypeError, match="clear_border"):
+        DecodeParams(clear_border=1)
+    assert DecodeParams(clear_border=np.bool_(True)).clear_border is True
     with pytest.raises(ValueError, match="unknown decoding parameter"):
         DecodeParams.from_dict({"threshold": 0.5})

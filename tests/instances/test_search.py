@@ -55,6 +55,20 @@ def test_search_improves_and_reports_consistently() -> None:
     assert 1 < res.trials <= 1 + 2 * sum(len(v) for v in grid.values())
 
 
+def test_search_clears_the_border_when_the_labels_leave_cut_objects_out() -> None:
+    enc = get_encoding("distance")
+    outs, full = noisy_outputs(3)
+    # ground truth without the objects cut by the frame (the CTC HeLa convention), and with them
+    cut = [
+        np.where(np.isin(lab, np.unique(np.r_[lab[0], lab[-1], lab[:, 0], lab[:, -1]])), 0, lab)
+        for lab in full
+    ]
+    grid = {"clear_border": [False, True]}
+    start = DecodeParams(min_seed_size=1, min_size=0)
+    assert search_params(enc, outs, cut, grid=grid, start=start).params.clear_border is True
+    assert search_params(enc, outs, full, grid=grid, start=start).params.clear_border is False
+
+
 def test_search_metric_choices_and_errors() -> None:
     enc = get_encoding("distance")
     outs, labels = noisy_outputs(1, n=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -52,6 +53,27 @@ def test_synthetic_mosaic_tiled_equals_whole(name: str) -> None:
     tiled, whole = tiled_vs_whole(enc, labels, tile=64, block=64, halo=32)
     assert_same_objects(tiled, whole)
     assert matching(whole, labels).f1 > 0.99
+
+
+@pytest.mark.parametrize("name", ["boundary", "distance"])
+def test_clear_border_removes_only_the_image_borders_objects_in_blocks_too(name: str) -> None:
+    enc = get_encoding(name)
+    labels = touching_nuclei(np.random.default_rng(1), 300, 420)
+    params = DecodeParams(min_seed_size=1, min_size=1, clear_border=True)
+    tiled, whole = tiled_vs_whole(enc, labels, tile=64, block=64, halo=32, params=params)
+    assert_same_objects(tiled, whole)  # block edges inside the image clear nothing
+    kept = tiled_vs_whole(
+        enc, labels, tile=64, block=64, halo=32, params=replace(params, clear_border=False)
+    )[1]
+    edge = np.concatenate([kept[0], kept[-1], kept[:, 0], kept[:, -1]])
+    n_edge = np.unique(edge[edge > 0]).size
+    assert n_edge > 0 and whole.max() == kept.max() - n_edge  # exactly the border objects went
+    assert not np.concatenate([whole[0], whole[-1], whole[:, 0], whole[:, -1]]).any()
+    # the memory-map path renumbers in place, band by band
+    out = np.zeros(labels.shape, np.uint32)
+    decode_blocks(enc, perfect_probs(enc, labels), params, block=64, halo=32, out=out)
+    np.testing.assert_array_equal(out > 0, whole > 0)
+    assert np.unique(out).size == out.max() + 1
 
 
 def hela_mosaic() -> np.ndarray:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ __all__ = [
     "check_metric",
     "gather_objects",
     "label_scores",
+    "rechoose_decoding",
 ]
 
 SCORE_KEYS: tuple[str, ...] = (
@@ -376,6 +378,68 @@ register_task_adapter("encoding", EncodingAdapter)
 
 
 # -- prediction ------------------------------------------------------------------------------------------
+def rechoose_decoding(
+    checkpoint: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    *,
+    split: str = "val",
+    metric: str = "f1@0.5+seg",
+    out: str | os.PathLike[str] | None = None,
+    data_options: Mapping[str, Any] | None = None,
+) -> SearchResult:
+    """Choose the decoding parameters of a trained encoding checkpoint again, without retraining.
+
+    The probabilities of every image of ``split`` (the validation split: never the test split) are
+    computed once with the checkpoint's normalisation; :func:`~seglab.instances.search_params`
+    starts from the stored parameters (so options added to the search since, e.g.
+    ``clear_border``, are tried) and the result is written into ``out``'s ``decode_params`` /
+    ``decode_search`` (atomically; default: the checkpoint itself).
+
+    Args:
+        checkpoint: a ``best.pt`` of a ``task: instance`` run with an encoding.
+        data: the dataset the run was trained on (name or folder).
+        split: the split to choose on.
+        metric: ``"+"``-joined :func:`~seglab.metrics.instance_metrics` keys to maximise.
+        out: where to write the checkpoint with the new parameters.
+        data_options: dataset options.
+
+    Returns:
+        The :class:`~seglab.instances.SearchResult`.
+
+    Raises:
+        InvalidValueError: not an encoding checkpoint, or the test split.
+
+    Example:
+        >>> rechoose_decoding("runs/nuclei/best.pt", "hela")  # doctest: +SKIP
+    """
+    from seglab.data import get_dataset
+    from seglab.engine.checkpoint import load_checkpoint, save_checkpoint
+    from seglab.engine.predictor import Predictor, normalize_input
+    from seglab.instances import search_params
+
+    if split == "test":
+        raise InvalidValueError(
+            "rechoose_decoding chooses on the validation split; the test split only scores."
+        )
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    decoder = predictor.decoder
+    if not isinstance(decoder, EncodingDecoder):
+        raise InvalidValueError(
+            f"{checkpoint} is not an instance-encoding checkpoint (task: instance, encoding)."
+        )
+    dataset = get_dataset(data, split, task="labels", **dict(data_options or {}))
+    probs, labels = [], []
+    for i in range(len(dataset)):
+        image, truth = dataset[i]
+        x = normalize_input(np.asarray(image), predictor.normalization, in_channels=predictor.in_channels)
+        probs.append(decoder.probabilities(predictor, x))
+        labels.append(np.asarray(truth))
+    result = search_params(decoder.encoding, probs, labels, metric=check_metric(metric), start=decoder.params)
+    entries = {"decode_params": result.params.to_dict(), "decode_search": _search_summary(result, metric)}
+    save_checkpoint(Path(out if out is not None else checkpoint), {**load_checkpoint(checkpoint), **entries})
+    return result
+
+
 @dataclass(frozen=True)
 class EncodingDecoder:
     """How a :class:`~seglab.engine.predictor.Predictor` turns an encoding model's output into labels.

@@ -29,10 +29,14 @@ class DecodeParams:
         min_seed_size: seeds (4-connected groups of seed pixels) smaller than this are dropped, so
             specks of noise do not split an object.
         min_size: objects smaller than this many pixels are removed from the result.
+        clear_border: objects touching the image border are removed (for ground truth that leaves
+            objects cut by the frame unlabelled, as the Cell Tracking Challenge's HeLa frames do);
+            the search tries both and keeps what the validation labels reward.
 
     Raises:
         ValueError: thresholds outside ``[0, 1)``, sizes below 1 (``min_seed_size``) or 0 (``min_size``).
-        TypeError: a threshold that is not a number, a size that is not an int.
+        TypeError: a threshold that is not a number, a size that is not an int, ``clear_border``
+            that is not a bool.
 
     Example:
         >>> p = DecodeParams(seed_threshold=0.7)
@@ -44,6 +48,7 @@ class DecodeParams:
     seed_threshold: float = 0.5
     min_seed_size: int = 4
     min_size: int = 16
+    clear_border: bool = False
 
     def __post_init__(self) -> None:
         for name in ("fg_threshold", "seed_threshold"):
@@ -54,6 +59,10 @@ class DecodeParams:
             value = getattr(self, name)
             value = int(value) if isinstance(value, np.integer) else value
             object.__setattr__(self, name, check_positive_int(name, value, minimum=low))
+        value = bool(self.clear_border) if isinstance(self.clear_border, np.bool_) else self.clear_border
+        if not isinstance(value, bool):
+            raise InvalidTypeError(f"clear_border must be True or False, got {self.clear_border!r}.")
+        object.__setattr__(self, "clear_border", value)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, for checkpoints and JSON."""

@@ -12,7 +12,7 @@ import numpy as np
 
 from seglab.errors import InvalidTypeError, InvalidValueError
 from seglab.instances.base import DecodeParams, InstanceEncoding
-from seglab.instances.watershed import remove_small_objects
+from seglab.instances.watershed import finish_objects
 from seglab.metrics.matching import instance_metrics
 
 __all__ = ["DEFAULT_GRID", "SearchResult", "metric_function", "search_params"]
@@ -22,6 +22,7 @@ DEFAULT_GRID: dict[str, tuple[float, ...]] = {
     "seed_threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
     "min_seed_size": (1, 4, 8, 16, 32),
     "min_size": (0, 8, 16, 32, 64),
+    "clear_border": (False, True),
 }
 """Values tried for each :class:`DecodeParams` field by :func:`search_params`."""
 
@@ -82,7 +83,8 @@ def metric_function(metric: Metric) -> tuple[Callable[[dict[str, float]], float]
 
 
 class _Scorer:
-    """Decodes and scores parameter sets, reusing the last decoding when only ``min_size`` changes."""
+    """Decodes and scores parameter sets, reusing the last decoding when only the last step
+    (``min_size``, ``clear_border``) changes."""
 
     def __init__(
         self, encoding: InstanceEncoding, outputs: list[Any], labels: list[Any], metric: Metric
@@ -94,10 +96,10 @@ class _Scorer:
 
     def __call__(self, params: DecodeParams) -> float:
         if params not in self.cache:
-            base = dataclasses.replace(params, min_size=0)
+            base = dataclasses.replace(params, min_size=0, clear_border=False)
             if self._last is None or self._last[0] != base:
                 self._last = (base, [self.encoding.decode(x, base) for x in self.outputs])
-            preds = [remove_small_objects(p, params.min_size) for p in self._last[1]]
+            preds = [finish_objects(p, params) for p in self._last[1]]
             m = instance_metrics(preds, self.labels, thresholds=self.thresholds)
             value = self.score_fn(m)
             self.cache[params] = (value if math.isfinite(value) else -math.inf, m)

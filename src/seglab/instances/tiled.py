@@ -14,6 +14,7 @@ one window and its temporaries.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +25,7 @@ from torch import Tensor
 from seglab._options import check_positive_int
 from seglab.errors import InvalidValueError
 from seglab.instances.base import DecodeParams, InstanceEncoding
+from seglab.instances.watershed import border_labels
 
 __all__ = ["decode_blocks"]
 
@@ -134,8 +136,9 @@ def decode_blocks(
     elif out.shape != shape or out.dtype != np.uint32:
         raise InvalidValueError(f"out must be a {shape} uint32 array; got {out.shape} {out.dtype}.")
     next_label, cut = 1, 0
+    local = dataclasses.replace(params, clear_border=False)  # a block's edge is not the image's
     for core, window in _blocks(shape, block, halo):
-        labels = encoding.decode(np.asarray(probs[:, window[0] : window[1], window[2] : window[3]]), params)
+        labels = encoding.decode(np.asarray(probs[:, window[0] : window[1], window[2] : window[3]]), local)
         keep, n_cut = _keep(labels, window, core, shape)
         cut += n_cut
         lut = np.zeros(keep.size, np.uint32)
@@ -149,4 +152,19 @@ def decode_blocks(
             f"decode_blocks: {cut} object(s) reach past the halo of {halo} px and may be cut; use a larger halo.",
             stacklevel=2,
         )
+    if params.clear_border:
+        _clear_border_in_place(out)
     return out
+
+
+def _clear_border_in_place(out: np.ndarray, band: int = 1024) -> None:
+    """Remove the objects touching the border of ``out`` ``(H, W)`` and renumber the rest 1..n,
+    row band by row band (``out`` may be a memory map)."""
+    rows = range(0, out.shape[0], band)
+    keep = np.ones(max(int(out[i : i + band].max(initial=0)) for i in rows) + 1, bool)
+    keep[border_labels(out)] = False
+    keep[0] = False
+    lut = np.zeros(keep.size, np.uint32)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
+    for i in rows:
+        out[i : i + band] = lut[out[i : i + band]]

@@ -7,7 +7,14 @@ from scipy import ndimage
 
 from seglab.instances.base import DecodeParams, require_skimage
 
-__all__ = ["ELEVATION_LEVELS", "relabel_sequential", "remove_small_objects", "seeded_watershed"]
+__all__ = [
+    "ELEVATION_LEVELS",
+    "clear_border",
+    "finish_objects",
+    "relabel_sequential",
+    "remove_small_objects",
+    "seeded_watershed",
+]
 
 ELEVATION_LEVELS = 255
 """The watershed floods the elevation rounded to steps of ``1 / ELEVATION_LEVELS``."""
@@ -47,6 +54,34 @@ def remove_small_objects(labels: np.ndarray, min_size: int) -> np.ndarray:
     """
     sizes = np.bincount(labels.reshape(-1))
     return relabel_sequential(labels, sizes >= min_size)
+
+
+def border_labels(labels: np.ndarray) -> np.ndarray:
+    """The labels (> 0) of the objects touching the border of a ``(H, W)`` label image, sorted."""
+    edges = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    found = np.unique(edges)
+    return found[found > 0]
+
+
+def clear_border(labels: np.ndarray) -> np.ndarray:
+    """Objects touching the image border removed, the rest renumbered 1..n (uint32).
+
+    Example:
+        >>> clear_border(np.array([[1, 0, 0], [0, 2, 0], [0, 0, 0]]))
+        array([[0, 0, 0],
+               [0, 1, 0],
+               [0, 0, 0]], dtype=uint32)
+    """
+    keep = np.ones(int(labels.max(initial=0)) + 1, bool)
+    keep[border_labels(labels)] = False
+    return relabel_sequential(labels, keep)
+
+
+def finish_objects(labels: np.ndarray, params: DecodeParams) -> np.ndarray:
+    """The last decoding step: objects under ``params.min_size`` pixels removed, then (with
+    ``params.clear_border``) those touching the image border; labels 1..n, uint32."""
+    labels = remove_small_objects(labels, params.min_size)
+    return clear_border(labels) if params.clear_border else labels
 
 
 def _flood_order(elevation: np.ndarray, seeds: np.ndarray) -> np.ndarray:
@@ -130,4 +165,4 @@ def seeded_watershed(
         seeds_k = np.where(mask, markers[sl], 0)
         flooded = watershed(_flood_order(elevation[sl], seeds_k > 0), seeds_k, mask=mask)
         out[sl][mask] = flooded[mask]
-    return remove_small_objects(out, params.min_size)
+    return finish_objects(out, params)
