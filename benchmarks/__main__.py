@@ -15,6 +15,7 @@ import argparse
 import importlib.util
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -94,20 +95,35 @@ def main(argv: list[str] | None = None) -> int:
                   "write smoke results elsewhere", file=sys.stderr)  # fmt: skip
             return 2
     torch.set_num_threads(args.threads)
-    set_quick(args.quick)
-    start = results.now()
-    try:
-        records = [run(entry, args.quick) for entry in entries]
-    finally:
-        set_quick(False)
-    command = _command(argv)
+    start, command = results.now(), _command(argv)
+    records, failed = _run_all(entries, args, command)
     if args.json:
         results.write(args.json, results.document(records, command=command, quick=args.quick, date=start))
-    if args.json_dir:
-        for record in records:
-            doc = results.document([record], command=command, quick=args.quick, date=record["date"])
-            results.write(args.json_dir / f"{record['name']}.json", doc)
-    return 0
+    if failed:
+        print(f"benchmark(s) that failed (tracebacks above): {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _run_all(entries: list[Entry], args: argparse.Namespace, command: str) -> tuple[list[dict], list[str]]:
+    """Run every entry; each entry's file is written as soon as it is done (``--json-dir``), and an
+    entry that raises is reported and skipped, so one broken entry does not lose the others."""
+    records, failed = [], []
+    set_quick(args.quick)
+    try:
+        for entry in entries:
+            try:
+                record = run(entry, args.quick)
+            except Exception:  # reported with its traceback; the run goes on
+                traceback.print_exc()
+                failed.append(entry.name)
+                continue
+            records.append(record)
+            if args.json_dir:
+                doc = results.document([record], command=command, quick=args.quick, date=record["date"])
+                results.write(args.json_dir / f"{record['name']}.json", doc)
+    finally:
+        set_quick(False)
+    return records, failed
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ three small synthetic frames and a tiny checkpoint: a smoke test that every path
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import subprocess
@@ -116,6 +117,15 @@ def _flops(fn: Callable[[], object]) -> float:
     return float(counter.get_total_flops())
 
 
+def _failed(label: str, backend: str, precision: str, err: Exception) -> Result:
+    """A row for a backend that could not be built for this model (shown as "failed" with the error)."""
+    message = f"{type(err).__name__}: {err}".splitlines()[0][:160]
+    print(f"  ({label} {backend} {precision} failed: {message})", file=sys.stderr)
+    row = Result(f"{label} {backend} {precision}", math.nan, None, 1, "eager")
+    row.extra.update(model=label, backend=backend, precision=precision, failed=message)
+    return row
+
+
 def _row(
     label: str,
     backend: str,
@@ -188,7 +198,11 @@ def bench_backends(quick: bool) -> list[Result]:
         eager_s = measure(eager, warmup=warmup, repeat=repeat)
         rows.append(_row(case.label, "eager", "fp32", eager_s, eager_s, flops, 0.0, 0.0))
         for backend, precision in _wanted(quick):
-            runner = _runner(case, model, backend, precision, quick)
+            try:
+                runner = _runner(case, model, backend, precision, quick)
+            except Exception as err:  # one backend failing on one model is a row of the table, not the end
+                rows.append(_failed(case.label, backend, precision, err))
+                continue
             seconds = measure(lambda runner=runner, x=x: runner(x), warmup=warmup, repeat=repeat)
             diff = float((runner(x) - ref).abs().max())
             rows.append(_row(case.label, backend, precision, seconds, eager_s, flops, diff, runner.warmup_s))
@@ -221,7 +235,11 @@ def bench_backends_window(quick: bool) -> list[Result]:
     eager_s = measure(eager, warmup=0, repeat=repeat)
     rows = [_row(label, "eager", "fp32", eager_s, eager_s, flops, 0.0, 0.0)]
     for backend, precision in _wanted(quick):
-        runner = _runner(case, model, backend, precision, quick)
+        try:
+            runner = _runner(case, model, backend, precision, quick)
+        except Exception as err:
+            rows.append(_failed(label, backend, precision, err))
+            continue
         start = time.perf_counter()
         out = window(runner)
         first = time.perf_counter() - start

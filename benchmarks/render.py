@@ -80,6 +80,8 @@ def _speed(seconds: float | None, items: int) -> str:
     """Items per second for fast calls, seconds per call for slow ones."""
     if seconds is None:
         return "—"
+    if seconds != seconds:  # NaN: the row failed (its details say why)
+        return "failed"
     return f"{_num(items / seconds)} /s" if seconds < 1.0 else f"{_num(seconds)} s"
 
 
