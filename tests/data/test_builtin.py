@@ -39,7 +39,7 @@ def offline_cache(cache: Path, fake_wheels: dict[str, Path]) -> Path:
 
 def test_list_datasets_describes_all_builtins() -> None:
     infos = {d.name: d for d in list_datasets()}
-    assert list(infos) == ["hela", "bacteria", "mni-brain", "quokka", "synthetic"]
+    assert list(infos) == ["hela", "bacteria", "mni-brain", "mni-brain-3d", "quokka", "synthetic"]
     assert infos["hela"].tasks == ("semantic", "instance") and infos["mni-brain"].tasks == ("semantic",)
     assert infos["mni-brain"].num_classes == 3 and infos["quokka"].in_channels == 3
     assert infos["hela"].splits["test"] == "frames 17-19"
