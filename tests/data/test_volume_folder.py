@@ -73,3 +73,11 @@ def test_errors(tmp_path: Path) -> None:
         VolumeFolderDataset(tmp_path / "nothing", "all")
     with pytest.raises(ValueError, match="positive odd"):
         VolumeFolderDataset(tmp_path, "all", context_slices=4)
+
+
+def test_get_dataset_knows_a_folder_of_volumes(tmp_path: Path) -> None:
+    from seglab.data import get_dataset
+
+    _folder(tmp_path, ["a", "b", "c"])
+    ds = get_dataset(tmp_path, "all", context_slices=3)
+    assert isinstance(ds, VolumeFolderDataset) and ds.in_channels == 3 and len(ds) == 12

@@ -709,6 +709,43 @@ def _builtin_or_folder(name_or_folder: str | os.PathLike[str]) -> str | Path:
     return name_or_folder if name_or_folder in _SPECS else Path(name_or_folder)
 
 
+def _builtin_dataset(
+    name: str,
+    split: str,
+    task: str,
+    transform: Callable[..., Any] | None,
+    cache_dir: str | os.PathLike[str] | None,
+    download: bool,
+    options: dict[str, Any],
+) -> SegDataset:
+    """A fetched built-in (sliced, or as volumes); ``context_slices`` where its items are slices."""
+    spec = _SPECS[name]
+    allowed = {"context_slices"} if spec.context else set()
+    if set(options) - allowed:
+        raise InvalidTypeError(
+            f"Built-in dataset {name!r} takes "
+            + (f"only {sorted(allowed)}" if allowed else "no options")
+            + f"; got {sorted(options)}."
+        )
+    if spec.volume_of is not None:
+        return BuiltinVolumeDataset(
+            name, split, task=task, transform=transform, cache_dir=cache_dir, download=download
+        )
+    return BuiltinDataset(
+        name, split, task=task, transform=transform, cache_dir=cache_dir, download=download, **options
+    )
+
+
+def _holds_volumes(folder: Path) -> bool:
+    """Whether a dataset folder holds NIfTI volumes (``images/*.nii.gz``, or under train/)."""
+    from seglab.data.nifti import is_nifti
+
+    for images in (folder / "images", folder / "train" / "images"):
+        if images.is_dir():
+            return any(is_nifti(p) for p in images.iterdir())
+    return False
+
+
 def get_dataset(
     name_or_folder: str | os.PathLike[str],
     split: str = "train",
@@ -738,7 +775,8 @@ def get_dataset(
         **options: ``synthetic``: :class:`~seglab.data.synthetic.SyntheticDataset` options
             (``length``, ``size``, ``num_classes``, ``in_channels``, ``seed``, ...); folders:
             :class:`~seglab.data.folder.FolderDataset` options (``mask_format``, ``num_classes``,
-            ``images``, ``masks``, ...). The fetched built-ins take none, except ``context_slices=k``
+            ``images``, ``masks``, ...; a folder of NIfTI volumes:
+            :class:`~seglab.data.volume.VolumeFolderDataset` options). The fetched built-ins take none, except ``context_slices=k``
             (odd) on ``mni-brain``: 2.5-D samples, each slice with its ``k // 2`` neighbours on
             each side as channels. ``mni-brain-3d`` gives one ``(C, D, H, W)`` volume per split.
 
@@ -762,22 +800,12 @@ def get_dataset(
     if isinstance(name, str):
         if name == "synthetic":
             return SyntheticDataset(split=split, task=task, transform=transform, **options)
-        spec = _SPECS[name]
-        allowed = {"context_slices"} if spec.context else set()
-        if set(options) - allowed:
-            raise InvalidTypeError(
-                f"Built-in dataset {name!r} takes "
-                + (f"only {sorted(allowed)}" if allowed else "no options")
-                + f"; got {sorted(options)}."
-            )
-        if spec.volume_of is not None:
-            return BuiltinVolumeDataset(
-                name, split, task=task, transform=transform, cache_dir=cache_dir, download=download
-            )
-        return BuiltinDataset(
-            name, split, task=task, transform=transform, cache_dir=cache_dir, download=download, **options
-        )
+        return _builtin_dataset(name, split, task, transform, cache_dir, download, options)
     path = name.expanduser()
+    if path.is_dir() and _holds_volumes(path):
+        from seglab.data.volume import VolumeFolderDataset
+
+        return VolumeFolderDataset(path, split, transform=transform, **options)
     if path.is_dir():
         return FolderDataset(path, split=split, task=task, transform=transform, **options)
     given = os.fspath(name_or_folder)
