@@ -37,8 +37,19 @@ def model_rank(meta: Mapping[str, Any]) -> int:
 
 
 def context_slices(meta: Mapping[str, Any]) -> int:
-    """The slices a 2.5-D model sees (``meta["context_slices"]``; 1 for a plain 2-D model)."""
-    return int(meta.get("context_slices") or 1)
+    """The slices a 2.5-D model sees: ``meta["context_slices"]``, else the training run's
+    ``data.options.context_slices`` (its stored config); 1 for a plain 2-D model.
+
+    Example:
+        >>> context_slices({"config": {"data": {"options": {"context_slices": 3}}}}), context_slices({})
+        (3, 1)
+    """
+    if meta.get("context_slices"):
+        return int(meta["context_slices"])
+    config = meta.get("config") or {}
+    data = config.get("data") if isinstance(config, Mapping) else getattr(config, "data", None)
+    options = (data.get("options") if isinstance(data, Mapping) else getattr(data, "options", None)) or {}
+    return int(options.get("context_slices") or 1)
 
 
 @torch.no_grad()
