@@ -3,7 +3,6 @@ cache; the same voxels, labels and statistics as the sliced mni-brain."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +12,6 @@ import torch
 from seglab.data import get_dataset
 from seglab.data.builtin import BuiltinDataset, dataset_info
 from seglab.data.transforms import VolumeAugment
-
-
-@pytest.fixture
-def offline_cache(cache: Path, fake_wheels: dict[str, Path]) -> Path:
-    """The fake wheels in the cache (as in test_builtin): mni-brain converted from fake volumes."""
-    (cache / "wheels").mkdir(parents=True)
-    for path in fake_wheels.values():
-        shutil.copy(path, cache / "wheels" / path.name)
-    return cache
 
 
 def test_mni_brain_3d_is_the_slices_stacked(offline_cache: Path) -> None:

