@@ -6,7 +6,8 @@ Run it under GNU time, which reports the process's peak resident set size::
 
 It predicts a one-channel ``size``^3 float32 volume with a 3-D U-Net (seglab's ``unet`` with
 ``spatial_dims=3`` where the installed seglab has it, else a small plain ``Conv3d`` network; the
-script says which), two classes, softmax, tile ``tile``^3, overlap 0.5, batch 2. The input is a
+script says which; ``--model pointwise``: one 1x1x1 convolution, so a CPU run measures the window
+machinery itself in minutes), two classes, softmax, tile ``tile``^3, overlap 0.5, batch 2. The input is a
 ``.npy`` memmap written beforehand in slabs (read tile by tile, never loaded whole); the output is
 a float32 ``(1, 2, S, S, S)`` memmap, written slab by slab along D as the window finishes them, so
 the memory beyond the model is the tile batch plus a band of about two tiles of D slices
@@ -64,11 +65,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--base-channels", type=int, default=8)
+    parser.add_argument(
+        "--model", choices=("unet", "pointwise"), default="unet",
+        help="the network: a 3-D U-Net (or conv stack), or one 1x1x1 convolution (measures the window alone)",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, what = volume_model(args.base_channels)
+    if args.model == "pointwise":
+        torch.manual_seed(0)
+        model, what = nn.Conv3d(1, 2, 1).eval(), "pointwise conv3d 1->2"
+    else:
+        model, what = volume_model(args.base_channels)
     s = args.size
     with tempfile.TemporaryDirectory() as tmp:
         _write_input(Path(tmp) / "volume.npy", s)
