@@ -64,3 +64,17 @@ def test_crop_or_pad_any_rank() -> None:
     assert torch.equal(out[0], torch.full((2, 2), -1.0))
     assert torch.equal(out[1:, :, :1], v[:2, 1:3, 2:3])
     assert torch.equal(out[1:, :, 1], torch.full((2, 2), -1.0))
+
+
+def test_train_transforms_for_volumes() -> None:
+    from seglab.data.transforms import train_transforms
+
+    torch.manual_seed(3)
+    t = train_transforms(
+        crop=(4, 8, 8), normalization=Normalization("none"), spatial_dims=3, foreground_prob=1.0
+    )
+    assert isinstance(t, VolumeAugment) and t.patch == (4, 8, 8) and t.foreground_prob == 1.0
+    img, m = t(torch.rand(1, 10, 20, 20), torch.ones(10, 20, 20, dtype=torch.long))
+    assert img.shape == (1, 4, 8, 8) and m.shape == (4, 8, 8)
+    with pytest.raises(ValueError, match="no scale, mean or std"):
+        train_transforms(crop=8, scale=(0.5, 2.0), spatial_dims=3)

@@ -858,7 +858,8 @@ def train_transforms(
     foreground_prob: float = 0.0,
     foreground_balance: str = "pixels",
     mask_fill: int = 0,
-) -> Compose:
+    spatial_dims: int = 2,
+) -> Compose | VolumeAugment:
     """The standard training augmentation: normalise, scale + crop, flips, 90° turns, intensity jitter.
 
     Args:
@@ -879,10 +880,14 @@ def train_transforms(
         foreground_balance: ``"pixels"`` or ``"classes"``: how its centre is drawn (see
             :class:`RandomCrop`).
         mask_fill: padding value of semantic masks (0, or an ignore index).
+        spatial_dims: 3 for volumes ``(C, D, H, W)`` with masks ``(D, H, W)``: a
+            :class:`VolumeAugment` with the same options (``crop`` a cube or ``(d, h, w)``, flips
+            of every axis, in-plane turns); volumes are not zoomed (the default ``scale`` is
+            ignored, another one refused) and take a ``normalization``, not ``mean``/``std``.
 
     Returns:
         A :class:`Compose`: ``(image, target) -> (image, target)`` for semantic masks and instance
-        targets alike.
+        targets alike (a :class:`VolumeAugment` for volumes).
 
     Raises:
         ValueError: inconsistent mean/std, non-positive std, both a normalization and mean/std, crop
@@ -894,6 +899,16 @@ def train_transforms(
         >>> tuple(img.shape), tuple(mask.shape)
         ((1, 64, 64), (64, 64))
     """
+    if spatial_dims == 3:
+        if scale not in (None, (0.75, 1.33)) or mean is not None or std is not None:
+            raise InvalidValueError(
+                "volumes (spatial_dims=3) take crop, normalization, flips, rotate90, intensity and the "
+                "foreground options; no scale, mean or std (use a Normalization)."
+            )
+        return VolumeAugment(
+            crop, normalization=normalization, foreground_prob=foreground_prob, foreground_balance=foreground_balance,
+            flips=flips, rotate90=rotate90, intensity=intensity, mask_fill=mask_fill,
+        )  # fmt: skip
     steps, after, fill = _normalization_steps(mean, std, normalization)
     crop_options = {
         "foreground_prob": foreground_prob,
