@@ -79,3 +79,15 @@ def test_seglab_predict_writes_nifti_with_a_2d_checkpoint(tmp_path: Path) -> Non
     p = seglab.Predictor.from_checkpoint(ckpt)
     expected = np.stack([p(image[:, z]) for z in range(image.shape[1])])
     np.testing.assert_array_equal(mask.data, vol.to_source(np.flip(expected, 1).transpose(2, 1, 0)))
+
+
+def test_predict_logits_takes_volumes() -> None:
+    from seglab.engine.predictor import predict_logits
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv3d(1, 3, 3, padding=1), nn.ReLU(), nn.Conv3d(3, 3, 3, padding=1)).eval()
+    x = torch.randn(2, 1, 10, 12, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(predict_logits(net, x), net(x))  # whole volumes, as validation runs them
+    tiled = predict_logits(net, x, tile=8, tta="flips")
+    assert tiled.shape == (2, 3, 10, 12, 9) and torch.isfinite(tiled).all()
