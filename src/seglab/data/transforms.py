@@ -845,6 +845,27 @@ class VolumeAugment:
         return x.contiguous(), m.contiguous()
 
 
+def _volume_pipeline(
+    crop: Any,
+    scale: Any,
+    mean: Any,
+    std: Any,
+    normalization: Any,
+    fg: float,
+    balance: str,
+    options: dict[str, Any],
+) -> VolumeAugment:
+    """:func:`train_transforms` for volumes: a :class:`VolumeAugment` (no zoom, a Normalization only)."""
+    if scale not in (None, (0.75, 1.33)) or mean is not None or std is not None:
+        raise InvalidValueError(
+            "volumes (spatial_dims=3) take crop, normalization, flips, rotate90, intensity and the "
+            "foreground options; no scale, mean or std (use a Normalization)."
+        )
+    return VolumeAugment(
+        crop, normalization=normalization, foreground_prob=fg, foreground_balance=balance, **options
+    )
+
+
 def train_transforms(
     *,
     crop: int | Sequence[int] | None,
@@ -880,10 +901,8 @@ def train_transforms(
         foreground_balance: ``"pixels"`` or ``"classes"``: how its centre is drawn (see
             :class:`RandomCrop`).
         mask_fill: padding value of semantic masks (0, or an ignore index).
-        spatial_dims: 3 for volumes ``(C, D, H, W)`` with masks ``(D, H, W)``: a
-            :class:`VolumeAugment` with the same options (``crop`` a cube or ``(d, h, w)``, flips
-            of every axis, in-plane turns); volumes are not zoomed (the default ``scale`` is
-            ignored, another one refused) and take a ``normalization``, not ``mean``/``std``.
+        spatial_dims: 3 for volumes ``(C, D, H, W)``: a :class:`VolumeAugment` with these options
+            (no zoom: the default ``scale`` is ignored, another refused; no ``mean``/``std``).
 
     Returns:
         A :class:`Compose`: ``(image, target) -> (image, target)`` for semantic masks and instance
@@ -900,15 +919,10 @@ def train_transforms(
         ((1, 64, 64), (64, 64))
     """
     if spatial_dims == 3:
-        if scale not in (None, (0.75, 1.33)) or mean is not None or std is not None:
-            raise InvalidValueError(
-                "volumes (spatial_dims=3) take crop, normalization, flips, rotate90, intensity and the "
-                "foreground options; no scale, mean or std (use a Normalization)."
-            )
-        return VolumeAugment(
-            crop, normalization=normalization, foreground_prob=foreground_prob, foreground_balance=foreground_balance,
-            flips=flips, rotate90=rotate90, intensity=intensity, mask_fill=mask_fill,
-        )  # fmt: skip
+        options = {"flips": flips, "rotate90": rotate90, "intensity": intensity, "mask_fill": mask_fill}
+        return _volume_pipeline(
+            crop, scale, mean, std, normalization, foreground_prob, foreground_balance, options
+        )
     steps, after, fill = _normalization_steps(mean, std, normalization)
     crop_options = {
         "foreground_prob": foreground_prob,

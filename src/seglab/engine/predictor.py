@@ -152,8 +152,7 @@ def predict_logits(
     Args:
         model: a runner, or a model in eval mode (run as it is), or any callable
             ``(N, C, H, W) -> (N, K, H, W)`` logits.
-        images: ``(N, C, H, W)`` or ``(C, H, W)`` normalised images; ``(N, C, D, H, W)`` volumes
-            go to :func:`~seglab.engine.volume.predict_volume_logits` with the same options.
+        images: ``(N, C, H, W)`` or ``(C, H, W)`` normalised images, or volumes ``(N, C, D, H, W)``.
         tile: sliding-window tile size; ``None``: whole images (padded to the size divisor),
             unless the runner's output is smaller than its input or its graph has a fixed size.
         overlap: tile overlap fraction (sliding window only; ``None``: 0.5).
