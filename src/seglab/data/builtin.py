@@ -634,22 +634,12 @@ class BuiltinVolumeDataset(BuiltinDataset):
         spacing: voxel size in mm along (D, H, W).
     """
 
-    def __init__(
-        self,
-        name: str,
-        split: str = "train",
-        *,
-        task: str = "semantic",
-        transform: Callable[..., Any] | None = None,
-        cache_dir: str | os.PathLike[str] | None = None,
-        download: bool = True,
-    ) -> None:
+    def __init__(self, name: str, split: str = "train", **options: Any) -> None:
+        """``options``: :class:`BuiltinDataset`'s ``task``, ``transform``, ``cache_dir``, ``download``."""
         spec = _builtin_spec(name)
         if spec.volume_of is None:
             raise InvalidValueError(f"{name!r} is not a volume dataset; use get_dataset({name!r}).")
-        super().__init__(
-            spec.volume_of, split, task=task, transform=transform, cache_dir=cache_dir, download=download
-        )
+        super().__init__(spec.volume_of, split, **options)
         self.info = spec.info
         self._volume_name = name
         self.z = [item[1] for item in self._items]
