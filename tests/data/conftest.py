@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,12 @@ def offline_pip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("PIP_FIND_LINKS", str(links))
     monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
     return links
+
+
+@pytest.fixture
+def offline_cache(cache: Path, fake_wheels: dict[str, Path]) -> Path:
+    """The fake wheels placed in the cache by hand (the documented offline route): no pip at all."""
+    (cache / "wheels").mkdir(parents=True)
+    for path in fake_wheels.values():
+        shutil.copy(path, cache / "wheels" / path.name)
+    return cache

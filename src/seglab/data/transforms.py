@@ -56,9 +56,12 @@ __all__ = [
     "RandomScale",
     "RandomScaleCrop",
     "Target",
+    "VolumeAugment",
     "boxes_from_masks",
+    "crop_or_pad",
     "eval_transforms",
     "instance_target",
+    "jitter_intensity",
     "train_transforms",
 ]
 
@@ -225,8 +228,9 @@ def _foreground(flat_inputs: list[Any], ignore: int) -> Tensor | None:
     return None
 
 
-def _foreground_point(labels: Tensor, balance: str) -> tuple[int, int] | None:
-    """A random labelled pixel: uniform over pixels, or over the labels present first (``"classes"``)."""
+def _foreground_point(labels: Tensor, balance: str) -> tuple[int, ...] | None:
+    """A random labelled pixel (or voxel: any rank): uniform over pixels, or over the labels present
+    first (``"classes"``)."""
     if balance == "classes":
         present = labels[labels > 0].unique()
         if not len(present):
@@ -237,30 +241,27 @@ def _foreground_point(labels: Tensor, balance: str) -> tuple[int, int] | None:
         points = (labels > 0).nonzero()
         if not len(points):
             return None
-    y, x = points[int(torch.randint(len(points), ()))].tolist()
-    return y, x
+    return tuple(int(v) for v in points[int(torch.randint(len(points), ()))].tolist())
 
 
 def _crop_origin(
-    size: tuple[int, int],
-    window: tuple[int, int],
+    size: tuple[int, ...],
+    window: tuple[int, ...],
     fg: Tensor | None,
     foreground_prob: float,
     balance: str = "pixels",
-) -> tuple[int, int]:
-    """Top-left corner of a ``window`` in an image of ``size``; negative or overhanging means padding."""
-    (h, w), (wh, ww) = size, window
-    lo_y, hi_y = min(0, h - wh), max(0, h - wh)
-    lo_x, hi_x = min(0, w - ww), max(0, w - ww)
+) -> tuple[int, ...]:
+    """First corner of a ``window`` in an image (or volume) of ``size``, one value per axis;
+    negative or overhanging means padding. With probability ``foreground_prob`` the window
+    contains a random labelled point of ``fg`` (foreground oversampling)."""
+    lo = [min(0, n - w) for n, w in zip(size, window)]
+    hi = [max(0, n - w) for n, w in zip(size, window)]
     if fg is not None and foreground_prob > 0 and float(torch.rand(())) < foreground_prob:
         point = _foreground_point(fg, balance)
         if point is not None:
-            y, x = point
-            lo_y, hi_y = max(lo_y, y - wh + 1), min(hi_y, y)
-            lo_x, hi_x = max(lo_x, x - ww + 1), min(hi_x, x)
-    top = int(torch.randint(lo_y, hi_y + 1, ()))
-    left = int(torch.randint(lo_x, hi_x + 1, ()))
-    return top, left
+            lo = [max(a, p - w + 1) for a, p, w in zip(lo, point, window)]
+            hi = [min(b, p) for b, p in zip(hi, point)]
+    return tuple(int(torch.randint(a, b + 1, ())) for a, b in zip(lo, hi))
 
 
 def _fill_for(inpt: Any, fill: float | list[float], mask_fill: int) -> float | list[float] | None:
@@ -525,18 +526,24 @@ class RandomIntensity(v2.Transform):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if not params["apply"]:
             return inpt
-        x = inpt.as_subclass(Tensor)
-        if not x.is_floating_point():
-            raise InvalidTypeError(f"RandomIntensity expects a float image; got {x.dtype}.")
-        flat = x.reshape(x.shape[-3], -1) if x.ndim >= 3 else x.reshape(1, -1)
-        lo = flat.amin(dim=1).reshape(-1, 1, 1)  # (C, 1, 1)
-        span = (flat.amax(dim=1).reshape(-1, 1, 1) - lo).clamp_min(torch.finfo(x.dtype).tiny)
-        y = ((x - lo) / span).clamp_(0.0, 1.0)  # (C, H, W) in [0, 1]
-        y = y.pow(params["gamma"]) * params["gain"] + params["bias"]
-        out = lo + span * y
-        constant = (flat.amax(dim=1) == flat.amin(dim=1)).reshape(-1, 1, 1)
-        out = torch.where(constant, x, out)
-        return tv_tensors.wrap(out, like=inpt)
+        return tv_tensors.wrap(jitter_intensity(inpt.as_subclass(Tensor), params), like=inpt)
+
+
+def jitter_intensity(x: Tensor, params: dict[str, Any], spatial_dims: int = 2) -> Tensor:
+    """:class:`RandomIntensity`'s gamma, gain and bias on a ``(C, *spatial)`` float tensor (any
+    rank: ``spatial_dims=3`` for volumes), per channel in its own min..max range."""
+    if not x.is_floating_point():
+        raise InvalidTypeError(f"RandomIntensity expects a float image; got {x.dtype}.")
+    c = -(spatial_dims + 1)
+    flat = x.reshape(x.shape[c], -1) if x.ndim > spatial_dims else x.reshape(1, -1)
+    shape = (-1,) + (1,) * spatial_dims
+    lo = flat.amin(dim=1).reshape(shape)  # (C, 1, 1)
+    span = (flat.amax(dim=1).reshape(shape) - lo).clamp_min(torch.finfo(x.dtype).tiny)
+    y = ((x - lo) / span).clamp_(0.0, 1.0)  # (C, *spatial) in [0, 1]
+    y = y.pow(params["gamma"]) * params["gain"] + params["bias"]
+    out = lo + span * y
+    constant = (flat.amax(dim=1) == flat.amin(dim=1)).reshape(shape)
+    return torch.where(constant, x, out)
 
 
 class Normalize(v2.Normalize):
@@ -722,6 +729,143 @@ def _normalization_steps(
     return [], [Normalize(mean, std)], (mean if len(mean) > 1 else mean[0])
 
 
+def crop_or_pad(x: Tensor, origin: Sequence[int], window: Sequence[int], fill: float = 0) -> Tensor:
+    """The ``window`` of the last ``len(window)`` axes of ``x`` starting at ``origin`` (any rank);
+    parts outside ``x`` (negative or overhanging origins) are ``fill``.
+
+    Example:
+        >>> crop_or_pad(torch.arange(4.0).reshape(1, 4), (-1, 2), (1, 3), fill=-1).tolist()
+        [[-1.0, -1.0, -1.0]]
+        >>> crop_or_pad(torch.ones(2, 3, 3), (1, 1, 1), (2, 2, 2)).sum().item()
+        4.0
+    """
+    nd = len(window)
+    out = x.new_full((*x.shape[: x.ndim - nd], *window), fill)
+    src, dst = [], []
+    for o, w, n in zip(origin, window, x.shape[x.ndim - nd :]):
+        a, b = max(int(o), 0), min(int(o) + int(w), int(n))
+        if b <= a:
+            return out
+        src.append(slice(a, b))
+        dst.append(slice(a - o, b - o))
+    out[(..., *dst)] = x[(..., *src)]
+    return out
+
+
+class VolumeAugment:
+    """Random patches with foreground oversampling and joint augmentation of ``(image, mask)`` of
+    any rank (``(C, D, H, W)`` volumes with ``(D, H, W)`` masks by default; plain tensors).
+
+    Order: normalisation of the whole volume → a random ``patch`` (padded where the volume is
+    smaller: image with 0, mask with ``mask_fill``), centred with probability ``foreground_prob``
+    on a random labelled voxel → a random flip of each axis → a random quarter turn in the (H, W)
+    plane (half turns only for a non-square plane) → intensity jitter (:class:`RandomIntensity`).
+
+    Args:
+        patch: patch size, an int (a cube) or one per axis; ``None`` keeps the whole volume.
+        normalization: a :class:`~seglab.data.normalize.Normalization` (or ``None``).
+        foreground_prob: chance of a foreground-centred patch (nnU-Net uses 1/3).
+        foreground_balance: ``"pixels"`` or ``"classes"`` (see :class:`RandomCrop`).
+        flips: random flips of every spatial axis.
+        rotate90: random in-plane quarter turns.
+        intensity: random gamma/gain/bias; pass a :class:`RandomIntensity` to set its ranges.
+        mask_fill: padding value of masks (0, or an ignore index).
+        spatial_dims: 3 (volumes) or 2.
+
+    Example:
+        >>> t = VolumeAugment(16, foreground_prob=1.0)
+        >>> mask = torch.zeros(40, 30, 30, dtype=torch.long); mask[35, 2, 3] = 1
+        >>> img, m = t(torch.rand(1, 40, 30, 30), mask)
+        >>> tuple(img.shape), tuple(m.shape), int(m.sum())
+        ((1, 16, 16, 16), (16, 16, 16), 1)
+    """
+
+    def __init__(
+        self,
+        patch: int | Sequence[int] | None,
+        *,
+        normalization: Any = None,
+        foreground_prob: float = 0.0,
+        foreground_balance: str = "pixels",
+        flips: bool = True,
+        rotate90: bool = True,
+        intensity: bool | RandomIntensity = True,
+        mask_fill: int = 0,
+        spatial_dims: int = 3,
+    ) -> None:
+        from seglab.inference._common import as_tuple
+
+        if spatial_dims not in (2, 3):
+            raise InvalidValueError(f"spatial_dims must be 2 or 3; got {spatial_dims!r}.")
+        self.spatial_dims = spatial_dims
+        self.patch = None if patch is None else as_tuple(patch, spatial_dims, "patch")
+        self.normalization = normalization
+        if not 0.0 <= foreground_prob <= 1.0:
+            raise InvalidValueError(f"foreground_prob must be in [0, 1]; got {foreground_prob}.")
+        self.foreground_prob = float(foreground_prob)
+        self.balance = check_choice("foreground_balance", foreground_balance, FOREGROUND_BALANCES)
+        self.flips, self.rotate90, self.mask_fill = bool(flips), bool(rotate90), int(mask_fill)
+        self.intensity = (
+            intensity if isinstance(intensity, RandomIntensity) else RandomIntensity() if intensity else None
+        )
+
+    def __call__(self, image: Tensor | np.ndarray, mask: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
+        x = torch.as_tensor(np.asarray(image) if not isinstance(image, Tensor) else image)
+        m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask)
+        nd = self.spatial_dims
+        if x.ndim != nd + 1 or tuple(x.shape[1:]) != tuple(m.shape):
+            raise InvalidValueError(
+                f"VolumeAugment expects an image (C, *S) and a mask (*S) with {nd} spatial axes; got "
+                f"{tuple(x.shape)} and {tuple(m.shape)}."
+            )
+        x = self.normalization(x) if self.normalization is not None else x.float()
+        if self.patch is not None:
+            fg = m.to(torch.int64).clamp_min(0) if self.foreground_prob > 0 else None
+            if fg is not None and self.mask_fill != 0:
+                fg = torch.where(m == self.mask_fill, 0, fg)
+            origin = _crop_origin(tuple(m.shape), self.patch, fg, self.foreground_prob, self.balance)
+            x = crop_or_pad(x, origin, self.patch, 0.0)
+            m = crop_or_pad(m, origin, self.patch, self.mask_fill)
+        return self._augment(x, m)
+
+    def _augment(self, x: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+        if self.flips:
+            for axis in range(1, self.spatial_dims + 1):
+                if float(torch.rand(())) < 0.5:
+                    x, m = x.flip(axis), m.flip(axis - 1)
+        if self.rotate90:
+            square = x.shape[-1] == x.shape[-2]
+            k = int(torch.randint(4, ())) if square else 2 * int(torch.randint(2, ()))
+            if k:
+                x, m = torch.rot90(x, k, dims=(-2, -1)), torch.rot90(m, k, dims=(-2, -1))
+        if self.intensity is not None:
+            params = self.intensity.make_params([])
+            if params["apply"]:
+                x = jitter_intensity(x, params, self.spatial_dims)
+        return x.contiguous(), m.contiguous()
+
+
+def _volume_pipeline(
+    crop: Any,
+    scale: Any,
+    mean: Any,
+    std: Any,
+    normalization: Any,
+    fg: float,
+    balance: str,
+    options: dict[str, Any],
+) -> VolumeAugment:
+    """:func:`train_transforms` for volumes: a :class:`VolumeAugment` (no zoom, a Normalization only)."""
+    if scale not in (None, (0.75, 1.33)) or mean is not None or std is not None:
+        raise InvalidValueError(
+            "volumes (spatial_dims=3) take crop, normalization, flips, rotate90, intensity and the "
+            "foreground options; no scale, mean or std (use a Normalization)."
+        )
+    return VolumeAugment(
+        crop, normalization=normalization, foreground_prob=fg, foreground_balance=balance, **options
+    )
+
+
 def train_transforms(
     *,
     crop: int | Sequence[int] | None,
@@ -735,7 +879,8 @@ def train_transforms(
     foreground_prob: float = 0.0,
     foreground_balance: str = "pixels",
     mask_fill: int = 0,
-) -> Compose:
+    spatial_dims: int = 2,
+) -> Compose | VolumeAugment:
     """The standard training augmentation: normalise, scale + crop, flips, 90° turns, intensity jitter.
 
     Args:
@@ -756,10 +901,12 @@ def train_transforms(
         foreground_balance: ``"pixels"`` or ``"classes"``: how its centre is drawn (see
             :class:`RandomCrop`).
         mask_fill: padding value of semantic masks (0, or an ignore index).
+        spatial_dims: 3 for volumes ``(C, D, H, W)``: a :class:`VolumeAugment` with these options
+            (no zoom: the default ``scale`` is ignored, another refused; no ``mean``/``std``).
 
     Returns:
         A :class:`Compose`: ``(image, target) -> (image, target)`` for semantic masks and instance
-        targets alike.
+        targets alike (a :class:`VolumeAugment` for volumes).
 
     Raises:
         ValueError: inconsistent mean/std, non-positive std, both a normalization and mean/std, crop
@@ -771,6 +918,11 @@ def train_transforms(
         >>> tuple(img.shape), tuple(mask.shape)
         ((1, 64, 64), (64, 64))
     """
+    if spatial_dims == 3:
+        options = {"flips": flips, "rotate90": rotate90, "intensity": intensity, "mask_fill": mask_fill}
+        return _volume_pipeline(
+            crop, scale, mean, std, normalization, foreground_prob, foreground_balance, options
+        )
     steps, after, fill = _normalization_steps(mean, std, normalization)
     crop_options = {
         "foreground_prob": foreground_prob,

@@ -106,16 +106,21 @@ def find_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
         ValueError: a file with an unsupported suffix.
     """
     from seglab.data.io import IMAGE_SUFFIXES
+    from seglab.data.nifti import is_nifti
 
     found: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             found.extend(
-                sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+                sorted(
+                    p
+                    for p in path.iterdir()
+                    if p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES or is_nifti(p))
+                )
             )
         elif path.is_file():
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
+            if path.suffix.lower() not in IMAGE_SUFFIXES and not is_nifti(path):
                 raise InvalidValueError(
                     f"{path}: unsupported file type {path.suffix!r}; supported: {', '.join(IMAGE_SUFFIXES)}."
                 )
@@ -157,14 +162,14 @@ def output_names(files: Sequence[Path]) -> list[str]:
         >>> output_names([Path("a.png"), Path("a.tif"), Path("d2/a.png"), Path("b.png")])
         ['a_png', 'a_tif', 'd2_a_png', 'b']
     """
-    names = [p.stem for p in files]
+    names = [_stem(p) for p in files]
     for group in _clashes(names).values():
         members = [files[i] for i in group]
         with_suffix = len({p.suffix.lower() for p in members}) > 1
         parents = [p.resolve().parent for p in members]
         common = Path(os.path.commonpath(parents)) if len(set(parents)) > 1 else None
         for i, p, parent in zip(group, members, parents):
-            name = f"{p.stem}_{p.suffix.lstrip('.').lower()}" if with_suffix else p.stem
+            name = f"{_stem(p)}_{p.suffix.lstrip('.').lower()}" if with_suffix else _stem(p)
             if common is not None:
                 name = "_".join([*parent.relative_to(common).parts, name])
             names[i] = name
@@ -178,8 +183,13 @@ def output_names(files: Sequence[Path]) -> list[str]:
     return names
 
 
+def _stem(path: Path) -> str:
+    """A file's name without its suffix (``brain.nii.gz -> brain``)."""
+    return path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
+
+
 def _warn_renamed(files: Sequence[Path], names: Sequence[str]) -> None:
-    renamed = [f"{p} -> {n}" for p, n in zip(files, names) if n != p.stem]
+    renamed = [f"{p} -> {n}" for p, n in zip(files, names) if n != _stem(p)]
     if renamed:
         warnings.warn(
             f"inputs share a name, so their outputs are named apart: {', '.join(renamed)}",
@@ -394,7 +404,12 @@ def _predict_one(
 ) -> dict[str, Any]:
     """Predict one file and write its outputs: in memory, or streamed for a large tiled image."""
     from seglab.data.io import image_info, read_image
+    from seglab.data.nifti import is_nifti
 
+    if is_nifti(path):
+        from seglab.engine.volume import predict_volume_file
+
+        return predict_volume_file(predictor, path, out, name, overlay=opts.overlay)
     info = image_info(path)
     large = info.height * info.width > STREAM_PIXELS
     if large and opts.tile is None:

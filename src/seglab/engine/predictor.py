@@ -152,7 +152,7 @@ def predict_logits(
     Args:
         model: a runner, or a model in eval mode (run as it is), or any callable
             ``(N, C, H, W) -> (N, K, H, W)`` logits.
-        images: ``(N, C, H, W)`` or ``(C, H, W)`` normalised images.
+        images: ``(N, C, H, W)`` or ``(C, H, W)`` normalised images, or volumes ``(N, C, D, H, W)``.
         tile: sliding-window tile size; ``None``: whole images (padded to the size divisor),
             unless the runner's output is smaller than its input or its graph has a fixed size.
         overlap: tile overlap fraction (sliding window only; ``None``: 0.5).
@@ -180,6 +180,12 @@ def predict_logits(
     from seglab.inference import sliding_window
     from seglab.inference import tta as tta_fn
 
+    if images.ndim == 5:  # volumes (N, C, D, H, W): the 3-D path, same options
+        from seglab.engine.volume import predict_volume_logits
+
+        return predict_volume_logits(
+            model, images, tile=tile, overlap=overlap, blend=blend, tta=tta, batch_size=batch_size, progress=progress,
+        )  # fmt: skip
     runner = as_runner(model)
     images = images[None] if images.ndim == 3 else images
     if images.ndim != 4:

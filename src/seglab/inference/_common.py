@@ -20,6 +20,7 @@ __all__ = [
     "SizeRule",
     "activate",
     "as_pair",
+    "as_tuple",
     "check_activation",
     "model_device",
     "pad_indices",
@@ -36,13 +37,14 @@ class SizeRule(Protocol):
     """The size rule a model declares: seglab models (``SegmentationModel``) and prediction runners.
 
     Attributes:
-        size_divisor: H and W must be multiples of it (1: any size).
+        size_divisor: H and W (and D for a volume model) must be multiples of it (1: any size).
     """
 
     size_divisor: int
 
     def output_shape(self, input_shape: tuple[int, int]) -> tuple[int, int]:
-        """The output's ``(h, w)`` for an input of ``(H, W)``; ``ValueError`` for sizes it rejects."""
+        """The output's ``(h, w)`` for an input of ``(H, W)`` (``(d, h, w)`` for a volume model);
+        ``ValueError`` for sizes it rejects."""
         ...
 
 
@@ -51,8 +53,8 @@ class _AnySize:
 
     size_divisor = 1
 
-    def output_shape(self, input_shape: tuple[int, int]) -> tuple[int, int]:
-        return int(input_shape[0]), int(input_shape[1])
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(int(s) for s in input_shape)  # (h, w), or (d, h, w) for a volume
 
 
 ANY_SIZE: SizeRule = _AnySize()
@@ -84,35 +86,52 @@ def resolve_activation(activation: str | None, channels: int) -> str | None:
     return activation
 
 
-def activate(logits: Tensor, activation: str | None) -> Tensor:
-    """Apply a resolved activation along the channel dimension (``dim=-3``).
+def activate(logits: Tensor, activation: str | None, spatial_dims: int = 2) -> Tensor:
+    """Apply a resolved activation along the channel dimension (``dim=-(spatial_dims + 1)``).
 
     Shape:
-        ``(..., K, H, W) -> (..., K, H, W)``.
+        ``(..., K, H, W) -> (..., K, H, W)``; ``(..., K, D, H, W)`` with ``spatial_dims=3``.
     """
-    activation = resolve_activation(activation, int(logits.shape[-3]))
+    dim = -(spatial_dims + 1)
+    activation = resolve_activation(activation, int(logits.shape[dim]))
     if activation == "sigmoid":
         return torch.sigmoid(logits)
     if activation == "softmax":
-        return torch.softmax(logits, dim=-3)
+        return torch.softmax(logits, dim=dim)
     return logits
 
 
 def as_pair(value: int | Sequence[int], what: str) -> tuple[int, int]:
     """``256 -> (256, 256)``; ``(256, 512)`` stays; rejects non-positive or non-integer values."""
+    h, w = as_tuple(value, 2, what)
+    return h, w
+
+
+_AXES = {1: "(length)", 2: "(height, width)", 3: "(depth, height, width)"}
+
+
+def as_tuple(value: int | Sequence[int], n: int, what: str) -> tuple[int, ...]:
+    """One size per spatial axis: ``as_tuple(64, 3, "tile") == (64, 64, 64)``; a sequence of ``n`` ints
+    stays; rejects non-positive or non-integer values.
+
+    Example:
+        >>> as_tuple(64, 3, "tile"), as_tuple((16, 32), 2, "tile")
+        ((64, 64, 64), (16, 32))
+    """
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        pair = (int(value), int(value))
+        sizes = (int(value),) * n
     elif (
         isinstance(value, Sequence)
-        and len(value) == 2
+        and len(value) == n
         and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
     ):
-        pair = (int(value[0]), int(value[1]))
+        sizes = tuple(int(v) for v in value)
     else:
-        raise InvalidTypeError(f"{what} must be an int or a pair of ints (height, width); got {value!r}.")
-    if min(pair) < 1:
+        count = "a pair of ints" if n == 2 else f"{n} ints"
+        raise InvalidTypeError(f"{what} must be an int or {count} {_AXES.get(n, '')}; got {value!r}.")
+    if min(sizes) < 1:
         raise InvalidValueError(f"{what} must be positive; got {value!r}.")
-    return pair
+    return sizes
 
 
 def model_device(model: Callable[..., Any]) -> torch.device | None:

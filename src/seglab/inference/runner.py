@@ -51,8 +51,8 @@ class Runner:
     device: torch.device = torch.device("cpu")
 
     def output_shape(self, input_hw: tuple[int, int]) -> tuple[int, int]:
-        """Output ``(H, W)`` for an input ``(H, W)`` (the same by default)."""
-        return int(input_hw[0]), int(input_hw[1])
+        """Output ``(H, W)`` for an input ``(H, W)`` (the same by default; ``(D, H, W)`` for volumes)."""
+        return tuple(int(s) for s in input_hw)  # type: ignore[return-value]
 
     def __call__(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         """Logits ``(N, K, h', w')`` for a normalised batch ``(N, C, h, w)``."""
@@ -96,8 +96,8 @@ class EagerRunner(Runner):
         """The model's ``output_shape`` (identity for a plain module)."""
         if self._seg is None:
             return super().output_shape(input_hw)
-        out = self._seg.output_shape((int(input_hw[0]), int(input_hw[1])))
-        return int(out[0]), int(out[1])
+        out = self._seg.output_shape(tuple(int(s) for s in input_hw))
+        return tuple(int(s) for s in out)  # type: ignore[return-value]
 
     def check_input_size(self, h: int, w: int) -> None:
         """Raise ``ValueError`` for a size the model cannot take (used by the sliding window)."""
@@ -108,7 +108,7 @@ class EagerRunner(Runner):
     def __call__(self, x: Tensor) -> Tensor:
         """Logits (float32, on :attr:`device`) for a batch ``(N, C, h, w)``."""
         x = x.to(device=self.device, dtype=self._dtype)
-        if self._format is not None:
+        if self._format is not None and x.ndim == 4:
             x = x.contiguous(memory_format=self._format)
         from seglab.models import SegOutput
 

@@ -36,6 +36,7 @@ Details that matter:
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -52,7 +53,7 @@ from seglab.errors import InvalidTypeError, InvalidValueError
 from seglab.inference._common import (
     PAD_MODES,
     activate,
-    as_pair,
+    as_tuple,
     check_activation,
     model_device,
     model_dtype,
@@ -133,13 +134,20 @@ def _profile(size: int, blend: str, sigma_scale: float) -> Tensor:
     return torch.exp(-(t**2) / (2.0 * sigma**2)).float()
 
 
+def _outer(vectors: Sequence[Tensor]) -> Tensor:
+    """The outer product of 1-D tensors, ``(len(v0), len(v1), ...)``, multiplied first axis first."""
+    out = vectors[0]
+    for v in vectors[1:]:
+        out = out[..., None] * v
+    return out
+
+
 @functools.lru_cache(maxsize=32)
 def _gaussian_map(
-    size: tuple[int, int], sigma_scale: float, device: torch.device, dtype: torch.dtype
+    size: tuple[int, ...], sigma_scale: float, device: torch.device, dtype: torch.dtype
 ) -> Tensor:
-    gy = _profile(size[0], "gaussian", sigma_scale)
-    gx = _profile(size[1], "gaussian", sigma_scale)
-    return (gy[:, None] * gx[None, :]).to(device=device, dtype=dtype)  # (h, w)
+    profiles = [_profile(s, "gaussian", sigma_scale) for s in size]
+    return _outer(profiles).to(device=device, dtype=dtype)  # (h, w) or (d, h, w)
 
 
 def gaussian_importance_map(
@@ -148,22 +156,44 @@ def gaussian_importance_map(
     sigma_scale: float = 0.125,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    spatial_dims: int | None = None,
 ) -> Tensor:
     """The Gaussian weight map of a ``size`` window (sigma = ``sigma_scale * size``, peak 1).
 
     Computed once per (size, sigma, device, dtype) and cached: the same tensor is returned on
     every call, so treat it as read-only.
 
+    Args:
+        size: the window, an int (square / cube) or one size per axis.
+        sigma_scale: sigma as a fraction of the window size, per axis.
+        device: where the map lives.
+        dtype: its dtype.
+        spatial_dims: 2 or 3; default the length of ``size``, or 2 for an int.
+
     Shape:
-        ``(h, w)``.
+        ``(h, w)``, or ``(d, h, w)`` for three spatial axes.
 
     Example:
         >>> m = gaussian_importance_map(256)
         >>> m.shape, gaussian_importance_map(256) is m
         (torch.Size([256, 256]), True)
+        >>> gaussian_importance_map(16, spatial_dims=3).shape
+        torch.Size([16, 16, 16])
     """
-    h, w = as_pair(size, "size")
-    return _gaussian_map((h, w), float(sigma_scale), torch.device(device), dtype)
+    nd = _rank(size, spatial_dims)
+    return _gaussian_map(as_tuple(size, nd, "size"), float(sigma_scale), torch.device(device), dtype)
+
+
+def _rank(tile: Any, spatial_dims: int | None, image: Any = None) -> int:
+    """The number of spatial axes: ``spatial_dims`` if given, else the length of a ``tile`` sequence,
+    else 3 for a 5-D ``image`` and 2 otherwise."""
+    if spatial_dims is not None:
+        if spatial_dims not in (2, 3) or isinstance(spatial_dims, bool):
+            raise InvalidValueError(f"spatial_dims must be 2 or 3; got {spatial_dims!r}.")
+        return int(spatial_dims)
+    if isinstance(tile, Sequence) and len(tile) == 3:
+        return 3
+    return 3 if getattr(image, "ndim", 0) == 5 else 2
 
 
 @dataclass(frozen=True)
@@ -200,9 +230,9 @@ def _axis(length: int, in_tile: int, out_tile: int, overlap: float, blend: str, 
 
 
 # -- the engine --------------------------------------------------------------------------------
-def _check_image(image: Any, raw: bool = False) -> tuple[Any, bool]:
-    """Return ``(image as (N, C, H, W), was_3d)``; raises for anything else (``raw``: any numeric dtype,
-    for an image whose tiles are normalised as they are read)."""
+def _check_image(image: Any, raw: bool = False, spatial_dims: int = 2) -> tuple[Any, bool]:
+    """Return ``(image as (N, C, *spatial), unbatched)``; raises for anything else (``raw``: any numeric
+    dtype, for an image whose tiles are normalised as they are read)."""
     if isinstance(image, np.ndarray):
         if raw and image.dtype.kind in "biuf":
             pass
@@ -219,23 +249,25 @@ def _check_image(image: Any, raw: bool = False) -> tuple[Any, bool]:
             )
     else:
         raise InvalidTypeError(f"image must be a torch.Tensor or a NumPy array, got {type(image).__name__}.")
-    if image.ndim == 3:
+    if image.ndim == spatial_dims + 1:
         return image[None], True
-    if image.ndim == 4:
+    if image.ndim == spatial_dims + 2:
         return image, False
+    axes = "H, W" if spatial_dims == 2 else "D, H, W"
     raise InvalidValueError(
-        f"image must be (C, H, W) or (N, C, H, W); got shape {tuple(image.shape)}. For a 2-D grey image "
-        "add a channel dimension (image[None])."
+        f"image must be (C, {axes}) or (N, C, {axes}); got shape {tuple(image.shape)}. For a grey "
+        "image add a channel dimension (image[None])."
     )
 
 
-def _check_overlap(overlap: float | Sequence[float]) -> tuple[float, float]:
-    pair = (overlap, overlap) if isinstance(overlap, (int, float)) else tuple(overlap)
-    if len(pair) != 2 or not all(isinstance(o, (int, float)) and not isinstance(o, bool) for o in pair):
-        raise InvalidTypeError(f"overlap must be a number or a pair of numbers; got {overlap!r}.")
-    if not all(0.0 <= o < 1.0 for o in pair):
+def _check_overlap(overlap: float | Sequence[float], n: int = 2) -> tuple[float, ...]:
+    each = (overlap,) * n if isinstance(overlap, (int, float)) else tuple(overlap)
+    if len(each) != n or not all(isinstance(o, (int, float)) and not isinstance(o, bool) for o in each):
+        what = "a pair of numbers" if n == 2 else f"{n} numbers"
+        raise InvalidTypeError(f"overlap must be a number or {what}; got {overlap!r}.")
+    if not all(0.0 <= o < 1.0 for o in each):
         raise InvalidValueError(f"overlap must be in [0, 1) (a fraction of the tile); got {overlap!r}.")
-    return float(pair[0]), float(pair[1])
+    return tuple(float(o) for o in each)
 
 
 # the most times, on average, one pixel may be predicted: overlap 0.9 (100 on large images) always fits
@@ -250,42 +282,48 @@ def _axis_windows(length: int, tile: int, overlap: float) -> int:
     return math.ceil((frame - tile) / (tile * (1.0 - overlap)) - 1e-9) + 1
 
 
-def _check_window_count(hw: tuple[int, int], out_tile: tuple[int, int], overlap: tuple[float, float]) -> None:
+def _check_window_count(size: tuple[int, ...], out_tile: tuple[int, ...], overlap: tuple[float, ...]) -> None:
     """Refuse an overlap so close to 1 that the windows would predict each pixel over ``MAX_COVERAGE``
     times (``overlap=0.999, tile=32`` on a 64x64 image: a million windows, hours of work)."""
-    counts = [_axis_windows(n, t, o) for n, t, o in zip(hw, out_tile, overlap)]
-    frames = [max(n, t) for n, t in zip(hw, out_tile)]
-    coverage = counts[0] * out_tile[0] * counts[1] * out_tile[1] / (frames[0] * frames[1])
+    counts = [_axis_windows(n, t, o) for n, t, o in zip(size, out_tile, overlap)]
+    covered = math.prod(c * t for c, t in zip(counts, out_tile))
+    coverage = covered / math.prod(max(n, t) for n, t in zip(size, out_tile))
     if coverage > MAX_COVERAGE:
-        o = overlap[0] if overlap[0] == overlap[1] else overlap
+        o = overlap[0] if len(set(overlap)) == 1 else overlap
         raise InvalidValueError(
-            f"overlap={o} with {out_tile[0]}x{out_tile[1]} tiles on a {hw[0]}x{hw[1]} image needs "
-            f"{counts[0] * counts[1]:,} windows, predicting each pixel about {coverage:,.0f} times (at most "
+            f"overlap={o} with {'x'.join(map(str, out_tile))} tiles on a {'x'.join(map(str, size))} image "
+            f"needs {math.prod(counts):,} windows, predicting each pixel about {coverage:,.0f} times (at most "
             f"{MAX_COVERAGE}); use an overlap of at most 0.9 (0.25 to 0.5 is usual)."
         )
 
 
-def _out_tile(model: Callable[..., Any], tile: tuple[int, int]) -> tuple[int, int]:
+def _out_tile(model: Callable[..., Any], tile: tuple[int, ...]) -> tuple[int, ...]:
     """The output size for a ``tile`` input, checking that the model accepts the tile."""
     rule = size_rule(model)
     d = rule.size_divisor
     try:
-        if d > 1 and (tile[0] % d or tile[1] % d):
-            up = (-(-tile[0] // d) * d, -(-tile[1] // d) * d)
-            raise InvalidValueError(f"it needs H and W divisible by {d}; use e.g. tile={up}.")
+        if d > 1 and any(t % d for t in tile):
+            up = tuple(-(-t // d) * d for t in tile)
+            axes = "H and W" if len(tile) == 2 else "D, H and W"
+            raise InvalidValueError(f"it needs {axes} divisible by {d}; use e.g. tile={up}.")
         out = tuple(int(s) for s in rule.output_shape(tile))
     except ValueError as err:
         raise InvalidValueError(f"tile={tile} is not an input size this model accepts: {err}") from err
-    if any(o > t for o, t in zip(out, tile)) or any((t - o) % 2 for o, t in zip(out, tile)):
+    if (
+        len(out) != len(tile)
+        or any(o > t for o, t in zip(out, tile))
+        or any((t - o) % 2 for o, t in zip(out, tile))
+    ):
         raise InvalidValueError(
             f"model.output_shape({tile}) = {out}: sliding-window inference needs an output no larger than "
             "the input tile, smaller by the same margin on both sides."
         )
-    return out[0], out[1]
+    return out
 
 
 class _SlidingWindow:
-    """Validated settings of one sliding-window run; :meth:`rows` yields finished output rows."""
+    """Validated settings of one sliding-window run; :meth:`rows` yields finished output rows (slices
+    along the first spatial axis, spanning the others)."""
 
     def __init__(
         self,
@@ -302,6 +340,7 @@ class _SlidingWindow:
         prepare: bool,
         options: WindowOptions | None,
         transform: Callable[[Tensor], Tensor] | None = None,
+        spatial_dims: int | None = None,
     ) -> None:
         if not callable(model):
             raise InvalidTypeError(
@@ -310,9 +349,10 @@ class _SlidingWindow:
         if transform is not None and not callable(transform):
             raise InvalidTypeError(f"transform must be callable (C, h, w) -> (C, h, w); got {transform!r}.")
         self.transform = transform
-        self.image, self.was_3d = _check_image(image, raw=transform is not None)
-        self.tile = as_pair(tile, "tile")
-        self.overlap = _check_overlap(overlap)
+        self.nd = _rank(tile, spatial_dims, image)
+        self.image, self.unbatched = _check_image(image, raw=transform is not None, spatial_dims=self.nd)
+        self.tile = as_tuple(tile, self.nd, "tile")
+        self.overlap = _check_overlap(overlap, self.nd)
         self.blend = check_choice("blend", blend, BLENDS)
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.activation = check_activation(activation)
@@ -322,142 +362,179 @@ class _SlidingWindow:
         self.progress = bool(progress)
         in_ch = getattr(model, "in_channels", None)
         if isinstance(in_ch, int) and self.image.shape[1] != in_ch:
+            axes = "H, W" if self.nd == 2 else "D, H, W"
             raise InvalidValueError(
                 f"the model takes {in_ch} input channel(s) but the image has {self.image.shape[1]} "
-                f"(shape {tuple(self.image.shape)}); images are (C, H, W) or (N, C, H, W), channels first."
+                f"(shape {tuple(self.image.shape)}); images are (C, {axes}) or (N, C, {axes}), channels first."
             )
-        if device is None:
-            dev = model_device(model)
-            if dev is None:
-                dev = self.image.device if isinstance(self.image, Tensor) else torch.device("cpu")
-        else:
-            dev = torch.device(device)
+        self.device = self._device(model, device)
+        self.model = self._model(model, prepare)
+        info = prepare_info(self.model)
+        self.channels_last = info is not None and info.channels_last and self.nd == 2
+        self.in_dtype = model_dtype(self.model) or (
+            self.image.dtype if isinstance(self.image, Tensor) else None
+        )
+        out_tile = _out_tile(self.model, self.tile)
+        size = tuple(int(s) for s in self.image.shape[2:])
+        _check_window_count(size, out_tile, self.overlap)
+        sigma = self.options.sigma_scale
+        self.axes = [
+            _axis(n, t, o, ov, self.blend, sigma)
+            for n, t, o, ov in zip(size, self.tile, out_tile, self.overlap)
+        ]
+        self.windows = list(itertools.product(*(a.starts for a in self.axes)))
+        self.num_classes: int | None = getattr(model, "num_classes", None)
+
+    def _device(self, model: Callable[..., Any], device: str | torch.device | None) -> torch.device:
+        if device is not None:
+            return torch.device(device)
+        dev = model_device(model)
+        if dev is None:
+            dev = self.image.device if isinstance(self.image, Tensor) else torch.device("cpu")
+        return dev
+
+    def _model(self, model: Callable[..., Any], prepare: bool) -> Callable[..., Any]:
         if prepare and isinstance(model, nn.Module):
-            model = prepare_model(model, device=dev)
-        elif isinstance(model, nn.Module) and model.training:
+            return prepare_model(model, device=self.device)
+        if isinstance(model, nn.Module) and model.training:
             raise InvalidValueError(
                 "the model is in training mode (dropout active, batch norm on batch statistics); call "
                 "model.eval() or leave prepare=True."
             )
-        info = prepare_info(model)
-        self.channels_last = info is not None and info.channels_last
-        self.model = model
-        self.device = dev
-        self.in_dtype = model_dtype(model) or (self.image.dtype if isinstance(self.image, Tensor) else None)
-        out_tile = _out_tile(model, self.tile)
-        _, _, h, w = self.image.shape
-        sigma = self.options.sigma_scale
-        _check_window_count((int(h), int(w)), out_tile, self.overlap)
-        self.ay = _axis(int(h), self.tile[0], out_tile[0], self.overlap[0], self.blend, sigma)
-        self.ax = _axis(int(w), self.tile[1], out_tile[1], self.overlap[1], self.blend, sigma)
-        self.windows = [(sy, sx) for sy in self.ay.starts for sx in self.ax.starts]
-        self.num_classes: int | None = getattr(model, "num_classes", None)
+        return model
 
     # -- reading tiles -------------------------------------------------------------------------
-    def _read(self, n: int, sy: int, sx: int) -> Tensor:
-        """The input tile for the output window at ``(sy, sx)`` of image ``n`` (C, th, tw)."""
+    def _read(self, n: int, starts: tuple[int, ...]) -> Tensor:
+        """The input tile for the output window at ``starts`` of image ``n`` (C, *tile)."""
         mode = self.options.pad_mode
-        ys, iy, vy = pad_indices(self.ay.source(sy), self.ay.in_tile, self.ay.length, mode)
-        xs, ix, vx = pad_indices(self.ax.source(sx), self.ax.in_tile, self.ax.length, mode)
+        reads = [pad_indices(a.source(s), a.in_tile, a.length, mode) for a, s in zip(self.axes, starts)]
         img = self.image
+        spans = tuple(span for span, _, _ in reads)
         if isinstance(img, np.ndarray):
-            t = img[n, :, ys, xs]  # (C, h', w') view of the array (or memmap)
-            if iy is not None:
-                t = np.take(t, iy, axis=1)
-            if ix is not None:
-                t = np.take(t, ix, axis=2)
+            t = img[(n, slice(None), *spans)]  # (C, *tile') view of the array (or memmap)
+            for axis, (_, index, _) in enumerate(reads, start=1):
+                if index is not None:
+                    t = np.take(t, index, axis=axis)
             t = np.ascontiguousarray(t)
             t = torch.from_numpy(t if t.flags.writeable else t.copy())  # a read-only memmap's rows
         else:
-            t = img[n, :, ys, xs]
-            if iy is not None:
-                t = t.index_select(1, torch.from_numpy(iy).to(t.device))
-            if ix is not None:
-                t = t.index_select(2, torch.from_numpy(ix).to(t.device))
+            t = img[(n, slice(None), *spans)]
+            for axis, (_, index, _) in enumerate(reads, start=1):
+                if index is not None:
+                    t = t.index_select(axis, torch.from_numpy(index).to(t.device))
         if self.transform is not None:
             t = self.transform(t)  # e.g. the normalisation of a raw image, tile by tile
-        if vy is not None or vx is not None:
+        if any(valid is not None for _, _, valid in reads):
             t = t.clone()
-            if vy is not None:
-                t[:, torch.from_numpy(~vy).to(t.device), :] = 0
-            if vx is not None:
-                t[:, :, torch.from_numpy(~vx).to(t.device)] = 0
-        return t  # (C, th, tw)
+            for axis, (_, _, valid) in enumerate(reads, start=1):
+                if valid is not None:
+                    index = [slice(None)] * t.ndim
+                    index[axis] = torch.from_numpy(~valid).to(t.device)
+                    t[tuple(index)] = 0
+        return t  # (C, *tile)
 
     def _forward(self, tiles: Tensor) -> Tensor:
-        """Run the model on a batch of tiles and return (weighted) predictions (B, K, oh, ow)."""
+        """Run the model on a batch of tiles and return (weighted) predictions (B, K, *out_tile)."""
         fmt = torch.channels_last if self.channels_last else torch.preserve_format
         x = tiles.to(device=self.device, dtype=self.in_dtype or tiles.dtype, memory_format=fmt)
         y = self.model(x)
         y = getattr(y, "out", y)  # a SegOutput from a model called with aux=True
         if not isinstance(y, Tensor):
             raise InvalidTypeError(f"the model must return a tensor (N, K, h, w); got {type(y).__name__}.")
-        want = (x.shape[0], self.ay.out_tile, self.ax.out_tile)
-        if y.ndim != 4 or (y.shape[0], *y.shape[-2:]) != want:
+        out_tile = tuple(a.out_tile for a in self.axes)
+        want = (x.shape[0], *out_tile)
+        if y.ndim != self.nd + 2 or (y.shape[0], *y.shape[2:]) != want:
             raise InvalidValueError(
                 f"the model returned shape {tuple(y.shape)} for tiles {tuple(x.shape)}; expected "
-                f"(N, K, {want[1]}, {want[2]}). A model whose output is smaller than its input must say so "
-                "through an output_shape((h, w)) method."
+                f"(N, K, {', '.join(map(str, out_tile))}). A model whose output is smaller than its input "
+                "must say so through an output_shape((h, w)) method."
             )
-        y = activate(y.to(self.device).float(), self.activation).contiguous()  # (B, K, oh, ow)
+        y = activate(y.to(self.device).float(), self.activation, self.nd).contiguous()  # (B, K, *out)
         if self.blend == "gaussian":
-            y.mul_(
-                _gaussian_map(
-                    (self.ay.out_tile, self.ax.out_tile), self.options.sigma_scale, y.device, y.dtype
-                )
-            )
+            y.mul_(_gaussian_map(out_tile, self.options.sigma_scale, y.device, y.dtype))
         return y
 
     # -- the loop ------------------------------------------------------------------------------
     def rows(self) -> Iterator[tuple[int, int, int, Tensor]]:
-        """Yield ``(n, y0, y1, rows)``: finished output rows ``[y0, y1)`` of image ``n``, ``(K, r, W)``."""
-        ay, ax, windows, bs = self.ay, self.ax, self.windows, self.batch_size
+        """Yield ``(n, y0, y1, rows)``: finished output rows ``[y0, y1)`` of image ``n``: ``(K, r, W)``,
+        or ``(K, r, H, W)`` (slices ``[y0, y1)`` along D) for a volume."""
         n_images = self.image.shape[0]
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=n_images * len(windows), unit="tile", desc="sliding window")
-        norm_y = ay.norm.to(self.device)
-        norm_x = ax.norm.to(self.device)
+            bar = tqdm(total=n_images * len(self.windows), unit="tile", desc="sliding window")
+        first, rest = self.axes[0], self.axes[1:]
+        norm_first = first.norm.to(self.device).view(-1, *([1] * len(rest)))
+        norm_rest = _outer([a.norm for a in rest]).to(self.device)  # (frame_1, ...)
+        inner = tuple(slice(a.offset, a.offset + a.length) for a in rest)
         try:
             for n in range(n_images):
-                band: Tensor | None = None
-                top = 0  # frame row held by band[:, 0]
-                for b in range(0, len(windows), bs):
-                    batch = windows[b : b + bs]
-                    tiles = torch.stack([self._read(n, sy, sx) for sy, sx in batch])  # (B, C, th, tw)
+                state = _Band()
+                for b in range(0, len(self.windows), self.batch_size):
+                    batch = self.windows[b : b + self.batch_size]
+                    tiles = torch.stack([self._read(n, starts) for starts in batch])  # (B, C, *tile)
                     with torch.inference_mode():
-                        pred = self._forward(tiles)  # (B, K, oh, ow)
-                        k = pred.shape[1]
-                        if self.num_classes is not None and k != self.num_classes:
-                            raise InvalidValueError(
-                                f"the model returned {k} channels but says num_classes={self.num_classes}."
-                            )
-                        self.num_classes = k
-                        need = max(sy for sy, _ in batch) + ay.out_tile - top
-                        if band is None:
-                            band = torch.zeros(k, need, ax.frame, device=self.device)
-                        elif band.shape[1] < need:
-                            grow = torch.zeros(k, need - band.shape[1], ax.frame, device=self.device)
-                            band = torch.cat([band, grow], dim=1)  # (K, rows, frame_w)
-                        for (sy, sx), p in zip(batch, pred):
-                            band[:, sy - top : sy - top + ay.out_tile, sx : sx + ax.out_tile] += p
-                        done = windows[b + bs][0] if b + bs < len(windows) else ay.frame
-                        if done > top:
-                            rows = band[:, : done - top] / (norm_y[top:done, None] * norm_x[None, :])
-                            lo, hi = max(top, ay.offset), min(done, ay.offset + ay.length)
-                            finished = rows[:, lo - top : hi - top, ax.offset : ax.offset + ax.length]
-                            band = band[:, done - top :]
+                        self._add(state, batch, self._checked_k(self._forward(tiles)))
+                        nxt = b + len(batch)
+                        done = self.windows[nxt][0] if nxt < len(self.windows) else first.frame
+                        finished = state.take(done, first, (norm_first, norm_rest), inner)
                     if bar is not None:
                         bar.update(len(batch))
-                    if done > top:
-                        top = done
-                        if hi > lo:
-                            yield n, lo - ay.offset, hi - ay.offset, finished  # (K, r, W)
+                    if finished is not None:
+                        yield (n, *finished)  # (n, y0, y1, (K, r, *rest))
         finally:
             if bar is not None:
                 bar.close()
+
+    def _checked_k(self, pred: Tensor) -> Tensor:
+        k = pred.shape[1]
+        if self.num_classes is not None and k != self.num_classes:
+            raise InvalidValueError(
+                f"the model returned {k} channels but says num_classes={self.num_classes}."
+            )
+        self.num_classes = k
+        return pred
+
+    def _add(self, state: _Band, batch: list[tuple[int, ...]], pred: Tensor) -> None:
+        """Add the weighted predictions of a batch of windows into the band (grown as needed)."""
+        first = self.axes[0]
+        need = max(starts[0] for starts in batch) + first.out_tile - state.top
+        frames = tuple(a.frame for a in self.axes[1:])
+        if state.band is None:
+            state.band = torch.zeros(pred.shape[1], need, *frames, device=self.device)
+        elif state.band.shape[1] < need:
+            grow = torch.zeros(pred.shape[1], need - state.band.shape[1], *frames, device=self.device)
+            state.band = torch.cat([state.band, grow], dim=1)  # (K, rows, *frames)
+        for starts, p in zip(batch, pred):
+            index = [slice(None), slice(starts[0] - state.top, starts[0] - state.top + first.out_tile)]
+            index += [slice(s, s + a.out_tile) for s, a in zip(starts[1:], self.axes[1:])]
+            state.band[tuple(index)] += p
+
+
+@dataclass
+class _Band:
+    """The rows still being written to: ``band[:, 0]`` holds frame row ``top``."""
+
+    band: Tensor | None = None
+    top: int = 0
+
+    def take(
+        self, done: int, first: _Axis, norms: tuple[Tensor, Tensor], inner: tuple[slice, ...]
+    ) -> tuple[int, int, Tensor] | None:
+        """Normalise and hand out the frame rows ``[top, done)`` that no later window touches:
+        ``(y0, y1, rows)`` in image coordinates, or ``None`` when there are none inside the image."""
+        if done <= self.top or self.band is None:
+            return None
+        top = self.top
+        rows = self.band[:, : done - top] / (norms[0][top:done] * norms[1])  # summed weights, separable
+        lo, hi = max(top, first.offset), min(done, first.offset + first.length)
+        finished = rows[(slice(None), slice(lo - top, hi - top), *inner)]
+        self.band = self.band[:, done - top :]
+        self.top = done
+        if hi <= lo:
+            return None
+        return lo - first.offset, hi - first.offset, finished
 
 
 def _check_out(out: Any, shape: tuple[int, ...]) -> None:
@@ -474,7 +551,7 @@ def _check_out(out: Any, shape: tuple[int, ...]) -> None:
         )
     if tuple(out.shape) != shape:
         raise InvalidValueError(
-            f"out has shape {tuple(out.shape)}; expected {shape} (classes, then the image's H and W)."
+            f"out has shape {tuple(out.shape)}; expected {shape} (classes, then the image's spatial axes)."
         )
 
 
@@ -484,8 +561,12 @@ def sliding_window(
     device: str | torch.device | None = None, out_device: str | torch.device = "cpu",
     out_dtype: torch.dtype = torch.float32, progress: bool = False, activation: str | None = "auto",
     out: Tensor | np.ndarray | None = None, prepare: bool = True, options: WindowOptions | None = None,
+    spatial_dims: int | None = None,
 ) -> Tensor | np.ndarray:  # fmt: skip
-    """Predict an image of any size tile by tile, blending overlapping tiles.
+    """Predict an image (or a volume) of any size tile by tile, blending overlapping tiles.
+
+    One implementation for 2 and 3 spatial axes: a volume ``(N, C, D, H, W)`` is cut into
+    ``(d, h, w)`` windows and handed out slab by slab along D, so ``out`` may be a memmap.
 
     Args:
         model: a callable ``(N, C, h, w) -> (N, K, h', w')``: a seglab model, any ``nn.Module``, a
@@ -514,10 +595,13 @@ def sliding_window(
             folded, channels_last where it helps). With ``False`` the model is used as it is and
             must be in eval mode.
         options: rarely changed settings (:class:`WindowOptions`: padding mode, Gaussian sigma).
+        spatial_dims: 2 (images) or 3 (volumes: ``(N, C, D, H, W)`` or ``(C, D, H, W)``, ``tile``
+            an int or ``(d, h, w)``). Default: the length of a ``tile`` sequence, else 3 for a 5-D
+            image and 2 otherwise (a 4-D image with an int tile is a batch of 2-D images).
 
     Returns:
-        Probabilities (or logits) ``(N, K, H, W)``, or ``(K, H, W)`` for a 3-D image; ``out`` itself
-        when given.
+        Probabilities (or logits) ``(N, K, H, W)``, or ``(K, H, W)`` for a 3-D image; ``(N, K, D, H,
+        W)`` / ``(K, D, H, W)`` for volumes; ``out`` itself when given.
 
     Raises:
         TypeError: wrong types (image not floating point, model not callable, ...).
@@ -534,6 +618,9 @@ def sliding_window(
         >>> probs = sliding_window(m, torch.rand(1, 100, 150), tile=64, overlap=0.25)
         >>> probs.shape, bool(torch.allclose(probs.sum(0), torch.ones(100, 150)))
         (torch.Size([3, 100, 150]), True)
+        >>> net = torch.nn.Conv3d(1, 2, 3, padding=1)
+        >>> sliding_window(net, torch.rand(1, 20, 40, 30), tile=(16, 16, 16)).shape
+        torch.Size([2, 20, 40, 30])
     """
     if not (isinstance(out_dtype, torch.dtype) and out_dtype.is_floating_point):
         raise InvalidTypeError(
@@ -542,7 +629,7 @@ def sliding_window(
         )
     sw = _SlidingWindow(
         model, image, tile=tile, overlap=overlap, blend=blend, batch_size=batch_size, device=device,
-        activation=activation, progress=progress, prepare=prepare, options=options,
+        activation=activation, progress=progress, prepare=prepare, options=options, spatial_dims=spatial_dims,
     )  # fmt: skip
     return _write_rows(sw, out, out_dtype, out_device)
 
@@ -554,17 +641,20 @@ def _write_rows(
     out_device: str | torch.device,
 ) -> Tensor | np.ndarray:
     """Write the finished row bands of a run into ``out`` (allocated on the first band if ``None``)."""
-    n, _, h, w = sw.image.shape
+    n, size = sw.image.shape[0], tuple(sw.image.shape[2:])
+
+    def shape(k: int) -> tuple[int, ...]:
+        return (k, *size) if sw.unbatched else (n, k, *size)
+
     target = out
     if out is not None and sw.num_classes is not None:
-        _check_out(out, (sw.num_classes, h, w) if sw.was_3d else (n, sw.num_classes, h, w))
+        _check_out(out, shape(sw.num_classes))
     for i, y0, y1, rows in sw.rows():
         if target is None:
-            shape = (rows.shape[0], h, w) if sw.was_3d else (n, rows.shape[0], h, w)
-            target = torch.empty(shape, dtype=out_dtype, device=out_device)
+            target = torch.empty(shape(rows.shape[0]), dtype=out_dtype, device=out_device)
         elif i == 0 and y0 == 0:
-            _check_out(target, (rows.shape[0], h, w) if sw.was_3d else (n, rows.shape[0], h, w))
-        dst = target if sw.was_3d else target[i]
+            _check_out(target, shape(rows.shape[0]))
+        dst = target if sw.unbatched else target[i]
         if isinstance(dst, np.ndarray):
             dst[:, y0:y1] = rows.cpu().numpy().astype(dst.dtype, copy=False)
         else:
@@ -586,6 +676,7 @@ def sliding_window_bands(
     progress: bool = False,
     prepare: bool = True,
     options: WindowOptions | None = None,
+    spatial_dims: int | None = None,
 ) -> Iterator[tuple[int, int, int, Tensor]]:
     """The sliding window as a stream of finished row bands, for outputs of any size.
 
@@ -596,7 +687,8 @@ def sliding_window_bands(
 
     Returns:
         An iterator of ``(n, y0, y1, rows)``: rows ``[y0, y1)`` of image ``n``, ``(K, y1 - y0, W)``
-        float32 on ``device``, in order; every row comes exactly once.
+        float32 on ``device``, in order; every row comes exactly once. For a volume the "rows" are
+        slices along D: ``(K, y1 - y0, H, W)``.
 
     Example:
         >>> import seglab, torch
@@ -703,6 +795,7 @@ def sliding_window_to_tiff(
         progress=progress,
         prepare=prepare,
         options=options,
+        spatial_dims=2,  # TIFF pages are 2-D
     )
     n, _, h, w = _check_image(image)[0].shape
     activation = check_activation(activation)

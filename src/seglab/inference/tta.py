@@ -18,10 +18,15 @@ Transform sets (all exact inverses on the pixel grid):
 * ``"d4"``: the 8 symmetries of the square: rotations by 0/90/180/270 degrees, each with and without
   a horizontal flip. Rotations by 90 degrees swap H and W, so the model must accept the transposed
   size too.
+
+Volumes ``(N, C, D, H, W)`` (``spatial_dims=3``, the default for a 5-D input) use the same sets per
+axis: ``"flips"`` mirrors every subset of the three axes (8 passes, nnU-Net's 3-D mirroring),
+``"hflip"`` mirrors W, and ``"d4"`` turns and flips in the (H, W) plane.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -54,12 +59,25 @@ def _d4(k: int, flip: bool) -> tuple[_Op, _Op]:
     return forward, inverse
 
 
-def tta_transforms(transforms: str) -> list[tuple[_Op, _Op]]:
-    """The ``(forward, inverse)`` pairs of a transform set (see the module docstring)."""
+def _flip_sets(spatial_dims: int) -> list[tuple[int, ...]]:
+    """Every subset of the spatial axes, by size: ``[(), (-1,), (-2,), (-2, -1)]`` for 2 axes."""
+    axes = [-i for i in range(1, spatial_dims + 1)]
+    return [tuple(sorted(c)) for r in range(spatial_dims + 1) for c in itertools.combinations(axes, r)]
+
+
+def tta_transforms(transforms: str, spatial_dims: int = 2) -> list[tuple[_Op, _Op]]:
+    """The ``(forward, inverse)`` pairs of a transform set (see the module docstring).
+
+    Example:
+        >>> len(tta_transforms("flips")), len(tta_transforms("flips", spatial_dims=3))
+        (4, 8)
+    """
     check_choice("transforms", transforms, TTA_TRANSFORMS)
+    if spatial_dims not in (2, 3):
+        raise InvalidValueError(f"spatial_dims must be 2 or 3; got {spatial_dims!r}.")
     if transforms == "d4":
         return [_d4(k, flip) for flip in (False, True) for k in range(4)]
-    dims = {"none": [()], "hflip": [(), (-1,)], "flips": [(), (-1,), (-2,), (-2, -1)]}[transforms]
+    dims = {"none": [()], "hflip": [(), (-1,)], "flips": _flip_sets(spatial_dims)}[transforms]
     return [(_flip(d), _flip(d)) for d in dims]
 
 
@@ -69,18 +87,22 @@ def tta(
     transforms: str = "flips",
     *,
     activation: str | None = "auto",
+    spatial_dims: int | None = None,
 ) -> Tensor:
     """Average the predictions of ``model_fn`` over flipped / rotated copies of ``image``.
 
     Args:
         model_fn: a callable ``(N, C, H, W) -> (N, K, H', W')``: a model (logits), a prepared
             model, an :class:`~seglab.inference.OnnxModel`, or a function such as
-            ``lambda x: sliding_window(model, x, tile=256)``. It always receives a 4-D batch.
-        image: ``(C, H, W)`` or ``(N, C, H, W)`` floats.
+            ``lambda x: sliding_window(model, x, tile=256)``. It always receives a batch (4-D; 5-D for volumes).
+        image: ``(C, H, W)`` or ``(N, C, H, W)`` floats (``(C, D, H, W)`` / ``(N, C, D, H, W)``
+            for volumes).
         transforms: ``"none"``, ``"hflip"``, ``"flips"`` (4 passes) or ``"d4"`` (8 passes).
         activation: applied to each output before averaging: ``"auto"`` (sigmoid for one channel,
             softmax otherwise), ``"sigmoid"``, ``"softmax"``, or ``None`` when ``model_fn`` already
             returns probabilities (or to average logits).
+        spatial_dims: 2 or 3; default 3 for a 5-D ``image`` and 2 otherwise (give 3 for an unbatched
+            ``(C, D, H, W)`` volume).
 
     Returns:
         The averaged predictions ``(N, K, H', W')``, or ``(K, H', W')`` for a 3-D image, on the
@@ -100,10 +122,13 @@ def tta(
         >>> m = seglab.create_model("unet", in_channels=1, num_classes=2, base_channels=8, depth=2).eval()
         >>> tta(m, torch.rand(1, 1, 32, 32), "d4").shape
         torch.Size([1, 2, 32, 32])
+        >>> tta(torch.nn.Conv3d(1, 2, 3, padding=1), torch.rand(1, 1, 8, 8, 8), "flips").shape
+        torch.Size([1, 2, 8, 8, 8])
     """
     if not callable(model_fn):
         raise InvalidTypeError(f"model_fn must be callable; got {type(model_fn).__name__}.")
-    ops = tta_transforms(transforms)
+    nd = spatial_dims if spatial_dims is not None else (3 if getattr(image, "ndim", 0) == 5 else 2)
+    ops = tta_transforms(transforms, nd)
     activation = check_activation(activation)
     if not isinstance(image, Tensor) or not image.is_floating_point():
         raise InvalidTypeError(
@@ -111,9 +136,12 @@ def tta(
             + (f" of {image.dtype}" if isinstance(image, Tensor) else "")
             + ". Convert with torch.as_tensor(image).float()."
         )
-    if image.ndim not in (3, 4):
-        raise InvalidValueError(f"image must be (C, H, W) or (N, C, H, W); got shape {tuple(image.shape)}.")
-    x = image[None] if image.ndim == 3 else image
+    if image.ndim not in (nd + 1, nd + 2):
+        axes = "H, W" if nd == 2 else "D, H, W"
+        raise InvalidValueError(
+            f"image must be (C, {axes}) or (N, C, {axes}); got shape {tuple(image.shape)}."
+        )
+    x = image[None] if image.ndim == nd + 1 else image
     total = torch.empty(0)
     with torch.inference_mode():
         for forward, inverse in ops:
@@ -121,7 +149,7 @@ def tta(
             y = getattr(y, "out", y)
             if not isinstance(y, Tensor):
                 raise InvalidTypeError(f"model_fn must return a tensor; got {type(y).__name__}.")
-            y = inverse(activate(y.float(), activation))  # (N, K, H', W')
+            y = inverse(activate(y.float(), activation, nd))  # (N, K, H', W')
             if total.numel() == 0:
                 total = y.clone()
             elif y.shape != total.shape:
@@ -132,4 +160,4 @@ def tta(
             else:
                 total += y
     out = total / len(ops)  # computed outside inference mode: a normal tensor for the caller
-    return out[0] if image.ndim == 3 else out
+    return out[0] if image.ndim == nd + 1 else out
