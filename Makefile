@@ -7,7 +7,7 @@
 #               (BENCH="unet deeplab" for some entries)
 #   make bench-docs   regenerate docs/benchmarks.md from benchmarks/results/*.json
 #   make results          train every semantic family on hela and mni-brain (auto recipe, 5 min
-#                         each, about 1 h 45 min), evaluate on test, rewrite docs/results.md
+#                         each, about 1 h 55 min), evaluate on test, rewrite docs/results.md
 #   make results-targets  the named target runs (hela/mni-brain 15 and 60 min, bacteria, quokka,
 #                         u2net 60 min; about 4 h 20 min). Both resume and skip finished runs;
 #                         RESULTS_ARGS="--only hela-15m" picks entries.

@@ -87,7 +87,7 @@ def test_command_writes_the_table(tmp_path, capsys) -> None:
 def test_percentile_model_is_robust_to_gain_offset_and_8_bit_on_hela(tmp_path) -> None:
     """A small U-Net trained here on hela crops (percentile normalisation): every transformed test
     frame scores within 0.01 Dice of the original frame."""
-    from seglab.data.fetch import FetchError, fetch
+    from seglab.data import FetchError, fetch
 
     try:
         fetch("hela", progress=False)

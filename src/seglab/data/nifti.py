@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -101,6 +102,17 @@ def read_nifti(source: str | os.PathLike[str] | bytes) -> NiftiVolume:
         raw = Path(source).read_bytes()
     if raw[:2] == b"\x1f\x8b":
         raw = gzip.decompress(raw)
+    endian = _check_header(raw, name)
+
+    def field(fmt: str, offset: int) -> tuple:
+        return struct.unpack_from(endian + fmt, raw, offset)
+
+    data, pixdim = _read_voxels(raw, name, endian, field)
+    return NiftiVolume(data, _affine(field, pixdim), tuple(float(p) for p in pixdim[1 : data.ndim + 1]))
+
+
+def _check_header(raw: bytes, name: str) -> str:
+    """The byte order of a NIfTI-1 single file's header; a one-line error for anything else."""
     if len(raw) < _HEADER_SIZE:
         raise InvalidValueError(f"{name}: too short for a NIfTI-1 header ({len(raw)} bytes).")
     for endian in "<>":
@@ -122,10 +134,13 @@ def read_nifti(source: str | os.PathLike[str] | bytes) -> NiftiVolume:
         raise InvalidValueError(
             f"{name}: not a NIfTI-1 single file (magic {magic!r}); Analyze files need nibabel."
         )
+    return endian
 
-    def field(fmt: str, offset: int) -> tuple:
-        return struct.unpack_from(endian + fmt, raw, offset)
 
+def _read_voxels(
+    raw: bytes, name: str, endian: str, field: Callable[[str, int], tuple]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(voxels scaled by the header's slope/intercept, pixdim[8])`` of a checked NIfTI-1 file."""
     dim = field("8h", 40)
     ndim = dim[0]
     if not 1 <= ndim <= 7:
@@ -154,14 +169,17 @@ def read_nifti(source: str | os.PathLike[str] | bytes) -> NiftiVolume:
     data = data.astype(dtype.newbyteorder("="), copy=True)
     if np.isfinite(slope) and slope != 0 and not (slope == 1 and inter == 0):
         data = data.astype(np.float64) * float(slope) + float(inter)
+    return data, pixdim
 
+
+def _affine(field: Callable[[str, int], tuple], pixdim: np.ndarray) -> np.ndarray:
+    """The voxel-to-world matrix ``[4, 4]``: the sform, else the qform, else the voxel sizes."""
     qform_code, sform_code = field("2h", 252)
     if sform_code > 0:
         affine = np.eye(4)
         affine[0], affine[1], affine[2] = field("4f", 280), field("4f", 296), field("4f", 312)
-    elif qform_code > 0:
+        return affine
+    if qform_code > 0:
         b, c, d, qx, qy, qz = field("6f", 256)
-        affine = _quaternion_affine(b, c, d, pixdim[0], pixdim, np.array([qx, qy, qz]))
-    else:
-        affine = np.diag([pixdim[1] or 1.0, pixdim[2] or 1.0, pixdim[3] or 1.0, 1.0])
-    return NiftiVolume(data, affine, tuple(float(p) for p in pixdim[1 : ndim + 1]))
+        return _quaternion_affine(b, c, d, pixdim[0], pixdim, np.array([qx, qy, qz]))
+    return np.diag([pixdim[1] or 1.0, pixdim[2] or 1.0, pixdim[3] or 1.0, 1.0])

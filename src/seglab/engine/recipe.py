@@ -145,6 +145,7 @@ class _Context:
     model: str
     model_options: frozenset[str]
     mode: str
+    heavy_encoder: bool = False  # the model's default encoder is a ResNet-50/101
 
     @property
     def profile(self) -> dict[str, int]:
@@ -216,7 +217,7 @@ def _rule_model(plan: _Plan, ctx: _Context) -> None:
     if "depth" in opts:
         depth = int(min(5, max(2, round(math.log2(patch)) - 3)))
         plan.set("model.options.depth", depth, f"bottleneck cells of 8x8 px for {patch}x{patch} crops")
-    if "encoder" in opts and cpu:
+    if ctx.heavy_encoder and cpu:
         plan.set("model.options.encoder", "resnet18", "ResNet-50 trains too few steps on a CPU")
     if "output_stride" in opts:
         thin = min((c.thickness for c in ctx.fp.foreground if not math.isnan(c.thickness)), default=math.inf)
@@ -650,7 +651,10 @@ def derive_recipe(
         else ("binary" if fp.num_classes <= 2 else "multiclass")
     )
     dev = torch.device(device)
-    ctx = _Context(fp, dev, float(budget), info.name, frozenset(info.options), mode)
+    from seglab.engine.trainer import cpu_sizes
+
+    heavy = "encoder" in cpu_sizes(info.options)
+    ctx = _Context(fp, dev, float(budget), info.name, frozenset(info.options), mode, heavy)
     plan = _Plan(config.to_dict(), frozenset(explicit))
     for rule in (*SHAPE_RULES, _rule_device):
         rule(plan, ctx)

@@ -2,8 +2,8 @@
 
 ``python -m seglab.engine.results leaderboard`` (``make results``) trains every semantic family
 (:data:`FAMILIES`) on ``hela`` and on ``mni-brain`` with the automatic recipe at one equal budget
-per run (:data:`LEADERBOARD_BUDGET`, 5 minutes: 18 runs of 5 minutes plus about 40 s each for the
-probe, threshold calibration and test evaluation, about 1 h 45 min in all on 2 CPU cores),
+per run (:data:`LEADERBOARD_BUDGET`, 5 minutes: 20 runs of 5 minutes plus about 40 s each for the
+probe, threshold calibration and test evaluation, about 1 h 55 min in all on 2 CPU cores),
 evaluates each best checkpoint on the test split, and regenerates
 
 * the tables between the ``<!-- results:...:begin -->`` / ``<!-- results:...:end -->`` markers of
@@ -53,7 +53,7 @@ __all__ = [
 # fcn16s/fcn32s are FCN-8s with fewer skips; unet_valid trains only with valid-size crops). The
 # full U²-Net (44 M) is in the table beside its small variant because it is the one that failed.
 _ENCODER_DECODERS = ("unet", "unetpp", "unet3p", "u2net_small", "u2net")
-FAMILIES: tuple[str, ...] = (*_ENCODER_DECODERS, "deeplabv3", "deeplabv3plus", "pspnet", "fcn8s")
+FAMILIES: tuple[str, ...] = (*_ENCODER_DECODERS, "deeplabv3", "deeplabv3plus", "pspnet", "fcn8s", "fpn")
 LEADERBOARD_DATASETS: tuple[str, ...] = ("hela", "mni-brain")
 LEADERBOARD_BUDGET = "5m"
 DONE = "result.json"

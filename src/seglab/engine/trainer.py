@@ -50,6 +50,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
+import inspect
 import json
 import math
 import random
@@ -381,8 +382,7 @@ def cpu_model_defaults(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]
 
     if config.model.options or resolve_device(config.device).type != "cpu":
         return config, {}
-    params = model_info(config.model.name).options
-    applied = {k: v for k, v in _CPU_SIZES.items() if k in params and params[k].default != v}
+    applied = cpu_sizes(model_info(config.model.name).options)
     if not applied:
         return config, {}
     return dataclasses.replace(
@@ -390,7 +390,19 @@ def cpu_model_defaults(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]
     ), applied
 
 
-_CPU_SIZES: dict[str, Any] = {"base_channels": 16, "encoder": "resnet18"}
+def cpu_sizes(params: Mapping[str, inspect.Parameter]) -> dict[str, Any]:
+    """The CPU sizes for a model builder with these parameters: ``base_channels=16`` where it has a
+    wider default, ``encoder="resnet18"`` where its default encoder is a ResNet-50/101 (DeepLab,
+    PSPNet; the U-Net family's own plain encoder stays)."""
+    applied: dict[str, Any] = {}
+    if "base_channels" in params and params["base_channels"].default != 16:
+        applied["base_channels"] = 16
+    if "encoder" in params and params["encoder"].default in _HEAVY_ENCODERS:
+        applied["encoder"] = "resnet18"
+    return applied
+
+
+_HEAVY_ENCODERS = frozenset({"resnet50", "resnet101"})
 
 
 def _task_key(config: TrainConfig, info: Any) -> str:
