@@ -69,9 +69,7 @@ def check_spatial_dims(spatial_dims: object) -> int:
         3
     """
     if isinstance(spatial_dims, bool) or spatial_dims not in SPATIAL_DIMS:
-        raise InvalidValueError(
-            f"spatial_dims must be 2 (images) or 3 (volumes); got {spatial_dims!r}."
-        )
+        raise InvalidValueError(f"spatial_dims must be 2 (images) or 3 (volumes); got {spatial_dims!r}.")
     return int(spatial_dims)  # type: ignore[arg-type]
 
 

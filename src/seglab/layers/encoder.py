@@ -22,6 +22,7 @@ per axis and level (``pool``) for anisotropic volumes.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 
@@ -127,6 +128,17 @@ class Encoder(nn.Module):
     weights_prefix: str = ""
     name: str = ""
 
+    def scale_factors(self) -> tuple[tuple[int, ...], ...]:
+        """The down-sampling factor per axis from each map to the next, shallow to deep (a decoder
+        up-samples by these): the ratio of :attr:`strides` on every axis unless overridden.
+
+        Example:
+            >>> UNetEncoder(1, depth=2, base_channels=4, spatial_dims=3, pool=[(1, 2, 2), (2, 2, 2)]).scale_factors()
+            ((1, 2, 2), (2, 2, 2))
+        """
+        s = self.strides
+        return tuple((max(1, b // a),) * self.spatial_dims for a, b in itertools.pairwise(s))
+
     def first_maps(self, x: Tensor, count: int) -> list[Tensor]:
         """The ``count`` shallowest maps. Encoders that can stop early override this, so a pruned
         decoder (U-Net++ ``prune``) skips the deeper stages."""
@@ -228,8 +240,8 @@ def level_scales(
         >>> level_scales((1, 2, 2), 2, 3)
         ((1, 2, 2), (1, 2, 2))
     """
-    if pool is None:
-        return ((2,) * spatial_dims,) * depth
+    if pool is None or isinstance(pool, int):
+        return (check_scale(2 if pool is None else pool, spatial_dims),) * depth
     items = list(pool) if isinstance(pool, Sequence) else [pool]
     if items and all(isinstance(v, int) for v in items):
         return (check_scale(tuple(items), spatial_dims),) * depth
@@ -327,7 +339,9 @@ class UNetEncoder(Encoder):
         self.spatial_dims = rank = check_spatial_dims(spatial_dims)
         self.scales = level_scales(pool, depth, rank)
         if valid and any(min(f) < 2 for f in self.scales):
-            raise InvalidValueError("valid=True (the 2015 geometry) halves every axis at every level; drop pool.")
+            raise InvalidValueError(
+                "valid=True (the 2015 geometry) halves every axis at every level; drop pool."
+            )
         conv = {"padding": 0 if valid else 1, "norm": norm, "act": act, "spatial_dims": rank}
         everywhere = dropout if dropout_at == "all" else 0.0
         self.stem = DoubleConv(in_channels, ch[0], dropout=everywhere, **conv)
@@ -348,6 +362,10 @@ class UNetEncoder(Encoder):
         self.size_divisor = 1 if valid else (deepest[0] if len(set(deepest)) == 1 else deepest)
         if weights is not None:
             self.load_weights(weights)
+
+    def scale_factors(self) -> tuple[tuple[int, ...], ...]:
+        """The down-sampling factor per axis of each level (``pool``)."""
+        return self.scales
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """The ``depth + 1`` feature maps, full resolution first."""

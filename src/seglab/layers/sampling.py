@@ -26,9 +26,8 @@ Up-sampling (``Upsample(kind, in_ch, out_ch)``):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -220,7 +219,9 @@ def icnr_(weight: Tensor, scale: int = 2, init=nn.init.kaiming_normal_) -> Tenso
     out_ch, in_ch, *kernel = weight.shape
     r = scale ** len(kernel) if isinstance(scale, int) else math.prod(scale)
     if out_ch % r:
-        raise InvalidValueError(f"ICNR needs out_channels divisible by {r} (the shuffle factor); got {out_ch}.")
+        raise InvalidValueError(
+            f"ICNR needs out_channels divisible by {r} (the shuffle factor); got {out_ch}."
+        )
     sub = torch.empty(out_ch // r, in_ch, *kernel, dtype=weight.dtype, device=weight.device)
     init(sub)
     with torch.no_grad():
@@ -231,7 +232,9 @@ def icnr_(weight: Tensor, scale: int = 2, init=nn.init.kaiming_normal_) -> Tenso
 def _transposed(in_ch: int, out_ch: int, kernel_size: int, factor: tuple[int, ...]) -> nn.Module:
     """A transposed conv that multiplies each axis by its factor (an axis of factor 1: kernel 1)."""
     if kernel_size < 2:
-        raise InvalidValueError(f"kernel_size for a stride-2 transposed conv must be >= 2; got {kernel_size}.")
+        raise InvalidValueError(
+            f"kernel_size for a stride-2 transposed conv must be >= 2; got {kernel_size}."
+        )
     # output = (H - 1) * 2 - 2p + k + op == 2H  =>  2p - op = k - 2
     padding = (kernel_size - 1) // 2
     output_padding = 2 * padding - kernel_size + 2
