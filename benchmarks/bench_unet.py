@@ -66,32 +66,16 @@ def inference_and_train_rows(
     batch = x.shape[0]
     n_ours = sum(p.numel() for p in ours.parameters())
     n_peer = sum(p.numel() for p in peer.parameters())
-    rows = []
+    run = {"items": batch, "peer_name": "monai", "repeat": repeat}
     ours.eval()
     peer.eval()
-    rows.append(
-        compare(
-            f"{name} inference",
-            _infer(ours, x),
-            _infer(peer, x),
-            items=batch,
-            peer_name="monai",
-            repeat=repeat,
-        )
-    )
+    rows = [compare(f"{name} inference", _infer(ours, x), _infer(peer, x), **run)]
     ours.train()
     peer.train()
     opt_o = torch.optim.Adam(ours.parameters(), 1e-4)
     opt_p = torch.optim.Adam(peer.parameters(), 1e-4)
     rows.append(
-        compare(
-            f"{name} train step",
-            _train_step(ours, opt_o, x, y),
-            _train_step(peer, opt_p, x, y),
-            items=batch,
-            peer_name="monai",
-            repeat=repeat,
-        )
+        compare(f"{name} train step", _train_step(ours, opt_o, x, y), _train_step(peer, opt_p, x, y), **run)
     )
     rows[0].extra.update(params_seglab=n_ours, params_monai=n_peer)
     return rows

@@ -48,10 +48,15 @@ def test_pad_crops_a_volume_back(name: str) -> None:
     assert tuple(xp.shape[2:]) == (3, 16, 24)
     with torch.no_grad():
         out = model(x)
+        res = model(x, aux=True)
     assert out.shape == (1, 2, 3, 13, 19)
+    assert all(a.shape == out.shape for a in res.aux)
     model.pad = False
     with torch.no_grad():
         torch.testing.assert_close(model(xp)[crop], out)
+        full = model(xp, aux=True)
+    for got, want in zip(res.aux, full.aux):
+        torch.testing.assert_close(got, want[crop])
 
 
 @pytest.mark.parametrize("name", ["unet", "unetpp", "unet3p"])
