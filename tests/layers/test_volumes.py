@@ -120,3 +120,44 @@ def test_unet_encoder_pool_per_level() -> None:
     assert {k: v.shape for k, v in plain.state_dict().items()} == {
         k: v.shape for k, v in ranked.state_dict().items()
     }
+
+
+def test_rsu_in_3d_keeps_odd_sizes() -> None:
+    from seglab.layers import RSU
+
+    for dilated in (False, True):
+        block = RSU(4, 2, 4, 6, dilated=dilated, spatial_dims=3)
+        assert all(not isinstance(m, nn.Conv2d) for m in block.modules())
+        assert block(torch.randn(2, 2, 5, 7, 6)).shape == (2, 6, 5, 7, 6)
+
+
+def test_aspp_in_3d_and_its_image_pooling_branch() -> None:
+    from seglab.layers import ASPP
+    from seglab.layers.aspp import ImagePooling
+
+    for separable in (False, True):
+        aspp = ASPP(8, 4, rates=(1, 2), separable=separable, dropout=0.0, spatial_dims=3).eval()
+        assert aspp(torch.randn(2, 8, 4, 6, 5)).shape == (2, 4, 4, 6, 5)
+    pooling = ImagePooling(8, 4, spatial_dims=3).eval()
+    x = torch.randn(2, 8, 3, 4, 5)
+    want = pooling.conv(x.mean(dim=(2, 3, 4), keepdim=True))  # the branch of the global mean, broadcast
+    torch.testing.assert_close(pooling(x), want.expand(-1, -1, 3, 4, 5))
+
+
+def test_pyramid_pooling_and_spp_in_3d() -> None:
+    from seglab.layers import SPP, PyramidPooling
+
+    ppm = PyramidPooling(8, bins=(1, 2), spatial_dims=3).eval()
+    x = torch.randn(2, 8, 4, 6, 6)
+    out = ppm(x)
+    assert out.shape == (2, 16, 4, 6, 6)
+    torch.testing.assert_close(out[:, :8], x)
+    # the 1-bin branch is the conv of the global mean, the same at every voxel
+    mean_branch = ppm.branches[0](x.mean(dim=(2, 3, 4), keepdim=True))
+    torch.testing.assert_close(out[:, 8:12], mean_branch.expand(-1, -1, 4, 6, 6))
+    spp = SPP((1, 2), mode="avg")
+    v = spp(x)
+    assert v.shape == (2, spp.output_features(8, spatial_dims=3)) == (2, 8 * 9)
+    torch.testing.assert_close(v[:, :8], x.mean(dim=(2, 3, 4)))
+    with pytest.raises(ValueError, match="batch of 1"):
+        PyramidPooling(8, bins=(1,), spatial_dims=3).train()(torch.randn(1, 8, 2, 2, 2))
