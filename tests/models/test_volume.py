@@ -78,6 +78,19 @@ def test_volume_errors_name_the_fix(name: str) -> None:
         model(torch.randn(1, 1, 12, 16, 16))
 
 
+def test_a_divisor_per_axis_in_2d() -> None:
+    model = seglab.create_model("unet", in_channels=1, num_classes=2, pool=(1, 2), **SMALL).eval()
+    assert model.size_divisor == (1, 8)
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 5, 16)).shape == (1, 2, 5, 16)
+        with pytest.raises(
+            ValueError, match=r"H, W divisible by \(1, 8\); got 5x12\. Nearest valid sizes: 5, 8 or 16"
+        ):
+            model(torch.randn(1, 1, 5, 12))
+        model.pad = True
+        assert model(torch.randn(1, 1, 5, 12)).shape == (1, 2, 5, 12)
+
+
 def test_unet_valid_is_2d_only() -> None:
     with pytest.raises(ValueError, match="2-D"):
         seglab.create_model("unet", valid=True, spatial_dims=3)

@@ -186,8 +186,8 @@ class SegmentationModel(nn.Module):
 
     def check_input_size(self, *size: int) -> None:
         """Raise ``ValueError`` naming the nearest valid sizes if ``(h, w)`` (``(d, h, w)``) is not accepted."""
-        if len(size) != 2:
-            return self._check_volume_size(size)
+        if len(size) != 2 or not isinstance(self.size_divisor, int):
+            return self._check_axes_size(size)
         h, w = size
         d = self.size_divisor
         if d > 1 and (h % d or w % d):
@@ -200,13 +200,15 @@ class SegmentationModel(nn.Module):
             )
         return None
 
-    def _check_volume_size(self, size: tuple[int, ...]) -> None:
+    def _check_axes_size(self, size: tuple[int, ...]) -> None:
+        """The size check of a volume model, or of a divisor per axis."""
         divs = self.divisors()
         if any(s % d for s, d in zip(size, divs)):
             near = [nearest_multiples(s, d) for s, d in zip(size, divs)]
+            axes = ", ".join("DHW"[-len(size) :])
             raise InvalidValueError(
-                f"{type(self).__name__} needs D, H, W divisible by {divs}; got {'x'.join(map(str, size))}. "
-                f"Nearest valid sizes: {', '.join(f'{lo} or {hi}' for lo, hi in near)} — crop or pad to e.g. "
+                f"{type(self).__name__} needs {axes} divisible by {divs}; got {'x'.join(map(str, size))}. "
+                f"Nearest valid sizes: {', '.join(f'{lo} or {hi}' if lo != hi else str(lo) for lo, hi in near)} — crop or pad to e.g. "
                 f"{'x'.join(str(hi) for _, hi in near)}, or build the model with pad=True."
             )
 
