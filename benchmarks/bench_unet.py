@@ -55,27 +55,27 @@ def bench_unet(quick: bool) -> list[Result]:
     peer = BasicUNet(spatial_dims=2, in_channels=1, out_channels=1, features=(32, 32, 64, 128, 256, 32))
     x = torch.randn(batch, 1, size, size)
     y = (torch.rand(batch, 1, size, size) > 0.5).float()
+    return inference_and_train_rows("unet", ours, peer, x, y, repeat=10)
+
+
+def inference_and_train_rows(
+    name: str, ours: torch.nn.Module, peer: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, repeat: int
+) -> list[Result]:
+    """``<name> inference`` and ``<name> train step`` (Adam) of seglab against MONAI, alternating;
+    the parameter counts go into the first row's details."""
+    batch = x.shape[0]
     n_ours = sum(p.numel() for p in ours.parameters())
     n_peer = sum(p.numel() for p in peer.parameters())
-    rows = []
+    run = {"items": batch, "peer_name": "monai", "repeat": repeat}
     ours.eval()
     peer.eval()
-    rows.append(
-        compare("unet inference", _infer(ours, x), _infer(peer, x), items=batch, peer_name="monai", repeat=10)
-    )
+    rows = [compare(f"{name} inference", _infer(ours, x), _infer(peer, x), **run)]
     ours.train()
     peer.train()
     opt_o = torch.optim.Adam(ours.parameters(), 1e-4)
     opt_p = torch.optim.Adam(peer.parameters(), 1e-4)
     rows.append(
-        compare(
-            "unet train step",
-            _train_step(ours, opt_o, x, y),
-            _train_step(peer, opt_p, x, y),
-            items=batch,
-            peer_name="monai",
-            repeat=10,
-        )
+        compare(f"{name} train step", _train_step(ours, opt_o, x, y), _train_step(peer, opt_p, x, y), **run)
     )
     rows[0].extra.update(params_seglab=n_ours, params_monai=n_peer)
     return rows

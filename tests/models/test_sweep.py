@@ -141,3 +141,71 @@ def test_encoder_decoder_pair(decoder: str, encoder: str) -> None:
     assert model.encoder.out_channels and len(model.encoder.strides) == len(model.encoder.out_channels)
     grads = [p.grad for p in model.encoder.parameters()]
     assert any(g is not None and g.abs().sum() > 0 for g in grads), "the encoder gets no gradient"
+
+
+# -- volumes: the models that build in 3-D (spatial_dims=3 on the same name) ---------------------
+VOLUME = [n for n in SEMANTIC if 3 in model_info(n).spatial_dims]
+VOLUME_SIZE = (16, 16, 16)  # the smallest input of the default depth 4
+# deep-supervision outputs of model(x, aux=True) in training mode, at the default depth 4
+_VOLUME_AUX = {"unet": 0, "unetpp": 3, "unet3p": 4}
+
+
+def _build_volume(name: str, in_ch: int, k: int, **extra: object) -> SegmentationModel:
+    options = {**model_info(name).test_options, **extra}
+    return seglab.create_model(name, in_channels=in_ch, num_classes=k, spatial_dims=3, **options)
+
+
+def test_the_u_net_family_builds_volumes() -> None:
+    assert set(VOLUME) == set(_VOLUME_AUX)
+
+
+@pytest.mark.parametrize("name", VOLUME)
+@pytest.mark.parametrize(("in_ch", "k"), [(1, 1), (3, 4)])
+def test_volume_forward_backward(name: str, in_ch: int, k: int) -> None:
+    model = _build_volume(name, in_ch, k)
+    assert model.spatial_dims == 3 and model.size_divisor == 16
+    x = torch.randn(2, in_ch, *VOLUME_SIZE)
+    out = model(x)
+    assert out.shape == (2, k, *model.output_shape(VOLUME_SIZE)) == (2, k, *VOLUME_SIZE)
+    assert torch.isfinite(out).all()
+    res = model(x, aux=True)
+    assert len(res.aux) == _VOLUME_AUX[name]
+    assert all(a.shape == out.shape for a in res.aux)
+    assert res.cls is None or res.cls.shape == (2, k)
+    loss = (res.out - 1).pow(2).mean() + sum((a - 1).pow(2).mean() for a in res.aux)
+    if res.cls is not None:
+        loss = loss + (res.cls - 1).pow(2).mean()
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads), "a parameter gets no gradient"
+    assert all(p.ndim != 4 for p in model.parameters()), "a 2-D convolution in a volume model"
+
+
+@pytest.mark.parametrize("name", VOLUME)
+def test_volume_anisotropic_pool(name: str) -> None:
+    pool = ((1, 2, 2), (1, 2, 2), (2, 2, 2), (2, 2, 2))  # thick slices: keep the depth twice
+    model = _build_volume(name, 1, 2, pool=pool).eval()
+    assert model.size_divisor == (4, 16, 16)
+    strides = [(f.shape[2], f.shape[3]) for f in model.encoder(torch.randn(1, 1, 8, 32, 32))]
+    assert strides == [(8, 32), (8, 16), (8, 8), (4, 4), (2, 2)]
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 4, 16, 32)).shape == (2, 2, 4, 16, 32)
+        with pytest.raises(ValueError, match="divisible by"):
+            model(torch.randn(1, 1, 6, 16, 16))
+
+
+@pytest.mark.parametrize("name", VOLUME)
+def test_volume_state_dict_round_trip_and_export(name: str) -> None:
+    # the CGM gate may blank a random model's whole output, and comparing constants checks nothing
+    extra = {"cgm_gate": False} if "cgm_gate" in model_info(name).options else {}
+    a = realistic(_build_volume(name, 3, 2, **extra))
+    b = _build_volume(name, 3, 2, **extra).eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(1, 3, *VOLUME_SIZE)
+    with torch.no_grad():
+        ya = a(x)
+        _assert_varies(ya, name)
+        assert not torch.equal(_build_volume(name, 3, 2, **extra).eval()(x), ya)
+        torch.testing.assert_close(b(x), ya)
+        exported = torch.export.export(a, (x,)).module()
+        torch.testing.assert_close(exported(x), ya, rtol=1e-4, atol=1e-5 * max(1.0, float(ya.abs().max())))

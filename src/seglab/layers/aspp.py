@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from seglab._options import check_positive_ints
 from seglab.errors import InvalidValueError
-from seglab.layers.conv import AtrousConv2d, ConvNormAct, make_act, make_norm
+from seglab.layers.conv import AtrousConv2d, ConvNormAct, make_act, make_norm, nd
 from seglab.layers.pyramid import check_pooled_norm
 
 __all__ = ["ASPP", "ImagePooling", "SeparableConvNormAct", "aspp_rates"]
@@ -67,25 +67,27 @@ class SeparableConvNormAct(nn.Sequential):
         norm: norm name.
         act: activation name.
         inner_norm_act: also normalise and activate between the two convs.
+        spatial_dims: 2 (images) or 3 (volumes).
 
     Shape:
-        ``(N, in_ch, H, W) -> (N, out_ch, H, W)``.
+        ``(N, in_ch, *S) -> (N, out_ch, *S)``.
     """
 
     def __init__(
         self, in_ch: int, out_ch: int, kernel_size: int = 3, *, dilation: int = 1, norm: str = "batch",
-        act: str = "relu", inner_norm_act: bool = False,
+        act: str = "relu", inner_norm_act: bool = False, spatial_dims: int = 2,
     ) -> None:  # fmt: skip
         pad = dilation * (kernel_size - 1) // 2
-        conv = AtrousConv2d if dilation > 1 else nn.Conv2d
+        plain = nd("conv", spatial_dims)
+        conv = AtrousConv2d if dilation > 1 and spatial_dims == 2 else plain
         layers: list[nn.Module] = [
             conv(in_ch, in_ch, kernel_size, padding=pad, dilation=dilation, groups=in_ch, bias=False)
         ]
         if inner_norm_act:
-            layers += [make_norm(norm, in_ch), make_act(act, channels=in_ch)]
+            layers += [make_norm(norm, in_ch, spatial_dims=spatial_dims), make_act(act, channels=in_ch)]
         layers += [
-            nn.Conv2d(in_ch, out_ch, 1, bias=norm == "none"),
-            make_norm(norm, out_ch),
+            plain(in_ch, out_ch, 1, bias=norm == "none"),
+            make_norm(norm, out_ch, spatial_dims=spatial_dims),
             make_act(act, channels=out_ch),
         ]
         super().__init__(*layers)
@@ -100,19 +102,22 @@ class ImagePooling(nn.Module):
     ``Expand`` (equal to bilinear up-sampling of a 1x1 map).
 
     Shape:
-        ``(N, in_ch, H, W) -> (N, out_ch, H, W)``.
+        ``(N, in_ch, *S) -> (N, out_ch, *S)`` (``S``: ``(H, W)``, or ``(D, H, W)`` with
+        ``spatial_dims=3``).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, *, norm: str = "batch", act: str = "relu") -> None:
+    def __init__(
+        self, in_ch: int, out_ch: int, *, norm: str = "batch", act: str = "relu", spatial_dims: int = 2
+    ) -> None:
         super().__init__()
-        self.conv = ConvNormAct(in_ch, out_ch, 1, norm=norm, act=act)
+        self.conv = ConvNormAct(in_ch, out_ch, 1, norm=norm, act=act, spatial_dims=spatial_dims)
 
     def forward(self, x: Tensor) -> Tensor:
-        h, w = x.shape[-2:]
-        p = x.mean(dim=(-2, -1), keepdim=True)  # (N, in_ch, 1, 1)
+        axes = tuple(range(2, x.ndim))
+        p = x.mean(dim=axes, keepdim=True)  # (N, in_ch, 1, 1)
         check_pooled_norm("ASPP image pooling", p, self.conv[1])
         p = self.conv(p)  # (N, out_ch, 1, 1)
-        return p.expand(-1, -1, h, w)  # (N, out_ch, H, W)
+        return p.expand(-1, -1, *x.shape[2:])  # (N, out_ch, H, W)
 
 
 class ASPP(nn.Module):
@@ -129,12 +134,13 @@ class ASPP(nn.Module):
             ``"group"`` lets the model train with a batch of one).
         act: activation name.
         dropout: dropout after the projection (0.5 in the reference implementations; 0 disables).
+        spatial_dims: 2 (images) or 3 (volumes ``(N, in_ch, D, H, W)``).
 
     Raises:
         ValueError: no rates, or a rate below 1.
 
     Shape:
-        ``(N, in_ch, H, W) -> (N, out_ch, H, W)``.
+        ``(N, in_ch, *S) -> (N, out_ch, *S)``.
 
     Example:
         >>> aspp = ASPP(64, 32, rates=(6, 12, 18))
@@ -144,24 +150,25 @@ class ASPP(nn.Module):
 
     def __init__(
         self, in_ch: int, out_ch: int = 256, rates: Sequence[int] = (6, 12, 18), *, separable: bool = False,
-        pooling: bool = True, norm: str = "batch", act: str = "relu", dropout: float = 0.5,
+        pooling: bool = True, norm: str = "batch", act: str = "relu", dropout: float = 0.5, spatial_dims: int = 2,
     ) -> None:  # fmt: skip
         super().__init__()
         rates = check_positive_ints("ASPP rates", rates)
         if not 0.0 <= dropout < 1.0:
             raise InvalidValueError(f"ASPP dropout must be in [0, 1); got {dropout!r}.")
         self.rates = rates
-        branches: list[nn.Module] = [ConvNormAct(in_ch, out_ch, 1, norm=norm, act=act)]
+        opts = {"norm": norm, "act": act, "spatial_dims": spatial_dims}
+        branches: list[nn.Module] = [ConvNormAct(in_ch, out_ch, 1, **opts)]
         for r in rates:
             if separable:
-                branches.append(SeparableConvNormAct(in_ch, out_ch, 3, dilation=r, norm=norm, act=act))
+                branches.append(SeparableConvNormAct(in_ch, out_ch, 3, dilation=r, **opts))
             else:
-                branches.append(ConvNormAct(in_ch, out_ch, 3, dilation=r, norm=norm, act=act))
+                branches.append(ConvNormAct(in_ch, out_ch, 3, dilation=r, **opts))
         if pooling:
-            branches.append(ImagePooling(in_ch, out_ch, norm=norm, act=act))
+            branches.append(ImagePooling(in_ch, out_ch, **opts))
         self.branches = nn.ModuleList(branches)
         self.project = nn.Sequential(
-            ConvNormAct(len(branches) * out_ch, out_ch, 1, norm=norm, act=act),
+            ConvNormAct(len(branches) * out_ch, out_ch, 1, **opts),
             nn.Dropout(dropout),
         )
         self.in_channels = in_ch

@@ -3,6 +3,10 @@
 Norm and activation are chosen by name (``norm="batch"|"instance"|"group"|"none"``,
 ``act="relu"|"leaky_relu"|"gelu"|"silu"|"prelu"|"none"``) through :func:`make_norm` and
 :func:`make_act`, so a model exposes one string option instead of a class.
+
+The blocks take the spatial rank (``spatial_dims=2`` for images, ``3`` for volumes): the PyTorch
+layer classes (convolution, norm, pooling, dropout) are chosen by rank through :func:`nd`, so
+every block is written once for both.
 """
 
 from __future__ import annotations
@@ -17,27 +21,85 @@ from seglab.errors import InvalidValueError
 __all__ = [
     "ACTS",
     "NORMS",
+    "SPATIAL_DIMS",
     "AtrousConv2d",
     "ConvNormAct",
     "DoubleConv",
+    "check_spatial_dims",
     "init_weights",
     "make_act",
     "make_norm",
+    "nd",
 ]
 
+SPATIAL_DIMS = (2, 3)
+# the PyTorch layer class of each kind, by spatial rank
+_LAYERS: dict[int, dict[str, type[nn.Module]]] = {
+    2: {
+        "conv": nn.Conv2d,
+        "conv_transpose": nn.ConvTranspose2d,
+        "batch_norm": nn.BatchNorm2d,
+        "instance_norm": nn.InstanceNorm2d,
+        "max_pool": nn.MaxPool2d,
+        "adaptive_max_pool": nn.AdaptiveMaxPool2d,
+        "dropout": nn.Dropout2d,
+    },
+    3: {
+        "conv": nn.Conv3d,
+        "conv_transpose": nn.ConvTranspose3d,
+        "batch_norm": nn.BatchNorm3d,
+        "instance_norm": nn.InstanceNorm3d,
+        "max_pool": nn.MaxPool3d,
+        "adaptive_max_pool": nn.AdaptiveMaxPool3d,
+        "dropout": nn.Dropout3d,
+    },
+}
+_CONV_TYPES = (nn.Conv2d, nn.ConvTranspose2d, nn.Conv3d, nn.ConvTranspose3d)
+_NORM_TYPES = (nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.InstanceNorm2d, nn.InstanceNorm3d)
 
-def make_norm(norm: str, channels: int, *, groups: int = 8) -> nn.Module:
+
+def check_spatial_dims(spatial_dims: object) -> int:
+    """Validate a spatial rank: 2 (images ``(N, C, H, W)``) or 3 (volumes ``(N, C, D, H, W)``).
+
+    Raises:
+        InvalidValueError: anything else.
+
+    Example:
+        >>> check_spatial_dims(3)
+        3
+    """
+    if isinstance(spatial_dims, bool) or spatial_dims not in SPATIAL_DIMS:
+        raise InvalidValueError(f"spatial_dims must be 2 (images) or 3 (volumes); got {spatial_dims!r}.")
+    return int(spatial_dims)  # type: ignore[arg-type]
+
+
+def nd(kind: str, spatial_dims: int) -> type[nn.Module]:
+    """The PyTorch layer class of ``kind`` for a spatial rank (one table instead of a copy per rank).
+
+    Args:
+        kind: ``"conv"``, ``"conv_transpose"``, ``"batch_norm"``, ``"instance_norm"``,
+            ``"max_pool"``, ``"adaptive_max_pool"`` or ``"dropout"``.
+        spatial_dims: 2 or 3.
+
+    Example:
+        >>> nd("conv", 3).__name__, nd("max_pool", 2).__name__
+        ('Conv3d', 'MaxPool2d')
+    """
+    return _LAYERS[check_spatial_dims(spatial_dims)][check_choice("kind", kind, tuple(_LAYERS[2]))]
+
+
+def make_norm(norm: str, channels: int, *, groups: int = 8, spatial_dims: int = 2) -> nn.Module:
     """A normalisation layer for ``channels`` feature maps, chosen by name.
 
-    ``"batch"``: ``BatchNorm2d``; ``"instance"``: ``InstanceNorm2d(affine=True)`` (MONAI's choice);
-    ``"group"``: ``GroupNorm`` with ``groups`` groups (fewer when ``channels`` is not divisible);
-    ``"none"``: identity.
+    ``"batch"``: ``BatchNorm2d`` (``3d`` for volumes); ``"instance"``: ``InstanceNorm2d(affine=True)``
+    (MONAI's choice); ``"group"``: ``GroupNorm`` with ``groups`` groups (fewer when ``channels`` is
+    not divisible); ``"none"``: identity.
     """
     check_choice("norm", norm, NORMS)
     if norm == "batch":
-        return nn.BatchNorm2d(channels)
+        return nd("batch_norm", spatial_dims)(channels)
     if norm == "instance":
-        return nn.InstanceNorm2d(channels, affine=True)
+        return nd("instance_norm", spatial_dims)(channels, affine=True)
     if norm == "group":
         g = min(groups, channels)
         while channels % g:
@@ -119,22 +181,23 @@ class AtrousConv2d(nn.Conv2d):
 
 
 class ConvNormAct(nn.Sequential):
-    """``Conv2d -> norm -> activation``.
+    """``Conv2d -> norm -> activation`` (``Conv3d`` for volumes).
 
     Args:
         in_ch: input channels.
         out_ch: output channels.
-        kernel_size: square kernel size.
-        stride: convolution stride.
+        kernel_size: square (cubic) kernel size.
+        stride: convolution stride, one value or one per axis (``(1, 2, 2)``: keep the depth).
         padding: ``None`` gives "same" padding for odd kernels (``dilation * (k - 1) // 2``);
             ``0`` gives the unpadded ("valid") convolution of the 2015 U-Net.
         dilation: atrous rate.
         norm: ``"batch"``, ``"instance"``, ``"group"`` or ``"none"``.
         act: activation name (see :data:`ACTS`).
         bias: conv bias; ``None`` means "only when there is no norm layer".
+        spatial_dims: 2 (images) or 3 (volumes).
 
     Shape:
-        ``(N, in_ch, H, W) -> (N, out_ch, H', W')`` with ``H' = H`` for same padding and stride 1.
+        ``(N, in_ch, *S) -> (N, out_ch, *S')`` with ``S' = S`` for same padding and stride 1.
     """
 
     def __init__(
@@ -143,22 +206,24 @@ class ConvNormAct(nn.Sequential):
         out_ch: int,
         kernel_size: int = 3,
         *,
-        stride: int = 1,
+        stride: int | tuple[int, ...] = 1,
         padding: int | None = None,
         dilation: int = 1,
         norm: str = "batch",
         act: str = "relu",
         bias: bool | None = None,
+        spatial_dims: int = 2,
     ) -> None:
         if padding is None:
             padding = dilation * (kernel_size - 1) // 2
         if bias is None:
             bias = norm == "none"
         same = padding == dilation * (kernel_size - 1) // 2 and kernel_size % 2 == 1
-        conv = AtrousConv2d if dilation > 1 and stride == 1 and same else nn.Conv2d
+        atrous = spatial_dims == 2 and dilation > 1 and stride == 1 and same
+        conv = AtrousConv2d if atrous else nd("conv", spatial_dims)
         super().__init__(
             conv(in_ch, out_ch, kernel_size, stride=stride, padding=padding, dilation=dilation, bias=bias),
-            make_norm(norm, out_ch),
+            make_norm(norm, out_ch, spatial_dims=spatial_dims),
             make_act(act, channels=out_ch),
         )
         self.in_channels = in_ch
@@ -166,7 +231,7 @@ class ConvNormAct(nn.Sequential):
 
 
 class DoubleConv(nn.Sequential):
-    """Two ``ConvNormAct`` 3x3 layers, the U-Net stage.
+    """Two ``ConvNormAct`` 3x3 (3x3x3) layers, the U-Net stage.
 
     Args:
         in_ch: input channels.
@@ -176,9 +241,10 @@ class DoubleConv(nn.Sequential):
         norm: norm name.
         act: activation name.
         dropout: dropout probability between the two convs (0 disables).
+        spatial_dims: 2 (images) or 3 (volumes).
 
     Shape:
-        ``(N, in_ch, H, W) -> (N, out_ch, H - 4 * (1 - padding), W - 4 * (1 - padding))``.
+        ``(N, in_ch, *S) -> (N, out_ch, *S')``, each ``S' = S - 4 * (1 - padding)``.
     """
 
     def __init__(
@@ -191,17 +257,19 @@ class DoubleConv(nn.Sequential):
         norm: str = "batch",
         act: str = "relu",
         dropout: float = 0.0,
+        spatial_dims: int = 2,
     ) -> None:
         mid_ch = mid_ch or out_ch
-        layers: list[nn.Module] = [ConvNormAct(in_ch, mid_ch, 3, padding=padding, norm=norm, act=act)]
+        conv = {"padding": padding, "norm": norm, "act": act, "spatial_dims": spatial_dims}
+        layers: list[nn.Module] = [ConvNormAct(in_ch, mid_ch, 3, **conv)]
         if dropout > 0:
-            layers.append(nn.Dropout2d(dropout))
-        layers.append(ConvNormAct(mid_ch, out_ch, 3, padding=padding, norm=norm, act=act))
+            layers.append(nd("dropout", spatial_dims)(dropout))
+        layers.append(ConvNormAct(mid_ch, out_ch, 3, **conv))
         super().__init__(*layers)
         self.in_channels = in_ch
         self.out_channels = out_ch
 
-    def forward(self, x: Tensor) -> Tensor:  # (N, in_ch, H, W) -> (N, out_ch, H', W')
+    def forward(self, x: Tensor) -> Tensor:  # (N, in_ch, *S) -> (N, out_ch, *S')
         return super().forward(x)
 
 
@@ -214,11 +282,11 @@ def init_weights(*modules: nn.Module) -> nn.Module:
     """
     for module in modules:
         for m in module.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and not getattr(m, "keep_init", False):
+            if isinstance(m, _CONV_TYPES) and not getattr(m, "keep_init", False):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)) and m.weight is not None:
+            elif isinstance(m, _NORM_TYPES) and m.weight is not None:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
     return modules[0]

@@ -5,18 +5,24 @@ An encoder maps ``(N, C_in, H, W)`` to a list of feature maps, shallow to deep. 
 * ``out_channels``: the channels of each map;
 * ``strides``: the down-sampling factor of each map (``(1, 2, 4, 8, 16)`` for the plain U-Net
   encoder of depth 4, ``(2, 4, 8, 16, 32)`` for a ResNet);
-* ``size_divisor``: H and W must be multiples of it (1: any size).
+* ``size_divisor``: H and W must be multiples of it (1: any size); one value per axis when the
+  axes differ (an encoder that keeps the depth of thick-slice volumes).
+
+Encoders declare their spatial rank (``spatial_dims``: 2 for images, 3 for volumes); the plain
+U-Net encoder builds either.
 
 Decoders (``seglab.models``: U-Net, U-Net++, U-Net 3+, DeepLab, PSPNet, FPN) read only these.
 :meth:`Encoder.load_weights` loads a local state dict (never downloads), adapting the first
 convolution's RGB filters when the encoder takes another number of channels.
 
 :class:`UNetEncoder` is the U-Net family's own encoder: a double conv at full resolution, then
-``depth`` times a down-sampling and a double conv.
+``depth`` times a down-sampling and a double conv, in 2-D or 3-D, with a down-sampling factor
+per axis and level (``pool``) for anisotropic volumes.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 
@@ -25,10 +31,17 @@ from torch import Tensor, nn
 
 from seglab._options import ACTS, NORMS, check_choice, check_number, check_positive_int, check_positive_ints
 from seglab.errors import InvalidValueError, MissingFileError
-from seglab.layers.conv import DoubleConv, init_weights
-from seglab.layers.sampling import DOWN_KINDS, Downsample
+from seglab.layers.conv import DoubleConv, check_spatial_dims, init_weights
+from seglab.layers.sampling import DOWN_KINDS, Downsample, check_scale
 
-__all__ = ["Encoder", "UNetEncoder", "adapt_first_conv_weight", "key_mismatch_details", "level_widths"]
+__all__ = [
+    "Encoder",
+    "UNetEncoder",
+    "adapt_first_conv_weight",
+    "key_mismatch_details",
+    "level_scales",
+    "level_widths",
+]
 
 
 def adapt_first_conv_weight(weight: Tensor, in_channels: int) -> Tensor:
@@ -100,7 +113,8 @@ class Encoder(nn.Module):
     Attributes:
         out_channels: channels of each feature map, shallow to deep.
         strides: down-sampling factor of each feature map.
-        size_divisor: H and W must be multiples of this.
+        size_divisor: H and W must be multiples of this (one value per axis where they differ).
+        spatial_dims: 2 (images) or 3 (volumes).
         first_conv: state-dict key of the first convolution's weight (adapted to ``in_channels``).
         weights_prefix: prepended to the keys of a weights file (a wrapped third-party model).
         name: the registered name (``"resnet34"``, ``"unet"``, ``"timm:..."``).
@@ -108,10 +122,22 @@ class Encoder(nn.Module):
 
     out_channels: tuple[int, ...] = ()
     strides: tuple[int, ...] = ()
-    size_divisor: int = 1
+    size_divisor: int | tuple[int, ...] = 1
+    spatial_dims: int = 2
     first_conv: str = "conv1.weight"
     weights_prefix: str = ""
     name: str = ""
+
+    def scale_factors(self) -> tuple[tuple[int, ...], ...]:
+        """The down-sampling factor per axis from each map to the next, shallow to deep (a decoder
+        up-samples by these): the ratio of :attr:`strides` on every axis unless overridden.
+
+        Example:
+            >>> UNetEncoder(1, depth=2, base_channels=4, spatial_dims=3, pool=[(1, 2, 2), (2, 2, 2)]).scale_factors()
+            ((1, 2, 2), (2, 2, 2))
+        """
+        s = self.strides
+        return tuple((max(1, b // a),) * self.spatial_dims for a, b in itertools.pairwise(s))
 
     def first_maps(self, x: Tensor, count: int) -> list[Tensor]:
         """The ``count`` shallowest maps. Encoders that can stop early override this, so a pruned
@@ -195,6 +221,46 @@ def level_widths(depth: int, base_channels: int, channels: Sequence[int] | None)
     return tuple(base_channels * 2**i for i in range(depth + 1))
 
 
+def level_scales(
+    pool: int | Sequence[int] | Sequence[Sequence[int]] | None, depth: int, spatial_dims: int
+) -> tuple[tuple[int, ...], ...]:
+    """The down-sampling factor per axis of each of the ``depth`` levels.
+
+    Args:
+        pool: ``None`` (2 on every axis), one factor per axis for every level (``(1, 2, 2)``), or
+            one such tuple per level, shallow to deep (``[(1, 2, 2), (1, 2, 2), (2, 2, 2)]``: the
+            depth is halved from the third level on, as nnU-Net does for thick slices).
+        depth: number of down-samplings.
+        spatial_dims: 2 or 3.
+
+    Raises:
+        ValueError: a factor other than 1 or 2, a level without a 2, or the wrong lengths.
+
+    Example:
+        >>> level_scales((1, 2, 2), 2, 3)
+        ((1, 2, 2), (1, 2, 2))
+    """
+    if pool is None or isinstance(pool, int):
+        return (check_scale(2 if pool is None else pool, spatial_dims),) * depth
+    items = list(pool) if isinstance(pool, Sequence) else [pool]
+    if items and all(isinstance(v, int) for v in items):
+        return (check_scale(tuple(items), spatial_dims),) * depth
+    if len(items) != depth:
+        raise InvalidValueError(
+            f"pool lists one factor per axis for every level, or one tuple per level ({depth} levels); "
+            f"got {pool!r}."
+        )
+    return tuple(check_scale(tuple(v) if isinstance(v, Sequence) else v, spatial_dims) for v in items)
+
+
+def _strides(scales: Sequence[tuple[int, ...]], spatial_dims: int) -> tuple[tuple[int, ...], ...]:
+    """The cumulative stride per axis of each map (the first map: stride 1)."""
+    out = [(1,) * spatial_dims]
+    for f in scales:
+        out.append(tuple(a * b for a, b in zip(out[-1], f)))
+    return tuple(out)
+
+
 class UNetEncoder(Encoder):
     """The U-Net family's encoder: a double conv, then ``depth`` x (down-sampling, double conv).
 
@@ -216,18 +282,28 @@ class UNetEncoder(Encoder):
         dropout_at: ``"deepest"`` or ``"all"``.
         valid: unpadded convolutions (each double conv trims 4 pixels), the 2015 geometry.
         weights: a local state dict of this encoder, or ``None``.
+        spatial_dims: 2 (images ``(N, C, H, W)``) or 3 (volumes ``(N, C, D, H, W)``).
+        pool: the down-sampling factor per axis: ``None`` (2 everywhere), one tuple for every level
+            (``(1, 2, 2)``: keep the depth of thick slices) or one per level (see
+            :func:`level_scales`). The size divisor is then per axis.
 
     Built with PyTorch's default initialisation; :meth:`initialise` gives He initialisation (the
     models call it).
 
+    Attributes:
+        axis_strides: the stride of each map per axis.
+
     Shape:
-        ``(N, in_channels, H, W) ->`` ``depth + 1`` maps ``(N, channels[i], H / 2^i, W / 2^i)``
+        ``(N, in_channels, *S) ->`` ``depth + 1`` maps ``(N, channels[i], *S / stride_i)``
         (smaller with ``valid=True``).
 
     Example:
         >>> enc = UNetEncoder(1, depth=2, base_channels=8)
         >>> [tuple(f.shape[1:]) for f in enc(torch.randn(1, 1, 32, 32))]
         [(8, 32, 32), (16, 16, 16), (32, 8, 8)]
+        >>> enc = UNetEncoder(1, depth=2, base_channels=4, spatial_dims=3, pool=(1, 2, 2))
+        >>> [tuple(f.shape[2:]) for f in enc(torch.randn(1, 1, 8, 16, 16))], enc.size_divisor
+        ([(8, 16, 16), (8, 8, 8), (8, 4, 4)], (1, 4, 4))
     """
 
     first_conv = "stem.0.0.weight"
@@ -248,6 +324,8 @@ class UNetEncoder(Encoder):
         dropout_at: str = "deepest",
         valid: bool = False,
         weights: str | os.PathLike | None = None,
+        spatial_dims: int = 2,
+        pool: Sequence[int] | Sequence[Sequence[int]] | None = None,
     ) -> None:
         super().__init__()
         check_positive_int("in_channels", in_channels)
@@ -258,24 +336,36 @@ class UNetEncoder(Encoder):
         check_choice("act", act, ACTS)
         check_choice("dropout_at", dropout_at, ("deepest", "all"))
         check_number("dropout", dropout, low=0, high=1, high_open=True)
-        padding = 0 if valid else 1
-        conv = {"padding": padding, "norm": norm, "act": act}
+        self.spatial_dims = rank = check_spatial_dims(spatial_dims)
+        self.scales = level_scales(pool, depth, rank)
+        if valid and any(min(f) < 2 for f in self.scales):
+            raise InvalidValueError(
+                "valid=True (the 2015 geometry) halves every axis at every level; drop pool."
+            )
+        conv = {"padding": 0 if valid else 1, "norm": norm, "act": act, "spatial_dims": rank}
         everywhere = dropout if dropout_at == "all" else 0.0
         self.stem = DoubleConv(in_channels, ch[0], dropout=everywhere, **conv)
         self.downs = nn.ModuleList()
         self.encoders = nn.ModuleList()
         for i in range(1, depth + 1):
             d_out = ch[i - 1] if down == "maxpool" else ch[i]
-            self.downs.append(Downsample(down, ch[i - 1], d_out, norm=norm, act=act))
+            sampling = {"norm": norm, "act": act, "spatial_dims": rank, "scale": self.scales[i - 1]}
+            self.downs.append(Downsample(down, ch[i - 1], d_out, **sampling))
             drop = dropout if (i == depth or dropout_at == "all") else 0.0
             self.encoders.append(DoubleConv(d_out, ch[i], dropout=drop, **conv))
         self.depth = depth
         self.valid = bool(valid)
         self.out_channels = ch
-        self.strides = tuple(2**i for i in range(depth + 1))
-        self.size_divisor = 1 if valid else 2**depth
+        self.axis_strides = _strides(self.scales, rank)
+        self.strides = tuple(max(s) for s in self.axis_strides)
+        deepest = self.axis_strides[-1]
+        self.size_divisor = 1 if valid else (deepest[0] if len(set(deepest)) == 1 else deepest)
         if weights is not None:
             self.load_weights(weights)
+
+    def scale_factors(self) -> tuple[tuple[int, ...], ...]:
+        """The down-sampling factor per axis of each level (``pool``)."""
+        return self.scales
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """The ``depth + 1`` feature maps, full resolution first."""
@@ -288,9 +378,9 @@ class UNetEncoder(Encoder):
 
     def first_maps(self, x: Tensor, count: int) -> list[Tensor]:
         """The ``count`` shallowest maps; the deeper stages do not run."""
-        feats = [self.stem(x)]  # (N, c0, H, W)
+        feats = [self.stem(x)]  # (N, c0, *S)
         for down, enc in list(zip(self.downs, self.encoders))[: count - 1]:
-            feats.append(enc(down(feats[-1])))  # (N, c_i, H / 2^i, W / 2^i)
+            feats.append(enc(down(feats[-1])))  # (N, c_i, *S / stride_i)
         return feats
 
 

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from seglab._options import check_choice, check_positive_ints
 from seglab.errors import InvalidTypeError, InvalidValueError
 from seglab.layers.conv import ConvNormAct
+from seglab.layers.sampling import linear_mode
 
 __all__ = ["SPP", "PyramidPooling", "adaptive_avg_pool2d", "check_pooled_norm"]
 
@@ -107,19 +108,19 @@ def check_pooled_norm(owner: str, pooled: Tensor, norm: nn.Module) -> None:
     Raises:
         ValueError: with the cause and the fixes.
     """
-    n, h, w = pooled.shape[0], pooled.shape[-2], pooled.shape[-1]
-    if isinstance(norm, nn.BatchNorm2d) and norm.training and n * h * w == 1:
+    n, size = pooled.shape[0], pooled[0, 0].numel()  # size: the pixels (voxels) of one map
+    if isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.training and n * size == 1:
         raise InvalidValueError(
             f"{owner}: the pooled 1x1 branch is normalised with BatchNorm, which needs more than one value "
             "per channel in training mode; got a batch of 1. Train with a batch of 2 or more, build the "
             "model with norm='group', or call model.eval() for inference."
         )
-    if isinstance(norm, nn.InstanceNorm2d) and h * w == 1:
+    if isinstance(norm, nn.modules.instancenorm._InstanceNorm) and size == 1:
         raise InvalidValueError(
             f"{owner}: instance norm normalises each map over its pixels, and the pooled branch has one "
             "pixel. Use norm='batch' or norm='group'."
         )
-    if isinstance(norm, nn.GroupNorm) and (norm.num_channels // norm.num_groups) * h * w == 1:
+    if isinstance(norm, nn.GroupNorm) and (norm.num_channels // norm.num_groups) * size == 1:
         raise InvalidValueError(
             f"{owner}: group norm with one channel per group cannot normalise a pooled 1x1 map "
             f"({norm.num_channels} channels in {norm.num_groups} groups). Use wider branches (16 channels or more) or "
@@ -159,17 +160,23 @@ class SPP(nn.Module):
         self.levels = levels
         self.mode = check_choice("mode", mode, SPP_MODES)
 
-    def output_features(self, channels: int) -> int:
-        """Length of the output vector for a ``channels``-channel input map."""
-        return channels * sum(v * v for v in self.levels)
+    def output_features(self, channels: int, spatial_dims: int = 2) -> int:
+        """Length of the output vector for a ``channels``-channel input map (``spatial_dims=3``: a
+        volume, ``l x l x l`` bins per level)."""
+        return channels * sum(v**spatial_dims for v in self.levels)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.ndim != 4:
-            raise InvalidValueError(f"SPP expects a feature map (N, C, H, W); got shape {tuple(x.shape)}.")
+        if x.ndim not in (4, 5):
+            raise InvalidValueError(
+                f"SPP expects a feature map (N, C, H, W) or (N, C, D, H, W); got shape {tuple(x.shape)}."
+            )
         n = x.shape[0]
         parts = []
         for level in self.levels:
-            if self.mode == "max":
+            if x.ndim == 5:  # a volume: l x l x l bins
+                pool = F.adaptive_max_pool3d if self.mode == "max" else F.adaptive_avg_pool3d
+                p = pool(x, level)  # (N, C, l, l, l)
+            elif self.mode == "max":
                 p = F.adaptive_max_pool2d(x, level)  # (N, C, l, l)
             else:
                 p = adaptive_avg_pool2d(x, level)  # (N, C, l, l)
@@ -196,6 +203,7 @@ class PyramidPooling(nn.Module):
         act: activation name.
         align_corners: bilinear up-sampling convention (``True``, as the authors' Caffe ``Interp``
             layer and their PyTorch code).
+        spatial_dims: 2 (images) or 3 (volumes: ``b x b x b`` bins, trilinear up-sampling).
 
     Attributes:
         out_channels: ``in_ch + len(bins) * branch_channels``.
@@ -214,7 +222,7 @@ class PyramidPooling(nn.Module):
 
     def __init__(
         self, in_ch: int, bins: Sequence[int] = (1, 2, 3, 6), *, branch_channels: int | None = None,
-        norm: str = "batch", act: str = "relu", align_corners: bool = True,
+        norm: str = "batch", act: str = "relu", align_corners: bool = True, spatial_dims: int = 2,
     ) -> None:  # fmt: skip
         super().__init__()
         bins = check_positive_ints("PyramidPooling bins", bins)
@@ -227,19 +235,22 @@ class PyramidPooling(nn.Module):
         self.bins = bins
         self.align_corners = bool(align_corners)
         self.branches = nn.ModuleList(
-            ConvNormAct(in_ch, branch_channels, 1, norm=norm, act=act) for _ in bins
+            ConvNormAct(in_ch, branch_channels, 1, norm=norm, act=act, spatial_dims=spatial_dims)
+            for _ in bins
         )
         self.out_channels = in_ch + len(bins) * branch_channels
 
     def forward(self, x: Tensor) -> Tensor:
-        size = x.shape[-2:]
+        size = x.shape[2:]
+        pool = adaptive_avg_pool2d if x.ndim == 4 else F.adaptive_avg_pool3d  # (export-safe in 2-D)
         outs = [x]
         for b, branch in zip(self.bins, self.branches):
-            p = adaptive_avg_pool2d(x, b)  # (N, in_ch, b, b)
+            p = pool(x, b)  # (N, in_ch, b, b)
             check_pooled_norm("PyramidPooling", p, branch[1])
             p = branch(p)  # (N, branch_ch, b, b)
+            mode = linear_mode(x.ndim - 2)
             outs.append(
-                F.interpolate(p, size=size, mode="bilinear", align_corners=self.align_corners)
+                F.interpolate(p, size=size, mode=mode, align_corners=self.align_corners)
             )  # (N, bc, H, W)
         return torch.cat(outs, dim=1)  # (N, out_channels, H, W)
 

@@ -35,7 +35,8 @@ __all__ = ["RSU", "CeilMaxPool2d", "resize_to"]
 
 
 class CeilMaxPool2d(nn.Module):
-    """2x2, stride-2 max pooling whose output size rounds up: ``(H, W) -> (ceil(H/2), ceil(W/2))``.
+    """2x2, stride-2 max pooling whose output size rounds up: ``(H, W) -> (ceil(H/2), ceil(W/2))``
+    (2x2x2 on a volume ``(N, C, D, H, W)``: the input's rank decides).
 
     Eager mode calls ``max_pool2d(..., ceil_mode=True)``. Under ``torch.export`` / ``torch.compile``
     it pads one ``-inf`` row and column and pools with ``ceil_mode=False`` instead: the same values,
@@ -51,10 +52,11 @@ class CeilMaxPool2d(nn.Module):
     """
 
     def forward(self, x: Tensor) -> Tensor:
+        pool = F.max_pool2d if x.ndim == 4 else F.max_pool3d
         if torch.compiler.is_compiling():
-            x = F.pad(x, (0, 1, 0, 1), value=float("-inf"))  # (N, C, H + 1, W + 1)
-            return F.max_pool2d(x, 2, 2)  # (N, C, ceil(H / 2), ceil(W / 2))
-        return F.max_pool2d(x, 2, 2, ceil_mode=True)  # (N, C, ceil(H / 2), ceil(W / 2))
+            x = F.pad(x, (0, 1) * (x.ndim - 2), value=float("-inf"))  # (N, C, H + 1, W + 1)
+            return pool(x, 2, 2)  # (N, C, ceil(H / 2), ceil(W / 2))
+        return pool(x, 2, 2, ceil_mode=True)  # (N, C, ceil(H / 2), ceil(W / 2))
 
 
 class RSU(nn.Module):
@@ -69,13 +71,15 @@ class RSU(nn.Module):
             every inner map keeps the input's resolution.
         norm: norm name (``"batch"`` in the paper; see :func:`seglab.layers.make_norm`).
         act: activation name (``"relu"`` in the paper).
+        spatial_dims: 2 (images) or 3 (volumes).
 
     Raises:
         TypeError: a size argument is not an int, or ``dilated`` is not a bool.
         ValueError: ``height < 2`` or a channel count below 1; unknown ``norm``/``act``.
 
     Shape:
-        ``(N, in_ch, H, W) -> (N, out_ch, H, W)`` for any ``H, W >= 1``.
+        ``(N, in_ch, H, W) -> (N, out_ch, H, W)`` for any ``H, W >= 1`` (``(N, in_ch, D, H, W)``
+        likewise).
 
     Example:
         >>> block = RSU(7, 3, 32, 64)
@@ -95,6 +99,7 @@ class RSU(nn.Module):
         *,
         norm: str = "batch",
         act: str = "relu",
+        spatial_dims: int = 2,
     ) -> None:
         super().__init__()
         height = check_positive_int("RSU height", height, minimum=2)
@@ -113,7 +118,7 @@ class RSU(nn.Module):
         dec_dil = enc_dil[-2::-1]
 
         def cna(i: int, o: int, d: int) -> ConvNormAct:
-            return ConvNormAct(i, o, 3, dilation=d, norm=norm, act=act, bias=True)
+            return ConvNormAct(i, o, 3, dilation=d, norm=norm, act=act, bias=True, spatial_dims=spatial_dims)
 
         self.conv_in = cna(in_ch, out_ch, 1)
         self.encoder = nn.ModuleList(
@@ -140,7 +145,7 @@ class RSU(nn.Module):
         for j, conv in enumerate(self.decoder):
             skip = skips.pop()  # (N, mid, h_s, w_s)
             if j > 0 and not self.dilated:
-                d = resize_to(d, skip.shape[-2:])  # (N, mid, h_s, w_s)
+                d = resize_to(d, skip.shape[2:])  # (N, mid, h_s, w_s)
             d = conv(torch.cat([d, skip], dim=1))  # (N, mid or out_ch at the top, h_s, w_s)
         return d + top  # (N, out_ch, H, W)
 

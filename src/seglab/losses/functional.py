@@ -949,7 +949,11 @@ def ms_ssim_loss(
     check_reduction(reduction)
     prepared = _prepare(pred, target, mode, ignore_index, "ms_ssim_loss")
     if len(prepared.spatial) != 2:
-        raise InvalidValueError(f"ms_ssim_loss is 2-D: expected (N, C, H, W), got {tuple(pred.shape)}.")
+        raise InvalidValueError(
+            f"ms_ssim_loss is 2-D: expected (N, C, H, W), got {tuple(pred.shape)}. For volumes "
+            "(N, C, D, H, W) leave the ms_ssim term out of the loss (e.g. 'focal+iou' instead of "
+            "'focal+ms_ssim+iou')."
+        )
     p = to_probs(prepared.pred, mode, from_logits)  # (N, C, L)
     t, valid = prepared.target, prepared.valid
     n, c, _ = p.shape

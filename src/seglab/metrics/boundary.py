@@ -52,9 +52,10 @@ def hausdorff(
         target: ground-truth mask, same shape.
         percentile: ``None`` for the maximum, or a value in ``[0, 100]`` (linear interpolation,
             as ``numpy.percentile``).
-        spacing: pixel size along each spatial axis; its length sets the number of spatial dims
-            (``(1.0, 1.0)``: 2D images; ``(dz, dy, dx)`` for volumes). One extra leading
-            dimension is a batch.
+        spacing: pixel (voxel) size along each spatial axis, e.g. in mm: distances come out in
+            the same unit. Its length sets the number of spatial dims (``(1.0, 1.0)``: 2D
+            images; ``(dz, dy, dx)`` for volumes, e.g. ``(3.0, 0.8, 0.8)`` for thick slices).
+            One extra leading dimension is a batch.
         empty: result when both masks are empty (NaN by default). One empty mask gives ``inf``.
 
     Returns:

@@ -3,7 +3,10 @@
 The contract:
 
 * ``model(x)`` takes ``(N, C_in, H, W)`` floats and returns logits ``(N, num_classes, H, W)``
-  (``unet_valid`` returns a smaller map and reports it through ``output_shape``).
+  (``unet_valid`` returns a smaller map and reports it through ``output_shape``). A volume model
+  (``spatial_dims=3``, the same registered names) takes ``(N, C_in, D, H, W)`` and returns
+  ``(N, num_classes, D, H, W)``; its ``size_divisor`` is one integer, or one per axis when the axes
+  are pooled differently (``pool=(1, 2, 2)``).
 * ``model(x, aux=True)`` returns :class:`SegOutput` ``(out, aux, cls)``: the main logits, a list
   of auxiliary logit maps (deep-supervision heads, side outputs, an auxiliary head; may have other
   spatial sizes than ``out``) and an optional image-level logit tensor ``cls`` of shape
@@ -30,10 +33,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from seglab._options import check_positive_int
+from seglab._options import check_positive_int, check_positive_ints
 from seglab._shapes import pad_to_multiple
 from seglab.errors import InvalidTypeError, InvalidValueError
-from seglab.layers.conv import ConvNormAct, init_weights
+from seglab.layers.conv import ConvNormAct, check_spatial_dims, init_weights
 from seglab.layers.encoder import Encoder
 from seglab.layers.sampling import resize_to
 
@@ -74,9 +77,11 @@ class SegmentationModel(nn.Module):
     Args:
         in_channels: channels of the input image.
         num_classes: channels of the output logits.
-        size_divisor: H and W must be multiples of this (1: any size).
+        size_divisor: H and W must be multiples of this (1: any size); or one value per spatial
+            axis (a volume pooled differently along its depth).
         pad: pad inputs whose size is not a multiple of ``size_divisor`` (centred, see
             :meth:`pad_to_divisor`) and crop the outputs back, instead of rejecting them.
+        spatial_dims: 2 (images ``(N, C, H, W)``) or 3 (volumes ``(N, C, D, H, W)``).
 
     Raises:
         ValueError: ``in_channels``, ``num_classes`` or ``size_divisor`` below 1.
@@ -92,12 +97,18 @@ class SegmentationModel(nn.Module):
     renamed_keys: tuple[tuple[str, str], ...] = ()
 
     def __init__(
-        self, in_channels: int, num_classes: int, *, size_divisor: int = 1, pad: bool = False
-    ) -> None:
+        self, in_channels: int, num_classes: int, *, size_divisor: int | tuple[int, ...] = 1, pad: bool = False,
+        spatial_dims: int = 2,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.in_channels = check_positive_int("in_channels", in_channels)
         self.num_classes = check_positive_int("num_classes", num_classes)
-        self.size_divisor = check_positive_int("size_divisor", size_divisor)
+        self.spatial_dims = check_spatial_dims(spatial_dims)
+        if isinstance(size_divisor, int):
+            self.size_divisor: int | tuple[int, ...] = check_positive_int("size_divisor", size_divisor)
+        else:
+            divs = check_positive_ints("size_divisor", size_divisor, length=self.spatial_dims)
+            self.size_divisor = divs[0] if len(set(divs)) == 1 else divs
         self.pad = bool(pad)
         if self.renamed_keys:
             self._register_load_state_dict_pre_hook(_rename_old_keys, with_module=True)
@@ -112,21 +123,31 @@ class SegmentationModel(nn.Module):
         raise NotImplementedError
 
     # -- contract -----------------------------------------------------------------------------
-    def output_shape(self, input_shape: tuple[int, int]) -> tuple[int, int]:
-        """Spatial size of the output for an input of ``(H, W)`` (same size for most models).
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Spatial size of the output for an input of ``(H, W)`` (``(D, H, W)`` for a volume model;
+        the same size for most models).
 
         Example:
             >>> SegmentationModel(1, 1).output_shape((30, 45))
             (30, 45)
         """
-        h, w = input_shape
-        return int(h), int(w)
+        return tuple(int(s) for s in input_shape)
+
+    def divisors(self) -> tuple[int, ...]:
+        """:attr:`size_divisor` per spatial axis.
+
+        Example:
+            >>> SegmentationModel(1, 1, size_divisor=(1, 4, 4), spatial_dims=3).divisors()
+            (1, 4, 4)
+        """
+        d = self.size_divisor
+        return (d,) * self.spatial_dims if isinstance(d, int) else tuple(d)
 
     def pad_to_divisor(self, x: Tensor) -> tuple[Tensor, tuple[slice, ...]]:
         """Pad ``x`` (centred) to multiples of :attr:`size_divisor`; return it and the crop back.
 
         Args:
-            x: ``(N, C, H, W)``.
+            x: ``(N, C, H, W)`` (``(N, C, D, H, W)`` for a volume model).
 
         Returns:
             ``(padded, crop)``: ``model(padded)[crop]`` has the input's size (for models whose
@@ -138,15 +159,16 @@ class SegmentationModel(nn.Module):
             >>> tuple(p.shape[-2:]), tuple(p[crop].shape[-2:])
             ((32, 48), (30, 45))
         """
-        return pad_to_multiple(x, self.size_divisor)
+        return pad_to_multiple(x, self.size_divisor, spatial_dims=self.spatial_dims)
 
     def check_input(self, x: Tensor) -> None:
         """Raise ``TypeError``/``ValueError`` for inputs this model cannot take."""
         if not isinstance(x, Tensor):
             raise InvalidTypeError(f"{type(self).__name__} expects a torch.Tensor, got {type(x).__name__}.")
-        if x.ndim != 4:
+        if x.ndim != 2 + self.spatial_dims:
+            layout = "(N, C, H, W)" if self.spatial_dims == 2 else "(N, C, D, H, W) (a volume model)"
             raise InvalidValueError(
-                f"{type(self).__name__} expects a batch (N, C, H, W); got shape {tuple(x.shape)}. "
+                f"{type(self).__name__} expects a batch {layout}; got shape {tuple(x.shape)}. "
                 "Add a batch dimension with x.unsqueeze(0)."
             )
         if not x.is_floating_point():
@@ -160,10 +182,13 @@ class SegmentationModel(nn.Module):
                 f"(input shape {tuple(x.shape)}). Build it with in_channels={x.shape[1]}."
             )
         if not self.pad:
-            self.check_input_size(int(x.shape[-2]), int(x.shape[-1]))
+            self.check_input_size(*(int(s) for s in x.shape[2:]))
 
-    def check_input_size(self, h: int, w: int) -> None:
-        """Raise ``ValueError`` naming the nearest valid sizes if ``(h, w)`` is not accepted."""
+    def check_input_size(self, *size: int) -> None:
+        """Raise ``ValueError`` naming the nearest valid sizes if ``(h, w)`` (``(d, h, w)``) is not accepted."""
+        if len(size) != 2 or not isinstance(self.size_divisor, int):
+            return self._check_axes_size(size)
+        h, w = size
         d = self.size_divisor
         if d > 1 and (h % d or w % d):
             hl, hu = nearest_multiples(h, d)
@@ -172,6 +197,19 @@ class SegmentationModel(nn.Module):
                 f"{type(self).__name__} needs H and W divisible by {d}; got {h}x{w}. Nearest valid sizes: "
                 f"H in ({hl}, {hu}), W in ({wl}, {wu}) — crop or pad to e.g. {hu}x{wu}, or build the model "
                 "with pad=True to pad and crop back automatically."
+            )
+        return None
+
+    def _check_axes_size(self, size: tuple[int, ...]) -> None:
+        """The size check of a volume model, or of a divisor per axis."""
+        divs = self.divisors()
+        if any(s % d for s, d in zip(size, divs)):
+            near = [nearest_multiples(s, d) for s, d in zip(size, divs)]
+            axes = ", ".join("DHW"[-len(size) :])
+            raise InvalidValueError(
+                f"{type(self).__name__} needs {axes} divisible by {divs}; got {'x'.join(map(str, size))}. "
+                f"Nearest valid sizes: {', '.join(f'{lo} or {hi}' if lo != hi else str(lo) for lo, hi in near)} — crop or pad to e.g. "
+                f"{'x'.join(str(hi) for _, hi in near)}, or build the model with pad=True."
             )
 
     def uses_channels_last(self) -> bool:
@@ -214,22 +252,22 @@ class SegmentationModel(nn.Module):
         return res if aux else res.out
 
     def _forward_padded(self, x: Tensor, aux: bool) -> SegOutput:
-        h, w = x.shape[-2:]
-        d = self.size_divisor
-        if not (self.pad and d > 1 and (h % d != 0 or w % d != 0)):
-            return self.forward_seg(x, aux)
+        if not (self.pad and any(s % d for s, d in zip(x.shape[2:], self.divisors()))):
+            return self.forward_seg(x, aux)  # (the sizes stay symbolic for a dynamic-shape export)
+        size = tuple(int(s) for s in x.shape[2:])
         xp, crop = self.pad_to_divisor(x)
         res = self.forward_seg(xp, aux)
-        hw = (int(h), int(w))
-        return SegOutput(res.out[crop], [_crop_scaled(a, xp.shape[-2:], hw) for a in res.aux], res.cls)
+        return SegOutput(res.out[crop], [_crop_scaled(a, xp.shape[2:], size) for a in res.aux], res.cls)
 
 
-def _crop_scaled(t: Tensor, padded_hw: tuple[int, int], hw: tuple[int, int]) -> Tensor:
-    """Crop a map computed on a centred-padded input back to the unpadded region (any scale)."""
-    top, left = (padded_hw[0] - hw[0]) // 2, (padded_hw[1] - hw[1]) // 2  # pad_amounts' "before"
-    sh, sw = t.shape[-2] / padded_hw[0], t.shape[-1] / padded_hw[1]
-    y0, x0 = round(top * sh), round(left * sw)
-    return t[..., y0 : y0 + max(1, round(hw[0] * sh)), x0 : x0 + max(1, round(hw[1] * sw))]
+def _crop_scaled(t: Tensor, padded: tuple[int, ...], size: tuple[int, ...]) -> Tensor:
+    """Crop a map computed on a centred-padded input back to the unpadded region (any scale, any rank)."""
+    index = []
+    for n, p, s in zip(t.shape[-len(size) :], padded, size):
+        scale = n / p
+        start = round((p - s) // 2 * scale)  # pad_amounts' "before"
+        index.append(slice(start, start + max(1, round(s * scale))))
+    return t[(..., *index)]
 
 
 def _rename_old_keys(module: SegmentationModel, state_dict: dict, prefix: str, *args: object) -> None:
@@ -275,8 +313,11 @@ class EncoderDecoderModel(SegmentationModel):
         size_divisor: int | None = None,
         pad: bool,
     ) -> None:
-        divisor = encoder.strides[-1] if size_divisor is None else size_divisor
-        super().__init__(in_channels, num_classes, size_divisor=divisor, pad=pad)
+        per_axis = encoder.size_divisor if isinstance(encoder.size_divisor, tuple) else encoder.strides[-1]
+        divisor = per_axis if size_divisor is None else size_divisor
+        super().__init__(
+            in_channels, num_classes, size_divisor=divisor, pad=pad, spatial_dims=encoder.spatial_dims
+        )
         self.encoder = encoder
         self.depth = len(encoder.strides) - 1
 
@@ -289,7 +330,8 @@ class EncoderDecoderModel(SegmentationModel):
             self.encoder.load_weights(weights)
 
     def to_input_size(self, logits: Tensor, size: torch.Size) -> Tensor:
-        """Logits at the finest map's stride, resized (bilinear) to the input when that is coarser."""
+        """Logits at the finest map's stride, resized (bilinear, trilinear for volumes) to the input when
+        that is coarser."""
         return resize_to(logits, size) if self.encoder.strides[0] > 1 else logits
 
 

@@ -10,7 +10,9 @@ docstring, written once::
     register_model("unet_valid", partial(UNet, valid=True, encoder="unet"), paper=...)
 
 The class validates its options itself, so ``UNet(...)`` and ``create_model("unet", ...)`` check
-the same way. ``create_model`` adds the registry's own checks: the name (``ValueError`` listing
+the same way. Volumes are not separate names: a model that builds in 3-D takes
+``spatial_dims=3`` (``create_model("unet", spatial_dims=3)``) and lists ``3`` in
+:attr:`ModelInfo.spatial_dims`. ``create_model`` adds the registry's own checks: the name (``ValueError`` listing
 the valid names with a did-you-mean) and the option names (``TypeError`` naming an unknown option
 and the valid ones; the options a variant fixes are not options of the variant).
 """
@@ -50,6 +52,9 @@ class ModelInfo:
         test_options: options that make the model small enough for the registry sweep (e.g. a
             small encoder); the sweep also builds the defaults where cheap.
         summary: one line on what a variant fixes (e.g. ``"valid convolutions"``).
+        spatial_dims: the spatial ranks the model builds in: ``(2,)``, or ``(2, 3)`` for a model
+            that takes ``spatial_dims=3`` (volumes ``(N, C, D, H, W)``; the registry sweep builds it
+            in 3-D too).
     """
 
     name: str
@@ -61,6 +66,7 @@ class ModelInfo:
     default_loss: str | None = None
     test_options: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
+    spatial_dims: tuple[int, ...] = (2,)
 
     @property
     def cls(self) -> type:
@@ -116,6 +122,7 @@ def register_model(
     default_loss: str | None = None,
     test_options: dict[str, Any] | None = None,
     summary: str = "",
+    spatial_dims: tuple[int, ...] = (2,),
 ) -> Any:
     """Register a model class (as a decorator) or a variant (``builder``: a ``functools.partial``).
 
@@ -130,6 +137,8 @@ def register_model(
         default_loss: the loss spec the trainer uses by default.
         test_options: options that make the model small for the registry sweep.
         summary: one line on what a variant fixes.
+        spatial_dims: the spatial ranks it builds in (``(2, 3)``: also volumes, with the option
+            ``spatial_dims=3`` on the same name).
 
     Returns:
         The decorator, or ``builder`` when given.
@@ -163,6 +172,7 @@ def register_model(
             default_loss=default_loss,
             test_options=dict(test_options or {}),
             summary=summary,
+            spatial_dims=tuple(spatial_dims),
         )
         return fn
 

@@ -14,6 +14,13 @@ Two variants share one class, :class:`UNet`:
 Options answer two questions: how deep (``depth`` 1..5) and how to go down and up (``down``:
 max-pool, strided conv, pixel-unshuffle; ``up``: nearest, bilinear, transposed conv,
 pixel-shuffle).
+
+**Volumes.** ``spatial_dims=3`` builds the same model in 3-D on the same registered name (there
+are no ``*_3d`` names): ``(N, C, D, H, W)`` in and out, 3x3x3 convolutions, the plain U-Net
+encoder. ``pool`` gives the down-sampling factor per axis, for every level (``(1, 2, 2)``) or per
+level (``((1, 2, 2), (1, 2, 2), (2, 2, 2), (2, 2, 2))``), so thick-slice data keep their depth in
+the first levels; the decoder up-samples by the same factors. The same two options exist on
+``unetpp`` and ``unet3p``.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from torch import Tensor, nn
 
 from seglab._options import check_choice
 from seglab.errors import InvalidValueError
-from seglab.layers import UP_KINDS, DoubleConv, Upsample
+from seglab.layers import UP_KINDS, DoubleConv, Upsample, nd
 from seglab.models.base import EncoderDecoderModel, SegOutput
 from seglab.models.encoders import decoder_widths, unet_family_encoder
 from seglab.models.registry import register_model
@@ -81,6 +88,9 @@ class UNetDecoder(nn.Module):
         norm: norm name.
         act: activation name.
         valid: unpadded convolutions; the skips are centre-cropped to the up-sampled map.
+        spatial_dims: 2 (images) or 3 (volumes).
+        scales: the encoder's down-sampling factor per axis of each level, shallow to deep
+            (:meth:`~seglab.layers.encoder.Encoder.scale_factors`); ``None``: 2 everywhere.
 
     Shape:
         ``forward(feats)``: the encoder's maps -> ``(N, widths[0], h_0, w_0)`` at the shallowest
@@ -89,28 +99,28 @@ class UNetDecoder(nn.Module):
 
     def __init__(
         self, skip_channels: Sequence[int], widths: Sequence[int], *, up: str, norm: str, act: str,
-        valid: bool = False,
+        valid: bool = False, spatial_dims: int = 2, scales: Sequence[Sequence[int]] | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         self.valid = valid
         self.ups = nn.ModuleList()
         self.decoders = nn.ModuleList()
         prev = skip_channels[-1]
+        conv_opts = {"padding": 0 if valid else 1, "norm": norm, "act": act, "spatial_dims": spatial_dims}
         for i in range(len(widths) - 1, -1, -1):
-            self.ups.append(Upsample(up, prev, widths[i]))
-            conv = DoubleConv(
-                skip_channels[i] + widths[i], widths[i], padding=0 if valid else 1, norm=norm, act=act
-            )
+            scale = 2 if scales is None else scales[i]
+            self.ups.append(Upsample(up, prev, widths[i], spatial_dims=spatial_dims, scale=scale))
+            conv = DoubleConv(skip_channels[i] + widths[i], widths[i], **conv_opts)
             self.decoders.append(conv)
             prev = widths[i]
 
     def forward(self, feats: Sequence[Tensor]) -> Tensor:
-        x = feats[-1]  # (N, c_deep, h, w)
+        x = feats[-1]  # (N, c_deep, *s)
         for up, dec, skip in zip(self.ups, self.decoders, reversed(feats[:-1])):
-            x = up(x)  # (N, w_i, 2h, 2w)
+            x = up(x)  # (N, w_i, *s * scale_i)
             if self.valid:
                 skip = _center_crop(skip, x.shape[-2:])
-            x = dec(torch.cat([skip, x], dim=1))  # (N, w_i, 2h, 2w)
+            x = dec(torch.cat([skip, x], dim=1))  # (N, w_i, *s * scale_i)
         return x
 
 
@@ -118,9 +128,10 @@ class UNetDecoder(nn.Module):
 @register_model(
     "unet",
     paper="Ronneberger et al., U-Net, MICCAI 2015 (same padding)",
-    input_rule="H, W divisible by 2**depth (16 by default), or pad=True",
+    input_rule="H, W (and D for spatial_dims=3) divisible by 2**depth (16 by default), or pad=True",
     example_size=(32, 32),
     test_options={"base_channels": 8},
+    spatial_dims=(2, 3),
 )
 class UNet(EncoderDecoderModel):
     """U-Net with any registered encoder, configurable depth, widths, sampling kinds, norm and padding.
@@ -150,10 +161,17 @@ class UNet(EncoderDecoderModel):
         valid: unpadded convolutions and cropped skips, the 2015 geometry (``unet_valid``).
         pad: pad to a multiple of ``2**depth`` (centred) and crop back instead of rejecting other
             sizes (same-padding variant only).
+        spatial_dims: 2 (images ``(N, C, H, W)``) or 3 (volumes ``(N, C, D, H, W)``, the plain
+            U-Net encoder only).
+        pool: the down-sampling factor per axis (1 or 2 each): ``None`` (2 on every axis), one
+            tuple for every level (``(1, 2, 2)``: keep the depth of thick slices) or one tuple per
+            level, shallow to deep (``encoder="unet"``). The size divisor is then per axis, e.g.
+            ``(1, 16, 16)``.
 
     Raises:
-        ValueError: an invalid option, a plain-encoder option with another encoder, or
-            ``valid=True`` with ``pad=True`` or another encoder.
+        ValueError: an invalid option, a plain-encoder option with another encoder (``pool``,
+            ``spatial_dims=3`` with a ResNet or timm encoder), or ``valid=True`` with ``pad=True``,
+            another encoder or ``spatial_dims=3``.
 
     Defaults with 1 input channel and 2 classes: 31,036,546 parameters (31,030,658 with
     ``norm="none"``: the paper's layer list). An encoder other than ``"unet"`` whose finest map
@@ -169,6 +187,9 @@ class UNet(EncoderDecoderModel):
         torch.Size([2, 2, 64, 64])
         >>> UNet(3, 1, encoder="resnet18", decoder_channels=(8, 8, 16, 16))(torch.randn(1, 3, 64, 64)).shape
         torch.Size([1, 1, 64, 64])
+        >>> v = UNet(1, 3, base_channels=4, depth=2, spatial_dims=3, pool=(1, 2, 2))
+        >>> v(torch.randn(1, 1, 5, 16, 16)).shape, v.size_divisor
+        (torch.Size([1, 3, 5, 16, 16]), (1, 4, 4))
     """
 
     renamed_keys = (
@@ -183,10 +204,11 @@ class UNet(EncoderDecoderModel):
         base_channels: int = 64, channels: Sequence[int] | None = None, down: str = "maxpool",  # encoder="unet"
         decoder_channels: Sequence[int] | None = None, up: str = "transposed",  # the decoder
         norm: str = "batch", act: str = "relu", dropout: float = 0.0, valid: bool = False, pad: bool = False,
+        spatial_dims: int = 2, pool: Sequence[int] | Sequence[Sequence[int]] | None = None,  # volumes
     ) -> None:  # fmt: skip
-        if valid and (pad or encoder != "unet"):
+        if valid and (pad or encoder != "unet" or spatial_dims != 2):
             raise InvalidValueError(
-                "valid=True is the 2015 geometry of the plain U-Net encoder without padding; predict large "
+                "valid=True is the 2015 geometry of the 2-D plain U-Net encoder without padding; predict large "
                 "images with unet_valid through seglab.inference.sliding_window (overlap-tile)."
             )
         check_choice("up", up, UP_KINDS)
@@ -196,30 +218,35 @@ class UNet(EncoderDecoderModel):
             "down": down,
             "dropout": dropout,
             "valid": valid,
+            "spatial_dims": spatial_dims,
+            "pool": pool,
         }  # the U-Net encoder's own options
         enc = unet_family_encoder(encoder, type(self), in_channels, depth, {"norm": norm, "act": act}, plain)
         super().__init__(in_channels, num_classes, encoder=enc, size_divisor=1 if valid else None, pad=pad)
         self.valid = bool(valid)
         widths = decoder_widths(enc, decoder_channels)
-        self.decoder = UNetDecoder(enc.out_channels, widths, up=up, norm=norm, act=act, valid=valid)
-        self.head = nn.Conv2d(widths[0], num_classes, 1)
+        rank = {"spatial_dims": enc.spatial_dims, "scales": enc.scale_factors()}
+        self.decoder = UNetDecoder(enc.out_channels, widths, up=up, norm=norm, act=act, valid=valid, **rank)
+        self.head = nd("conv", enc.spatial_dims)(widths[0], num_classes, 1)
         self.finish(weights, self.decoder, self.head)
         # He fan-out init on a 1x1 head with one output channel gives logits with a spread of ~10-50
         # (saturated sigmoids at step 0); PyTorch's default (fan-in based) keeps them near unit scale.
         self.head.reset_parameters()
 
-    def output_shape(self, input_shape: tuple[int, int]) -> tuple[int, int]:
-        """Output size for an input of ``(H, W)``; raises ``ValueError`` for sizes ``unet_valid`` can't take."""
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Output size for an input of ``(H, W)`` (``(D, H, W)``); raises ``ValueError`` for sizes
+        ``unet_valid`` can't take."""
         if not self.valid:
-            return int(input_shape[0]), int(input_shape[1])
+            return tuple(int(s) for s in input_shape)
         out = tuple(_valid_output_size(int(s), self.depth) for s in input_shape)
         if None in out:
             self.check_input_size(int(input_shape[0]), int(input_shape[1]))
         return out  # type: ignore[return-value]
 
-    def check_input_size(self, h: int, w: int) -> None:
+    def check_input_size(self, *size: int) -> None:
         if not self.valid:
-            return super().check_input_size(h, w)
+            return super().check_input_size(*size)
+        h, w = size
         bad = [s for s in (h, w) if _valid_output_size(s, self.depth) is None]
         if bad:
             sizes = valid_input_sizes(self.depth, max_size=max(h, w) + 64)
@@ -237,8 +264,8 @@ class UNet(EncoderDecoderModel):
         return None
 
     def forward_seg(self, x: Tensor, aux: bool) -> SegOutput:
-        y = self.head(self.decoder(self.encoder(x)))  # (N, K, H / s_0, W / s_0)
-        return SegOutput(self.to_input_size(y, x.shape[-2:]), [], None)  # (N, K, H, W)
+        y = self.head(self.decoder(self.encoder(x)))  # (N, K, *S / s_0)
+        return SegOutput(self.to_input_size(y, x.shape[2:]), [], None)  # (N, K, *S)
 
 
 register_model(

@@ -29,6 +29,10 @@ The paper's hybrid loss (focal + MS-SSIM + IoU) is the registered default loss s
 
 **Encoders.** The full-scale skips read the maps of any registered encoder
 (``encoder="resnet34"``): each decoder stage max-pools the finer maps and resizes the coarser ones.
+
+**Volumes.** ``spatial_dims=3`` (and ``pool`` for a per-axis down-sampling) build the same model in
+3-D on the name ``unet3p``, with the plain U-Net encoder, as for ``unet``: the full-scale skips
+max-pool by each level's factors and resize trilinearly, the CGM max-pools the whole volume.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seglab._options import check_choice, check_number, check_positive_int
-from seglab.layers import ConvNormAct
+from seglab.layers import ConvNormAct, nd, resize_to
 from seglab.models.base import EncoderDecoderModel, SegOutput
 from seglab.models.encoders import unet_family_encoder
 from seglab.models.registry import register_model
@@ -57,9 +61,15 @@ _UP_MODES = ("bilinear", "nearest")
 
 # -- private blocks ------------------------------------------------------------------------------
 def _resize(x: Tensor, size: Sequence[int], mode: str) -> Tensor:
-    if mode == "bilinear":
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    return F.interpolate(x, size=size, mode="nearest")
+    if mode == "bilinear":  # trilinear for volumes
+        return resize_to(x, size)
+    return F.interpolate(x, size=tuple(size), mode="nearest")
+
+
+def _max_pool(x: Tensor, factor: tuple[int, ...]) -> Tensor:
+    """Max-pool by ``factor`` per axis (kernel = stride = factor), in 2-D or 3-D."""
+    pool = F.max_pool2d if x.ndim == 4 else F.max_pool3d
+    return pool(x, 2 if len(set(factor)) == 1 else factor)
 
 
 class _FullScaleStage(nn.Module):
@@ -74,6 +84,7 @@ class _FullScaleStage(nn.Module):
         norm: norm name.
         act: activation name.
         up: ``"bilinear"`` or ``"nearest"``.
+        spatial_dims: 2 (images) or 3 (volumes).
 
     Shape:
         ``forward(finer, coarser)``: ``finer[k]`` is ``(N, finer_channels[k], h, w)``, ``coarser[k]``
@@ -90,21 +101,19 @@ class _FullScaleStage(nn.Module):
         norm: str,
         act: str,
         up: str,
+        spatial_dims: int = 2,
     ) -> None:
         super().__init__()
         self.up = up
-        self.finer = nn.ModuleList(
-            ConvNormAct(c, cat_channels, 3, norm=norm, act=act) for c in finer_channels
-        )
-        self.coarser = nn.ModuleList(
-            ConvNormAct(c, cat_channels, 3, norm=norm, act=act) for c in coarser_channels
-        )
+        opts = {"norm": norm, "act": act, "spatial_dims": spatial_dims}
+        self.finer = nn.ModuleList(ConvNormAct(c, cat_channels, 3, **opts) for c in finer_channels)
+        self.coarser = nn.ModuleList(ConvNormAct(c, cat_channels, 3, **opts) for c in coarser_channels)
         width = cat_channels * (len(finer_channels) + len(coarser_channels))
-        self.fuse = ConvNormAct(width, width, 3, norm=norm, act=act)
+        self.fuse = ConvNormAct(width, width, 3, **opts)
         self.out_channels = width
 
     def forward(self, finer: Sequence[Tensor], coarser: Sequence[Tensor]) -> Tensor:
-        size = finer[-1].shape[-2:]
+        size = finer[-1].shape[2:]
         parts = [conv(f) for conv, f in zip(self.finer, finer)]  # each (N, cat, h, w)
         parts += [conv(_resize(c, size, self.up)) for conv, c in zip(self.coarser, coarser)]  # (N, cat, h, w)
         return self.fuse(torch.cat(parts, dim=1))  # (N, cat * (depth + 1), h, w)
@@ -114,10 +123,11 @@ class _FullScaleStage(nn.Module):
 @register_model(
     "unet3p",
     paper="Huang et al., UNet 3+: A Full-Scale Connected UNet for Medical Image Segmentation, ICASSP 2020",
-    input_rule="H, W divisible by 2**depth (16 by default), or pad=True",
+    input_rule="H, W (and D for spatial_dims=3) divisible by 2**depth (16 by default), or pad=True",
     example_size=(32, 32),
     default_loss="focal+ms_ssim+iou",
     test_options={"channels": (8, 16, 32, 64, 128), "cat_channels": 8, "cgm": True},
+    spatial_dims=(2, 3),
 )
 class UNet3Plus(EncoderDecoderModel):
     """U-Net 3+: full-scale skips, full-scale deep supervision, classification-guided module.
@@ -150,6 +160,11 @@ class UNet3Plus(EncoderDecoderModel):
         cgm_threshold: probability below which a class counts as absent.
         pad: pad to a multiple of ``2**depth`` (centred) and crop back instead of rejecting
             other sizes.
+        spatial_dims: 2 (images) or 3 (volumes ``(N, C, D, H, W)``, the plain U-Net encoder only).
+            The registered default loss includes MS-SSIM, which is 2-D only: train a volume model
+            with another loss (e.g. ``"focal+iou"``).
+        pool: the down-sampling factor per axis, for every level or per level (``encoder="unet"``;
+            see :class:`~seglab.models.unet.UNet`).
 
     Outputs (``model(x, aux=True)``):
         ``out``: the head on the finest decoder stage (level 0). ``aux``: with deep supervision,
@@ -184,7 +199,7 @@ class UNet3Plus(EncoderDecoderModel):
         base_channels: int = 64, channels: Sequence[int] | None = None, down: str = "maxpool",  # encoder="unet"
         cat_channels: int = 64, up: str = "bilinear", norm: str = "batch", act: str = "relu",  # the decoder
         deep_supervision: bool = True, cgm: bool = False, cgm_gate: bool = True, cgm_threshold: float = 0.5,
-        pad: bool = False,
+        pad: bool = False, spatial_dims: int = 2, pool: Sequence[int] | Sequence[Sequence[int]] | None = None,
     ) -> None:  # fmt: skip
         check_positive_int("cat_channels", cat_channels)
         check_number(
@@ -195,6 +210,8 @@ class UNet3Plus(EncoderDecoderModel):
             "base_channels": base_channels,
             "channels": channels,
             "down": down,
+            "spatial_dims": spatial_dims,
+            "pool": pool,
         }  # the U-Net encoder's own options
         enc = unet_family_encoder(encoder, type(self), in_channels, depth, {"norm": norm, "act": act}, plain)
         super().__init__(in_channels, num_classes, encoder=enc, pad=pad)
@@ -205,21 +222,30 @@ class UNet3Plus(EncoderDecoderModel):
         self.cgm_gate = bool(cgm_gate)
         self.cgm_threshold = float(cgm_threshold)
         width = cat_channels * (d + 1)
+        rank = self.spatial_dims
+        self.scales = enc.scale_factors()
         # decoders[i] is the stage at level i (0: the finest); levels i+1..d-1 are decoder stages of
         # the fused width, level d is the deepest encoder map
         self.decoders = nn.ModuleList(
             _FullScaleStage(
-                ch[: i + 1], [width] * (d - 1 - i) + [ch[d]], cat_channels, norm=norm, act=act, up=up
+                ch[: i + 1],
+                [width] * (d - 1 - i) + [ch[d]],
+                cat_channels,
+                norm=norm,
+                act=act,
+                up=up,
+                spatial_dims=rank,
             )
             for i in range(d)
         )
         head_in = [width] * d + [ch[d]] if self.deep_supervision else [width]
-        self.heads = nn.ModuleList(nn.Conv2d(c, num_classes, 3, padding=1) for c in head_in)
-        self.cgm = _cgm(ch[d], num_classes) if cgm else None
+        self.heads = nn.ModuleList(nd("conv", rank)(c, num_classes, 3, padding=1) for c in head_in)
+        self.cgm = _cgm(ch[d], num_classes, rank) if cgm else None
         self.finish(weights, self.decoders, self.heads, *([self.cgm] if cgm else []))
 
     def _gate(self, t: Tensor, present: Tensor) -> Tensor:
-        return t.masked_fill(~present[:, :, None, None], EMPTY_LOGIT)  # (N, K, H, W)
+        mask = present.reshape(*present.shape, *(1,) * self.spatial_dims)  # (N, K, 1, 1[, 1])
+        return t.masked_fill(~mask, EMPTY_LOGIT)  # (N, K, *S)
 
     def _decode(self, enc: list[Tensor]) -> list[Tensor]:
         """The decoder stages, finest first, then the deepest encoder map (level ``depth``)."""
@@ -228,7 +254,8 @@ class UNet3Plus(EncoderDecoderModel):
         pooled = [[f] for f in enc]
         for k in range(d):
             while len(pooled[k]) < d - k:
-                pooled[k].append(F.max_pool2d(pooled[k][-1], 2))  # (N, c_k, h / 2, w / 2)
+                factor = self.scales[k + len(pooled[k]) - 1]  # from that level to the next
+                pooled[k].append(_max_pool(pooled[k][-1], factor))  # (N, c_k, *s / factor)
         dec: list[Tensor] = [enc[d]]  # deepest first: bottleneck, stage d-1, ..., stage 0
         for i in range(d - 1, -1, -1):
             finer = [pooled[k][i - k] for k in range(i + 1)]  # (N, c_k, H / 2^i, W / 2^i)
@@ -236,7 +263,7 @@ class UNet3Plus(EncoderDecoderModel):
         return dec
 
     def forward_seg(self, x: Tensor, aux: bool) -> SegOutput:
-        size = x.shape[-2:]
+        size = x.shape[2:]
         enc = self.encoder(x)  # depth + 1 maps, shallow to deep
         dec = self._decode(enc)
         out = self.heads[0](dec[0])  # (N, K, H / s_0, W / s_0)
@@ -257,8 +284,7 @@ class UNet3Plus(EncoderDecoderModel):
         return SegOutput(out, side, cls)
 
 
-def _cgm(channels: int, num_classes: int) -> nn.Sequential:
+def _cgm(channels: int, num_classes: int, spatial_dims: int = 2) -> nn.Sequential:
     """The classification-guided module: dropout, 1x1 conv, global max-pool -> ``(N, K)`` logits."""
-    return nn.Sequential(
-        nn.Dropout(0.5), nn.Conv2d(channels, num_classes, 1), nn.AdaptiveMaxPool2d(1), nn.Flatten(1)
-    )
+    conv, pool = nd("conv", spatial_dims), nd("adaptive_max_pool", spatial_dims)
+    return nn.Sequential(nn.Dropout(0.5), conv(channels, num_classes, 1), pool(1), nn.Flatten(1))

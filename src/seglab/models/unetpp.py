@@ -22,6 +22,10 @@ shared encoder and the shallower nodes through back-propagation.
 
 **Encoders.** Column 0 is any registered encoder (``encoder="resnet34"``): its maps are the nodes
 ``X^{i,0}``. Pruning then skips the nested nodes below level ``L`` (the encoder still runs whole).
+
+**Volumes.** ``spatial_dims=3`` (and ``pool`` for a per-axis down-sampling) build the same grid in
+3-D on the name ``unetpp``, with the plain U-Net encoder, as for ``unet``; deep supervision and
+pruning work unchanged.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from torch import Tensor, nn
 
 from seglab._options import check_choice, check_number
 from seglab.errors import InvalidValueError
-from seglab.layers import UP_KINDS, DoubleConv, Upsample
+from seglab.layers import UP_KINDS, DoubleConv, Upsample, nd
 from seglab.models.base import EncoderDecoderModel, SegOutput
 from seglab.models.encoders import decoder_widths, unet_family_encoder
 from seglab.models.registry import register_model
@@ -71,29 +75,34 @@ class NestedDecoder(nn.Module):
         norm: norm name.
         act: activation name.
         dropout: dropout between the two convs of every node.
+        spatial_dims: 2 (images) or 3 (volumes).
+        scales: the encoder's down-sampling factor per axis of each level, shallow to deep;
+            ``None``: 2 everywhere.
     """
 
     def __init__(
         self, skip_channels: Sequence[int], widths: Sequence[int], *, up: str, norm: str, act: str,
-        dropout: float,
+        dropout: float, spatial_dims: int = 2, scales: Sequence[Sequence[int]] | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         depth = len(skip_channels) - 1
+        rank = {"spatial_dims": spatial_dims}
         self.ups = nn.ModuleDict()
         self.nodes = nn.ModuleDict()
         for j in range(1, depth + 1):
             for i in range(depth + 1 - j):
                 key = _node_key(i, j)
                 below = skip_channels[i + 1] if j == 1 else widths[i + 1]
-                self.ups[key] = Upsample(up, below, widths[i])
+                scale = 2 if scales is None else scales[i]
+                self.ups[key] = Upsample(up, below, widths[i], scale=scale, **rank)
                 concat = skip_channels[i] + j * widths[i]
-                self.nodes[key] = DoubleConv(concat, widths[i], norm=norm, act=act, dropout=dropout)
+                self.nodes[key] = DoubleConv(concat, widths[i], norm=norm, act=act, dropout=dropout, **rank)
 
     def top_nodes(self, feats: Sequence[Tensor], level: int) -> list[Tensor]:
         """Compute the nodes with ``i + j <= level`` and return ``[X^{0,1}, ..., X^{0,level}]``."""
         rows: list[list[Tensor]] = [[feats[0]]]  # rows[i][j] = X^{i,j}
         for d in range(1, level + 1):
-            rows.append([feats[d]])  # encoder node X^{d,0}: (N, c_d, H / 2^d, W / 2^d)
+            rows.append([feats[d]])  # encoder node X^{d,0}: (N, c_d, *S / 2^d)
             for j in range(1, d + 1):  # the anti-diagonal i + j = d, from deep to shallow
                 i = d - j
                 key = _node_key(i, j)
@@ -107,10 +116,11 @@ class NestedDecoder(nn.Module):
 @register_model(
     "unetpp",
     paper="Zhou et al., UNet++: A Nested U-Net Architecture for Medical Image Segmentation, DLMIA 2018",
-    input_rule="H, W divisible by 2**depth (16 by default), or pad=True",
+    input_rule="H, W (and D for spatial_dims=3) divisible by 2**depth (16 by default), or pad=True",
     example_size=(32, 32),
     default_loss="0.5*bce+dice",
     test_options={"channels": (8, 16, 32, 64, 128)},
+    spatial_dims=(2, 3),
 )
 class UNetPlusPlus(EncoderDecoderModel):
     """U-Net++: nested dense skip pathways, deep supervision and inference-time pruning.
@@ -146,6 +156,9 @@ class UNetPlusPlus(EncoderDecoderModel):
             :meth:`prune`); ``None``: the whole model.
         pad: pad to a multiple of ``2**depth`` (centred) and crop back instead of rejecting
             other sizes.
+        spatial_dims: 2 (images) or 3 (volumes ``(N, C, D, H, W)``, the plain U-Net encoder only).
+        pool: the down-sampling factor per axis, for every level or per level (``encoder="unet"``;
+            see :class:`~seglab.models.unet.UNet`).
 
     Outputs (``model(x, aux=True)``):
         * training mode: ``out`` is the head on ``X^{0,depth}``; ``aux`` the heads on
@@ -185,6 +198,7 @@ class UNetPlusPlus(EncoderDecoderModel):
         decoder_channels: Sequence[int] | None = None, up: str = "transposed",  # the nested nodes
         norm: str = "batch", act: str = "relu", dropout: float = 0.0,
         deep_supervision: bool = True, ds_output: str = "final", prune: int | None = None, pad: bool = False,
+        spatial_dims: int = 2, pool: Sequence[int] | Sequence[Sequence[int]] | None = None,  # volumes
     ) -> None:  # fmt: skip
         check_choice("up", up, UP_KINDS)
         check_number("dropout", dropout, low=0, high=1, high_open=True)
@@ -192,6 +206,8 @@ class UNetPlusPlus(EncoderDecoderModel):
             "base_channels": base_channels,
             "channels": channels,
             "down": down,
+            "spatial_dims": spatial_dims,
+            "pool": pool,
         }  # the U-Net encoder's own options
         enc = unet_family_encoder(
             encoder,
@@ -205,9 +221,13 @@ class UNetPlusPlus(EncoderDecoderModel):
         self.channels = tuple(enc.out_channels)
         self.deep_supervision = bool(deep_supervision)
         widths = decoder_widths(enc, decoder_channels)
-        self.decoder = NestedDecoder(enc.out_channels, widths, up=up, norm=norm, act=act, dropout=dropout)
+        rank = {"spatial_dims": enc.spatial_dims, "scales": enc.scale_factors()}
+        self.decoder = NestedDecoder(
+            enc.out_channels, widths, up=up, norm=norm, act=act, dropout=dropout, **rank
+        )
         n_heads = self.depth if self.deep_supervision else 1
-        self.heads = nn.ModuleList(nn.Conv2d(widths[0], num_classes, 1) for _ in range(n_heads))
+        conv = nd("conv", enc.spatial_dims)
+        self.heads = nn.ModuleList(conv(widths[0], num_classes, 1) for _ in range(n_heads))
         self.finish(weights, self.decoder, self.heads)
 
         self._ds_output = "final"
@@ -283,7 +303,7 @@ class UNetPlusPlus(EncoderDecoderModel):
         return self.decoder.top_nodes(feats, level)
 
     def forward_seg(self, x: Tensor, aux: bool) -> SegOutput:
-        size = x.shape[-2:]
+        size = x.shape[2:]
         if self.training:
             top = self._top_nodes(x, self.depth)  # depth x (N, c0, H, W)
             out = self._head(self.depth, top[-1], size)  # (N, K, H, W)

@@ -144,8 +144,17 @@ def unet_family_encoder(
     With the plain U-Net encoder (``name="unet"``) every option goes to it. With another encoder
     the ``shared`` options (norm, activation) stay with the decoder and a ``plain`` option changed
     from its default in the ``model`` class's signature is an error naming the option.
+
+    Raises:
+        InvalidValueError: ``spatial_dims`` other than 2 with another encoder than ``"unet"``.
     """
     defaults = inspect.signature(model).parameters
+    rank = plain.get("spatial_dims", 2)
+    if name != "unet" and rank != 2:
+        raise InvalidValueError(
+            f"spatial_dims={rank!r} (volumes) needs the plain U-Net encoder: pass encoder='unet' "
+            f"(the {name!r} encoder is 2-D only)."
+        )
     if name == "unet":
         return create_encoder("unet", in_channels=in_channels, depth=depth, **shared, **plain)
     changed = {k: v for k, v in plain.items() if k in defaults and v != defaults[k].default}
