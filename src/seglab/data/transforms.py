@@ -948,22 +948,31 @@ def train_transforms(
 
 
 def eval_transforms(
-    *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None, normalization: Any = None
-) -> Compose:
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    normalization: Any = None,
+    spatial_dims: int = 2,
+) -> Compose | VolumeAugment:
     """Evaluation transform: the normalisation only (full images).
 
     Args:
         mean: per-channel means (with ``std``).
         std: per-channel standard deviations.
         normalization: a :class:`~seglab.data.normalize.Normalization` instead of ``mean``/``std``.
+        spatial_dims: 3 for volumes ``(C, D, H, W)``: a :class:`VolumeAugment` that only normalises.
 
     Returns:
-        A :class:`Compose` for semantic masks and instance targets.
+        A :class:`Compose` for semantic masks and instance targets (a :class:`VolumeAugment` for
+        volumes).
 
     Example:
         >>> img, _ = eval_transforms(mean=[10.0], std=[2.0])(torch.full((1, 4, 4), 12.0), torch.zeros(4, 4))
         >>> img.unique().tolist()
         [1.0]
     """
+    if spatial_dims == 3:
+        _volume_pipeline(None, None, mean, std, normalization, 0.0, "pixels", {})  # the same checks
+        return VolumeAugment(None, normalization=normalization, flips=False, rotate90=False, intensity=False)
     before, after, _ = _normalization_steps(mean, std, normalization)
     return Compose(before + after)

@@ -291,10 +291,25 @@ def plan_backend(predictor: Predictor, sizes: Sequence[tuple[int, int]], opts: P
 
 
 def _file_sizes(files: Sequence[Path]) -> list[tuple[int, int]]:
-    """``(H, W)`` of every file, from its header."""
+    """``(H, W)`` of every file, from its header; a NIfTI volume counts as its slices stacked,
+    ``(D * H, W)``, for the backend's cost estimate."""
     from seglab.data.io import image_info
+    from seglab.data.nifti import is_nifti
 
-    return [(info.height, info.width) for info in map(image_info, files)]
+    return [_volume_size(p) if is_nifti(p) else (lambda i: (i.height, i.width))(image_info(p)) for p in files]
+
+
+def _volume_size(path: Path) -> tuple[int, int]:
+    from seglab.data.nifti import load_volume
+
+    try:
+        import nibabel
+
+        shape = tuple(int(n) for n in nibabel.load(str(path)).shape[:3])  # the header only
+    except ImportError:
+        shape = tuple(int(n) for n in load_volume(path).data.shape[:3])
+    shape = (*shape, 1, 1, 1)[:3]
+    return shape[1] * shape[2], shape[0]
 
 
 def _crf_image(image: np.ndarray) -> np.ndarray:

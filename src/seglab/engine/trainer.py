@@ -595,7 +595,12 @@ class Trainer:
         train_tf = train_transforms(crop=config.data.crop, normalization=norm, **config.data.augment)
         self.train_set = _Transformed(raw_train, train_tf, config.data.samples_per_epoch)
         self.val_set = (
-            _Transformed(raw_val, eval_transforms(normalization=norm)) if raw_val is not None else None
+            _Transformed(
+                raw_val,
+                eval_transforms(normalization=norm, spatial_dims=config.data.augment.get("spatial_dims", 2)),
+            )
+            if raw_val is not None
+            else None
         )
 
     def _setup_model(self, info: Any) -> None:

@@ -192,13 +192,15 @@ def _evaluate_best(run_dir: Path, dataset: Any, device: Any, max_images: int) ->
     from seglab.engine.checkpoint import load_checkpoint
     from seglab.engine.evaluate import evaluate
     from seglab.engine.predictor import Predictor
+    from seglab.engine.volume import model_rank
     from seglab.models import model_info
 
     best = run_dir / "best.pt"
     if dataset is None or not best.is_file() or len(dataset) == 0 or max_images <= 0:
         return None
-    if model_info(load_checkpoint(best, require=("model_name",))["model_name"]).task != "semantic":
-        return None
+    meta = load_checkpoint(best, require=("model_name",))
+    if model_info(meta["model_name"]).task != "semantic" or model_rank(meta) == 3:
+        return None  # detections and volumes: `seglab eval` / `seglab predict` score and draw them
     predictor = Predictor.from_checkpoint(best, device=str(device), progress=False)
     if predictor.decoder is not None:
         return None  # objects, not classes: `seglab eval` draws their overlays

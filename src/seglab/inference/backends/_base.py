@@ -121,14 +121,18 @@ class Runner(BaseRunner):
             )
 
     def __call__(self, x: Tensor) -> Tensor:
-        """Logits for a normalised batch ``(N, C, h, w)``."""
+        """Logits for a normalised batch ``(N, C, h, w)`` (or of volumes ``(N, C, d, h, w)``: the
+        PyTorch runners of a 3-D model; the model checks their size)."""
         if not isinstance(x, Tensor) or not x.is_floating_point():
             raise InvalidTypeError(f"a runner takes a floating-point tensor; got {type(x).__name__}.")
-        if x.ndim != 4:
-            raise InvalidValueError(f"a runner takes a batch (N, C, H, W); got shape {tuple(x.shape)}.")
+        if x.ndim not in (4, 5):
+            raise InvalidValueError(
+                f"a runner takes a batch (N, C, H, W) or of volumes (N, C, D, H, W); got shape {tuple(x.shape)}."
+            )
         if self.in_channels is not None and x.shape[1] != self.in_channels:
             raise InvalidValueError(f"this network takes {self.in_channels} channel(s); got {x.shape[1]}.")
-        self.check_input_size(int(x.shape[2]), int(x.shape[3]))
+        if x.ndim == 4:
+            self.check_input_size(int(x.shape[2]), int(x.shape[3]))
         return self._run(x)
 
     def _run(self, x: Tensor) -> Tensor:  # pragma: no cover - every backend overrides it

@@ -113,6 +113,8 @@ class LazyRunner(Runner):
         """
         if self.built is not None:
             return self.built
+        if _is_volume_model(self.model):
+            return self._plan_volume()
         from seglab.inference import backends
 
         shape = example_shape_of(self.model, example_shape)
@@ -134,6 +136,16 @@ class LazyRunner(Runner):
         self.built = self._build(backend, shape)
         self.path = getattr(self.built, "path", None)
         self.warmup_s = float(getattr(self.built, "warmup_s", 0.0))
+        return self.built
+
+    def _plan_volume(self) -> Any:
+        """3-D models run on the prepared PyTorch model (the converted backends take images)."""
+        if self.requested not in ("auto", "prepared") or not self._ready_for("prepared"):
+            raise InvalidValueError(
+                f"backend={self.requested!r} precision={self.precision!r}: volume (3-D) models run on the "
+                "prepared PyTorch model in fp32; use --backend auto (or prepared) and --precision fp32."
+            )
+        self.chosen, self.built = "prepared", self.ready
         return self.built
 
     def _ready_for(self, backend: str) -> bool:
@@ -198,6 +210,12 @@ class LazyRunner(Runner):
         if self.path is not None:
             line += f", network file {self.path}"
         return line
+
+
+def _is_volume_model(model: Any) -> bool:
+    """Whether ``model`` is a model of volumes: a seglab model built with ``spatial_dims=3`` (the
+    inference layer does not import the models, so the declared attribute is read)."""
+    return getattr(model, "spatial_dims", 2) == 3
 
 
 def _seconds(value: float) -> str:
