@@ -131,11 +131,16 @@ def test_auto_chooses_for_the_whole_job(checkpoint: Path, monkeypatch: pytest.Mo
     assert line.startswith(f"{runner.chosen} fp32 (chosen by auto for 200 images: about ")
 
 
-def test_auto_falls_back_to_prepared_when_a_conversion_fails(checkpoint: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("error", ["runtime", "unsupported"])
+def test_auto_falls_back_to_prepared_when_a_conversion_fails(
+    checkpoint: Path, monkeypatch, error: str
+) -> None:
     from seglab.inference import backends
+    from seglab.inference.backends._pt2e import UnsupportedModelError
 
     def broken(*args, **kw):
-        raise RuntimeError("torch.export could not trace this model")
+        kind = RuntimeError if error == "runtime" else UnsupportedModelError
+        raise kind("torch.export could not trace this model")
 
     monkeypatch.setattr(backends, "accelerate", broken)
     fast = Predictor.from_checkpoint(checkpoint, backend="auto")

@@ -34,6 +34,7 @@ from seglab.inference.backends._base import (
     model_facts,
     saved_backends,
 )
+from seglab.inference.backends._pt2e import UnsupportedModelError
 
 __all__ = ["LazyRunner"]
 
@@ -174,19 +175,25 @@ class LazyRunner(Runner):
                 device=self.device,
                 threads=self.threads,
             )
-        except SeglabError:
-            raise
-        except Exception as err:  # auto promised the fastest backend that works, not a crash
-            if self.requested != "auto" or not self._ready_for("prepared"):
+        except SeglabError as err:
+            if not isinstance(err, UnsupportedModelError):
                 raise
-            first = (str(err).strip().splitlines() or [""])[0][:200]
-            warnings.warn(
-                f"backend='auto' chose {backend}, which failed for this model ({type(err).__name__}: {first}); "
-                "running it on 'prepared' instead (pass --backend prepared to skip the attempt).",
-                stacklevel=4,
-            )
-            self.chosen = "prepared"
-            return self.ready
+            return self._fall_back(backend, err)
+        except Exception as err:  # auto promised the fastest backend that works, not a crash
+            return self._fall_back(backend, err)
+
+    def _fall_back(self, backend: str, err: Exception) -> Any:
+        """``auto``'s answer to a backend that failed for this model: the prepared model, with a warning."""
+        if self.requested != "auto" or not self._ready_for("prepared"):
+            raise err
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        warnings.warn(
+            f"backend='auto' chose {backend}, which failed for this model ({type(err).__name__}: {first}); "
+            "running it on 'prepared' instead (pass --backend prepared to skip the attempt).",
+            stacklevel=5,
+        )
+        self.chosen = "prepared"
+        return self.ready
 
     def _run(self, x: Tensor) -> Tensor:
         if self.built is None:  # never planned: this batch is the whole job

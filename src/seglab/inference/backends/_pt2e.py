@@ -52,10 +52,20 @@ def _frozen() -> Iterator[None]:
         yield
 
 
+class UnsupportedModelError(InvalidValueError):
+    """A backend cannot convert this model (``auto`` falls back to the prepared model)."""
+
+
 def _quantize(model: nn.Module, shape: tuple[int, int, int, int], batches: Sequence[np.ndarray]) -> nn.Module:
     prepare_pt2e, convert_pt2e, quantizer = _torchao()
     program, _ = capture(model, shape, dynamic=True)
-    observed = prepare_pt2e(program.module(), quantizer)
+    try:
+        observed = prepare_pt2e(program.module(), quantizer)
+    except ValueError as err:  # the X86 quantiser's pattern matcher rejects some graphs (ResNet blocks)
+        raise UnsupportedModelError(
+            f"PT2E's X86 quantiser cannot annotate {type(model).__name__} ({err}); quantise it with OpenVINO "
+            "instead: --backend openvino --precision int8."
+        ) from err
     with torch.no_grad():
         for batch in batches:
             observed(torch.from_numpy(batch))
