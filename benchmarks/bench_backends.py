@@ -24,7 +24,8 @@ warm-up call). int8 is calibrated on 32 random tiles (the weights are random too
 of int8 on a trained model is measured by ``benchmarks/int8_dice.py``).
 
 Options through the environment: ``SEGLAB_BENCH_BACKENDS=eager,prepared,openvino`` limits the
-backends (eager always runs); backends that are not installed are skipped with a note.
+backends (eager always runs); ``SEGLAB_BENCH_MODELS=unet,unetpp`` the models of ``backends``;
+backends that are not installed are skipped with a note.
 
 ``--quick``: tiny models and sizes (the registry's test variants of the three models), no
 ``compile`` (Inductor's warm-up alone takes tens of seconds), one timed call; ``backends_cli`` on
@@ -94,6 +95,16 @@ QUICK = (
 def _model(case: Case) -> nn.Module:
     torch.manual_seed(0)
     return seglab.create_model(case.name, in_channels=case.shape[1], num_classes=2, **case.options).eval()
+
+
+def _cases(quick: bool) -> list[Case]:
+    """The models of ``backends``: all three, or those whose name ``SEGLAB_BENCH_MODELS`` lists."""
+    cases = list(QUICK if quick else FULL)
+    only = os.environ.get("SEGLAB_BENCH_MODELS")
+    if only:
+        keep = {m.strip() for m in only.split(",")}
+        cases = [c for c in cases if c.name in keep]
+    return cases
 
 
 def _wanted(quick: bool) -> list[tuple[str, str]]:
@@ -185,7 +196,7 @@ def _runner(case: Case, model: nn.Module, backend: str, precision: str, quick: b
 def bench_backends(quick: bool) -> list[Result]:
     rows: list[Result] = []
     warmup, repeat = (0, 1) if quick else (1, 5)
-    for case in QUICK if quick else FULL:
+    for case in _cases(quick):
         model = _model(case)
         x = torch.randn(*case.shape)
 

@@ -454,9 +454,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         )
         return 0
     m, o = result.mean, result.overall
+    what = "volumes" if result.volumes else "images"
+    unit = " mm" if "assd" in m else " px"  # volumes with a voxel size: distances in mm
     print(
-        f"{len(result.per_image)} images: dice={o['dice']:.4f} iou={o['iou']:.4f} precision={o['precision']:.4f} "
-        f"recall={o['recall']:.4f} (pooled) | mean per image dice={m['dice']:.4f} hd95={m.get('hd95', float('nan')):.2f}"
+        f"{len(result.per_image)} {what}: dice={o['dice']:.4f} iou={o['iou']:.4f} precision={o['precision']:.4f} "
+        f"recall={o['recall']:.4f} (pooled) | mean per {what[:-1]} dice={m['dice']:.4f} "
+        f"hd95={m.get('hd95', float('nan')):.2f}{unit}"
     )
     print(f"wrote {paths['json']} and {paths['per_image_csv'].name}")
     return 0

@@ -235,3 +235,19 @@ def test_cli_applies_the_recipe_without_a_config(tmp_path, capsys) -> None:
     saved.write_text(yaml.safe_dump(mixed))
     assert main(["train", "--config", str(saved), "--recipe", "auto", "--print-config"]) == 0
     assert yaml.safe_load(capsys.readouterr().out) == mixed  # a resolved config runs as saved
+
+
+@pytest.mark.parametrize(
+    ("name", "method"), [("quokka", "fixed"), ("mni-brain", "dataset"), ("bacteria", "percentile")]
+)
+def test_a_builtin_keeps_its_own_normalisation(name: str, method: str) -> None:
+    from dataclasses import replace
+
+    from seglab.data.builtin import default_normalization
+
+    overrides, notes = _derive(replace(_fp(value_range="8-bit"), source=name))
+    assert (
+        overrides["data.normalize"] == method
+        and f"{name}'s default" in notes["choices"]["data.normalize"]["why"]
+    )
+    assert overrides.get("data.normalize_options", {}) == default_normalization(name)[1]

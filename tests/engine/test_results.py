@@ -102,3 +102,42 @@ def test_a_diverged_run_is_a_row_not_a_crash(tmp_path, monkeypatch) -> None:
     doc = tmp_path / "r.md"
     write_tables(tmp_path, [spec, *TARGETS[:1]], doc=doc)
     assert "| `fcn8s` | diverged |" in doc.read_text()
+
+
+def test_a_volume_run_is_scored_in_mm_in_its_own_result_file(tmp_path) -> None:
+    """A 3-D run under ``recipe="none"`` (the volumes table's plan), scored on a NIfTI folder's
+    test split: distances in mm, the row in ``result-<data>.json``, the table between its markers."""
+    from tests.engine.test_volume_train import _volumes
+
+    for split, n in (("train", 4), ("val", 2), ("test", 2)):
+        _volumes(tmp_path / "vols" / split, n=n)
+    plan = {
+        "model.options": {"spatial_dims": 3, "base_channels": 4, "depth": 2},
+        "data.crop": 8,
+        "data.batch_size": 2,
+        "data.samples_per_epoch": 4,
+        "data.augment": {"spatial_dims": 3, "foreground_prob": 0.5},
+        "epochs": 2,
+    }
+    vols = str(tmp_path / "vols")
+    spec = ResultRun(
+        "v3d", "unet", vols, "60s", "volumes", "3-D", recipe="none", overrides=plan, eval_data=vols
+    )
+    row = run_one(spec, tmp_path / "res", probe=False)
+    assert results.result_path(tmp_path / "res", spec) == tmp_path / "res" / "v3d" / "result-vols.json"
+    assert (
+        results.result_path(tmp_path / "res", spec).is_file()
+        and not (tmp_path / "res" / "v3d" / "result.json").exists()
+    )
+    assert row["distance_unit"] == "mm" and row["test_assd"] >= 0.0 and 0.0 <= row["test_fg_dice"] <= 1.0
+    again = ResultRun("v3d-again", "unet", vols, "60s", "volumes", "the same run", run="v3d", eval_data=vols)
+    assert run_one(again, tmp_path / "res", probe=False) == row  # same file: scored once
+    doc = tmp_path / "r.md"
+    write_tables(tmp_path / "res", [spec], doc=doc)
+    assert f"| {row['test_fg_dice']:.4f} |" in doc.read_text() and "| v3d | 3-D |" in doc.read_text()
+
+
+def test_the_volumes_table_scores_every_run_on_one_test_volume() -> None:
+    assert {s.eval_data for s in results.VOLUMES} == {"mni-brain-3d"}
+    assert len({results.result_path("r", s) for s in results.VOLUMES}) == len(results.VOLUMES)
+    assert next(s for s in results.VOLUMES if s.run).run in {t.name for t in TARGETS}

@@ -76,3 +76,12 @@ def test_panel_layout_and_png(tmp_path):
     path = save_png(panel, tmp_path / "sub" / "p.png")
     with Image.open(path) as im:
         assert im.size == (panel.shape[1], panel.shape[0]) and im.mode == "RGB"
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"optimize": False, "compress_level": 1}, {"optimize": False, "compress_level": 9}]
+)
+def test_save_png_is_lossless_at_every_level(tmp_path, options) -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    with Image.open(save_png(rgb, tmp_path / "x.png", **options)) as im:
+        np.testing.assert_array_equal(np.asarray(im), rgb)

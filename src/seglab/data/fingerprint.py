@@ -435,8 +435,13 @@ def _cache_entry(ds: Any, source: str, split: str, options: Mapping[str, Any]) -
 
     if isinstance(ds, BuiltinDataset):
         files = [ds.folder / f for f in ("images.npy", "labels.npy", "meta.json")]
-        key = {"version": FINGERPRINT_VERSION, "split": split, "files": _stat_key(files)}
-        return ds.folder / f"fingerprint-{split}.json", key
+        opts = _jsonable(dict(options))
+        key = {"version": FINGERPRINT_VERSION, "split": split, "options": opts, "files": _stat_key(files)}
+        # options (2.5-D ``context_slices``, a task) change the samples: one file per option set
+        suffix = (
+            "-" + hashlib.sha1(json.dumps(opts, sort_keys=True).encode()).hexdigest()[:10] if opts else ""
+        )
+        return ds.folder / f"fingerprint-{split}{suffix}.json", key
     if isinstance(ds, FolderDataset):
         files = [p for pair in ds.files for p in pair]
         key = {

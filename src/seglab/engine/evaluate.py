@@ -70,7 +70,9 @@ class EvalResult:
         mode: ``"binary"`` or ``"multiclass"`` (``"instance"``: label images, scored by
             :func:`seglab.engine.instance.evaluate_instances`).
         class_names: the class names.
-        predictions: the images and masks, when ``keep_predictions=True``.
+        predictions: the images and masks, when ``keep_predictions=True`` (2-D images only).
+        volumes: the samples were volumes ``(C, D, H, W)``: a row per volume, ``hd95`` and
+            ``assd`` in the dataset's voxel units (mm for NIfTI and ``mni-brain-3d``).
     """
 
     per_image: list[dict[str, Any]]
@@ -79,16 +81,35 @@ class EvalResult:
     mode: str
     class_names: list[str]
     predictions: list[Prediction] = field(default_factory=list)
+    volumes: bool = False
 
 
-def _hd(pred: np.ndarray, truth: np.ndarray, mode: str, num_classes: int, percentile: float) -> float:
-    from seglab.metrics import hausdorff
+def _boundary(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    mode: str,
+    num_classes: int,
+    percentile: float,
+    spacing: Sequence[float] | None = None,
+) -> tuple[float, float]:
+    """``(HD<percentile>, ASSD)`` of the foreground (binary) or averaged over the foreground
+    classes, in pixels, or in the units of ``spacing`` (voxel size per axis, e.g. mm)."""
+    from seglab.metrics import assd, hausdorff
 
-    if mode == "binary":
-        return float(hausdorff(pred > 0, truth > 0, percentile=percentile))
-    values = [float(hausdorff(pred == c, truth == c, percentile=percentile)) for c in range(1, num_classes)]
-    values = [v for v in values if not math.isnan(v)]
-    return float(np.mean(values)) if values else math.nan
+    sp = tuple(spacing) if spacing is not None else (1.0,) * pred.ndim
+    pairs = (
+        [(pred > 0, truth > 0)]
+        if mode == "binary"
+        else [(pred == c, truth == c) for c in range(1, num_classes)]
+    )
+    hd = [float(hausdorff(p, t, percentile=percentile, spacing=sp)) for p, t in pairs]
+    sd = [float(assd(p, t, spacing=sp)) for p, t in pairs]
+    return _nanmean(hd), _nanmean(sd)
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return float(np.mean(kept)) if kept else math.nan
 
 
 class _Scorer:
@@ -126,19 +147,34 @@ class _Scorer:
         """``(row, prediction (H, W), truth (H, W))`` for one image; the pooled counts are updated."""
         if self.meter is None:
             self._start(int(logits.shape[1]))
-        target = torch.as_tensor(np.asarray(truth)).to(torch.int64)[None].to(logits.device)  # (1, H, W)
+        return self._score(name, logits, self.predictor.mask(logits), truth, None)
+
+    def score_ids(
+        self, name: str, ids: np.ndarray, k: int, truth: Any, spacing: Sequence[float] | None
+    ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+        """As :meth:`score` for a predicted label volume ``ids (D, H, W)`` of a ``k``-channel model;
+        boundary distances in the units of ``spacing`` (voxel size per axis), with ASSD."""
+        if self.meter is None:
+            self._start(k)
+        return self._score(name, torch.as_tensor(ids.astype(np.int64))[None], ids, truth, spacing)
+
+    def _score(
+        self, name: str, output: torch.Tensor, pred: np.ndarray, truth: Any, spacing: Sequence[float] | None
+    ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+        target = torch.as_tensor(np.asarray(truth)).to(torch.int64)[None].to(output.device)  # (1, *S)
         one = self._meter()
-        one.update(logits, target)
-        self.meter.update(logits, target)
+        one.update(output, target)
+        self.meter.update(output, target)
         scores = one.compute()
-        pred = self.predictor.mask(logits)  # (H, W)
         truth_np = target[0].cpu().numpy()
         row: dict[str, Any] = {"name": name, **{s: float(scores[s]) for s in EVAL_SCORES}}
         eval_truth = (
             truth_np if self.ignore_index is None else np.where(truth_np == self.ignore_index, 0, truth_np)
         )
-        hd = _hd(pred, eval_truth, self.mode, max(self.k, 2), self.hd_percentile)
+        hd, sd = _boundary(pred, eval_truth, self.mode, max(self.k, 2), self.hd_percentile, spacing)
         row[f"hd{_pct(self.hd_percentile)}"] = hd
+        if spacing is not None:
+            row["assd"] = sd
         if self.mode == "multiclass":
             row.update(_per_class("dice", scores["dice_per_class"], self.class_names))
         return row, pred, truth_np
@@ -168,6 +204,10 @@ def evaluate(
             threshold are its own), e.g. ``Predictor.from_checkpoint("runs/demo/best.pt")``.
         dataset: raw samples ``(image (C, H, W) in file units, mask (H, W))``, e.g.
             ``seglab.data.get_dataset("hela", "test")``; ``names`` (if present) label the rows.
+            Volumes ``(image (C, D, H, W), mask (D, H, W))`` (``mni-brain-3d``, a NIfTI folder)
+            are predicted as :func:`seglab.engine.volume.predict_volume` does (a 3-D model
+            whole or tiled, a 2.5-D or 2-D one slice by slice) and scored per volume, with
+            ``hd95`` and ``assd`` in the units of the dataset's ``spacing`` (mm).
         crf: refine probabilities with ``seglab.postprocess.dense_crf`` before scoring.
         hd_percentile: percentile of the Hausdorff distance (95: HD95).
         keep_predictions: keep images and masks in the result (for reports).
@@ -192,14 +232,19 @@ def evaluate(
         bar = tqdm(total=n, desc="evaluate", leave=False)
     per_image: list[dict[str, Any]] = []
     predictions: list[Prediction] = []
+    volumes = False
     for i in range(n):
         image, truth = dataset[i]
         image_np = np.asarray(image)
         name = names[i] if i < len(names) else str(i)
-        _, logits = predict_image(predictor, image_np, name=name, crf=crf)  # (1, K, H, W)
-        row, pred, truth_np = scorer.score(name, logits, truth)
+        volumes = np.ndim(truth) == 3
+        if volumes:  # a volume: 3-D, 2.5-D or slice by slice, distances in voxel units
+            row, pred, truth_np = _score_volume(scorer, image_np, truth, name, _spacing(dataset, i))
+        else:
+            _, logits = predict_image(predictor, image_np, name=name, crf=crf)  # (1, K, H, W)
+            row, pred, truth_np = scorer.score(name, logits, truth)
         per_image.append(row)
-        if keep_predictions:
+        if keep_predictions and pred.ndim == 2:
             predictions.append(Prediction(name, image_np, truth_np, pred))
         if bar is not None:
             bar.update(1)
@@ -212,7 +257,29 @@ def evaluate(
         mode=scorer.mode,
         class_names=scorer.class_names,
         predictions=predictions,
+        volumes=volumes,
     )
+
+
+def _score_volume(
+    scorer: _Scorer, image: np.ndarray, truth: Any, name: str, spacing: Sequence[float] | None
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Predict one raw volume ``(C, D, H, W)`` (:func:`seglab.engine.volume.predict_volume`) and score it."""
+    from seglab.engine.volume import predict_volume
+
+    ids, k = predict_volume(scorer.predictor, image, name=name)  # (D, H, W)
+    return scorer.score_ids(name, ids, k, truth, spacing)
+
+
+def _spacing(dataset: Any, i: int) -> tuple[float, ...] | None:
+    """Voxel size (D, H, W) of sample ``i``: the dataset's ``spacing`` (one for all, or one per
+    volume); ``None`` when it has none (distances in voxels)."""
+    spacing = getattr(dataset, "spacing", None)
+    if spacing is None or len(spacing) == 0:
+        return None
+    if isinstance(spacing[0], (list, tuple, np.ndarray)):
+        return tuple(float(v) for v in spacing[i])
+    return tuple(float(v) for v in spacing)
 
 
 def _per_class(score: str, values: Sequence[float], class_names: Sequence[str]) -> dict[str, float]:
@@ -236,7 +303,7 @@ def calibrate_threshold(
     Args:
         predictor: a binary model's :class:`~seglab.engine.predictor.Predictor` (its tiles and TTA
             as evaluation will use them; its own threshold is ignored).
-        dataset: raw ``(image, mask)`` samples.
+        dataset: raw ``(image, mask)`` samples (or volumes, predicted as :func:`evaluate` does).
         grid: candidate thresholds (default 0.30, 0.35, ..., 0.80).
 
     Returns:
@@ -257,7 +324,9 @@ def calibrate_threshold(
     true_pos = 0.0
     for i in range(len(dataset)):
         image, truth = dataset[i]
-        prob = predictor.predict_proba(np.asarray(image), name=names[i] if i < len(names) else str(i))
+        prob = _proba(
+            predictor, np.asarray(image), np.ndim(truth) == 3, names[i] if i < len(names) else str(i)
+        )
         if prob.shape[0] != 1:
             raise InvalidValueError("calibrate_threshold is for binary models (one output channel).")
         t = np.asarray(truth)
@@ -274,6 +343,15 @@ def calibrate_threshold(
     }
     best = max(grid, key=lambda thr: (np.nan_to_num(dice[thr], nan=-1.0), -abs(thr - 0.5)))
     return float(best), dice
+
+
+def _proba(predictor: Predictor, image: np.ndarray, volume: bool, name: str) -> np.ndarray:
+    """Probabilities ``(K, *S)`` of one raw image, or of one volume as it is evaluated."""
+    if volume:
+        from seglab.engine.volume import predict_volume_proba
+
+        return predict_volume_proba(predictor, image, name=name)
+    return predictor.predict_proba(image, name=name)
 
 
 def _pct(p: float) -> str:
@@ -419,8 +497,10 @@ def evaluate_checkpoint(
 def _plan(predictor: Predictor, dataset: Any, opts: PredictOptions) -> None:
     """Choose the backend for the whole split (images taken to be the size of the first one)."""
     if len(dataset):
-        hw = tuple(int(s) for s in np.asarray(dataset[0][0]).shape[-2:])
-        plan_backend(predictor, [hw] * len(dataset), opts)  # type: ignore[list-item]
+        shape = np.asarray(dataset[0][0]).shape
+        if len(shape) == 4:  # volumes: the runner plans itself on the first (C, D, H, W) batch
+            return
+        plan_backend(predictor, [tuple(int(s) for s in shape[-2:])] * len(dataset), opts)  # type: ignore[list-item]
 
 
 def _same_data(a: str, b: str) -> bool:

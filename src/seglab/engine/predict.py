@@ -400,7 +400,12 @@ def _write_overlay(path: Path, image: np.ndarray, ids: np.ndarray, step: int) ->
     """The overlay of class ids (already subsampled by ``step``) on every ``step``-th pixel of ``image``."""
     from seglab.report.overlays import overlay_mask, save_png
 
-    return str(save_png(overlay_mask(np.asarray(image[:, ::step, ::step]), ids), path))
+    # a quick look beside every mask: fast zlib (an optimised PNG took as long as the network)
+    return str(
+        save_png(
+            overlay_mask(np.asarray(image[:, ::step, ::step]), ids), path, optimize=False, compress_level=1
+        )
+    )
 
 
 def _write_probs(path: Path, probs: Tensor) -> Path:

@@ -226,13 +226,27 @@ def _rule_model(plan: _Plan, ctx: _Context) -> None:
 
 
 def _rule_normalize(plan: _Plan, ctx: _Context) -> None:
-    """Normalisation: per-image percentiles for 16-bit data, the training split's statistics otherwise.
+    """Normalisation: a built-in's own default; else per-image percentiles for 16-bit data and the
+    training split's statistics otherwise.
 
     16-bit microscope frames change offset and gain between acquisitions (hela sits at 33000 +- 250
     counts), so each image is scaled by its own percentiles and predictions on raw frames of another
     microscope stay valid; 8-bit and float data (photos, MRI templates) have a fixed range and keep
-    the dataset's mean and standard deviation.
+    the dataset's mean and standard deviation. A built-in names its default with its reason
+    (quokka: ImageNet's statistics, the scale pretrained encoders expect).
     """
+    from seglab.data.builtin import dataset_info, default_normalization, list_datasets
+
+    if ctx.fp.source in {d.name for d in list_datasets()}:
+        method, options = default_normalization(ctx.fp.source)
+        plan.set(
+            "data.normalize",
+            method,
+            f"{ctx.fp.source}'s default: {dataset_info(ctx.fp.source).normalize_reason}",
+        )
+        if options:
+            plan.set("data.normalize_options", options, f"{ctx.fp.source}'s statistics for {method!r}")
+        return
     method = "percentile" if ctx.fp.value_range == "16-bit" else "dataset"
     plan.set("data.normalize", method, f"{ctx.fp.value_range} values")
 

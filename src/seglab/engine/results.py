@@ -13,7 +13,9 @@ evaluates each best checkpoint on the test split, and regenerates
 
 ``python -m seglab.engine.results targets`` runs the single-dataset targets (:data:`TARGETS`: hela
 and mni-brain at 15 and 60 minutes, bacteria, quokka, the full U²-Net on hela; about 4 h 20 min);
-``--only NAME`` picks entries. Every run lives in ``<root>/<name>`` (default ``runs/results``) and
+``--only NAME`` picks entries. ``volumes`` (:data:`VOLUMES`) scores the 2-D, 2.5-D and 3-D U-Nets
+of ``mni-brain`` at 15 minutes each on the same test volume (``mni-brain-3d``, z >= 95), with
+HD95 and ASSD in mm (the 2-D run is the ``mni-brain-15m`` target's; about 35 min for the other two). Every run lives in ``<root>/<name>`` (default ``runs/results``) and
 is skipped once its ``result.json`` exists; an interrupted run resumes from its ``last.pt``, so the
 tables can be built across sittings. ``tables`` rewrites the tables from the runs that are done.
 No figure is typed by hand: every number comes from a run's ``result.json``.
@@ -42,9 +44,11 @@ __all__ = [
     "LEADERBOARD_BUDGET",
     "LEADERBOARD_DATASETS",
     "TARGETS",
+    "VOLUMES",
     "ResultRun",
     "leaderboard_runs",
     "main",
+    "result_path",
     "run_one",
     "write_tables",
 ]
@@ -73,6 +77,13 @@ class ResultRun:
         minimum: the figure the target asks for (``None``: report only).
         overrides: dotted config keys set on top of the recipe.
         data_options: options of the dataset (``synthetic``'s ``length``, ...).
+        recipe: ``"auto"`` (derive the unset keys from the data and the budget) or ``"none"``
+            (the overrides as given; the budget becomes ``max_time``).
+        run: the run folder when it is another entry's (the volumes table scores the
+            ``mni-brain-15m`` target run again); default ``name``.
+        eval_data: the dataset whose test split is scored, when it is not ``data`` (the volumes
+            table scores every model on ``mni-brain-3d``); its result is
+            ``result-<eval_data>.json``.
     """
 
     name: str
@@ -84,6 +95,9 @@ class ResultRun:
     minimum: float | None = None
     overrides: Mapping[str, Any] = field(default_factory=dict)
     data_options: Mapping[str, Any] = field(default_factory=dict)
+    recipe: str = "auto"
+    run: str = ""
+    eval_data: str = ""
 
 
 TARGETS: tuple[ResultRun, ...] = (
@@ -97,6 +111,45 @@ TARGETS: tuple[ResultRun, ...] = (
         "u2net-hela-60m", "u2net", "hela", "60m", "targets", "u2net (44 M) hela test Dice >= 0.94", 0.94
     ),
 )
+
+
+# the 3-D U-Net's plan at 15 minutes (the automatic recipe plans 2-D runs only): the 2-D run's
+# widths (base 16, depth 4; 5.6 M parameters in 3-D), 64^3 patches of the isotropic 1 mm volume,
+# two per step (1.75 s per step on 2 cores); "fit" compresses the 40-epoch schedule to the budget
+_UNET_3D = {
+    "model.options": {"spatial_dims": 3, "base_channels": 16, "depth": 4},
+    "data.crop": 64,
+    "data.batch_size": 2,
+    "data.samples_per_epoch": 40,
+    "data.augment": {"spatial_dims": 3, "foreground_prob": 0.5},
+    "loss.spec": "ce+dice",
+    "loss.options": {"dice": {"classes": [1, 2]}},
+    "optim.lr": 0.003,
+    "epochs": 40,
+    "bn_recalibrate": 4,
+}
+_VOLUME_EVAL = "mni-brain-3d"
+VOLUMES: tuple[ResultRun, ...] = (
+    ResultRun(
+        "mni-brain-2d-volume", "unet", "mni-brain", "15m", "volumes", "2-D, slice by slice",
+        run="mni-brain-15m", eval_data=_VOLUME_EVAL,
+    ),
+    ResultRun(
+        "mni-brain-25d-15m", "unet", "mni-brain", "15m", "volumes", "2.5-D, 5 slices as channels",
+        data_options={"context_slices": 5}, eval_data=_VOLUME_EVAL,
+    ),
+    ResultRun(
+        "mni-brain-3d-15m", "unet", _VOLUME_EVAL, "15m", "volumes", "3-D, 64^3 patches, whole-volume inference",
+        recipe="none", overrides=_UNET_3D, eval_data=_VOLUME_EVAL,
+    ),
+)  # fmt: skip
+
+
+def result_path(root: str | os.PathLike[str], spec: ResultRun) -> Path:
+    """Where ``spec``'s result row is written: ``<root>/<run>/result.json`` (``result-<eval
+    data>.json`` when the run is scored on another dataset's test split)."""
+    name = DONE if not spec.eval_data else f"result-{Path(spec.eval_data).name}.json"
+    return Path(root) / (spec.run or spec.name) / name
 
 
 def leaderboard_runs(
@@ -134,7 +187,7 @@ def _config(spec: ResultRun, run_dir: Path, quiet: bool, probe: bool) -> Any:
         **dict(spec.overrides),
     }
     cfg = apply_overrides(TrainConfig(), given)
-    return resolve_recipe(cfg, explicit=list(given), default="auto", probe=probe)
+    return resolve_recipe(cfg, explicit=list(given), default=spec.recipe, probe=probe)
 
 
 _FINISHED = ("completed", "early_stopping", "time_limit", "time_budget")
@@ -186,8 +239,8 @@ def run_one(
     from seglab.engine.predict import PredictOptions
     from seglab.engine.trainer import NonFiniteLossError, train
 
-    run_dir = Path(root) / spec.name
-    done = run_dir / DONE
+    done = result_path(root, spec)
+    run_dir = done.parent
     if done.is_file():
         return json.loads(done.read_text())
     t0 = time.perf_counter()
@@ -201,8 +254,13 @@ def run_one(
     best = run_dir / "best.pt"
     threshold = store_threshold(best, spec.data, data_options=spec.data_options)
     options = PredictOptions(progress=not quiet)
+    scored = spec.eval_data or spec.data
     result, _ = evaluate_checkpoint(
-        best, spec.data, split="test", data_options=dict(spec.data_options), options=options
+        best,
+        scored,
+        split="test",
+        data_options=dict(spec.data_options) if scored == spec.data else {},
+        options=options,
     )
     row = _result_row(spec, run_dir, result, threshold, time.perf_counter() - t0)
     write_text_atomic(done, json.dumps(jsonable(row), indent=2))
@@ -244,6 +302,9 @@ def _result_row(
         "test_fg_dice": fg,
         "test_dice_per_class": per_class,
         "test_hd95": result.mean.get("hd95"),
+        "test_assd": result.mean.get("assd"),
+        "scored_on": spec.eval_data or spec.data,
+        "distance_unit": "mm" if "assd" in result.mean else "px",
     }
 
 
@@ -294,6 +355,15 @@ def leaderboard_markdown(rows: Iterable[Mapping[str, Any]], datasets: Sequence[s
     return "\n".join(lines) + "\n"
 
 
+def _per_class_text(row: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in (row.get("test_dice_per_class") or {}).items()) or "—"
+
+
+def _diverged_row(cells: Sequence[str], columns: int, last: str = "—") -> str:
+    """The row of a run whose loss diverged: its naming cells, "diverged", dashes, ``last``."""
+    return "| " + " | ".join([*cells, "diverged", *["—"] * (columns - len(cells) - 2), last]) + " |"
+
+
 def targets_markdown(rows: Iterable[Mapping[str, Any]]) -> str:
     """The target runs: what was asked, the figure measured, met or missed."""
     lines = [
@@ -303,16 +373,35 @@ def targets_markdown(rows: Iterable[Mapping[str, Any]]) -> str:
     for r in rows:
         spec = r["spec"]
         if "error" in r:
-            lines.append(
-                f"| {spec['name']} | `{r['model']}` | {spec['target']} | diverged | — | — | — | — | no |"
-            )
+            lines.append(_diverged_row([spec["name"], f"`{r['model']}`", spec["target"]], 9, "no"))
             continue
-        per_class = ", ".join(f"{k} {v:.4f}" for k, v in (r.get("test_dice_per_class") or {}).items()) or "—"
         minimum = spec.get("minimum")
         met = "—" if minimum is None else ("yes" if (r["test_fg_dice"] or 0.0) >= minimum else "no")
         lines.append(
-            f"| {spec['name']} | `{r['model']}` | {spec['target']} | {_num(r['test_fg_dice'], '.4f')} | {per_class} | "
-            f"{_num(r['test_hd95'], '.1f')} px | {_num(r['steps'], 'd')} | {_minutes(r['train_time'])} | {met} |"
+            f"| {spec['name']} | `{r['model']}` | {spec['target']} | {_num(r['test_fg_dice'], '.4f')} | "
+            f"{_per_class_text(r)} | {_num(r['test_hd95'], '.1f')} px | {_num(r['steps'], 'd')} | "
+            f"{_minutes(r['train_time'])} | {met} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def volumes_markdown(rows: Iterable[Mapping[str, Any]]) -> str:
+    """The volumes table: each model scored on the same test volume, GM/WM Dice and distances in mm."""
+    lines = [
+        "| run | input | val Dice | test GM/WM Dice | per class | HD95 | ASSD | params | time |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        spec = r["spec"]
+        name = spec["run"] or spec["name"]
+        if "error" in r:
+            lines.append(_diverged_row([name, spec["target"]], 9))
+            continue
+        unit = r.get("distance_unit", "px")
+        lines.append(
+            f"| {name} | {spec['target']} | {_num(r.get('val_dice'), '.4f')} | {_num(r['test_fg_dice'], '.4f')} | "
+            f"{_per_class_text(r)} | {_num(r['test_hd95'], '.2f')} {unit} | {_num(r.get('test_assd'), '.3f')} "
+            f"{unit} | {_num((r.get('params') or 0) / 1e6, '.2f')} M | {_minutes(r['train_time'])} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -354,13 +443,12 @@ def write_tables(
 
     root = Path(root)
     done = {
-        s.name: json.loads((root / s.name / DONE).read_text())
-        for s in specs
-        if (root / s.name / DONE).is_file()
+        s.name: json.loads(result_path(root, s).read_text()) for s in specs if result_path(root, s).is_file()
     }
     written: dict[str, Path] = {}
     board = [done[s.name] for s in specs if s.table == "leaderboard" and s.name in done]
     targets = [done[s.name] for s in specs if s.table == "targets" and s.name in done]
+    volumes = [done[s.name] for s in specs if s.table == "volumes" and s.name in done]
     datasets = list(dict.fromkeys(s.data for s in specs if s.table == "leaderboard"))
     for data in datasets:
         dirs = [
@@ -379,6 +467,8 @@ def write_tables(
             text = replace_between_markers(text, "leaderboard", leaderboard_markdown(board, datasets))
         if targets:
             text = replace_between_markers(text, "targets", targets_markdown(targets))
+        if volumes:
+            text = replace_between_markers(text, "volumes", volumes_markdown(volumes))
         path.write_text(text)
         written["doc"] = path
     return written
@@ -390,7 +480,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m seglab.engine.results",
         description="Train, evaluate and tabulate: the families leaderboard and the target runs.",
     )
-    p.add_argument("action", choices=("leaderboard", "targets", "tables", "list"))
+    p.add_argument("action", choices=("leaderboard", "targets", "volumes", "tables", "list"))
     p.add_argument("--root", default="runs/results", help="one folder per run (default runs/results)")
     p.add_argument("--doc", default="docs/results.md", help="markdown file with the table markers")
     p.add_argument(
@@ -412,13 +502,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     options = dict(parse_assignment(a) for a in args.data_option)
     board = leaderboard_runs(args.models, args.datasets, args.budget, options)
-    specs = [*board, *TARGETS]
-    chosen = board if args.action == "leaderboard" else list(TARGETS) if args.action == "targets" else []
+    specs = [*board, *TARGETS, *VOLUMES]
+    tables = {"leaderboard": board, "targets": list(TARGETS), "volumes": list(VOLUMES)}
+    chosen = tables.get(args.action, [])
     if args.only:
         chosen = [s for s in (chosen or specs) if s.name in set(args.only)]
     if args.action == "list":
         for s in specs:
-            state = "done" if (Path(args.root) / s.name / DONE).is_file() else "to do"
+            state = "done" if result_path(args.root, s).is_file() else "to do"
             print(f"{s.name:24} {s.table:11} {s.model:14} {s.data:10} {s.budget:>4}  {state}")
         return 0
     for i, spec in enumerate(chosen, start=1):
@@ -427,7 +518,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         row = run_one(spec, args.root, quiet=not args.verbose, probe=not args.no_probe)
         print(
-            f"    test dice {_num(row['test_fg_dice'], '.4f')}, HD95 {_num(row['test_hd95'], '.1f')} px",
+            f"    test dice {_num(row.get('test_fg_dice'), '.4f')}, HD95 {_num(row.get('test_hd95'), '.1f')} "
+            f"{row.get('distance_unit', 'px')}",
             flush=True,
         )
     written = write_tables(args.root, specs, doc=args.doc)

@@ -11,7 +11,7 @@ on every axial slice. ``seglab predict`` sends NIfTI inputs here
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,14 @@ from torch import Tensor
 from seglab._shapes import pad_to_multiple
 from seglab.errors import InvalidValueError
 
-__all__ = ["context_slices", "model_rank", "predict_volume", "predict_volume_file", "predict_volume_logits"]
+__all__ = [
+    "context_slices",
+    "model_rank",
+    "predict_volume",
+    "predict_volume_file",
+    "predict_volume_logits",
+    "predict_volume_proba",
+]
 
 
 def model_rank(meta: Mapping[str, Any]) -> int:
@@ -144,6 +151,38 @@ def predict_volume(
         >>> ids.shape, k
         ((6, 10, 8), 3)
     """
+    ids: np.ndarray | None = None
+    k = 0
+    for z0, z1, logits in _slabs(predictor, image, name):  # (1, K, r, H, W)
+        k = int(logits.shape[1])
+        if ids is None:
+            ids = np.empty((_depth(image), *logits.shape[3:]), np.uint8 if k <= 256 else np.uint16)
+        ids[z0:z1] = _ids(logits, predictor.threshold)[0]
+    return ids if ids is not None else np.empty(0, np.uint8), k
+
+
+def predict_volume_proba(predictor: Any, image: np.ndarray | Tensor, *, name: str = "volume") -> np.ndarray:
+    """Probabilities of one raw volume, as :func:`predict_volume` predicts it: ``(K, D, H, W)``
+    float32, a sigmoid for one output channel, a softmax over classes otherwise (threshold
+    calibration of binary volume models)."""
+    prob: np.ndarray | None = None
+    for z0, z1, logits in _slabs(predictor, image, name):  # (1, K, r, H, W)
+        p = torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits.float(), dim=1)
+        if prob is None:
+            prob = np.empty((int(logits.shape[1]), _depth(image), *logits.shape[3:]), np.float32)
+        prob[:, z0:z1] = p[0].float().cpu().numpy()
+    return prob if prob is not None else np.empty(0, np.float32)
+
+
+def _depth(image: np.ndarray | Tensor) -> int:
+    return int(image.shape[-3])
+
+
+def _slabs(predictor: Any, image: np.ndarray | Tensor, name: str) -> Iterator[tuple[int, int, Tensor]]:
+    """The logits of a raw volume as consecutive slabs ``(z0, z1, (1, K, z1 - z0, H, W))``: one
+    slab for a whole-volume 3-D pass, the sliding window's finished bands when tiled (never the
+    whole ``(K, D, H, W)`` float map), one slice at a time for 2-D and 2.5-D models."""
+    from seglab.data.volume import context_stack
     from seglab.engine.predictor import _check_finite
 
     k = context_slices(predictor.meta)
@@ -154,8 +193,11 @@ def predict_volume(
     x = _check_volume(image, name, None if rank == 2 and k > 1 and channels is None else channels)
     _check_finite(x, name)
     if rank == 3:
-        return _predict_3d(predictor, x, name)
-    return _slice_by_slice(predictor, x, k, name)
+        yield from _slabs_3d(predictor, x)
+        return
+    for z in range(int(x.shape[1])):
+        logits = predictor.logits(context_stack(x, z, k), name=f"{name} slice {z}")  # (1, K, H, W)
+        yield z, z + 1, logits[:, :, None]
 
 
 def _ids(logits: Tensor, threshold: float) -> np.ndarray:
@@ -165,9 +207,9 @@ def _ids(logits: Tensor, threshold: float) -> np.ndarray:
     return logits_to_mask(logits, threshold).cpu().numpy().astype(np.uint8 if k <= 256 else np.uint16)
 
 
-def _predict_3d(predictor: Any, x: np.ndarray | Tensor, name: str) -> tuple[np.ndarray, int]:
-    """Normalise the volume and run the 3-D network (slab by slab when tiled: class ids collected
-    as the sliding window finishes them, never the whole ``(K, D, H, W)`` float map)."""
+def _slabs_3d(predictor: Any, x: np.ndarray | Tensor) -> Iterator[tuple[int, int, Tensor]]:
+    """Normalise the volume and run the 3-D network: whole (or with TTA) as one slab, else the
+    sliding window's bands as it finishes them."""
     norm = predictor.normalization
     runner = predictor.runner
     v = norm(x)[None].to(runner.device)  # (1, C, D, H, W) float32
@@ -176,7 +218,8 @@ def _predict_3d(predictor: Any, x: np.ndarray | Tensor, name: str) -> tuple[np.n
             runner, v, tile=predictor.tile, overlap=predictor.overlap, blend=predictor.blend,
             tta=predictor.tta, batch_size=predictor.batch_size, progress=predictor.progress,
         )  # fmt: skip
-        return _ids(logits, predictor.threshold)[0], int(logits.shape[1])
+        yield 0, int(v.shape[2]), logits
+        return
     from seglab.inference.sliding_window import sliding_window_bands
 
     bands = sliding_window_bands(
@@ -184,30 +227,8 @@ def _predict_3d(predictor: Any, x: np.ndarray | Tensor, name: str) -> tuple[np.n
         blend=predictor.blend, batch_size=predictor.batch_size, device=runner.device, activation=None,
         progress=predictor.progress, prepare=False, spatial_dims=3,
     )  # fmt: skip
-    ids: np.ndarray | None = None
-    k = 0
     for _, z0, z1, slab in bands:  # (K, r, H, W)
-        k = int(slab.shape[0])
-        if ids is None:
-            ids = np.empty(tuple(v.shape[2:]), np.uint8 if k <= 256 else np.uint16)
-        ids[z0:z1] = _ids(slab[None], predictor.threshold)[0]
-    return ids if ids is not None else np.empty(0, np.uint8), k
-
-
-def _slice_by_slice(predictor: Any, x: np.ndarray | Tensor, k: int, name: str) -> tuple[np.ndarray, int]:
-    """A 2-D (``k == 1``) or 2.5-D model on every axial slice, with ``k`` slices of context."""
-    from seglab.data.volume import context_stack
-
-    depth = int(x.shape[1])
-    ids: np.ndarray | None = None
-    channels = 0
-    for z in range(depth):
-        logits = predictor.logits(context_stack(x, z, k), name=f"{name} slice {z}")  # (1, K, H, W)
-        channels = int(logits.shape[1])
-        if ids is None:
-            ids = np.empty((depth, *logits.shape[2:]), np.uint8 if channels <= 256 else np.uint16)
-        ids[z] = _ids(logits, predictor.threshold)[0]
-    return ids if ids is not None else np.empty(0, np.uint8), channels
+        yield z0, z1, slab[None]
 
 
 def predict_volume_file(
@@ -231,5 +252,6 @@ def predict_volume_file(
         from seglab.report.overlays import overlay_mask, save_png
 
         z = ids.shape[0] // 2
-        row["overlay"] = str(save_png(overlay_mask(image[:, z], ids[z]), out / f"{name}_overlay.png"))
+        overlay = overlay_mask(image[:, z], ids[z])
+        row["overlay"] = str(save_png(overlay, out / f"{name}_overlay.png", optimize=False, compress_level=1))
     return row
