@@ -84,3 +84,10 @@ def test_distances_follow_the_spacing() -> None:
     assert second["hd95"] == pytest.approx(2 * first["hd95"]) and second["assd"] == pytest.approx(
         2 * first["assd"]
     )
+
+
+def test_crf_on_volumes_is_a_clear_error() -> None:
+    net = _threshold_net(nn.Conv3d)
+    predictor = seglab.Predictor.from_model(net, "none", meta={"model_options": {"spatial_dims": 3}})
+    with pytest.raises(ValueError, match="drop --crf"):
+        evaluate(predictor, _Volumes(), crf=True)

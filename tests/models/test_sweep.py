@@ -50,6 +50,16 @@ def _input(name: str, model: SegmentationModel, n: int = 2) -> torch.Tensor:
     return torch.randn(n, model.in_channels, h, w)
 
 
+def _backward(model: torch.nn.Module, res: SegOutput) -> list:
+    """Backpropagate a loss over every output (main, auxiliary, classification); the gradients."""
+    # squared distance to 1 (not 0): models whose score layers start at zero (FCN) still get gradients
+    loss = (res.out - 1).pow(2).mean() + sum((a - 1).pow(2).mean() for a in res.aux)
+    if res.cls is not None:
+        loss = loss + (res.cls - 1).pow(2).mean()
+    loss.backward()
+    return [p.grad for p in model.parameters() if p.requires_grad]
+
+
 @pytest.mark.parametrize("name", SEMANTIC)
 @pytest.mark.parametrize(("in_ch", "k"), [(1, 1), (3, 4)])
 def test_forward_backward(name: str, in_ch: int, k: int) -> None:
@@ -66,12 +76,7 @@ def test_forward_backward(name: str, in_ch: int, k: int) -> None:
     assert isinstance(res.aux, list)
     assert all(a.shape[:2] == (2, k) for a in res.aux)
     assert res.cls is None or res.cls.shape == (2, k)
-    # squared distance to 1 (not 0): models whose score layers start at zero (FCN) still get gradients
-    loss = (res.out - 1).pow(2).mean() + sum((a - 1).pow(2).mean() for a in res.aux)
-    if res.cls is not None:
-        loss = loss + (res.cls - 1).pow(2).mean()
-    loss.backward()
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    grads = _backward(model, res)
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
     assert all(g is None or torch.isfinite(g).all() for g in grads)
 
@@ -172,11 +177,7 @@ def test_volume_forward_backward(name: str, in_ch: int, k: int) -> None:
     assert len(res.aux) == _VOLUME_AUX[name]
     assert all(a.shape == out.shape for a in res.aux)
     assert res.cls is None or res.cls.shape == (2, k)
-    loss = (res.out - 1).pow(2).mean() + sum((a - 1).pow(2).mean() for a in res.aux)
-    if res.cls is not None:
-        loss = loss + (res.cls - 1).pow(2).mean()
-    loss.backward()
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    grads = _backward(model, res)
     assert all(g is not None and torch.isfinite(g).all() for g in grads), "a parameter gets no gradient"
     assert all(p.ndim != 4 for p in model.parameters()), "a 2-D convolution in a volume model"
 

@@ -238,6 +238,8 @@ def evaluate(
         image_np = np.asarray(image)
         name = names[i] if i < len(names) else str(i)
         volumes = np.ndim(truth) == 3
+        if volumes and crf:
+            raise InvalidValueError(f"{name}: the dense CRF refines 2-D images, not volumes; drop --crf.")
         if volumes:  # a volume: 3-D, 2.5-D or slice by slice, distances in voxel units
             row, pred, truth_np = _score_volume(scorer, image_np, truth, name, _spacing(dataset, i))
         else:
